@@ -1,0 +1,1 @@
+"""Library code of the MAI depth pipeline: importable, no side effects at import time."""

@@ -1,0 +1,255 @@
+"""params.yaml -> frozen dataclasses, one per section.
+
+Every knob of the pipeline lives in params.yaml. Loading is strict: an unknown key, a
+missing key, a wrong type or an out-of-range value is a `ConfigError` naming the key,
+raised before any stage does work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+DEFAULT_PARAMS = "params.yaml"
+SYNTHETIC_SOURCE = "synthetic"
+
+
+class ConfigError(ValueError):
+    """Bad params; the message names the offending key."""
+
+
+def _range(lo=None, hi=None, *, lo_open=False, choices=None):
+    return {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices}
+
+
+def knob(default=dataclasses.MISSING, **check):
+    """A dataclass field carrying its validation rule in metadata."""
+    if default is dataclasses.MISSING:
+        return field(metadata={"check": _range(**check)})
+    return field(default=default, metadata={"check": _range(**check)})
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    seed: int = knob(42, lo=0)
+    deterministic: bool = True
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    count: int = knob(48, lo=2)
+    height: int = knob(480, lo=32)
+    width: int = knob(640, lo=32)
+    invalid_fraction: float = knob(0.05, lo=0.0, hi=0.9)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # `synthetic` = the embedded procedural set rendered by the `synthesize` stage into
+    # data/synthetic; otherwise a folder in the challenge layout (rgb/ + depth/).
+    source: str = SYNTHETIC_SOURCE
+    val_fraction: float = knob(0.2, lo=0.0, hi=0.9, lo_open=True)
+    max_images: int = knob(0, lo=0)  # 0 = all; otherwise the first N names (quick runs)
+    skip_empty_depth: bool = True
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    silog_weight: float = knob(1.0, lo=0.0)
+    silog_lambda: float = knob(0.85, lo=0.0, hi=1.0)
+    grad_weight: float = knob(0.5, lo=0.0)
+    l1_weight: float = knob(0.0, lo=0.0)
+    berhu_weight: float = knob(0.0, lo=0.0)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip: bool = True
+    brightness: float = knob(0.2, lo=0.0, hi=1.0)
+    contrast: float = knob(0.2, lo=0.0, hi=1.0)
+    saturation: float = knob(0.2, lo=0.0, hi=1.0)
+    hue: float = knob(0.02, lo=0.0, hi=0.5)
+    crop_min_scale: float = knob(0.7, lo=0.1, hi=1.0)  # 1.0 disables crop-and-resize
+    crop_prob: float = knob(0.5, lo=0.0, hi=1.0)
+
+
+ARCHS = ("mobile_unet", "mai_baseline_unet", "fastdepth", "litedepth")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = knob("mobile_unet", choices=ARCHS)
+    encoder: str = knob("mobilenet_v2", choices=("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"))
+    encoder_weights: str = knob("none", choices=("none", "imagenet"))
+    width_multiplier: float = knob(1.0, lo=0.1, hi=2.0, lo_open=True)
+    decoder_channels: int = knob(32, lo=4)
+    height: int = knob(128, lo=32)  # working resolution inside the graph
+    width: int = knob(160, lo=32)
+    min_depth: float = knob(0.1, lo=0.0, lo_open=True)  # metres; output clamp range
+    max_depth: float = knob(40.0, lo=0.0, lo_open=True)
+    epochs: int = knob(8, lo=1)
+    batch_size: int = knob(8, lo=1)
+    learning_rate: float = knob(1e-3, lo=0.0, lo_open=True)
+    weight_decay: float = knob(1e-4, lo=0.0)
+    warmup_epochs: float = knob(1.0, lo=0.0)
+    min_lr_ratio: float = knob(0.05, lo=0.0, hi=1.0)
+    steps_per_epoch: int = knob(0, lo=0)  # 0 = one pass over the train split
+    cache_max_mb: int = knob(2048, lo=0)  # decoded-tensor cache in RAM, else decode per epoch
+    strategy: str = knob("default", choices=("default", "mirrored", "multi_worker"))
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    precision: str = knob("fp32", choices=("fp32", "fp16", "dynamic_int8", "int8"))
+    height: int = knob(480, lo=32)  # the device input size fixed by the challenge
+    width: int = knob(640, lo=32)
+    representative_images: int = knob(16, lo=1)
+    parity_images: int = knob(4, lo=1)
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    threads: int = knob(4, lo=1)
+    warmup: int = knob(2, lo=0)
+    runs: int = knob(10, lo=1)
+    device: str = "local"  # local | ssh://user@host[:port]
+    ssh_python: str = "python3"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    panels: int = knob(3, lo=0)  # worst and best images rendered as pictures
+
+
+@dataclass(frozen=True)
+class PackageConfig:
+    inputs: str = ""  # empty = the val split's RGB; else a folder of RGB PNGs
+    extra_data: int = knob(0, choices=(0, 1))
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    experiment: str = "mai-depth"
+
+
+@dataclass(frozen=True)
+class Params:
+    base: BaseConfig = field(default_factory=BaseConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    package: PackageConfig = field(default_factory=PackageConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+
+
+def _check_value(key: str, value, rule: dict) -> None:
+    if rule["choices"] is not None and value not in rule["choices"]:
+        raise ConfigError(f"params: {key}={value!r} is not one of {list(rule['choices'])}")
+    lo, hi = rule["lo"], rule["hi"]
+    if lo is not None and (value <= lo if rule["lo_open"] else value < lo):
+        op = ">" if rule["lo_open"] else ">="
+        raise ConfigError(f"params: {key}={value!r} is out of range (must be {op} {lo})")
+    if hi is not None and value > hi:
+        raise ConfigError(f"params: {key}={value!r} is out of range (must be <= {hi})")
+
+
+def _coerce(key: str, value, typ):
+    if dataclasses.is_dataclass(typ):
+        return _build(typ, value, key)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(
+        f"params: {key} must be {typ.__name__}, got {type(value).__name__} {value!r}"
+    )
+
+
+def _build(cls, raw, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: {prefix} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"params: unknown key {where} (known: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in raw:
+            continue  # defaults fill in; params.yaml lists them all anyway
+        value = _coerce(key, raw[name], hints[name])
+        rule = f.metadata.get("check")
+        if rule:
+            _check_value(key, value, rule)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    params = _build(Params, raw, "")
+    t = params.train
+    if t.min_depth >= t.max_depth:
+        raise ConfigError(f"params: train.min_depth={t.min_depth} must be < train.max_depth={t.max_depth}")
+    for key, size in (("train.height", t.height), ("train.width", t.width)):
+        if size % 32:
+            raise ConfigError(f"params: {key}={size} must be divisible by 32 (encoder strides)")
+    return params
+
+
+def as_flat_dict(params: Params) -> dict[str, object]:
+    """{'train.loss.silog_weight': 1.0, ...}: for MLflow params and hashes."""
+    out: dict[str, object] = {}
+
+    def walk(obj, prefix):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(value, key + ".")
+            else:
+                out[key] = value
+
+    walk(params, "")
+    return out
+
+
+def params_hash(params: Params, sections: typing.Iterable[str] | None = None) -> str:
+    import hashlib
+    import json
+
+    flat = as_flat_dict(params)
+    if sections is not None:
+        sections = tuple(sections)
+        flat = {k: v for k, v in flat.items() if k.split(".")[0] in sections}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
+
