@@ -16,7 +16,8 @@ from pathlib import Path
 import yaml
 
 DEFAULT_PARAMS = "params.yaml"
-SYNTHETIC_SOURCE = "synthetic"
+# The embedded procedural set, rendered by the `synthesize` stage.
+SYNTHETIC_SOURCE = "data/synthetic"
 
 
 class ConfigError(ValueError):
@@ -50,8 +51,8 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    # `synthetic` = the embedded procedural set rendered by the `synthesize` stage into
-    # data/synthetic; otherwise a folder in the challenge layout (rgb/ + depth/).
+    # A folder in the challenge layout (rgb/ + depth/); the default is the embedded set.
+    # It is a path (not a keyword) so that dvc.yaml can hash it as the prepare dependency.
     source: str = SYNTHETIC_SOURCE
     val_fraction: float = knob(0.2, lo=0.0, hi=0.9, lo_open=True)
     max_images: int = knob(0, lo=0)  # 0 = all; otherwise the first N names (quick runs)
@@ -79,7 +80,9 @@ class AugmentConfig:
     crop_prob: float = knob(0.5, lo=0.0, hi=1.0)
 
 
-ARCHS = ("mobile_unet", "mai_baseline_unet", "fastdepth", "litedepth")
+# Each architecture's total stride: the working resolution must be divisible by it.
+ARCH_STRIDES = {"mobile_unet": 32, "mai_baseline_unet": 16, "fastdepth": 32, "litedepth": 32}
+ARCHS = tuple(ARCH_STRIDES)
 
 
 @dataclass(frozen=True)
@@ -220,9 +223,10 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> Params:
     t = params.train
     if t.min_depth >= t.max_depth:
         raise ConfigError(f"params: train.min_depth={t.min_depth} must be < train.max_depth={t.max_depth}")
+    stride = ARCH_STRIDES[t.arch]
     for key, size in (("train.height", t.height), ("train.width", t.width)):
-        if size % 32:
-            raise ConfigError(f"params: {key}={size} must be divisible by 32 (encoder strides)")
+        if size % stride:
+            raise ConfigError(f"params: {key}={size} must be divisible by {stride} for {t.arch}")
     return params
 
 

@@ -24,6 +24,12 @@ class DataError(ValueError):
     """Bad user data; the message is one line naming the file and the problem."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, suffix: str | None = None):
     """Yield a temporary path beside `path`; rename it onto `path` only on success.
@@ -37,6 +43,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None):
         dir=path.parent, prefix=f".{path.name}.", suffix=suffix or (path.suffix + ".tmp")
     )
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -52,6 +59,7 @@ def atomic_dir(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if path.exists():

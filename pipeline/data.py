@@ -1,0 +1,178 @@
+"""Reading and validating data in the challenge layout, and the train/val split.
+
+Layout: SOURCE/rgb/NAME.png (8-bit RGB) and SOURCE/depth/NAME.png (uint16 mm, 0 =
+invalid), same NAME in both. Decisions for messy data (README "When things go wrong"):
+- grayscale or RGBA RGB images are accepted and converted to RGB (alpha dropped);
+- files that are not .png are ignored with one warning that counts them;
+- a depth map without any valid pixel is skipped with a warning and counted
+  (`data.skip_empty_depth: false` makes it an error);
+- units that look wrong (metres, or TUM's 1/5000 m scaling) give a warning;
+- everything else (unpaired names, 8-bit/colour depth, corrupt files, size mismatch,
+  empty or wrong layout) is an error naming the file(s).
+No TensorFlow here: prepare and the validators stay light.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.files import DataError, atomic_path, read_depth_mm, read_rgb
+
+SPLIT_COLUMNS = ("name", "split", "rgb", "depth")
+# Median valid depth outside this range (mm) suggests the wrong unit or scaling.
+PLAUSIBLE_MEDIAN_MM = (100.0, 20_000.0)
+
+
+@dataclass
+class DataReport:
+    names: list[str]
+    skipped_empty: list[str] = field(default_factory=list)
+    ignored_files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    median_depth_m: float = float("nan")
+    invalid_fraction: float = float("nan")
+
+
+def list_pairs(source: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Names present in both rgb/ and depth/, plus the non-PNG files that were ignored."""
+    source = Path(source)
+    if not source.is_dir():
+        raise DataError(f"{source}: data folder not found")
+    rgb_dir, depth_dir = source / "rgb", source / "depth"
+    missing = [d.name for d in (rgb_dir, depth_dir) if not d.is_dir()]
+    if missing:
+        raise DataError(
+            f"{source}: wrong layout, missing {' and '.join(f'{m}/' for m in missing)}"
+            " (expected rgb/NAME.png and depth/NAME.png)"
+        )
+    ignored, found = [], {}
+    for sub in (rgb_dir, depth_dir):
+        found[sub.name] = set()
+        for entry in sorted(os.scandir(sub), key=lambda e: e.name):
+            if entry.is_file() and entry.name.lower().endswith(".png") and not entry.name.startswith("."):
+                found[sub.name].add(entry.name)
+            else:
+                ignored.append(f"{sub.name}/{entry.name}")
+    only_rgb = sorted(found["rgb"] - found["depth"])
+    only_depth = sorted(found["depth"] - found["rgb"])
+    problems = []
+    if only_rgb:
+        problems.append(f"{len(only_rgb)} RGB without depth: {', '.join(only_rgb)}")
+    if only_depth:
+        problems.append(f"{len(only_depth)} depth without RGB: {', '.join(only_depth)}")
+    if problems:
+        raise DataError(f"{source}: unpaired files: " + "; ".join(problems))
+    names = sorted(found["rgb"])
+    if not names:
+        raise DataError(f"{source}: no PNG pairs found in rgb/ and depth/")
+    return names, ignored
+
+
+def _check_pair(source: Path, name: str) -> tuple[str, float, float, int]:
+    """Decode one pair fully (catches truncation) -> (name, median mm, invalid share, valid count)."""
+    rgb_path, depth_path = source / "rgb" / name, source / "depth" / name
+    rgb = read_rgb(rgb_path)
+    depth = read_depth_mm(depth_path)
+    if rgb.shape[:2] != depth.shape:
+        raise DataError(
+            f"{depth_path}: size {depth.shape[1]}x{depth.shape[0]} differs from its RGB "
+            f"{rgb.shape[1]}x{rgb.shape[0]}"
+        )
+    valid = depth[depth > 0]
+    median = float(np.median(valid)) if valid.size else float("nan")
+    return name, median, 1.0 - valid.size / depth.size, int(valid.size)
+
+
+def validate_source(source: str | os.PathLike, *, max_images: int = 0, skip_empty_depth: bool = True,
+                    progress=None, workers: int = 2) -> DataReport:
+    """Check every pair of a challenge-layout folder; raise DataError on the first bad file."""
+    source = Path(source)
+    names, ignored = list_pairs(source)
+    if max_images:
+        names = names[:max_images]
+    report = DataReport(names=[], ignored_files=ignored)
+    if ignored:
+        shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
+        report.warnings.append(f"{source}: ignored {len(ignored)} non-PNG entries: {shown}")
+    medians, invalid = [], []
+    # PNG decoding releases the GIL, so threads overlap the zlib work.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, (name, median, invalid_share, n_valid) in enumerate(
+            pool.map(lambda n: _check_pair(source, n), names), start=1
+        ):
+            if progress:
+                progress(i, len(names))
+            if n_valid == 0:
+                if not skip_empty_depth:
+                    raise DataError(f"{source / 'depth' / name}: no valid depth pixel (all 0)")
+                report.skipped_empty.append(name)
+                continue
+            report.names.append(name)
+            medians.append(median)
+            invalid.append(invalid_share)
+    if report.skipped_empty:
+        report.warnings.append(
+            f"{source}: skipped {len(report.skipped_empty)} depth maps without any valid pixel: "
+            + ", ".join(report.skipped_empty[:5])
+        )
+    if not report.names:
+        raise DataError(f"{source}: no usable pairs (every depth map is empty)")
+    median_mm = float(np.median(medians))
+    report.median_depth_m = median_mm / 1000.0
+    report.invalid_fraction = float(np.mean(invalid))
+    lo, hi = PLAUSIBLE_MEDIAN_MM
+    if median_mm < lo:
+        report.warnings.append(
+            f"{source}: median valid depth is {median_mm:.1f} (expected millimetres, e.g. 1000 for 1 m);"
+            " the depth PNGs look like metres or centimetres"
+        )
+    elif median_mm > hi:
+        report.warnings.append(
+            f"{source}: median valid depth is {median_mm:.0f} mm = {median_mm / 1000:.1f} m; the depth PNGs "
+            "look scaled (e.g. TUM's raw 1/5000 m units); convert them to millimetres"
+        )
+    return report
+
+
+def split_names(names: list[str], val_fraction: float) -> dict[str, str]:
+    """Contiguous blocks by sorted name: the last block is validation, so neighbouring
+    video frames never straddle the split."""
+    names = sorted(names)
+    n_val = max(1, math.ceil(len(names) * val_fraction)) if len(names) > 1 else 0
+    n_train = len(names) - n_val
+    if n_train < 1:
+        raise DataError(f"only {len(names)} usable pair(s): need at least 2 for a train/val split")
+    return {name: ("train" if i < n_train else "val") for i, name in enumerate(names)}
+
+
+def write_split(path: str | os.PathLike, source: str | os.PathLike, splits: dict[str, str]) -> None:
+    source = Path(source)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(SPLIT_COLUMNS)
+            for name in sorted(splits):
+                writer.writerow([name, splits[name], str(source / "rgb" / name), str(source / "depth" / name)])
+
+
+def read_split(path: str | os.PathLike, split: str | None = None) -> list[dict[str, str]]:
+    """Rows of split.csv, optionally only one split ('train' or 'val')."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != SPLIT_COLUMNS:
+                raise DataError(f"{path}: expected columns {','.join(SPLIT_COLUMNS)}, found {reader.fieldnames}")
+            rows = list(reader)
+    except FileNotFoundError:
+        raise DataError(f"{path}: split file not found (run the prepare stage first)") from None
+    if split is not None:
+        rows = [r for r in rows if r["split"] == split]
+    return rows

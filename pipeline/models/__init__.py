@@ -1,0 +1,63 @@
+"""Model registry: `train.arch` name -> builder(TrainConfig) -> keras.Model.
+
+Every core model takes N x H x W x 3 float32 RGB in 0..255 at the working resolution
+(train.height x train.width) and returns N x H x W x 1 float32 depth in metres. The
+device model (`wrap_for_device`) adds the resizes to and from the challenge's 480x640
+inside the graph, so the exported TFLite is a drop-in for the benchmark app.
+Only standard Keras layers are used, so saved models load without custom objects and
+convert to TFLite builtin ops.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from pipeline.config import ARCH_STRIDES, TrainConfig
+
+_BUILDERS: dict[str, Callable] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        _BUILDERS[name] = fn
+        return fn
+
+    return deco
+
+
+def arch_names() -> list[str]:
+    _load_builders()
+    return sorted(_BUILDERS)
+
+
+def _load_builders() -> None:
+    # Imported lazily: importing pipeline.models must not import TensorFlow.
+    from pipeline.models import baseline_unet, fastdepth, litedepth, mobile_unet  # noqa: F401
+
+
+def build_model(cfg: TrainConfig):
+    """Build the core (working-resolution) model named by cfg.arch, with fresh weights."""
+    _load_builders()
+    if cfg.arch not in _BUILDERS:
+        raise ValueError(f"unknown train.arch {cfg.arch!r}; known: {', '.join(sorted(_BUILDERS))}")
+    stride = ARCH_STRIDES[cfg.arch]
+    if cfg.height % stride or cfg.width % stride:
+        raise ValueError(
+            f"train.height/width {cfg.height}x{cfg.width} must be divisible by {stride} for {cfg.arch}"
+        )
+    return _BUILDERS[cfg.arch](cfg)
+
+
+def wrap_for_device(core, *, height: int = 480, width: int = 640):
+    """1xHxWx3 RGB 0..255 -> resize to the core's working size -> core -> resize back to HxW."""
+    import keras
+
+    _, work_h, work_w, _ = core.input_shape
+    rgb = keras.Input((height, width, 3), batch_size=1, name="rgb")
+    x = rgb
+    if (work_h, work_w) != (height, width):
+        x = keras.layers.Resizing(work_h, work_w, interpolation="bilinear", name="to_working_size")(x)
+    depth = core(x)
+    if (work_h, work_w) != (height, width):
+        depth = keras.layers.Resizing(height, width, interpolation="bilinear", name="to_device_size")(depth)
+    return keras.Model(rgb, depth, name=f"{core.name}_device")

@@ -1,0 +1,134 @@
+"""tf.data input pipeline: parallel decode, in-memory cache, deterministic augmentation.
+
+Every random choice (order and augmentation) is a pure function of (seed, epoch,
+position), so a run resumed at epoch k sees exactly the batches an uninterrupted run
+would have seen; that is what makes kill-and-resume end with the same weights.
+
+RGB is resized with plain bilinear interpolation, the same op as the Resizing layer in
+the exported device model, so training sees what the device graph will feed the core.
+Depth is resized with nearest neighbour so invalid zeros never blend into valid depth.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline.config import AugmentConfig
+from pipeline.files import MM_PER_M
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def decode_pair(rgb_path, depth_path):
+    """File paths -> (uint8 HxWx3, uint16 HxWx1) at the source resolution."""
+    rgb = tf.io.decode_png(tf.io.read_file(rgb_path), channels=3)
+    depth = tf.io.decode_png(tf.io.read_file(depth_path), channels=1, dtype=tf.uint16)
+    return rgb, depth
+
+
+def to_working(rgb, depth, height: int, width: int):
+    """uint8/uint16 source tensors -> float32 RGB 0..255 and depth metres at working size."""
+    rgb = tf.image.resize(tf.cast(rgb, tf.float32), (height, width), method="bilinear")
+    depth = tf.cast(depth, tf.float32) / MM_PER_M
+    depth = tf.image.resize(depth, (height, width), method="nearest")
+    return rgb, depth
+
+
+def augment(rgb_u8, depth_u16, seed, cfg: AugmentConfig, height: int, width: int):
+    """Random crop-and-resize, horizontal flip and colour jitter from a stateless seed."""
+    seeds = tf.random.experimental.stateless_split(seed, num=7)
+    rgb = tf.cast(rgb_u8, tf.float32)
+    depth = tf.cast(depth_u16, tf.float32) / MM_PER_M
+    if cfg.crop_min_scale < 1.0 and cfg.crop_prob > 0:
+        do_crop = tf.random.stateless_uniform([], seeds[0]) < cfg.crop_prob
+        scale = tf.random.stateless_uniform([], seeds[1], cfg.crop_min_scale, 1.0)
+        offset = tf.random.stateless_uniform([2], seeds[2]) * (1.0 - scale)
+        box = tf.where(do_crop, tf.stack([offset[0], offset[1], offset[0] + scale, offset[1] + scale]),
+                       tf.constant([0.0, 0.0, 1.0, 1.0]))
+        # Same aspect ratio as the full frame, so objects are zoomed, not stretched.
+        boxes, idx, size = box[None], tf.constant([0]), tf.constant([height, width])
+        rgb = tf.image.crop_and_resize(rgb[None], boxes, idx, size, method="bilinear")[0]
+        depth = tf.image.crop_and_resize(depth[None], boxes, idx, size, method="nearest")[0]
+    else:
+        rgb = tf.image.resize(rgb, (height, width), method="bilinear")
+        depth = tf.image.resize(depth, (height, width), method="nearest")
+    if cfg.flip:
+        flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
+        rgb = tf.where(flip, tf.reverse(rgb, axis=[1]), rgb)
+        depth = tf.where(flip, tf.reverse(depth, axis=[1]), depth)
+    x = rgb / 255.0
+    if cfg.brightness > 0:
+        x = tf.image.stateless_random_brightness(x, cfg.brightness, seeds[4])
+    if cfg.contrast > 0:
+        x = tf.image.stateless_random_contrast(x, 1 - cfg.contrast, 1 + cfg.contrast, seeds[5])
+    if cfg.saturation > 0 or cfg.hue > 0:
+        x = tf.image.stateless_random_saturation(x, 1 - cfg.saturation, 1 + cfg.saturation + 1e-6, seeds[6])
+        if cfg.hue > 0:
+            x = tf.image.stateless_random_hue(x, cfg.hue, seeds[6][::-1])
+    return tf.clip_by_value(x, 0.0, 1.0) * 255.0, depth
+
+
+def cache_bytes(rgb_paths: list[str], height: int = 480, width: int = 640) -> int:
+    """Memory the decoded source-resolution cache would take (uint8 RGB + uint16 depth)."""
+    return len(rgb_paths) * height * width * (3 + 2)
+
+
+class PairSource:
+    """Random access to decoded pairs: held in RAM when they fit the cache budget,
+    else decoded from disk on every access (parallel map), so RAM stays bounded."""
+
+    def __init__(self, rgb_paths, depth_paths, *, cache_max_mb: int, source_size=(480, 640)):
+        self.rgb_paths = tf.constant(list(rgb_paths))
+        self.depth_paths = tf.constant(list(depth_paths))
+        self.n = len(rgb_paths)
+        self.cached = cache_bytes(list(rgb_paths), *source_size) <= cache_max_mb * 2**20
+        if self.cached:
+            ds = tf.data.Dataset.from_tensor_slices((self.rgb_paths, self.depth_paths))
+            ds = ds.map(decode_pair, num_parallel_calls=AUTOTUNE, deterministic=True).batch(self.n)
+            self.rgb_all, self.depth_all = next(iter(ds))
+
+    def get(self, index):
+        if self.cached:
+            return tf.gather(self.rgb_all, index), tf.gather(self.depth_all, index)
+        return decode_pair(tf.gather(self.rgb_paths, index), tf.gather(self.depth_paths, index))
+
+
+def epoch_order(n: int, *, seed: int, epoch: int, count: int) -> np.ndarray:
+    """`count` indices for one epoch: concatenated permutations seeded by (seed, epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    reps = math.ceil(count / n)
+    return np.concatenate([rng.permutation(n) for _ in range(reps)])[:count]
+
+
+def train_dataset(source: PairSource, *, seed: int, first_epoch: int, epochs: int, steps_per_epoch: int,
+                  batch_size: int, height: int, width: int, augment_cfg: AugmentConfig):
+    """Batches for epochs [first_epoch, epochs): exactly steps_per_epoch per epoch."""
+    per_epoch = steps_per_epoch * batch_size
+    indices, epoch_ids, positions = [], [], []
+    for epoch in range(first_epoch, epochs):
+        indices.append(epoch_order(source.n, seed=seed, epoch=epoch, count=per_epoch))
+        epoch_ids.append(np.full(per_epoch, epoch))
+        positions.append(np.arange(per_epoch))
+    ds = tf.data.Dataset.from_tensor_slices(
+        (np.concatenate(indices).astype(np.int32), np.concatenate(epoch_ids).astype(np.int64),
+         np.concatenate(positions).astype(np.int64))
+    )
+
+    def load(index, epoch, position):
+        rgb, depth = source.get(index)
+        sample_seed = tf.stack([tf.constant(seed, tf.int64), epoch * 1_000_003 + position])
+        return augment(rgb, depth, sample_seed, augment_cfg, height, width)
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def eval_dataset(source: PairSource, *, batch_size: int, height: int, width: int):
+    """Unaugmented batches at working size, in split order."""
+    ds = tf.data.Dataset.range(source.n)
+    ds = ds.map(lambda i: to_working(*source.get(i), height, width), num_parallel_calls=AUTOTUNE,
+                deterministic=True)
+    return ds.batch(batch_size).cache().prefetch(AUTOTUNE)

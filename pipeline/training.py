@@ -1,0 +1,202 @@
+"""Keras training with per-epoch validation, best-checkpoint selection and resume.
+
+Resume: after every epoch the full training state (weights, optimizer slots and step,
+history so far, best score) is written to the checkpoint folder, state.json last and
+atomically, so a run killed at any moment restarts from the last complete epoch.
+Because the input order and augmentation are functions of (seed, epoch, position) and
+the learning rate is a function of the restored optimizer step, the resumed run ends
+with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from pipeline.config import Params
+from pipeline.data import read_split
+from pipeline.files import DataError, atomic_path, write_json
+from pipeline.losses import make_loss
+from pipeline.models import build_model
+from pipeline.tfdata import PairSource, eval_dataset, train_dataset
+
+STATE_FILE = "state.json"
+MONITOR = "val_si_rmse"
+HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "val_si_rmse", "val_rmse", "lr", "seconds")
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def masked_si_rmse(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Per-image si-RMSE over valid pixels (official definition, clamped at 1 mm)."""
+    out = []
+    for p, g in zip(pred, gt):
+        mask = g > 0.001
+        if not mask.any():
+            continue
+        d = np.log(np.maximum(p[mask], 0.001)) - np.log(g[mask])
+        out.append(math.sqrt(max(float(np.mean(d * d) - np.mean(d) ** 2), 0.0)))
+    return np.asarray(out)
+
+
+def masked_rmse(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    out = []
+    for p, g in zip(pred, gt):
+        mask = g > 0.001
+        if mask.any():
+            out.append(math.sqrt(float(np.mean((p[mask] - g[mask]) ** 2))))
+    return np.asarray(out)
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """Adds val_si_rmse / val_rmse (per image, then averaged) to the epoch logs."""
+
+    def __init__(self, val_ds):
+        super().__init__()
+        self.val_ds = val_ds
+
+    def on_epoch_end(self, epoch, logs=None):
+        si, rmse = [], []
+        for rgb, depth in self.val_ds:
+            pred = self.model(rgb, training=False).numpy()
+            si.append(masked_si_rmse(pred, depth.numpy()))
+            rmse.append(masked_rmse(pred, depth.numpy()))
+        logs[MONITOR] = float(np.mean(np.concatenate(si)))
+        logs["val_rmse"] = float(np.mean(np.concatenate(rmse)))
+
+
+class TrainingState(keras.callbacks.Callback):
+    """Per-epoch checkpoint of everything needed to resume, plus best-weight selection."""
+
+    def __init__(self, ckpt_dir: Path, history_csv: Path, state: dict, fingerprint: str):
+        super().__init__()
+        self.ckpt_dir, self.history_csv = ckpt_dir, history_csv
+        self.state, self.fingerprint = state, fingerprint
+        self.epoch_start = time.time()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, "seconds": round(time.time() - self.epoch_start, 2),
+               "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
+        row.update({k: float(logs[k]) for k in HISTORY_COLUMNS if k in logs})
+        self.state["history"].append(row)
+        if logs[MONITOR] < self.state.get("best", math.inf):
+            self.state.update(best=logs[MONITOR], best_epoch=epoch + 1)
+            self._save_weights("best.weights.h5")
+        self._save_weights("last.weights.h5")
+        self.state.update(epoch=epoch + 1, fingerprint=self.fingerprint)
+        write_history(self.history_csv, self.state["history"])
+        write_json(self.ckpt_dir / STATE_FILE, self.state)  # the commit point of the epoch
+
+    def _save_weights(self, name):
+        with atomic_path(self.ckpt_dir / name, suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp)
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read image ({err})") from None
+
+
+def _load_state(ckpt_dir: Path, fingerprint: str, log) -> dict:
+    state_path = ckpt_dir / STATE_FILE
+    if not state_path.exists():
+        return {"epoch": 0, "history": []}
+    state = json.loads(state_path.read_text())
+    if state.get("fingerprint") != fingerprint:
+        # Params or data changed since the checkpoint: resuming would mix two runs.
+        log(f"checkpoint in {ckpt_dir} is from other params/data; starting over")
+        return {"epoch": 0, "history": []}
+    return state
+
+
+def train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.PathLike,
+          ckpt_dir: str | os.PathLike, history_csv: str | os.PathLike, fingerprint: str,
+          log=print) -> dict:
+    """Train (or resume) and save the best core model to `model_out`. Returns summary metrics."""
+    cfg, seed = params.train, params.base.seed
+    ckpt_dir, history_csv = Path(ckpt_dir), Path(history_csv)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    set_determinism(seed, params.base.deterministic)
+
+    train_rows, val_rows = read_split(split_csv, "train"), read_split(split_csv, "val")
+    if not train_rows or not val_rows:
+        raise DataError(f"{split_csv}: needs both train and val rows (train={len(train_rows)}, val={len(val_rows)})")
+    source_size = _image_size(train_rows[0]["rgb"])
+    train_src = PairSource([r["rgb"] for r in train_rows], [r["depth"] for r in train_rows],
+                           cache_max_mb=cfg.cache_max_mb, source_size=source_size)
+    val_src = PairSource([r["rgb"] for r in val_rows], [r["depth"] for r in val_rows],
+                         cache_max_mb=cfg.cache_max_mb, source_size=source_size)
+    steps = cfg.steps_per_epoch or max(len(train_rows) // cfg.batch_size, 1)
+    batch = min(cfg.batch_size, len(train_rows)) if not cfg.steps_per_epoch else cfg.batch_size
+
+    state = _load_state(ckpt_dir, fingerprint, log)
+    start = state["epoch"]
+    model = build_model(cfg)
+    total_steps = cfg.epochs * steps
+    warmup = min(int(cfg.warmup_epochs * steps), total_steps - 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg.learning_rate * 0.01 if warmup else cfg.learning_rate,
+        decay_steps=max(total_steps - warmup, 1), alpha=cfg.min_lr_ratio,
+        warmup_target=cfg.learning_rate if warmup else None, warmup_steps=warmup,
+    )
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+    model.compile(optimizer=optimizer, loss=make_loss(cfg.loss))
+    if start:
+        optimizer.build(model.trainable_variables)  # slots must exist before loading them
+        model.load_weights(ckpt_dir / "last.weights.h5")
+        log(f"resuming from {ckpt_dir} after epoch {start}/{cfg.epochs}")
+
+    log(f"train: {cfg.arch} at {cfg.height}x{cfg.width}, {len(train_rows)} train / {len(val_rows)} val images, "
+        f"{steps} steps x batch {batch}, epochs {start + 1}..{cfg.epochs}, "
+        f"cache {'in RAM' if train_src.cached else 'off (decode per epoch)'}")
+    val_ds = eval_dataset(val_src, batch_size=batch, height=cfg.height, width=cfg.width)
+    if start < cfg.epochs:
+        train_ds = train_dataset(train_src, seed=seed, first_epoch=start, epochs=cfg.epochs,
+                                 steps_per_epoch=steps, batch_size=batch, height=cfg.height,
+                                 width=cfg.width, augment_cfg=cfg.augment)
+        callbacks = [ValidationMetrics(val_ds), TrainingState(ckpt_dir, history_csv, state, fingerprint)]
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=start,
+                  steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+    elif not history_csv.exists():
+        write_history(history_csv, state["history"])
+
+    model.load_weights(ckpt_dir / "best.weights.h5")
+    # A fresh, uncompiled copy: the saved model carries no optimizer or custom loss.
+    final = build_model(cfg)
+    final.set_weights(model.get_weights())
+    with atomic_path(model_out, suffix=".keras") as tmp:
+        final.save(tmp)
+    last = state["history"][-1]
+    return {
+        "epochs": cfg.epochs, "best_epoch": state["best_epoch"], "best_val_si_rmse": state["best"],
+        "final_loss": last.get("loss"), "final_val_si_rmse": last.get(MONITOR),
+        "params": int(final.count_params()), "train_images": len(train_rows), "val_images": len(val_rows),
+        "steps_per_epoch": steps, "batch_size": batch,
+    }

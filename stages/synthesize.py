@@ -1,0 +1,23 @@
+"""Stage synthesize: render the embedded procedural RGB-D set into data/synthetic."""
+
+from __future__ import annotations
+
+from pipeline.cli import Progress, run_stage
+from pipeline.config import SYNTHETIC_SOURCE, load_params
+from pipeline.files import atomic_dir
+from pipeline.synthetic import write_dataset
+
+OUT = SYNTHETIC_SOURCE
+
+
+def main() -> None:
+    params = load_params()
+    syn = params.data.synthetic
+    with atomic_dir(OUT) as tmp:
+        write_dataset(tmp, count=syn.count, seed=params.base.seed, height=syn.height, width=syn.width,
+                      invalid_fraction=syn.invalid_fraction, progress=Progress("synthesize: scene"))
+    print(f"synthesize: {syn.count} scenes of {syn.width}x{syn.height} in {OUT}/")
+
+
+if __name__ == "__main__":
+    run_stage(main)
