@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: repro test ui tracking-server probe bench clean-venv
+.PHONY: repro test exp ui compare tracking-server probe bench clean-venv
 
 $(INSTALLED): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,45 @@ repro: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest tests -q
+
+# A params preset as one DVC experiment: make exp PRESET=presets/tum.yaml
+PRESET ?= presets/tum.yaml
+exp: $(INSTALLED)
+	$(BIN)/dvc exp run $$($(BIN)/python -m pipeline.config set-args $(PRESET))
+
+# The organizers' hint: random weights -> TFLite -> timing, for every architecture.
+probe: $(INSTALLED)
+	$(BIN)/python -m stages.probe --arch all
+
+bench: $(INSTALLED)
+	$(BIN)/python bench/latency.py
+
+# Lean local MLflow UI on the project's absolute sqlite store (one worker, no job runner).
+# Artifacts stay file-based, so `track` can keep logging to mlflow.db while it runs.
+UI_PORT ?= 5000
+MLFLOW_ENV = MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+ui: $(INSTALLED)
+	$(MLFLOW_ENV) $(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+	  --default-artifact-root $(CURDIR)/mlartifacts --no-serve-artifacts \
+	  --workers 1 --host 127.0.0.1 --port $(UI_PORT)
+
+# Table and Pareto plot (si-RMSE vs latency) of the tracked runs -> reports/compare/
+compare: $(INSTALLED)
+	$(BIN)/python -m stages.compare
+
+# Team server: a SQL backend plus an artifact root that the server proxies.
+# Clients: MLFLOW_TRACKING_URI=http://<host>:$(TRACKING_PORT) dvc exp run ...
+# TRACKING_DB e.g. postgresql://mlflow:PW@dbhost/mlflow (needs psycopg2, not installed)
+# TRACKING_ARTIFACTS e.g. s3://bucket/mlflow (needs boto3) or a shared folder
+TRACKING_DB ?= sqlite:///$(CURDIR)/mlflow-server.db
+TRACKING_ARTIFACTS ?= $(CURDIR)/mlartifacts-server
+TRACKING_HOST ?= 0.0.0.0
+TRACKING_PORT ?= 5000
+TRACKING_ALLOWED_HOSTS ?= $(shell hostname),$(shell hostname):$(TRACKING_PORT),localhost,localhost:$(TRACKING_PORT),127.0.0.1,127.0.0.1:$(TRACKING_PORT)
+tracking-server: $(INSTALLED)
+	$(MLFLOW_ENV) $(BIN)/mlflow server --backend-store-uri $(TRACKING_DB) \
+	  --artifacts-destination $(TRACKING_ARTIFACTS) --host $(TRACKING_HOST) --port $(TRACKING_PORT) \
+	  --workers 2 --allowed-hosts $(TRACKING_ALLOWED_HOSTS)
 
 clean-venv:
 	rm -rf $(VENV)

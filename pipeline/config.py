@@ -211,14 +211,43 @@ def _build(cls, raw, prefix: str):
     return cls(**kwargs)
 
 
-def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> Params:
-    path = Path(path)
+def _read_yaml(path: Path):
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def flatten_overrides(raw: dict, prefix: str = "") -> dict[str, object]:
+    """{'train': {'epochs': 3}} -> {'train.epochs': 3}: the keys `dvc exp run -S` takes."""
+    flat = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(flatten_overrides(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def load_params(path: str | os.PathLike = DEFAULT_PARAMS, *, presets=(), overrides: dict | None = None) -> Params:
+    """params.yaml, then each preset file (partial params) and `overrides` merged on top."""
+    raw = _read_yaml(Path(path)) or {}
+    for preset in presets:
+        raw = _merge(raw, _read_yaml(Path(preset)) or {})
+    if overrides:
+        raw = _merge(raw, overrides)
     params = _build(Params, raw, "")
     t = params.train
     if t.min_depth >= t.max_depth:
@@ -257,3 +286,27 @@ def params_hash(params: Params, sections: typing.Iterable[str] | None = None) ->
         flat = {k: v for k, v in flat.items() if k.split(".")[0] in sections}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
 
+
+
+def _set_args(preset: str) -> str:
+    """A preset file as `-S key=value` arguments for `dvc exp run`."""
+    import shlex
+
+    raw = _read_yaml(Path(preset)) or {}
+    load_params(presets=[preset])  # validate before handing it to DVC
+    args = []
+    for key, value in flatten_overrides(raw).items():
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
+        args += ["-S", shlex.quote(f"{key}={text}")]
+    return " ".join(args)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "set-args":
+        sys.exit("usage: python -m pipeline.config set-args PRESET.yaml")
+    try:
+        print(_set_args(sys.argv[2]))
+    except ConfigError as err:
+        sys.exit(f"error: {err}")

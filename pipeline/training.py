@@ -108,6 +108,19 @@ class TrainingState(keras.callbacks.Callback):
             self.model.save_weights(tmp)
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Stops after the epoch during which the wall-clock budget ran out."""
+
+    def __init__(self, budget_s: float, log):
+        super().__init__()
+        self.budget_s, self.log, self.start = budget_s, log, time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.time() - self.start > self.budget_s:
+            self.log(f"time budget of {self.budget_s:.0f} s reached after epoch {epoch + 1}; stopping")
+            self.model.stop_training = True
+
+
 def write_history(path: Path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
@@ -138,7 +151,7 @@ def _load_state(ckpt_dir: Path, fingerprint: str, log) -> dict:
 
 def train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.PathLike,
           ckpt_dir: str | os.PathLike, history_csv: str | os.PathLike, fingerprint: str,
-          log=print) -> dict:
+          time_budget_s: float | None = None, log=print) -> dict:
     """Train (or resume) and save the best core model to `model_out`. Returns summary metrics."""
     cfg, seed = params.train, params.base.seed
     ckpt_dir, history_csv = Path(ckpt_dir), Path(history_csv)
@@ -182,8 +195,10 @@ def train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.P
                                  steps_per_epoch=steps, batch_size=batch, height=cfg.height,
                                  width=cfg.width, augment_cfg=cfg.augment)
         callbacks = [ValidationMetrics(val_ds), TrainingState(ckpt_dir, history_csv, state, fingerprint)]
+        if time_budget_s:
+            callbacks.append(TimeBudget(time_budget_s, log))
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=start,
-                  steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+                  steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=2)
     elif not history_csv.exists():
         write_history(history_csv, state["history"])
 
@@ -195,7 +210,7 @@ def train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.P
         final.save(tmp)
     last = state["history"][-1]
     return {
-        "epochs": cfg.epochs, "best_epoch": state["best_epoch"], "best_val_si_rmse": state["best"],
+        "epochs": len(state["history"]), "best_epoch": state["best_epoch"], "best_val_si_rmse": state["best"],
         "final_loss": last.get("loss"), "final_val_si_rmse": last.get(MONITOR),
         "params": int(final.count_params()), "train_images": len(train_rows), "val_images": len(val_rows),
         "steps_per_epoch": steps, "batch_size": batch,

@@ -45,7 +45,22 @@ def build_model(cfg: TrainConfig):
         raise ValueError(
             f"train.height/width {cfg.height}x{cfg.width} must be divisible by {stride} for {cfg.arch}"
         )
-    return _BUILDERS[cfg.arch](cfg)
+    model = _BUILDERS[cfg.arch](cfg)
+    set_batchnorm_momentum(model, BN_MOMENTUM)
+    return model
+
+
+# keras.applications use 0.999: the moving statistics then need thousands of steps to
+# leave their initial values, and a short run evaluates with nearly random normalisation.
+BN_MOMENTUM = 0.9
+
+
+def set_batchnorm_momentum(model, momentum: float) -> None:
+    import keras
+
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
 
 
 def wrap_for_device(core, *, height: int = 480, width: int = 640):

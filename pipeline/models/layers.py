@@ -19,8 +19,7 @@ def depth_head(x, cfg: TrainConfig, name: str = "depth"):
     never emits 0 or inf; all three ops are TFLite builtins (LOGISTIC, MUL/ADD, EXP).
     """
     lo, hi = math.log(cfg.min_depth), math.log(cfg.max_depth)
-    # Zero kernel: training starts from a flat map at the range's geometric mean.
-    x = layers.Conv2D(1, 3, padding="same", kernel_initializer="zeros", name=f"{name}_logits")(x)
+    x = layers.Conv2D(1, 3, padding="same", name=f"{name}_logits")(x)
     x = layers.Activation("sigmoid", name=f"{name}_unit")(x)
     x = layers.Rescaling(scale=hi - lo, offset=lo, name=f"{name}_log")(x)
     return layers.Activation("exponential", dtype="float32", name=name)(x)

@@ -1,0 +1,160 @@
+"""Comparison of tracked runs: a table and a Pareto plot of quality vs speed.
+
+Both axes are "lower is better" (si-RMSE and on-device latency), so a run is on the Pareto
+front when no other run is at least as good on both and strictly better on one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.files import atomic_path
+from pipeline.metrics import BENCHMARK_RUNTIME_KEY, challenge_score
+
+# Table column -> search_runs column. The metric names are `<stage>.<key>` as logged by
+# pipeline.tracking from metrics/<stage>.json.
+COLUMNS = {
+    "run": "tags.mlflow.runName",
+    "arch": "params.train.arch",
+    "precision": "params.export.precision",
+    "si_rmse": "metrics.evaluate.si_rmse",
+    "rmse_m": "metrics.evaluate.rmse",
+    "latency_ms": f"metrics.benchmark.{BENCHMARK_RUNTIME_KEY}",
+    "size_mb": "metrics.export.size_mb",
+}
+TEXT_COLUMNS = ("run", "arch", "precision", "run_id")
+
+
+class ReportError(RuntimeError):
+    """Nothing to compare, or the store cannot be read; one line."""
+
+
+def load_runs(*, tracking_uri: str, experiment: str):
+    """All runs of `experiment` as mlflow.search_runs' DataFrame (newest first)."""
+    import mlflow
+
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix) :]).is_file():
+        # MLflow would silently create an empty store here
+        raise ReportError(f"no MLflow store at {tracking_uri[len(prefix):]}; run the pipeline first")
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:
+        raise ReportError(f"no MLflow experiment {experiment!r} at {tracking_uri}; run the pipeline first")
+    return mlflow.search_runs(experiment_names=[experiment], order_by=["attributes.start_time DESC"])
+
+
+def pareto_front(xs, ys) -> np.ndarray:
+    """Boolean mask of the points no other point dominates (both coordinates minimised).
+
+    NaN points are never on the front and never dominate; equal points are all kept.
+    """
+    x = np.asarray(xs, dtype=np.float64)
+    y = np.asarray(ys, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    front = ok.copy()
+    for i in np.flatnonzero(ok):
+        others = ok & (x <= x[i]) & (y <= y[i]) & ((x < x[i]) | (y < y[i]))
+        front[i] = not others.any()
+    return front
+
+
+def _score(si_rmse: float, latency_ms: float) -> float:
+    if not (math.isfinite(si_rmse) and math.isfinite(latency_ms) and latency_ms > 0):
+        return math.nan
+    return challenge_score(si_rmse=si_rmse, runtime_s=latency_ms / 1000.0)
+
+
+def runs_table(runs):
+    """One row per run: COLUMNS + score + pareto, best score first."""
+    import pandas as pd
+
+    table = pd.DataFrame(index=runs.index)
+    for name, source in COLUMNS.items():
+        if source in runs.columns:
+            table[name] = runs[source]
+        else:
+            table[name] = None if name in TEXT_COLUMNS else math.nan
+    table["run_id"] = runs["run_id"] if "run_id" in runs.columns else None
+    for name in COLUMNS:
+        if name not in TEXT_COLUMNS:
+            table[name] = pd.to_numeric(table[name], errors="coerce").astype("float64")
+    # Runs without a name (logged by hand) still need a label.
+    table["run"] = [
+        r if isinstance(r, str) and r else str(i)[:8] for r, i in zip(table["run"], table["run_id"])
+    ]
+    table["score"] = [_score(s, t) for s, t in zip(table["si_rmse"], table["latency_ms"])]
+    table["pareto"] = pareto_front(table["latency_ms"], table["si_rmse"])
+    table = table.sort_values("score", ascending=False, na_position="last", kind="stable")
+    order = [*COLUMNS, "score", "pareto", "run_id"]
+    return table[order].reset_index(drop=True)
+
+
+def _fmt(value, column: str) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else ""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if column == "run_id" and isinstance(value, str):
+        return value[:8]  # enough to find it in the UI; the CSV keeps the full id
+    if isinstance(value, float):
+        digits = {"si_rmse": 4, "rmse_m": 3, "latency_ms": 1, "size_mb": 2}.get(column)
+        return f"{value:.{digits}f}" if digits is not None else f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def to_markdown(table) -> str:
+    columns = list(table.columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(_fmt(row[c], c) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_pareto(table, path: str | os.PathLike) -> int:
+    """si-RMSE vs latency, front marked and joined; returns the number of points drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on build machines
+    import matplotlib.pyplot as plt
+
+    ok = np.isfinite(table["latency_ms"].to_numpy(float)) & np.isfinite(table["si_rmse"].to_numpy(float))
+    pts = table[ok]
+    front = pts[pts["pareto"]].sort_values("latency_ms")
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
+    try:
+        ax.scatter(pts["latency_ms"], pts["si_rmse"], c="tab:gray", label="run", zorder=2)
+        ax.scatter(front["latency_ms"], front["si_rmse"], c="tab:red", s=60, label="Pareto front", zorder=3)
+        ax.step(front["latency_ms"], front["si_rmse"], where="post", c="tab:red", alpha=0.5, zorder=1)
+        for _, row in pts.iterrows():
+            ax.annotate(row["run"], (row["latency_ms"], row["si_rmse"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+        ax.set_xlabel("latency, median per image [ms] (lower is better)")
+        ax.set_ylabel("si-RMSE (lower is better)")
+        missing = len(table) - len(pts)
+        note = f" ({missing} without si-RMSE or latency not shown)" if missing else ""
+        ax.set_title(f"{len(pts)} runs: quality vs speed{note}", fontsize=10)
+        ax.margins(0.15)  # room for the labels
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best")
+        fig.tight_layout()
+        with atomic_path(path, suffix=".png.tmp") as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return len(pts)
+
+
+def write_report(table, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """runs.csv, runs.md and pareto.png in `out_dir`, each written atomically."""
+    out = Path(out_dir)
+    paths = {"csv": out / "runs.csv", "markdown": out / "runs.md", "plot": out / "pareto.png"}
+    with atomic_path(paths["csv"]) as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(paths["markdown"]) as tmp:
+        tmp.write_text(to_markdown(table))
+    plot_pareto(table, paths["plot"])
+    return paths

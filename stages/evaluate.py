@@ -1,0 +1,82 @@
+"""Stage `evaluate`: official MAI metrics of models/model.tflite on the val split.
+
+The submitted artifact (the TFLite model, resizing inside its graph) is what gets
+scored, not the Keras model: conversion or quantization errors show up here.
+Writes metrics/evaluate.json, reports/eval_per_image.csv and reports/eval_panels/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params
+from pipeline.files import DataError, read_json, write_json
+
+SPLIT_CSV = "data/prepared/split.csv"
+MODEL = "models/model.tflite"
+BENCHMARK_JSON = "metrics/benchmark.json"
+OUT_JSON = "metrics/evaluate.json"
+PER_IMAGE_CSV = "reports/eval_per_image.csv"
+PANELS_DIR = "reports/eval_panels"
+
+
+def _progress(i: int, n: int) -> None:
+    if i == n or i % max(1, n // 10) == 0:
+        print(f"evaluate: {i}/{n} images", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__)
+    parser.add_argument("--params", default=DEFAULT_PARAMS)
+    args = parser.parse_args(argv)
+
+    from pipeline.data import read_split
+    from pipeline.evaluation import add_score, evaluate_model, write_panels, write_per_image_csv
+    from pipeline.metrics import BENCHMARK_RUNTIME_KEY, runtime_s_from_benchmark
+    from pipeline.predict import TFLiteDepthModel
+
+    try:
+        params = load_params(args.params)
+        rows = read_split(SPLIT_CSV, "val")
+        if not rows:
+            raise DataError(f"{SPLIT_CSV}: no val rows to evaluate")
+        model = TFLiteDepthModel(MODEL, num_threads=len(os.sched_getaffinity(0)))
+        print(f"evaluate: {MODEL} (input {model.input_size[0]}x{model.input_size[1]}) "
+              f"on {len(rows)} val images", flush=True)
+        summary, per_image = evaluate_model(model, rows, progress=_progress)
+        if summary["n_images"] == 0:
+            raise DataError(f"{SPLIT_CSV}: none of the {len(rows)} val images has valid depth")
+
+        runtime_s = None
+        if Path(BENCHMARK_JSON).is_file():
+            runtime_s = runtime_s_from_benchmark(read_json(BENCHMARK_JSON))
+            if runtime_s is None:
+                print(f"warning: {BENCHMARK_JSON} has no '{BENCHMARK_RUNTIME_KEY}'; no score", file=sys.stderr)
+        else:
+            print(f"note: {BENCHMARK_JSON} not found; evaluate.json gets no score", file=sys.stderr)
+        summary = add_score(summary, runtime_s)
+
+        write_per_image_csv(PER_IMAGE_CSV, per_image)
+        panels = write_panels(PANELS_DIR, model, rows, per_image, params.evaluate.panels)
+        write_json(OUT_JSON, summary)
+    except (DataError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    if summary["n_skipped"]:
+        print(f"warning: {summary['n_skipped']} val image(s) without valid depth were skipped", file=sys.stderr)
+    line = (f"si-RMSE {summary['si_rmse']:.4f} (constant baseline {summary['baseline_si_rmse']:.4f})  "
+            f"RMSE {summary['rmse']:.3f} m  rel {summary['rel']:.3f}  delta1 {summary['delta1']:.3f}  "
+            f"over {summary['n_images']} images")
+    if "score" in summary:
+        line += f"  score {summary['score']:.4g} at {summary['runtime_s'] * 1000:.1f} ms"
+    print(line)
+    print(f"wrote {OUT_JSON}, {PER_IMAGE_CSV}, {len(panels)} panels in {PANELS_DIR}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""pipeline.report + stages.compare: table and Pareto plot of tracked runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.config import load_params
+from pipeline.metrics import challenge_score
+from pipeline.report import pareto_front, runs_table, to_markdown
+from pipeline.tracking import log_pipeline_run
+from stages import compare
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def test_pareto_front_minimises_both():
+    x = [50, 20, 60, 20, 10, np.nan, 5]
+    y = [0.30, 0.35, 0.36, 0.35, 0.50, 0.01, np.nan]
+    # 60/0.36 is dominated by 50/0.30; the two equal 20/0.35 points both stay; NaN never on it
+    assert pareto_front(x, y).tolist() == [True, True, False, True, True, False, False]
+    assert pareto_front([1, 2, 3], [3, 2, 1]).all()
+    assert pareto_front([1, 2, 3], [1, 2, 3]).tolist() == [True, False, False]
+    assert pareto_front([1, 1], [2, 1]).tolist() == [False, True]  # same x, worse y
+    assert pareto_front([], []).tolist() == []
+
+
+RUNS = {  # run name -> (arch, precision, evaluate.json, benchmark.json, export.json)
+    "fast-int8": ("fastdepth", "int8", {"si_rmse": 0.35, "rmse": 1.4}, {"median_ms": 20.0}, {"size_mb": 0.5}),
+    "good-fp32": ("mobile_unet", "fp32", {"si_rmse": 0.30, "rmse": 1.2}, {"median_ms": 50.0}, {"size_mb": 2.0}),
+    "bad-fp16": ("litedepth", "fp16", {"si_rmse": 0.36, "rmse": 1.5}, {"median_ms": 60.0}, {"size_mb": 1.0}),
+    "no-bench": ("mobile_unet", "fp32", {"si_rmse": 0.10, "rmse": 0.9}, None, None),
+}
+
+
+@pytest.fixture
+def tracked(tmp_path, monkeypatch):
+    """Four runs logged through pipeline.tracking into <tmp>/store/mlflow.db."""
+    store = tmp_path / "store"
+    store.mkdir()
+    uri = f"sqlite:///{store}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    base = load_params(REPO / "params.yaml")
+    for name, (arch, precision, ev, bench, export) in RUNS.items():
+        proj = tmp_path / name
+        (proj / "metrics").mkdir(parents=True)
+        shutil.copy(REPO / "params.yaml", proj / "params.yaml")
+        for stage, content in (("evaluate", ev), ("benchmark", bench), ("export", export)):
+            if content is not None:
+                (proj / "metrics" / f"{stage}.json").write_text(json.dumps(content))
+        params = dataclasses.replace(
+            base,
+            train=dataclasses.replace(base.train, arch=arch),
+            export=dataclasses.replace(base.export, precision=precision),
+        )
+        log_pipeline_run(project_root=proj, params=params, experiment_name="cmp", run_name=name)
+    return uri
+
+
+def test_compare_stage_writes_table_and_plot(tracked, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked)
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    out = tmp_path / "cmp_out"
+    assert compare.main(["--experiment", "cmp", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+
+    table = pd.read_csv(out / "runs.csv")
+    assert sorted(table["run"]) == sorted(RUNS)
+    by_run = table.set_index("run")
+    assert by_run.loc["good-fp32", "arch"] == "mobile_unet"
+    assert by_run.loc["fast-int8", "precision"] == "int8"
+    assert by_run.loc["fast-int8", "latency_ms"] == pytest.approx(20.0)
+    assert by_run.loc["good-fp32", "size_mb"] == pytest.approx(2.0)
+    assert by_run.loc["bad-fp16", "rmse_m"] == pytest.approx(1.5)
+    assert by_run.loc["good-fp32", "score"] == pytest.approx(challenge_score(si_rmse=0.30, runtime_s=0.05))
+    assert math.isnan(by_run.loc["no-bench", "score"]) and math.isnan(by_run.loc["no-bench", "latency_ms"])
+    assert by_run["pareto"].to_dict() == {"fast-int8": True, "good-fp32": True, "bad-fp16": False,
+                                          "no-bench": False}
+    # best score first, runs without a score last
+    assert list(table["run"])[-1] == "no-bench"
+    assert table["score"].iloc[:3].is_monotonic_decreasing
+
+    md = (out / "runs.md").read_text()
+    assert md.splitlines()[0].startswith("| run | arch | precision | si_rmse |")
+    assert len(md.strip().splitlines()) == 2 + len(RUNS)
+    assert md in printed and "Pareto front: " in printed and "bad-fp16" not in printed.split("Pareto front: ")[1]
+
+    with Image.open(out / "pareto.png") as img:
+        assert img.format == "PNG" and img.size == (700, 500)
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+
+
+def test_compare_without_store_or_runs_is_a_clear_error(tracked, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    # no store at all: not created as a side effect
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/none.db")
+    assert compare.main([]) == 2
+    assert capsys.readouterr().err == f"error: no MLflow store at {tmp_path}/none.db; run the pipeline first\n"
+    assert not (tmp_path / "none.db").exists()
+    # a store without that experiment
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked)
+    assert compare.main(["--experiment", "nothing-here"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: no MLflow experiment 'nothing-here' at sqlite:///")
+    # an experiment without runs
+    from mlflow import MlflowClient
+    MlflowClient(tracking_uri=tracked).create_experiment("empty")
+    assert compare.main(["--experiment", "empty"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: experiment 'empty' at sqlite:///") and "has no runs yet" in err
+    assert not (tmp_path / "reports").exists()
+
+
+def test_runs_table_tolerates_missing_columns():
+    runs = pd.DataFrame({"run_id": ["abcdef123456"], "metrics.evaluate.si_rmse": [0.4]})
+    table = runs_table(runs)
+    assert table.loc[0, "run"] == "abcdef12" and table.loc[0, "si_rmse"] == pytest.approx(0.4)
+    assert math.isnan(table.loc[0, "latency_ms"]) and not table.loc[0, "pareto"]
+    assert "| abcdef12 | - | - | 0.4000 | - | - | - | - |  | abcdef12 |" in to_markdown(table)

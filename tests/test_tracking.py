@@ -1,0 +1,216 @@
+"""pipeline.tracking: one complete MLflow run from a project's outputs, absolute store paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_params
+from pipeline.tracking import (
+    TrackingError,
+    collect_metrics,
+    log_pipeline_run,
+    store_root,
+    tracking_uri,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DVC_ENV = ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_ROOT")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in DVC_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def make_project(root: Path, *, git: bool = False) -> Path:
+    """A project folder holding what the pipeline stages leave behind (fabricated)."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    (root / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    metrics = root / "metrics"
+    metrics.mkdir()
+    (metrics / "evaluate.json").write_text(json.dumps({
+        "si_rmse": 0.31, "rmse": 1.25, "n_images": 10, "ok": True, "source": "synthetic",
+        "per_image": [0.1, 0.2], "deltas": {"d1": 0.8},
+    }))
+    (metrics / "benchmark.json").write_text(json.dumps({"median_ms": 42.5, "init_ms": 12, "threads": 2}))
+    (metrics / "export.json").write_text(json.dumps({"size_mb": 1.4, "precision": "fp32"}))
+    reports = root / "reports"
+    (reports / "eval_panels").mkdir(parents=True)
+    (reports / "history.csv").write_text(
+        "epoch,learning_rate,loss,val_loss\n0,0.002,1.5,1.6\n1,0.0015,1.0,1.2\n2,0.001,0.8,1.1\n"
+    )
+    (reports / "eval_per_image.csv").write_text("name,si_rmse\na.png,0.3\n")
+    for name in ("worst_0.png", "best_0.png"):
+        (reports / "eval_panels" / name).write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    (root / "models").mkdir()
+    (root / "models" / "model.tflite").write_bytes(b"TFL3" + bytes(1000))
+    (root / "submission").mkdir()
+    with zipfile.ZipFile(root / "submission" / "submission.zip", "w") as zf:
+        zf.writestr("readme.txt", "runtime per image [s] : 0.0425\n")
+    if git:
+        env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+        for cmd in (["init", "-q"], ["add", "params.yaml", "dvc.lock"], ["commit", "-qm", "init"]):
+            subprocess.run(["git", *cmd], cwd=root, check=True, env=env, capture_output=True)
+    return root
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again on exit: nothing listens there
+
+
+def test_log_pipeline_run_logs_params_metrics_history_artifacts_tags(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    project = make_project(tmp_path / "proj", git=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the store must follow project_root, not the cwd
+    monkeypatch.setenv("DVC_EXP_NAME", "fishy-dace")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
+    params = load_params(project / "params.yaml")
+
+    run_id = log_pipeline_run(project_root=project, params=params, experiment_name="test-exp")
+
+    uri = f"sqlite:///{project.resolve()}/mlflow.db"
+    assert tracking_uri(project) == uri and (project / "mlflow.db").is_file()
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "fishy-dace"
+    assert client.get_experiment(run.info.experiment_id).name == "test-exp"
+
+    p = run.data.params
+    assert p["train.arch"] == params.train.arch
+    assert p["train.loss.silog_weight"] == str(params.train.loss.silog_weight)
+    assert p["export.precision"] == params.export.precision
+    assert p["base.seed"] == "42" and p["package.description"] == ""
+
+    m = run.data.metrics
+    assert m["evaluate.si_rmse"] == pytest.approx(0.31)
+    assert m["evaluate.rmse"] == pytest.approx(1.25)
+    assert m["evaluate.deltas.d1"] == pytest.approx(0.8)
+    assert m["benchmark.median_ms"] == pytest.approx(42.5)
+    assert m["export.size_mb"] == pytest.approx(1.4)
+    # strings, bools and lists are not metrics
+    assert not {"evaluate.ok", "evaluate.source", "evaluate.per_image", "export.precision"} & set(m)
+
+    history = client.get_metric_history(run_id, "history.val_loss")
+    assert [(h.step, h.value) for h in sorted(history, key=lambda h: h.step)] == [(0, 1.6), (1, 1.2), (2, 1.1)]
+    assert len(client.get_metric_history(run_id, "history.learning_rate")) == 3
+    assert "history.epoch" not in m
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    t = run.data.tags
+    assert t["git.commit"] == commit and t["mlflow.source.git.commit"] == commit
+    assert t["git.dirty"] == "false"
+    assert t["dvc.exp_name"] == "fishy-dace" and t["dvc.baseline_rev"] == "abc123"
+    import hashlib
+    assert t["dvc.lock_sha256"] == hashlib.sha256((project / "dvc.lock").read_bytes()).hexdigest()
+    assert t["train.arch"] == params.train.arch and t["export.precision"] == params.export.precision
+
+    def listing(path=None):
+        return {a.path for a in client.list_artifacts(run_id, path)}
+
+    assert listing() >= {"models", "submission", "reports", "metrics", "dvc.lock", "params.yaml"}
+    assert listing("models") == {"models/model.tflite"}
+    assert listing("submission") == {"submission/submission.zip"}
+    assert listing("metrics") == {"metrics/evaluate.json", "metrics/benchmark.json", "metrics/export.json"}
+    assert listing("reports") >= {"reports/history.csv", "reports/eval_per_image.csv", "reports/eval_panels"}
+    assert listing("reports/eval_panels") == {"reports/eval_panels/worst_0.png", "reports/eval_panels/best_0.png"}
+    # artifacts stored beside the store (absolute), not under the cwd
+    assert run.info.artifact_uri.startswith((project.resolve() / "mlartifacts").as_uri())
+    assert not any(elsewhere.iterdir())
+
+
+def test_missing_optional_files_and_no_git_still_log(tmp_path):
+    from mlflow import MlflowClient
+
+    project = tmp_path / "bare"
+    project.mkdir()
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    params = load_params(project / "params.yaml")
+    run_id = log_pipeline_run(project_root=project, params=params, experiment_name="bare")
+    run = MlflowClient(tracking_uri=tracking_uri(project)).get_run(run_id)
+    assert run.data.metrics == {}
+    assert run.data.tags["git.commit"] == "unknown" and run.data.tags["dvc.lock_sha256"] == "missing"
+    assert "dvc.exp_name" not in run.data.tags
+    # readable default name: arch-precision-timestamp
+    assert run.info.run_name.startswith(f"{params.train.arch}-{params.export.precision}-")
+
+
+def test_dvc_temp_copy_logs_into_the_real_root(tmp_path):
+    from mlflow import MlflowClient
+
+    root = tmp_path / "repo"
+    copy = make_project(root / ".dvc" / "tmp" / "exps" / "standalone" / "tmpab12cd")
+    assert store_root(copy) == root.resolve()
+    assert tracking_uri(copy) == f"sqlite:///{root.resolve()}/mlflow.db"
+
+    run_id = log_pipeline_run(project_root=copy, params=load_params(copy / "params.yaml"),
+                              experiment_name="exps")
+    assert (root / "mlflow.db").is_file() and not (copy / "mlflow.db").exists()
+    run = MlflowClient(tracking_uri=tracking_uri(root)).get_run(run_id)
+    assert run.info.artifact_uri.startswith((root.resolve() / "mlartifacts").as_uri())
+    assert (root / "mlartifacts").is_dir() and not (copy / "mlartifacts").exists()
+
+
+def test_tracking_uri_mapping(tmp_path, monkeypatch):
+    root = tmp_path / "r"
+    assert tracking_uri(root / ".dvc" / "tmp" / "exps" / "tmpq1") == f"sqlite:///{root.resolve()}/mlflow.db"
+    assert store_root(root / "sub") == (root / "sub").resolve()  # only the exps temp dir maps
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.1:5000")
+    assert tracking_uri(root) == "http://10.0.0.1:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///team.db")  # relative: anchored at the root
+    assert tracking_uri(root / ".dvc/tmp/exps/x") == f"sqlite:///{root.resolve()}/team.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////abs/x.db")
+    assert tracking_uri(root) == "sqlite:////abs/x.db"
+
+
+def test_corrupt_metrics_json_is_a_one_line_error(tmp_path):
+    from pipeline.files import DataError
+
+    project = make_project(tmp_path / "p")
+    (project / "metrics" / "export.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"export\.json: not valid JSON"):
+        collect_metrics(project)
+
+
+def test_unreachable_server_fails_fast_and_touches_nothing(tmp_path, monkeypatch):
+    project = make_project(tmp_path / "p")
+    before = sorted(p.relative_to(project) for p in project.rglob("*"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match="unreachable"):
+        log_pipeline_run(project_root=project, params=load_params(project / "params.yaml"),
+                         experiment_name="x")
+    assert time.monotonic() - start < 10
+    assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
+
+
+def test_track_stage_exit_2_with_one_line_error(tmp_path):
+    project = make_project(tmp_path / "p")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "stages.track"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: MLflow tracking server http://127.0.0.1:")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - start < 30  # includes importing mlflow
