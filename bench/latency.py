@@ -1,0 +1,51 @@
+"""Latency at 480x640 of every architecture in fp32 and int8, and the int8/fp32 ratio.
+
+    .venv/bin/python bench/latency.py [--threads N] [--runs N] [--params params.yaml]
+
+Random weights (timing does not depend on them); each model runs in a fresh process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main() -> int:
+    from pipeline.config import ARCHS, load_params
+    from pipeline.probe import format_table, probe
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=None, help="default: benchmark.threads, capped")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
+    args = parser.parse_args()
+    params = load_params(args.params)
+    threads = args.threads or params.benchmark.threads
+    rows = []
+    for arch in ARCHS:
+        for precision in ("fp32", "int8"):
+            print(f"{arch} {precision} ...", file=sys.stderr, flush=True)
+            rows.append(probe(arch, train_cfg=params.train, precision=precision, threads=threads,
+                              warmup=args.warmup, runs=args.runs))
+    t = params.train
+    print(f"# 480x640 input, working size {t.height}x{t.width}, {rows[0]['threads']} threads, "
+          f"median of {args.runs} runs")
+    print(format_table(rows))
+    print()
+    print(f"{'arch':<18}  {'fp32 ms':>8}  {'int8 ms':>8}  {'int8/fp32':>9}  {'speed-up':>8}")
+    for arch in ARCHS:
+        fp32, int8 = (next(r for r in rows if r["arch"] == arch and r["precision"] == p) for p in ("fp32", "int8"))
+        ratio = int8["median_ms"] / fp32["median_ms"]
+        print(f"{arch:<18}  {fp32['median_ms']:8.2f}  {int8['median_ms']:8.2f}  {ratio:9.2f}  {1 / ratio:7.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

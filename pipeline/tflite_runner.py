@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Time one .tflite model the way the AI Benchmark app does; print ONE JSON line.
+
+    python tflite_runner.py MODEL [--threads 4] [--warmup 2] [--runs 10]
+
+Self-contained on purpose (stdlib + numpy + ai_edge_litert or tflite_runtime): it is
+copied as-is to a device (e.g. a Raspberry Pi) and run there, so it must not import the
+project. Keep it Python 3.7 compatible (old device images).
+
+Reports: init time (interpreter construction + tensor allocation, where the default
+XNNPACK delegate is applied), warm-up and N timed `invoke()` calls on a fixed random
+input of the model's own shape, latency stats, the process's peak RSS (and the RSS
+before the model was loaded, so the model's share is visible), runtime and machine.
+Exit codes: 0 ok, 2 bad arguments/model, 3 no TFLite runtime installed.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+RUNTIME_MISSING_EXIT = 3
+RUNTIME_MISSING_TAG = "tflite_runner: no TFLite runtime"
+
+
+def _rss_mb():
+    """(peak, current) resident set size of this process in MB.
+
+    Linux: VmHWM/VmRSS from /proc/self/status. Not ru_maxrss there: it survives
+    fork+exec, so a runner started from a process holding TensorFlow (~700 MB) would
+    report the parent's peak. Elsewhere (macOS) ru_maxrss, which is in bytes there.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["VmHWM"].split()[0]) / 1024.0, int(fields["VmRSS"].split()[0]) / 1024.0
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0), None
+
+
+def _load_runtime():
+    """Prefer ai_edge_litert (the maintained package), fall back to tflite_runtime."""
+    errors = []
+    try:
+        import numpy  # noqa: F401  (both runtimes need it; a missing one is the same fix)
+    except ImportError as err:
+        errors.append("numpy: %s" % err)
+        _runtime_missing(errors)
+    try:
+        from ai_edge_litert import interpreter as mod
+
+        try:
+            from importlib.metadata import version
+
+            ver = version("ai-edge-litert")
+        except Exception:
+            ver = getattr(sys.modules.get("ai_edge_litert"), "__version__", "unknown")
+        return mod, "ai_edge_litert", ver
+    except ImportError as err:
+        errors.append("ai_edge_litert: %s" % err)
+    try:
+        from tflite_runtime import interpreter as mod
+        import tflite_runtime
+
+        return mod, "tflite_runtime", getattr(tflite_runtime, "__version__", "unknown")
+    except ImportError as err:
+        errors.append("tflite_runtime: %s" % err)
+    _runtime_missing(errors)
+
+
+def _runtime_missing(errors):
+    sys.stderr.write(
+        "%s: install ai-edge-litert or tflite-runtime for %s (ImportError: %s)\n"
+        % (RUNTIME_MISSING_TAG, sys.executable, "; ".join(errors))
+    )
+    sys.exit(RUNTIME_MISSING_EXIT)
+
+
+def _delegate_partitions(interp):
+    """DELEGATE nodes after allocation: 1 = the whole graph runs in XNNPACK; more means
+    ops it cannot run split the graph (each split costs time). None if not exposed."""
+    try:
+        return sum(1 for op in interp._get_ops_details() if op.get("op_name") == "DELEGATE")
+    except Exception:  # private API; absent in some tflite_runtime versions
+        return None
+
+
+def _usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))  # respects containers / taskset
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _percentile(sorted_values, q):
+    """Linear-interpolated percentile (numpy's default) without needing numpy for it."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _random_input(detail, np):
+    shape = [int(d) if int(d) > 0 else 1 for d in detail["shape"]]
+    rng = np.random.RandomState(0)
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return rng.uniform(0.0, 255.0, size=shape).astype(dtype)  # RGB 0..255 like real inputs
+    info = np.iinfo(dtype)
+    return rng.randint(info.min, info.max + 1, size=shape).astype(dtype)
+
+
+def run(model_path, threads, warmup, runs):
+    baseline_peak_mb, baseline_now_mb = _rss_mb()
+    baseline_mb = baseline_now_mb if baseline_now_mb is not None else baseline_peak_mb
+    mod, runtime_name, runtime_version = _load_runtime()
+    import numpy as np
+    cpus = _usable_cpus()
+    threads_used = max(1, min(threads, cpus))
+
+    t0 = time.perf_counter()
+    interp = mod.Interpreter(model_path=model_path, num_threads=threads_used)
+    interp.allocate_tensors()  # the default XNNPACK delegate is applied here
+    init_ms = (time.perf_counter() - t0) * 1000.0
+    partitions = _delegate_partitions(interp)
+    after_init_peak_mb, _ = _rss_mb()
+
+    inputs = interp.get_input_details()
+    for detail in inputs:
+        if any(int(d) <= 0 for d in detail["shape"]):
+            interp.resize_tensor_input(detail["index"], [max(int(d), 1) for d in detail["shape"]])
+    if any(int(d) <= 0 for d in inputs[0]["shape"]):
+        interp.allocate_tensors()
+        inputs = interp.get_input_details()
+    for detail in inputs:
+        interp.set_tensor(detail["index"], _random_input(detail, np))
+
+    first_ms = None
+    for i in range(warmup):
+        t = time.perf_counter()
+        interp.invoke()
+        if i == 0:
+            first_ms = (time.perf_counter() - t) * 1000.0
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        interp.invoke()
+        times.append((time.perf_counter() - t) * 1000.0)
+    outputs = interp.get_output_details()
+    out = interp.get_tensor(outputs[0]["index"])
+    peak_mb, current_mb = _rss_mb()
+
+    ordered = sorted(times)
+    return {
+        "model": os.path.basename(model_path),
+        "model_bytes": os.path.getsize(model_path),
+        "input_shape": [int(d) for d in inputs[0]["shape"]],
+        "input_dtype": np.dtype(inputs[0]["dtype"]).name,
+        "output_shape": [int(d) for d in out.shape],
+        "output_finite": bool(np.all(np.isfinite(out))),
+        "init_ms": round(init_ms, 3),
+        "first_run_ms": None if first_ms is None else round(first_ms, 3),
+        "mean_ms": round(sum(times) / len(times), 3),
+        "median_ms": round(_percentile(ordered, 50), 3),
+        "p90_ms": round(_percentile(ordered, 90), 3),
+        "min_ms": round(ordered[0], 3),
+        "max_ms": round(ordered[-1], 3),
+        "times_ms": [round(t, 3) for t in times],
+        "runs": runs,
+        "warmup": warmup,
+        "threads_requested": threads,
+        "threads": threads_used,
+        "threads_capped": threads_used != threads,
+        "peak_rss_mb": round(peak_mb, 1),
+        "baseline_rss_mb": round(baseline_mb, 1),
+        "model_rss_mb": round(peak_mb - baseline_mb, 1),
+        "init_peak_rss_mb": round(after_init_peak_mb, 1),
+        "current_rss_mb": None if current_mb is None else round(current_mb, 1),
+        "rss_note": "peak_rss_mb is the whole process (Python+numpy+runtime+model); "
+        "baseline_rss_mb was measured before numpy and the runtime were imported; "
+        "model_rss_mb = peak - baseline",
+        "runtime": runtime_name,
+        "runtime_version": runtime_version,
+        "delegate": "xnnpack (default)",
+        "delegate_partitions": partitions,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": cpus,
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=10)
+    args = ap.parse_args(argv)
+    if args.threads < 1 or args.warmup < 0 or args.runs < 1:
+        ap.error("need --threads >= 1, --warmup >= 0, --runs >= 1")
+    if not os.path.isfile(args.model):
+        sys.stderr.write("tflite_runner: %s: model file not found\n" % args.model)
+        return 2
+    try:
+        result = run(args.model, args.threads, args.warmup, args.runs)
+    except (ValueError, RuntimeError) as err:
+        msg = str(err).strip().splitlines()
+        sys.stderr.write("tflite_runner: %s: cannot run model (%s)\n" % (args.model, msg[0] if msg else err))
+        return 2
+    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

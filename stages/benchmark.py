@@ -1,0 +1,57 @@
+"""Stage benchmark: time models/model.tflite like the AI Benchmark app.
+
+Locally in a fresh process (TensorFlow is not loaded there) or on `benchmark.device:
+ssh://user@host[:port]` (key-based ssh; MAI_SSH_IDENTITY / MAI_SSH_CONFIG pick the key
+or an ssh config). Writes metrics/benchmark.json; `runtime_s` (median) is the value
+that goes into the submission readme. Always measures: never restore it from a cache.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+from pipeline.cli import run_stage
+from pipeline.config import load_params
+from pipeline.files import write_json
+
+MODEL = "models/model.tflite"
+METRICS = "metrics/benchmark.json"
+KEYS = ("threads_requested", "threads", "threads_capped", "init_ms", "first_run_ms", "mean_ms",
+        "median_ms", "p90_ms", "min_ms", "max_ms", "times_ms", "peak_rss_mb", "baseline_rss_mb",
+        "model_rss_mb", "runs", "warmup", "runtime", "runtime_version", "delegate",
+        "delegate_partitions", "python", "machine", "platform", "hostname", "cpu_count",
+        "cpus_usable", "input_shape", "model_bytes")
+
+
+def main() -> None:
+    params = load_params()
+    cfg = params.benchmark
+    from pipeline import remote, timing
+
+    try:
+        if remote.is_remote(cfg.device):
+            result = remote.time_remote(cfg.device, MODEL, python=cfg.ssh_python, threads=cfg.threads,
+                                        warmup=cfg.warmup, runs=cfg.runs, **remote.ssh_settings_from_env())
+            device = result["device"]
+        elif cfg.device == "local":
+            result = timing.time_local(MODEL, threads=cfg.threads, warmup=cfg.warmup, runs=cfg.runs)
+            device = f"local:{platform.node()} {platform.machine()}"
+        else:
+            remote.parse_device(cfg.device)  # raises the ConfigError explaining the format
+    except (timing.TimingError, remote.RemoteError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    if not result.get("output_finite", True):
+        print(f"warning: {MODEL} produced non-finite outputs on random input", file=sys.stderr)
+    out = {"device": device, "model": MODEL, **{k: result.get(k) for k in KEYS},
+           "runtime_s": round(result["median_ms"] / 1000.0, 6)}
+    write_json(METRICS, out)
+    capped = f" (capped from {cfg.threads})" if out["threads_capped"] else ""
+    print(f"benchmark: {device}, {out['threads']} threads{capped}: median {out['median_ms']:.1f} ms, "
+          f"p90 {out['p90_ms']:.1f} ms, init {out['init_ms']:.1f} ms, peak RAM {out['peak_rss_mb']:.0f} MB "
+          f"-> {METRICS}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,45 @@
+"""Stage export: models/model.keras -> models/model.tflite (device size, export.precision).
+
+The core model is wrapped to take the challenge's 1x480x640x3 RGB 0..255 and return
+1x480x640x1 metres (resizes inside the graph), converted with builtin ops only, and
+checked against Keras on a few val images. Writes models/model.tflite and
+metrics/export.json (size, op counts, parity).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pipeline.cli import run_stage
+from pipeline.config import load_params
+from pipeline.files import write_json
+
+SPLIT_CSV = "data/prepared/split.csv"
+KERAS_MODEL = "models/model.keras"
+TFLITE_MODEL = "models/model.tflite"
+METRICS = "metrics/export.json"
+
+
+def main() -> None:
+    params = load_params()
+    from pipeline.tflite import ExportError, export_model, load_keras_model, write_tflite
+
+    cfg = params.export
+    try:
+        core = load_keras_model(KERAS_MODEL)
+        print(f"export: {KERAS_MODEL} -> {cfg.precision} TFLite at {cfg.height}x{cfg.width}", flush=True)
+        flatbuffer, report = export_model(core, SPLIT_CSV, cfg=cfg)
+    except ExportError as err:
+        print(f"error: {KERAS_MODEL}: {err}", file=sys.stderr)
+        sys.exit(1)
+    write_tflite(TFLITE_MODEL, flatbuffer)
+    write_json(METRICS, report)
+    par = report["parity"]
+    print(f"export: {TFLITE_MODEL} {report['size_mb']:.2f} MB, {report['n_ops']} ops, "
+          f"{report['macs'] / 1e9:.2f} GMACs; parity on {par['images']} val images: "
+          f"max |diff| {par['max_abs_diff_m']:.4g} m, si-RMSE {par['si_rmse_keras']:.4f} (Keras) -> "
+          f"{par['si_rmse_tflite']:.4f} (TFLite)")
+
+
+if __name__ == "__main__":
+    run_stage(main)

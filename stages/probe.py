@@ -1,0 +1,63 @@
+"""The organizers' hint in one command: random weights -> TFLite -> timing, no DVC.
+
+    python -m stages.probe --arch fastdepth [--precision int8] [--threads 4] [--runs 10]
+    python -m stages.probe --arch all
+
+Builds each architecture from params.yaml's train section (arch overridden, encoder
+weights none), wraps it for the 480x640 device input, converts it and times it in a
+fresh process; prints one table row per architecture. Writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.cli import run_stage
+from pipeline.config import ARCHS, DEFAULT_PARAMS, load_params
+
+PRECISIONS = ("fp32", "fp16", "dynamic_int8", "int8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.probe", description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", required=True, choices=(*ARCHS, "all"))
+    parser.add_argument("--precision", choices=PRECISIONS, help="default: export.precision")
+    parser.add_argument("--threads", type=int, help="default: benchmark.threads (capped at local cores)")
+    parser.add_argument("--warmup", type=int, help="default: benchmark.warmup")
+    parser.add_argument("--runs", type=int, help="default: benchmark.runs")
+    parser.add_argument("--params", default=DEFAULT_PARAMS)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    b, e = params.benchmark, params.export
+    threads, warmup, runs = (b.threads if args.threads is None else args.threads,
+                             b.warmup if args.warmup is None else args.warmup,  # 0 is valid
+                             b.runs if args.runs is None else args.runs)
+    if threads < 1 or warmup < 0 or runs < 1:
+        parser.error("need --threads >= 1, --warmup >= 0, --runs >= 1")
+
+    from pipeline.probe import format_table, probe
+    from pipeline.tflite import ExportError
+    from pipeline.timing import TimingError
+
+    archs = ARCHS if args.arch == "all" else (args.arch,)
+    precision = args.precision or e.precision
+    rows, failed = [], []
+    for arch in archs:
+        print(f"probe: {arch} {precision} ...", file=sys.stderr, flush=True)
+        try:
+            rows.append(probe(arch, train_cfg=params.train, precision=precision, threads=threads,
+                              warmup=warmup, runs=runs, height=e.height, width=e.width))
+        except (ExportError, TimingError, ValueError) as err:
+            failed.append(f"{arch}: {err}")
+            print(f"error: {arch}: {err}", file=sys.stderr)
+    if rows:
+        t = params.train
+        print(f"# random weights, working size {t.height}x{t.width} inside a {e.height}x{e.width} graph")
+        print(format_table(rows))
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,175 @@
+"""TFLite conversion: every precision converts and runs, non-builtin ops are refused
+with a readable error, parity is ~0 for fp32, op summary and MACs are right."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import tflite
+from pipeline.config import ExportConfig
+
+TUM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tum_fr1_xyz"
+H, W = 64, 80
+
+
+def tiny_depth_model(height=H, width=W):
+    """A small depth-like net; the 32x32 conv (9216 weights) is big enough that the
+    dynamic-range quantizer really quantizes it (it skips tensors under 1024 elements)."""
+    import keras
+
+    inp = keras.Input((height, width, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inp)
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(x)
+    x = keras.layers.UpSampling2D(interpolation="bilinear")(x)
+    x = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(x)
+    out = keras.layers.Rescaling(9.9, offset=0.1)(x)  # metres in 0.1..10
+    return keras.Model(inp, out)
+
+
+@pytest.fixture(scope="module")
+def model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return tiny_depth_model()
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 255, size=(3, H, W, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("precision", tflite.PRECISIONS)
+def test_each_precision_converts_and_runs(model, images, precision, capfd):
+    flatbuffer = tflite.convert(model, precision=precision, representative=images)
+    quiet = capfd.readouterr()
+    assert quiet.out == "" and quiet.err == "", "converter chatter leaked on success"
+
+    summary = tflite.op_summary(flatbuffer)
+    assert summary["inputs"] == [{"shape": [1, H, W, 3], "dtype": "float32"}]  # float I/O kept
+    assert summary["outputs"] == [{"shape": [1, H, W, 1], "dtype": "float32"}]
+    assert summary["non_builtin"] == []
+    assert summary["ops"]["CONV_2D"] == 3 and summary["ops"]["DEPTHWISE_CONV_2D"] == 1
+    if precision == "int8":
+        assert summary["ops"].get("QUANTIZE", 0) >= 1 and summary["ops"].get("DEQUANTIZE", 0) >= 1
+    if precision == "fp16":
+        assert summary["ops"].get("DEQUANTIZE", 0) >= 1  # fp16 weights dequantized at load
+
+    out = tflite.run_tflite(flatbuffer, images)
+    assert out.shape == (3, H, W, 1) and np.isfinite(out).all()
+    assert 0.1 - 1e-3 <= out.min() and out.max() <= 10.0 + 1e-3
+
+    par = tflite.parity(model, flatbuffer, images)
+    tolerance = {"fp32": 1e-4, "fp16": 0.05, "dynamic_int8": 0.5, "int8": 1.0}[precision]
+    assert par["max_abs_diff_m"] <= tolerance
+    assert par["mean_abs_diff_m"] <= par["max_abs_diff_m"]
+
+
+def test_quantized_models_are_smaller(model, images):
+    sizes = {p: len(tflite.convert(model, precision=p, representative=images)) for p in tflite.PRECISIONS}
+    assert sizes["fp16"] < sizes["fp32"]
+    assert sizes["dynamic_int8"] < sizes["fp16"]
+    assert sizes["int8"] < sizes["fp16"]
+
+
+def test_fp32_parity_is_zero_and_si_rmse_matches(model, images):
+    flatbuffer = tflite.convert(model, precision="fp32")
+    rng = np.random.default_rng(1)
+    depths = rng.uniform(0.5, 8.0, size=(3, H, W)).astype(np.float32)
+    depths[:, :5] = 0.0  # invalid pixels must not matter
+    par = tflite.parity(model, flatbuffer, images, depths)
+    assert par["images"] == 3
+    assert par["max_abs_diff_m"] < 1e-4 and par["mean_abs_diff_m"] < 1e-5
+    assert abs(par["si_rmse_diff"]) < 1e-5 and par["si_rmse_tflite_vs_keras"] < 1e-5
+    assert par["si_rmse_keras"] > 0.1  # random model vs random depth: far from perfect
+
+
+def test_int8_needs_representative_data(model):
+    with pytest.raises(tflite.ExportError, match="representative"):
+        tflite.convert(model, precision="int8")
+
+
+def test_unknown_precision(model):
+    with pytest.raises(tflite.ExportError, match="unknown precision 'int4'"):
+        tflite.convert(model, precision="int4")
+
+
+def test_non_builtin_op_is_rejected_with_its_name():
+    import keras
+    import tensorflow as tf
+
+    class Erfinv(keras.layers.Layer):
+        def call(self, x):
+            return tf.math.erfinv(tf.clip_by_value(x / 300.0, -0.9, 0.9))
+
+    inp = keras.Input((8, 8, 3))
+    bad = keras.Model(inp, Erfinv()(inp))
+    with pytest.raises(tflite.ExportError) as err:
+        tflite.convert(bad, precision="fp32")
+    message = str(err.value)
+    assert message == "model needs non-builtin TF ops: Erfinv; the device runtime has builtin ops only"
+    assert "Erfinv" in err.value.log  # full converter output kept for whoever needs it
+
+
+def test_non_builtin_parser():
+    log = ("error: 'tf.Erfinv' op is neither a custom op nor a flex op\n"
+           "Some ops are not supported by the native TFLite runtime\n\tFlex ops: FlexStringJoin, FlexErfinv\n")
+    assert tflite.non_builtin_ops(log) == ["Erfinv", "StringJoin"]
+    assert tflite.non_builtin_ops("all fine") == []
+
+
+def test_macs_of_a_single_conv():
+    import keras
+
+    inp = keras.Input((32, 40, 3))
+    conv = keras.Model(inp, keras.layers.Conv2D(8, 3, padding="same")(inp))
+    dw = keras.Model(inp, keras.layers.DepthwiseConv2D(5, padding="same")(inp))
+    assert tflite.op_summary(tflite.convert(conv, precision="fp32"))["macs"] == 32 * 40 * 8 * 3 * 3 * 3
+    assert tflite.op_summary(tflite.convert(dw, precision="fp32"))["macs"] == 32 * 40 * 3 * 5 * 5
+
+
+def test_device_size_480x640_int8_with_registry_wrapper(model, images):
+    from pipeline.models import wrap_for_device
+
+    device = wrap_for_device(model, height=480, width=640)
+    rep = [np.resize(images[0], (480, 640, 3))]
+    flatbuffer = tflite.convert(device, precision="int8", representative=rep)
+    summary = tflite.op_summary(flatbuffer)
+    assert summary["inputs"][0] == {"shape": [1, 480, 640, 3], "dtype": "float32"}
+    assert summary["outputs"][0] == {"shape": [1, 480, 640, 1], "dtype": "float32"}
+    out = tflite.run_tflite(flatbuffer, rep)
+    assert out.shape == (1, 480, 640, 1) and np.isfinite(out).all()
+
+
+def test_export_model_report_on_real_images(model, tmp_path):
+    names = sorted(p.name for p in (TUM / "rgb").glob("*.png"))[:5]
+    split = tmp_path / "split.csv"
+    with open(split, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "split", "rgb", "depth"])
+        for i, n in enumerate(names):
+            w.writerow([n[:-4], "train" if i < 3 else "val", TUM / "rgb" / n, TUM / "depth" / n])
+    cfg = ExportConfig(precision="int8", height=96, width=128, representative_images=2, parity_images=2)
+    flatbuffer, report = tflite.export_model(model, split, cfg=cfg)
+    assert report["precision"] == "int8" and report["representative_images"] == 2
+    assert report["size_bytes"] == len(flatbuffer) and report["size_mb"] == pytest.approx(len(flatbuffer) / 1e6, abs=1e-4)
+    assert report["inputs"][0]["shape"] == [1, 96, 128, 3]  # resized from 480x640 at load
+    assert report["n_ops"] == sum(report["ops"].values())
+    par = report["parity"]
+    assert par["images"] == 2 and np.isfinite(par["si_rmse_diff"]) and par["max_abs_diff_m"] < 1.0
+
+
+def test_export_model_without_val_rows_is_a_data_error(model, tmp_path):
+    from pipeline.files import DataError
+
+    split = tmp_path / "split.csv"
+    split.write_text(f"name,split,rgb,depth\na,train,{TUM}/rgb/000000.png,{TUM}/depth/000000.png\n")
+    with pytest.raises(DataError, match="no val rows"):
+        tflite.export_model(model, split, cfg=ExportConfig(height=64, width=80))
