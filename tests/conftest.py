@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny copy of the project that runs the real stages in seconds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "tum_fr1_xyz"
+
+# Small enough for 2 CPU cores: few low-resolution scenes, one short epoch, few timing runs.
+TINY_PARAMS = {
+    "data": {"val_fraction": 0.3, "synthetic": {"count": 6, "height": 120, "width": 160}},
+    "train": {"height": 64, "width": 64, "epochs": 1, "batch_size": 2, "decoder_channels": 8},
+    "export": {"representative_images": 2, "parity_images": 1},
+    "benchmark": {"threads": 1, "warmup": 1, "runs": 2},
+    "evaluate": {"panels": 1},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def project_env() -> dict[str, str]:
+    """The venv first on PATH (dvc.yaml says `python -m ...`), no outer MLflow server."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    return env
+
+
+def make_project(root: Path, overrides: dict | None = None, *, git: bool = True) -> Path:
+    """Copy the code, dvc.yaml and a tiny params.yaml into `root` (a git + DVC repo)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("pipeline", "stages", "presets"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
+    params = merge(params, overrides or {})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / ".gitignore").write_text((REPO / ".gitignore").read_text())
+    if git:
+        run(["git", "init", "-q"], root)
+        run(["git", "config", "user.email", "test@example.com"], root)
+        run(["git", "config", "user.name", "test"], root)
+        run([dvc_bin(), "init", "-q"], root)
+        run([dvc_bin(), "config", "core.analytics", "false"], root)
+        run([dvc_bin(), "config", "core.autostage", "true"], root)
+        run(["git", "add", "-A"], root)
+        run(["git", "commit", "-qm", "tiny project"], root)
+    return root
+
+
+def dvc_bin() -> str:
+    return str(Path(sys.executable).parent / "dvc")
+
+
+def run(cmd, cwd: Path, *, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=project_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def run_stage(name: str, cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", f"stages.{name}", *args], cwd, check=check)
+
+
+@pytest.fixture(scope="session")
+def tiny_repro(tmp_path_factory) -> Path:
+    """One full `dvc repro` of the tiny project, shared by the end-to-end tests."""
+    root = make_project(tmp_path_factory.mktemp("e2e") / "project")
+    proc = run([dvc_bin(), "repro"], root)
+    (root / "first_repro.log").write_text(proc.stdout + proc.stderr)
+    return root
