@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,18 +63,27 @@ def masked_rmse(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 class ValidationMetrics(keras.callbacks.Callback):
-    """Adds val_si_rmse / val_rmse (per image, then averaged) to the epoch logs."""
+    """Adds val_loss, val_si_rmse and val_rmse (per image, then averaged) to the epoch logs.
 
-    def __init__(self, val_ds):
+    Done here rather than by fit(validation_data=...): one pass gives all three, and a
+    plain call stays correct under tf.distribute when the val set does not split evenly
+    across replicas.
+    """
+
+    def __init__(self, val_ds, loss_fn):
         super().__init__()
-        self.val_ds = val_ds
+        self.val_ds, self.loss_fn = val_ds, loss_fn
 
     def on_epoch_end(self, epoch, logs=None):
-        si, rmse = [], []
+        si, rmse, losses, sizes = [], [], [], []
         for rgb, depth in self.val_ds:
-            pred = self.model(rgb, training=False).numpy()
-            si.append(masked_si_rmse(pred, depth.numpy()))
-            rmse.append(masked_rmse(pred, depth.numpy()))
+            pred = self.model(rgb, training=False)
+            losses.append(float(self.loss_fn(depth, pred)))
+            sizes.append(int(rgb.shape[0]))
+            pred, depth = pred.numpy(), depth.numpy()
+            si.append(masked_si_rmse(pred, depth))
+            rmse.append(masked_rmse(pred, depth))
+        logs["val_loss"] = float(np.average(losses, weights=sizes))
         logs[MONITOR] = float(np.mean(np.concatenate(si)))
         logs["val_rmse"] = float(np.mean(np.concatenate(rmse)))
 
@@ -121,6 +131,36 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def make_strategy(name: str):
+    """tf.distribute strategy from train.strategy.
+
+    mirrored: every GPU, else every logical CPU device when there are several (how the
+    tests run it), else the one default device. multi_worker: MultiWorkerMirroredStrategy
+    configured from the TF_CONFIG environment variable, as on a cluster.
+    """
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        cpus = tf.config.list_logical_devices("CPU")
+        devices = [d.name for d in gpus] or ([d.name for d in cpus] if len(cpus) > 1 else None)
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise DataError("train.strategy multi_worker needs the TF_CONFIG environment variable (see README)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief() -> bool:
+    """Only the chief of a multi-worker cluster writes checkpoints, history and the model."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task")
+    if not task:
+        return True
+    if "chief" in config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
 def write_history(path: Path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
@@ -166,52 +206,66 @@ def train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.P
                            cache_max_mb=cfg.cache_max_mb, source_size=source_size)
     val_src = PairSource([r["rgb"] for r in val_rows], [r["depth"] for r in val_rows],
                          cache_max_mb=cfg.cache_max_mb, source_size=source_size)
-    steps = cfg.steps_per_epoch or max(len(train_rows) // cfg.batch_size, 1)
-    batch = min(cfg.batch_size, len(train_rows)) if not cfg.steps_per_epoch else cfg.batch_size
+    strategy = make_strategy(cfg.strategy)
+    replicas = strategy.num_replicas_in_sync
+    # train.batch_size is per replica; the global batch and the learning rate grow with the
+    # number of replicas (linear scaling rule), so one set of params scales out unchanged.
+    per_replica = min(cfg.batch_size, max(len(train_rows) // replicas, 1)) if not cfg.steps_per_epoch else cfg.batch_size
+    batch = per_replica * replicas
+    learning_rate = cfg.learning_rate * replicas
+    steps = cfg.steps_per_epoch or max(len(train_rows) // batch, 1)
 
     state = _load_state(ckpt_dir, fingerprint, log)
     start = state["epoch"]
-    model = build_model(cfg)
     total_steps = cfg.epochs * steps
     warmup = min(int(cfg.warmup_epochs * steps), total_steps - 1)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=cfg.learning_rate * 0.01 if warmup else cfg.learning_rate,
-        decay_steps=max(total_steps - warmup, 1), alpha=cfg.min_lr_ratio,
-        warmup_target=cfg.learning_rate if warmup else None, warmup_steps=warmup,
-    )
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
-    model.compile(optimizer=optimizer, loss=make_loss(cfg.loss))
-    if start:
-        optimizer.build(model.trainable_variables)  # slots must exist before loading them
-        model.load_weights(ckpt_dir / "last.weights.h5")
-        log(f"resuming from {ckpt_dir} after epoch {start}/{cfg.epochs}")
+    with strategy.scope():
+        model = build_model(cfg)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=learning_rate * 0.01 if warmup else learning_rate,
+            decay_steps=max(total_steps - warmup, 1), alpha=cfg.min_lr_ratio,
+            warmup_target=learning_rate if warmup else None, warmup_steps=warmup,
+        )
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+        loss_fn = make_loss(cfg.loss)
+        model.compile(optimizer=optimizer, loss=loss_fn)
+        if start:
+            optimizer.build(model.trainable_variables)  # slots must exist before loading them
+            model.load_weights(ckpt_dir / "last.weights.h5")
+            log(f"resuming from {ckpt_dir} after epoch {start}/{cfg.epochs}")
+    if replicas > 1:
+        log(f"strategy {cfg.strategy}: {replicas} replicas, global batch {batch}, learning rate {learning_rate:g}")
 
     log(f"train: {cfg.arch} at {cfg.height}x{cfg.width}, {len(train_rows)} train / {len(val_rows)} val images, "
         f"{steps} steps x batch {batch}, epochs {start + 1}..{cfg.epochs}, "
         f"cache {'in RAM' if train_src.cached else 'off (decode per epoch)'}")
     val_ds = eval_dataset(val_src, batch_size=batch, height=cfg.height, width=cfg.width)
+    # Non-chief workers keep their (identical) copy of the state out of the chief's way.
+    state_dir = ckpt_dir if is_chief() or start >= cfg.epochs else Path(tempfile.mkdtemp(prefix="worker_ckpt_"))
     if start < cfg.epochs:
         train_ds = train_dataset(train_src, seed=seed, first_epoch=start, epochs=cfg.epochs,
                                  steps_per_epoch=steps, batch_size=batch, height=cfg.height,
                                  width=cfg.width, augment_cfg=cfg.augment)
-        callbacks = [ValidationMetrics(val_ds), TrainingState(ckpt_dir, history_csv, state, fingerprint)]
+        history_out = history_csv if is_chief() else state_dir / "history.csv"
+        callbacks = [ValidationMetrics(val_ds, loss_fn), TrainingState(state_dir, history_out, state, fingerprint)]
         if time_budget_s:
             callbacks.append(TimeBudget(time_budget_s, log))
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=start,
+        model.fit(train_ds, epochs=cfg.epochs, initial_epoch=start,
                   steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=2)
     elif not history_csv.exists():
         write_history(history_csv, state["history"])
 
-    model.load_weights(ckpt_dir / "best.weights.h5")
+    model.load_weights(state_dir / "best.weights.h5")
     # A fresh, uncompiled copy: the saved model carries no optimizer or custom loss.
     final = build_model(cfg)
     final.set_weights(model.get_weights())
-    with atomic_path(model_out, suffix=".keras") as tmp:
-        final.save(tmp)
+    if is_chief():
+        with atomic_path(model_out, suffix=".keras") as tmp:
+            final.save(tmp)
     last = state["history"][-1]
     return {
         "epochs": len(state["history"]), "best_epoch": state["best_epoch"], "best_val_si_rmse": state["best"],
         "final_loss": last.get("loss"), "final_val_si_rmse": last.get(MONITOR),
         "params": int(final.count_params()), "train_images": len(train_rows), "val_images": len(val_rows),
-        "steps_per_epoch": steps, "batch_size": batch,
+        "steps_per_epoch": steps, "batch_size": batch, "replicas": replicas,
     }

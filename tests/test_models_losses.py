@@ -1,0 +1,113 @@
+"""Every architecture trains a step and converts to builtin TFLite ops; losses honour
+the valid-depth mask and are scale-invariant where they claim to be."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.config import ARCHS, LossConfig, TrainConfig
+from pipeline.losses import berhu_loss, gradient_loss, l1_loss, make_loss, silog_loss
+from pipeline.models import arch_names, build_model, wrap_for_device
+from pipeline.tflite import convert, op_summary
+
+
+def tiny_cfg(arch: str) -> TrainConfig:
+    return TrainConfig(arch=arch, height=64, width=64, decoder_channels=8, width_multiplier=0.35)
+
+
+def test_registry_matches_config_choices():
+    assert sorted(ARCHS) == arch_names()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_arch_trains_one_step_and_converts_with_builtin_ops(arch):
+    cfg = tiny_cfg(arch)
+    model = build_model(cfg)
+    rng = np.random.default_rng(0)
+    rgb = rng.uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    depth = rng.uniform(0.5, 5.0, (2, 64, 64, 1)).astype(np.float32)
+    depth[:, :8] = 0  # invalid rows
+    model.compile(optimizer="adam", loss=make_loss(LossConfig()))
+    before = [w.copy() for w in model.get_weights()]
+    loss = model.train_on_batch(rgb, depth)
+    assert np.isfinite(loss)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+    pred = model.predict(rgb, verbose=0)
+    assert pred.shape == (2, 64, 64, 1)
+    assert (pred >= cfg.min_depth * 0.999).all() and (pred <= cfg.max_depth * 1.001).all()
+
+    device = wrap_for_device(model, height=96, width=128)
+    summary = op_summary(convert(device, precision="fp32"))
+    assert summary["non_builtin"] == []
+    assert summary["n_ops"] > 10
+
+
+def test_bad_working_size_is_rejected():
+    with pytest.raises(ValueError, match="divisible by 32"):
+        build_model(dataclasses.replace(tiny_cfg("mobile_unet"), height=80))
+
+
+def _pair(seed=0, shape=(2, 16, 16, 1)):
+    rng = np.random.default_rng(seed)
+    gt = rng.uniform(0.5, 8.0, shape).astype(np.float32)
+    pred = rng.uniform(0.5, 8.0, shape).astype(np.float32)
+    gt[:, :4, :4] = 0.0  # an invalid corner
+    return tf.constant(gt), tf.constant(pred)
+
+
+LOSSES = {
+    "silog": lambda g, p: silog_loss(g, p, lam=0.85),
+    "gradient": gradient_loss,
+    "l1": l1_loss,
+    "berhu": berhu_loss,
+}
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_losses_ignore_masked_pixels(name):
+    gt, pred = _pair()
+    fn = LOSSES[name]
+    base = float(fn(gt, pred))
+    changed = pred.numpy().copy()
+    changed[:, :4, :4] = 1234.0  # wild predictions where there is no ground truth
+    assert float(fn(gt, tf.constant(changed))) == pytest.approx(base, rel=1e-6)
+    assert base > 0
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_losses_are_zero_for_perfect_prediction(name):
+    gt, _ = _pair()
+    perfect = tf.where(gt > 0, gt, 3.0)
+    assert float(LOSSES[name](gt, perfect)) == pytest.approx(0.0, abs=2e-3)
+
+
+@pytest.mark.parametrize("name,invariant", [("silog_full", True), ("gradient", True), ("silog", False), ("l1", False)])
+def test_scale_invariance_where_claimed(name, invariant):
+    fns = {**LOSSES, "silog_full": lambda g, p: silog_loss(g, p, lam=1.0)}
+    gt, pred = _pair(1)
+    a, b = float(fns[name](gt, pred)), float(fns[name](gt, pred * 3.7))
+    if invariant:
+        assert b == pytest.approx(a, rel=1e-4)
+    else:
+        assert abs(b - a) > 1e-3
+
+
+def test_image_without_valid_pixels_does_not_dilute_the_loss():
+    gt, pred = _pair(2)
+    empty = tf.concat([gt[:1], tf.zeros_like(gt[1:])], axis=0)
+    only_first = float(silog_loss(gt[:1], pred[:1]))
+    assert float(silog_loss(empty, pred)) == pytest.approx(only_first, rel=1e-5)
+
+
+def test_loss_weights_combine_terms():
+    gt, pred = _pair(3)
+    combined = make_loss(LossConfig(silog_weight=1.0, grad_weight=0.5, l1_weight=0.25, berhu_weight=0.0))
+    expected = float(silog_loss(gt, pred, lam=0.85)) + 0.5 * float(gradient_loss(gt, pred)) + 0.25 * float(l1_loss(gt, pred))
+    assert float(combined(gt, pred)) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="positive weight"):
+        make_loss(LossConfig(silog_weight=0, grad_weight=0, l1_weight=0, berhu_weight=0))
