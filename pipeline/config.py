@@ -1,14 +1,20 @@
 """params.yaml -> frozen dataclasses, one per section.
 
-Every knob of the pipeline lives in params.yaml. Loading is strict: an unknown key, a
-missing key, a wrong type or an out-of-range value is a `ConfigError` naming the key,
-raised before any stage does work.
+Every knob of the pipeline lives in params.yaml. Loading is strict: an unknown or
+duplicated key, a wrong type, a non-finite number or an out-of-range value is a
+`ConfigError` naming the key, raised before any stage does work. A key left out takes
+the default below (params.yaml lists them all).
+
+YAML is read with YAML 1.2 floats: `1e-05` is a number, as DVC writes it for
+`dvc exp run -S train.learning_rate=1e-5` (plain PyYAML would read a string).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +49,7 @@ class BaseConfig:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    count: int = knob(48, lo=2)
+    count: int = knob(64, lo=2)
     height: int = knob(480, lo=32)
     width: int = knob(640, lo=32)
     invalid_fraction: float = knob(0.05, lo=0.0, hi=0.9)
@@ -96,7 +102,7 @@ class TrainConfig:
     width: int = knob(160, lo=32)
     min_depth: float = knob(0.1, lo=0.0, lo_open=True)  # metres; output clamp range
     max_depth: float = knob(40.0, lo=0.0, lo_open=True)
-    epochs: int = knob(8, lo=1)
+    epochs: int = knob(20, lo=1)
     batch_size: int = knob(8, lo=1)
     learning_rate: float = knob(1e-3, lo=0.0, lo_open=True)
     weight_decay: float = knob(1e-4, lo=0.0)
@@ -178,6 +184,8 @@ def _coerce(key: str, value, typ):
             return value
     elif typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # NaN would pass every range check below
+                raise ConfigError(f"params: {key}={value!r} must be a finite number")
             return float(value)
     elif typ is str:
         if isinstance(value, str):
@@ -191,7 +199,7 @@ def _build(cls, raw, prefix: str):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"params: {prefix} must be a mapping, got {type(raw).__name__}")
+        raise ConfigError(f"params: {prefix or 'params'} must be a mapping of keys, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
@@ -211,13 +219,43 @@ def _build(cls, raw, prefix: str):
     return cls(**kwargs)
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 floats (`1e-05`) and duplicate keys as errors: a second
+    `train:` block would otherwise silently replace the first one wholesale."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def _read_yaml(path: Path):
     try:
-        return yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected sections (base:, data:, train:, ...), got a {type(raw).__name__}")
+        return raw
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        # PyYAML's first line is the context ("while parsing ..."); the problem and its
+        # line are what a user needs.
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -256,6 +294,12 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS, *, presets=(), overrid
     for key, size in (("train.height", t.height), ("train.width", t.width)):
         if size % stride:
             raise ConfigError(f"params: {key}={size} must be divisible by {stride} for {t.arch}")
+    if params.benchmark.device != "local":
+        # Checked here, not only in the benchmark stage: a typo must not cost a training run.
+        from pipeline.remote import parse_device, validate_python
+
+        parse_device(params.benchmark.device)
+        validate_python(params.benchmark.ssh_python)
     return params
 
 
