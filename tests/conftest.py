@@ -77,6 +77,31 @@ def run_stage(name: str, cwd: Path, *args: str, check: bool = True) -> subproces
     return run([sys.executable, "-m", f"stages.{name}", *args], cwd, check=check)
 
 
+def tiny_tflite(path, height, width):
+    """Real TFLite model: 1xHxWx3 RGB 0..255 -> 1xHxWx1 metres = 0.5 + 4 * mean(RGB) / 255."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import tensorflow as tf
+
+    inp = keras.Input((height, width, 3), batch_size=1)
+    x = keras.layers.AveragePooling2D(16)(inp)
+    x = keras.layers.Conv2D(1, 1, kernel_initializer=keras.initializers.Constant(4.0 / 765.0),
+                            bias_initializer=keras.initializers.Constant(0.5))(x)
+    out = keras.layers.UpSampling2D(16, interpolation="bilinear")(x)
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, out)).convert())
+    return path
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """Two real TFLite models: the device's 480x640 input, and a wrong 240x320 one."""
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "good": tiny_tflite(root / "good.tflite", 480, 640),
+        "small": tiny_tflite(root / "small.tflite", 240, 320),
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_repro(tmp_path_factory) -> Path:
     """One full `dvc repro` of the tiny project, shared by the end-to-end tests."""

@@ -4,7 +4,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -24,32 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = {"runtime_s": 0.05, "cpu": 1, "extra_data": 0, "description": "test"}
 
 
-def _tiny_tflite(path, height, width):
-    """Real TFLite model: 1xHxWx3 RGB 0..255 -> 1xHxWx1 metres = 0.5 + 4 * mean(RGB) / 255."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-    import tensorflow as tf
-
-    inp = keras.Input((height, width, 3), batch_size=1)
-    x = keras.layers.AveragePooling2D(16)(inp)
-    x = keras.layers.Conv2D(1, 1, kernel_initializer=keras.initializers.Constant(4.0 / 765.0),
-                            bias_initializer=keras.initializers.Constant(0.5))(x)
-    out = keras.layers.UpSampling2D(16, interpolation="bilinear")(x)
-    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, out)).convert())
-    return path
-
-
 def _expected_m(gray: int) -> float:
     return 0.5 + 4.0 * gray / 255.0
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {
-        "good": _tiny_tflite(root / "good.tflite", 480, 640),
-        "small": _tiny_tflite(root / "small.tflite", 240, 320),  # not the device's 480x640 input
-    }
 
 
 @pytest.fixture()

@@ -1,7 +1,6 @@
 """Submission ZIP: the writer's output validates, and each malformation is rejected by name."""
 
 import io
-import os
 import zipfile
 
 import numpy as np
@@ -19,30 +18,6 @@ from pipeline.submission import (
 
 README = {"runtime_s": 0.043, "cpu": 1, "extra_data": 0, "description": "tiny test model"}
 SIZES = {"a.png": (48, 64), "b.png": (30, 40)}  # name -> (height, width) of the input RGB
-
-
-def _tiny_tflite(path, height, width):
-    """Real TFLite model: 1xHxWx3 RGB 0..255 -> 1xHxWx1 metres (0.5 + brightness * 4)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-    import tensorflow as tf
-
-    inp = keras.Input((height, width, 3), batch_size=1)
-    x = keras.layers.AveragePooling2D(16)(inp)
-    x = keras.layers.Conv2D(1, 1, kernel_initializer=keras.initializers.Constant(4.0 / 765.0),
-                            bias_initializer=keras.initializers.Constant(0.5))(x)
-    out = keras.layers.UpSampling2D(16, interpolation="bilinear")(x)
-    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, out)).convert())
-    return path
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {
-        "good": _tiny_tflite(root / "good.tflite", 480, 640),
-        "small": _tiny_tflite(root / "small.tflite", 240, 320),  # wrong device input
-    }
 
 
 @pytest.fixture()
