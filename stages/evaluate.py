@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.cli import Progress
 from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params
 from pipeline.files import DataError, read_json, write_json
 
@@ -21,11 +22,6 @@ BENCHMARK_JSON = "metrics/benchmark.json"
 OUT_JSON = "metrics/evaluate.json"
 PER_IMAGE_CSV = "reports/eval_per_image.csv"
 PANELS_DIR = "reports/eval_panels"
-
-
-def _progress(i: int, n: int) -> None:
-    if i == n or i % max(1, n // 10) == 0:
-        print(f"evaluate: {i}/{n} images", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         model = TFLiteDepthModel(MODEL, num_threads=len(os.sched_getaffinity(0)))
         print(f"evaluate: {MODEL} (input {model.input_size[0]}x{model.input_size[1]}) "
               f"on {len(rows)} val images", flush=True)
-        summary, per_image = evaluate_model(model, rows, progress=_progress)
+        summary, per_image = evaluate_model(model, rows, progress=Progress("evaluate: image"))
         if summary["n_images"] == 0:
             raise DataError(f"{SPLIT_CSV}: none of the {len(rows)} val images has valid depth")
 

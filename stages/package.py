@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from pipeline.cli import Progress
 from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params
 from pipeline.files import DataError, read_json
 
@@ -19,11 +20,6 @@ MODEL = "models/model.tflite"
 BENCHMARK_JSON = "metrics/benchmark.json"
 OUT_ZIP = "submission/submission.zip"
 CPU_FLAG = 1  # TFLite on the CPU, as timed by the organizers on the Raspberry Pi 4
-
-
-def _progress(i: int, n: int) -> None:
-    if i == n or i % max(1, n // 10) == 0:
-        print(f"package: {i}/{n} images", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"package: {len(inputs)} images from {where}", flush=True)
         count = package_submission(OUT_ZIP, model_path=MODEL, input_files=inputs, readme=readme,
-                                   num_threads=len(os.sched_getaffinity(0)), progress=_progress)
+                                   num_threads=len(os.sched_getaffinity(0)), progress=Progress("package: image"))
     except (DataError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
