@@ -169,7 +169,7 @@ def test_evaluate_stage(models, tmp_path, monkeypatch, capsys):
     best = min(per_image[:2], key=lambda r: float(r["si_rmse"]))["name"][:3]
     assert panels == [f"best_1_{best}.png", f"worst_1_{worst}.png"]
     assert Image.open(f"reports/eval_panels/worst_1_{worst}.png").format == "PNG"
-    assert "evaluate: 3/3 images" in capsys.readouterr().out
+    assert "evaluate: image 3/3" in capsys.readouterr().out
 
 
 def test_package_stage_with_odd_sized_inputs(models, odd_inputs, tmp_path, monkeypatch):
