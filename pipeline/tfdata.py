@@ -40,21 +40,28 @@ def to_working(rgb, depth, height: int, width: int):
 def augment(rgb_u8, depth_u16, seed, cfg: AugmentConfig, height: int, width: int):
     """Random crop-and-resize, horizontal flip and colour jitter from a stateless seed."""
     seeds = tf.random.experimental.stateless_split(seed, num=7)
-    rgb = tf.cast(rgb_u8, tf.float32)
-    depth = tf.cast(depth_u16, tf.float32) / MM_PER_M
+    do_crop = tf.constant(False)
+    box = tf.constant([0.0, 0.0, 1.0, 1.0])
     if cfg.crop_min_scale < 1.0 and cfg.crop_prob > 0:
         do_crop = tf.random.stateless_uniform([], seeds[0]) < cfg.crop_prob
         scale = tf.random.stateless_uniform([], seeds[1], cfg.crop_min_scale, 1.0)
         offset = tf.random.stateless_uniform([2], seeds[2]) * (1.0 - scale)
-        box = tf.where(do_crop, tf.stack([offset[0], offset[1], offset[0] + scale, offset[1] + scale]),
-                       tf.constant([0.0, 0.0, 1.0, 1.0]))
         # Same aspect ratio as the full frame, so objects are zoomed, not stretched.
+        box = tf.stack([offset[0], offset[1], offset[0] + scale, offset[1] + scale])
+
+    def crop():
         boxes, idx, size = box[None], tf.constant([0]), tf.constant([height, width])
-        rgb = tf.image.crop_and_resize(rgb[None], boxes, idx, size, method="bilinear")[0]
-        depth = tf.image.crop_and_resize(depth[None], boxes, idx, size, method="nearest")[0]
-    else:
-        rgb = tf.image.resize(rgb, (height, width), method="bilinear")
-        depth = tf.image.resize(depth, (height, width), method="nearest")
+        return (tf.image.crop_and_resize(rgb_u8[None], boxes, idx, size, method="bilinear")[0],
+                tf.image.crop_and_resize(depth_u16[None], boxes, idx, size, method="nearest")[0])
+
+    def whole():  # exactly the device graph's resize
+        return (tf.image.resize(rgb_u8, (height, width), method="bilinear"),
+                tf.cast(tf.image.resize(depth_u16, (height, width), method="nearest"), tf.float32))
+
+    # Both read the integer source directly and return float32 at working size: no
+    # full-resolution float copy is made (that copy dominated the input cost per step).
+    rgb, depth = tf.cond(do_crop, crop, whole)
+    depth = depth / MM_PER_M
     if cfg.flip:
         flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
         rgb = tf.where(flip, tf.reverse(rgb, axis=[1]), rgb)
