@@ -28,6 +28,7 @@ from pipeline.files import DataError, atomic_path, read_depth_mm, read_rgb
 SPLIT_COLUMNS = ("name", "split", "rgb", "depth")
 # Median valid depth outside this range (mm) suggests the wrong unit or scaling.
 PLAUSIBLE_MEDIAN_MM = (100.0, 20_000.0)
+MAX_ERRORS_SHOWN = 3  # bad files named in the one-line error; the rest are counted
 
 
 @dataclass
@@ -40,17 +41,28 @@ class DataReport:
     invalid_fraction: float = float("nan")
 
 
+def _some(names: list[str], shown: int = 10) -> str:
+    """'a, b, c' or 'a, b, ... (12 more)': keeps a one-line error readable for big sets."""
+    more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def list_pairs(source: str | os.PathLike) -> tuple[list[str], list[str]]:
     """Names present in both rgb/ and depth/, plus the non-PNG files that were ignored."""
     source = Path(source)
+    if not source.exists():
+        raise DataError(f"{source}: data folder not found (check data.source in params.yaml)")
     if not source.is_dir():
-        raise DataError(f"{source}: data folder not found")
+        raise DataError(f"{source}: data.source is a file, expected a folder with rgb/ and depth/")
     rgb_dir, depth_dir = source / "rgb", source / "depth"
+    if not any(source.iterdir()):
+        raise DataError(f"{source}: data folder is empty (expected rgb/NAME.png and depth/NAME.png)")
     missing = [d.name for d in (rgb_dir, depth_dir) if not d.is_dir()]
     if missing:
+        found = sorted(e.name + ("/" if e.is_dir() else "") for e in source.iterdir())
         raise DataError(
             f"{source}: wrong layout, missing {' and '.join(f'{m}/' for m in missing)}"
-            " (expected rgb/NAME.png and depth/NAME.png)"
+            f" (expected rgb/NAME.png and depth/NAME.png; found {_some(found)})"
         )
     ignored, found = [], {}
     for sub in (rgb_dir, depth_dir):
@@ -64,9 +76,9 @@ def list_pairs(source: str | os.PathLike) -> tuple[list[str], list[str]]:
     only_depth = sorted(found["depth"] - found["rgb"])
     problems = []
     if only_rgb:
-        problems.append(f"{len(only_rgb)} RGB without depth: {', '.join(only_rgb)}")
+        problems.append(f"{len(only_rgb)} RGB without depth: {_some(only_rgb)}")
     if only_depth:
-        problems.append(f"{len(only_depth)} depth without RGB: {', '.join(only_depth)}")
+        problems.append(f"{len(only_depth)} depth without RGB: {_some(only_depth)}")
     if problems:
         raise DataError(f"{source}: unpaired files: " + "; ".join(problems))
     names = sorted(found["rgb"])
@@ -90,9 +102,28 @@ def _check_pair(source: Path, name: str) -> tuple[str, float, float, int]:
     return name, median, 1.0 - valid.size / depth.size, int(valid.size)
 
 
+def _check_pair_or_error(source: Path, name: str):
+    try:
+        return _check_pair(source, name)
+    except DataError as err:
+        return err
+
+
+def bad_files_error(errors: list[DataError], shown: int = MAX_ERRORS_SHOWN) -> DataError:
+    """One DataError for one or many bad files: the first few named, the rest counted."""
+    if len(errors) == 1:
+        return errors[0]
+    more = f"; ... and {len(errors) - shown} more" if len(errors) > shown else ""
+    return DataError(f"{len(errors)} bad files: " + "; ".join(map(str, errors[:shown])) + more)
+
+
 def validate_source(source: str | os.PathLike, *, max_images: int = 0, skip_empty_depth: bool = True,
                     progress=None, workers: int = 2) -> DataReport:
-    """Check every pair of a challenge-layout folder; raise DataError on the first bad file."""
+    """Check every pair of a challenge-layout folder; raise one DataError naming the bad files.
+
+    Every pair is decoded before giving up, so one run lists all the damaged files of a
+    large set (the first few by name, the rest counted), not one per run.
+    """
     source = Path(source)
     names, ignored = list_pairs(source)
     if max_images:
@@ -101,22 +132,29 @@ def validate_source(source: str | os.PathLike, *, max_images: int = 0, skip_empt
     if ignored:
         shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
         report.warnings.append(f"{source}: ignored {len(ignored)} non-PNG entries: {shown}")
-    medians, invalid = [], []
+    medians, invalid, errors = [], [], []
     # PNG decoding releases the GIL, so threads overlap the zlib work.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, (name, median, invalid_share, n_valid) in enumerate(
-            pool.map(lambda n: _check_pair(source, n), names), start=1
-        ):
+        for i, result in enumerate(pool.map(lambda n: _check_pair_or_error(source, n), names), start=1):
             if progress:
                 progress(i, len(names))
+            if isinstance(result, DataError):
+                errors.append(result)
+                continue
+            name, median, invalid_share, n_valid = result
             if n_valid == 0:
                 if not skip_empty_depth:
-                    raise DataError(f"{source / 'depth' / name}: no valid depth pixel (all 0)")
-                report.skipped_empty.append(name)
+                    errors.append(DataError(
+                        f"{source / 'depth' / name}: no valid depth pixel (all 0); "
+                        "set data.skip_empty_depth: true to skip such maps"))
+                else:
+                    report.skipped_empty.append(name)
                 continue
             report.names.append(name)
             medians.append(median)
             invalid.append(invalid_share)
+    if errors:
+        raise bad_files_error(errors)
     if report.skipped_empty:
         report.warnings.append(
             f"{source}: skipped {len(report.skipped_empty)} depth maps without any valid pixel: "
@@ -131,12 +169,12 @@ def validate_source(source: str | os.PathLike, *, max_images: int = 0, skip_empt
     if median_mm < lo:
         report.warnings.append(
             f"{source}: median valid depth is {median_mm:.1f} (expected millimetres, e.g. 1000 for 1 m);"
-            " the depth PNGs look like metres or centimetres"
+            " wrong units? the depth PNGs look like metres or centimetres; convert them to millimetres"
         )
     elif median_mm > hi:
         report.warnings.append(
-            f"{source}: median valid depth is {median_mm:.0f} mm = {median_mm / 1000:.1f} m; the depth PNGs "
-            "look scaled (e.g. TUM's raw 1/5000 m units); convert them to millimetres"
+            f"{source}: median valid depth is {median_mm:.0f} mm = {median_mm / 1000:.1f} m; wrong units? "
+            "the depth PNGs look scaled (e.g. TUM's raw 1/5000 m units); convert them to millimetres"
         )
     return report
 
@@ -145,10 +183,11 @@ def split_names(names: list[str], val_fraction: float) -> dict[str, str]:
     """Contiguous blocks by sorted name: the last block is validation, so neighbouring
     video frames never straddle the split."""
     names = sorted(names)
-    n_val = max(1, math.ceil(len(names) * val_fraction)) if len(names) > 1 else 0
-    n_train = len(names) - n_val
-    if n_train < 1:
+    # Both splits need at least one pair: train fits on one, evaluate scores the other.
+    if len(names) < 2:
         raise DataError(f"only {len(names)} usable pair(s): need at least 2 for a train/val split")
+    n_val = min(max(1, math.ceil(len(names) * val_fraction)), len(names) - 1)
+    n_train = len(names) - n_val
     return {name: ("train" if i < n_train else "val") for i, name in enumerate(names)}
 
 
@@ -163,7 +202,11 @@ def write_split(path: str | os.PathLike, source: str | os.PathLike, splits: dict
 
 
 def read_split(path: str | os.PathLike, split: str | None = None) -> list[dict[str, str]]:
-    """Rows of split.csv, optionally only one split ('train' or 'val')."""
+    """Rows of split.csv, optionally only one split ('train' or 'val').
+
+    Every listed file must still exist: one line naming the missing ones beats a
+    traceback from deep inside tf.data (train) minutes later.
+    """
     path = Path(path)
     try:
         with open(path, newline="") as f:
@@ -175,4 +218,10 @@ def read_split(path: str | os.PathLike, split: str | None = None) -> list[dict[s
         raise DataError(f"{path}: split file not found (run the prepare stage first)") from None
     if split is not None:
         rows = [r for r in rows if r["split"] == split]
+    missing = [f for r in rows for f in (r["rgb"], r["depth"]) if not os.path.isfile(f)]
+    if missing:
+        raise DataError(
+            f"{missing[0]}: file not found ({len(missing)} file(s) listed in {path} are missing: "
+            f"{_some(missing, 3)}); the data changed after prepare: rerun `dvc repro`"
+        )
     return rows

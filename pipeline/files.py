@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 MM_PER_M = 1000.0
 UINT16_MAX = 65535
@@ -95,8 +95,14 @@ def _open_png(path: Path) -> Image.Image:
         img.load()  # force decoding now so truncation is reported here, with the name
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, expected an image file") from None
+    except UnidentifiedImageError:
+        # PIL's own text repeats the path; say what it means instead.
+        raise DataError(f"{path}: not a readable image (corrupt, empty or not a PNG)") from None
     except Exception as err:  # PIL raises many types for corrupt data
-        raise DataError(f"{path}: cannot decode image ({err})") from None
+        detail = " ".join(str(err).split()) or type(err).__name__  # one line, never empty
+        raise DataError(f"{path}: cannot decode image, the file is damaged ({detail})") from None
     if img.format != "PNG":
         raise DataError(f"{path}: expected a PNG file, found {img.format or 'unknown format'}")
     return img
@@ -106,7 +112,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """8-bit RGB as HxWx3 uint8. Grayscale and RGBA inputs are converted (alpha dropped)."""
     path = Path(path)
     img = _open_png(path)
-    if img.mode in ("I;16", "I;16B", "I", "F"):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         raise DataError(f"{path}: RGB image is {img.mode} (16/32-bit); expected 8-bit RGB")
     if img.mode != "RGB":
         img = img.convert("RGB")
@@ -118,8 +124,9 @@ def read_depth_mm(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     img = _open_png(path)
     if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
+        kind = "8-bit grayscale" if img.mode in ("L", "LA", "P", "1") else "colour"
         raise DataError(
-            f"{path}: depth PNG is {img.mode} (8-bit or colour); expected single-channel uint16 mm"
+            f"{path}: depth PNG is {kind} (mode {img.mode}); expected single-channel uint16 in mm"
         )
     arr = np.asarray(img)
     if arr.ndim != 2:

@@ -7,7 +7,7 @@ import sys
 from pipeline.cli import Progress, run_stage
 from pipeline.config import load_params
 from pipeline.data import split_names, validate_source, write_split
-from pipeline.files import write_json
+from pipeline.files import DataError, write_json
 
 SPLIT_CSV = "data/prepared/split.csv"
 METRICS = "metrics/prepare.json"
@@ -21,7 +21,10 @@ def main() -> None:
                              progress=Progress("prepare: checked pair"))
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    splits = split_names(report.names, data.val_fraction)
+    try:
+        splits = split_names(report.names, data.val_fraction)
+    except DataError as err:
+        raise DataError(f"{source}: {err}") from None  # name the folder that is too small
     write_split(SPLIT_CSV, source, splits)
     counts = {s: sum(v == s for v in splits.values()) for s in ("train", "val")}
     write_json(METRICS, {

@@ -1,0 +1,296 @@
+"""Messy data through the real prepare stage: one test per case.
+
+Errors: exit 2, exactly one `error:` line on stderr naming the file(s) and the problem,
+no traceback, and the previous outputs untouched. Accepted oddities: exit 0, a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_project, run_stage
+
+SPLIT = "data/prepared/split.csv"
+METRICS = "metrics/prepare.json"
+H, W = 30, 40
+OLD = {SPLIT: "name,split,rgb,depth\nold,train,x,y\n", METRICS: '{"old": true}\n'}
+
+
+def rgb_image(seed: int = 0, h: int = H, w: int = W) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def depth_mm(seed: int = 0, h: int = H, w: int = W, lo: int = 500, hi: int = 4000) -> np.ndarray:
+    return np.random.default_rng(seed + 1000).integers(lo, hi, (h, w)).astype(np.uint16)
+
+
+def save(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(arr)
+    if mode:
+        img = img.convert(mode)
+    img.save(path, format="PNG")
+    return path
+
+
+def make_source(root: Path, n: int = 4, *, depth_fn=depth_mm) -> Path:
+    """A valid challenge-layout folder: rgb/000i.png + depth/000i.png (uint16 mm)."""
+    for i in range(n):
+        save(root / "rgb" / f"{i:04d}.png", rgb_image(i))
+        save(root / "depth" / f"{i:04d}.png", depth_fn(i))
+    return root
+
+
+def prepare(tmp_path: Path, source: Path, **data) -> tuple:
+    """Run `python -m stages.prepare` in a fresh project whose data.source is `source`,
+    with old outputs in place; returns (process, project root)."""
+    project = make_project(tmp_path / "proj", {"data": {"source": str(source), **data}}, git=False)
+    for rel, text in OLD.items():
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(text)
+    return run_stage("prepare", project, check=False), project
+
+
+def assert_one_line_error(proc, project: Path, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    for rel, text in OLD.items():  # no partial outputs: the previous ones stay as they were
+        assert (project / rel).read_text() == text
+    assert not list((project / "data" / "prepared").glob("*.tmp"))
+    return lines[0]
+
+
+def assert_ok(proc, project: Path) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (project / SPLIT).read_text() != OLD[SPLIT]
+    return json.loads((project / METRICS).read_text())
+
+
+def warnings_of(proc) -> list[str]:
+    lines = proc.stderr.splitlines()
+    assert all(line.startswith("warning: ") for line in lines), proc.stderr
+    return lines
+
+
+# ---------------------------------------------------------------- errors naming files
+def test_unpaired_names_are_all_reported(tmp_path):
+    src = make_source(tmp_path / "src", 4)
+    for name in ("rgb_only_1.png", "rgb_only_2.png"):
+        save(src / "rgb" / name, rgb_image())
+    for name in ("depth_only_1.png", "depth_only_2.png"):
+        save(src / "depth" / name, depth_mm())
+    proc, project = prepare(tmp_path, src)
+    assert_one_line_error(proc, project, "2 RGB without depth", "rgb_only_1.png", "rgb_only_2.png",
+                          "2 depth without RGB", "depth_only_1.png", "depth_only_2.png")
+
+
+def test_8bit_depth_png(tmp_path):
+    src = make_source(tmp_path / "src", 4)
+    save(src / "depth" / "0002.png", (depth_mm(2) // 20).astype(np.uint8))
+    proc, project = prepare(tmp_path, src)
+    assert_one_line_error(proc, project, str(src / "depth" / "0002.png"), "8-bit", "uint16")
+
+
+def test_colour_depth_png(tmp_path):
+    src = make_source(tmp_path / "src", 4)
+    save(src / "depth" / "0001.png", rgb_image(5))
+    proc, project = prepare(tmp_path, src)
+    assert_one_line_error(proc, project, str(src / "depth" / "0001.png"), "colour", "single-channel")
+
+
+def test_truncated_png(tmp_path):
+    src = make_source(tmp_path / "src", 4)
+    path = src / "rgb" / "0003.png"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    proc, project = prepare(tmp_path, src)
+    line = assert_one_line_error(proc, project, str(path), "truncated")
+    assert "0003.png" in line
+
+
+def test_corrupt_bytes_named_png(tmp_path):
+    src = make_source(tmp_path / "src", 4)
+    path = src / "depth" / "0000.png"
+    path.write_bytes(b"this is not an image at all" * 20)
+    proc, project = prepare(tmp_path, src)
+    assert_one_line_error(proc, project, str(path), "not a readable image")
+
+
+def test_several_bad_files_are_reported_together(tmp_path):
+    src = make_source(tmp_path / "src", 4)
+    (src / "rgb" / "0000.png").write_bytes(b"junk")
+    save(src / "depth" / "0003.png", (depth_mm(3) // 20).astype(np.uint8))
+    proc, project = prepare(tmp_path, src)
+    assert_one_line_error(proc, project, "2 bad files", str(src / "rgb" / "0000.png"),
+                          str(src / "depth" / "0003.png"))
+
+
+def test_rgb_and_depth_sizes_differ(tmp_path):
+    src = make_source(tmp_path / "src", 4)
+    save(src / "depth" / "0002.png", depth_mm(2, h=H * 2, w=W * 2))
+    proc, project = prepare(tmp_path, src)
+    assert_one_line_error(proc, project, str(src / "depth" / "0002.png"), f"{2 * W}x{2 * H}",
+                          f"{W}x{H}", "differs")
+
+
+def test_empty_folder(tmp_path):
+    src = tmp_path / "src"
+    (src / "rgb").mkdir(parents=True)
+    (src / "depth").mkdir()
+    proc, project = prepare(tmp_path, src)
+    assert_one_line_error(proc, project, str(src), "no PNG pairs")
+
+
+def test_completely_empty_folder(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    proc, project = prepare(tmp_path, src)
+    assert_one_line_error(proc, project, str(src), "empty")
+
+
+def test_wrong_layout_without_rgb_subfolder(tmp_path):
+    src = make_source(tmp_path / "src", 4)
+    (src / "rgb").rename(src / "images")
+    proc, project = prepare(tmp_path, src)
+    assert_one_line_error(proc, project, str(src), "wrong layout", "missing rgb/", "found depth/, images/")
+
+
+def test_folder_does_not_exist(tmp_path):
+    src = tmp_path / "no_such_folder"
+    proc, project = prepare(tmp_path, src)
+    assert_one_line_error(proc, project, str(src), "not found")
+
+
+def test_empty_depth_is_an_error_when_not_skipped(tmp_path):
+    src = make_source(tmp_path / "src", 4)
+    save(src / "depth" / "0001.png", np.zeros((H, W), np.uint16))
+    proc, project = prepare(tmp_path, src, skip_empty_depth=False)
+    assert_one_line_error(proc, project, str(src / "depth" / "0001.png"), "no valid depth",
+                          "skip_empty_depth")
+
+
+# ------------------------------------------------------------ accepted, maybe warned
+def test_rgba_rgb_is_converted(tmp_path):
+    src = make_source(tmp_path / "src", 4)
+    rgba = np.dstack([rgb_image(1), np.full((H, W), 128, np.uint8)])
+    save(src / "rgb" / "0001.png", rgba)
+    assert Image.open(src / "rgb" / "0001.png").mode == "RGBA"
+    proc, project = prepare(tmp_path, src)
+    metrics = assert_ok(proc, project)
+    assert metrics["train_images"] + metrics["val_images"] == 4
+    assert proc.stderr == ""
+
+
+def test_grayscale_rgb_is_converted(tmp_path):
+    src = make_source(tmp_path / "src", 4)
+    save(src / "rgb" / "0002.png", rgb_image(2), mode="L")
+    assert Image.open(src / "rgb" / "0002.png").mode == "L"
+    proc, project = prepare(tmp_path, src)
+    metrics = assert_ok(proc, project)
+    assert metrics["train_images"] + metrics["val_images"] == 4
+    assert proc.stderr == ""
+
+
+def test_empty_depth_is_skipped_and_counted(tmp_path):
+    src = make_source(tmp_path / "src", 5)
+    save(src / "depth" / "0001.png", np.zeros((H, W), np.uint16))
+    proc, project = prepare(tmp_path, src)
+    metrics = assert_ok(proc, project)
+    assert metrics["skipped_empty_depth"] == 1
+    assert metrics["train_images"] + metrics["val_images"] == 4
+    assert "0001.png" not in (project / SPLIT).read_text()
+    (warning,) = warnings_of(proc)
+    assert "skipped 1 depth map" in warning and "0001.png" in warning
+
+
+def test_depth_in_metres_warns_about_units(tmp_path):
+    src = make_source(tmp_path / "src", 4, depth_fn=lambda i: depth_mm(i, lo=1, hi=6))
+    proc, project = prepare(tmp_path, src)
+    metrics = assert_ok(proc, project)
+    (warning,) = warnings_of(proc)
+    assert "units" in warning and "metres" in warning and str(src) in warning
+    assert metrics["warnings"] == 1
+
+
+def test_depth_with_tum_scaling_warns_about_units(tmp_path):
+    # TUM's raw PNGs hold 1/5000 m: 5x the millimetre values (2 m -> 10000, 5 m -> 25000).
+    src = make_source(tmp_path / "src", 4, depth_fn=lambda i: depth_mm(i, lo=22000, hi=30000))
+    proc, project = prepare(tmp_path, src)
+    metrics = assert_ok(proc, project)
+    (warning,) = warnings_of(proc)
+    assert "units" in warning and "5000" in warning
+    assert metrics["median_depth_m"] > 20
+
+
+def test_plausible_depth_gives_no_warning(tmp_path):
+    src = make_source(tmp_path / "src", 4)
+    proc, project = prepare(tmp_path, src)
+    metrics = assert_ok(proc, project)
+    assert proc.stderr == ""
+    assert metrics["warnings"] == 0 and 0.5 < metrics["median_depth_m"] < 4.0
+
+
+def test_non_png_files_are_ignored_with_one_warning(tmp_path):
+    src = make_source(tmp_path / "src", 4)
+    (src / "rgb" / "notes.txt").write_text("shot on a rainy day\n")
+    (src / "depth" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    Image.fromarray(rgb_image(9)).save(src / "rgb" / "photo.jpg", format="JPEG")
+    proc, project = prepare(tmp_path, src)
+    metrics = assert_ok(proc, project)
+    (warning,) = warnings_of(proc)
+    assert "ignored 3 non-PNG" in warning
+    assert metrics["ignored_files"] == 3
+    assert metrics["train_images"] + metrics["val_images"] == 4
+
+
+# ------------------------------------------- later stages, given a split with a hole
+def test_later_stages_name_a_deleted_image(tmp_repro_copy):
+    """evaluate, package and export all read the split's images: a file deleted after
+    prepare is a one-line error naming it, and no output of theirs is replaced."""
+    root = tmp_repro_copy
+    split = (root / SPLIT).read_text().splitlines()
+    val_rgb = next(line.split(",")[2] for line in split[1:] if line.split(",")[1] == "val")
+    (root / val_rgb).unlink()
+    outputs = ["metrics/evaluate.json", "submission/submission.zip", "models/model.tflite"]
+    before = {rel: (root / rel).read_bytes() for rel in outputs}
+    for stage in ("evaluate", "package", "export"):
+        proc = run_stage(stage, root, check=False)
+        assert proc.returncode == 2, (stage, proc.stdout[-2000:], proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr, stage
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and val_rgb in errors[0] and "not found" in errors[0], (stage, proc.stderr)
+    assert {rel: (root / rel).read_bytes() for rel in outputs} == before
+
+
+@pytest.fixture
+def tmp_repro_copy(tiny_repro, tmp_path) -> Path:
+    """A private copy of the shared tiny project (other tests keep using the original)."""
+    return Path(shutil.copytree(tiny_repro, tmp_path / "copy", symlinks=True))
+
+
+def test_single_pair_cannot_be_split(tmp_path):
+    src = make_source(tmp_path / "src", 1)
+    proc, project = prepare(tmp_path, src)
+    assert_one_line_error(proc, project, str(src), "only 1 usable pair", "at least 2")
+
+
+def test_split_leaves_at_least_one_pair_on_each_side():
+    from pipeline.data import split_names
+
+    for n, fraction, n_val in ((2, 0.9, 1), (5, 0.9, 4), (10, 0.2, 2), (132, 0.2, 27), (6, 0.01, 1)):
+        splits = split_names([f"{i:03d}.png" for i in range(n)], fraction)
+        assert sum(s == "val" for s in splits.values()) == n_val
+        # validation is the last contiguous block of names
+        assert [splits[k] for k in sorted(splits)] == ["train"] * (n - n_val) + ["val"] * n_val

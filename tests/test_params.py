@@ -1,0 +1,187 @@
+"""Bad params: a ConfigError naming the key, raised before any stage does work."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, make_project, run
+from pipeline.config import ConfigError, load_params
+
+PARAMS = REPO / "params.yaml"
+
+
+def load_with(overrides: dict):
+    return load_params(PARAMS, overrides=overrides)
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    # unknown keys, at every depth
+    ({"trian": {"epochs": 3}}, ["unknown key trian"]),
+    ({"train": {"lossx": 1.0}}, ["unknown key train.lossx"]),
+    ({"train": {"loss": {"foo": 1.0}}}, ["unknown key train.loss.foo"]),
+    ({"data": {"synthetic": {"cnt": 3}}}, ["unknown key data.synthetic.cnt"]),
+    # wrong types
+    ({"train": {"epochs": "ten"}}, ["train.epochs must be int", "'ten'"]),
+    ({"train": {"epochs": 2.0}}, ["train.epochs must be int"]),
+    ({"train": {"epochs": True}}, ["train.epochs must be int"]),
+    ({"base": {"seed": 1.5}}, ["base.seed must be int", "1.5"]),
+    ({"train": {"augment": {"flip": "yes"}}}, ["train.augment.flip must be bool", "'yes'"]),
+    ({"train": {"learning_rate": "fast"}}, ["train.learning_rate must be float"]),
+    ({"train": {"learning_rate": float("nan")}}, ["train.learning_rate=nan", "finite"]),
+    ({"train": {"max_depth": float("inf")}}, ["train.max_depth=inf", "finite"]),
+    ({"train": {"arch": None}}, ["train.arch must be str", "None"]),
+    ({"train": 5}, ["train must be a mapping"]),
+    # out of range
+    ({"train": {"epochs": 0}}, ["train.epochs=0", "must be >= 1"]),
+    ({"data": {"val_fraction": 1.5}}, ["data.val_fraction=1.5", "must be <= 0.9"]),
+    ({"data": {"val_fraction": 0}}, ["data.val_fraction=0.0", "must be > 0.0"]),
+    ({"train": {"height": 100}}, ["train.height=100", "divisible by 32"]),
+    ({"train": {"arch": "mai_baseline_unet", "width": 168}}, ["train.width=168", "divisible by 16"]),
+    ({"train": {"arch": "unet3000"}}, ["train.arch='unet3000'", "mobile_unet"]),
+    ({"export": {"precision": "int4"}}, ["export.precision='int4'", "int8"]),
+    ({"train": {"min_depth": 10.0, "max_depth": 10.0}}, ["train.min_depth=10.0", "train.max_depth=10.0"]),
+    ({"train": {"min_depth": 0.0}}, ["train.min_depth=0.0", "must be > 0"]),
+    ({"package": {"extra_data": 2}}, ["package.extra_data=2"]),
+    ({"benchmark": {"device": "raspberrypi"}}, ["benchmark.device='raspberrypi'", "ssh://"]),
+    ({"benchmark": {"device": "ssh://pi@pi4", "ssh_python": "python3; rm -rf ~"}}, ["benchmark.ssh_python"]),
+])
+def test_bad_value_names_the_key(overrides, needles):
+    with pytest.raises(ConfigError) as err:
+        load_with(overrides)
+    message = str(err.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, (needle, message)
+
+
+def test_valid_params_load():
+    p = load_with({"train": {"learning_rate": 1, "augment": {"flip": False}}, "benchmark": {"device": "ssh://pi@pi4:22"}})
+    assert p.train.learning_rate == 1.0 and isinstance(p.train.learning_rate, float)
+    assert p.train.augment.flip is False and p.benchmark.device == "ssh://pi@pi4:22"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_exponent_floats_as_dvc_writes_them(tmp_path):
+    # `dvc exp run -S train.learning_rate=1e-5` writes `learning_rate: 1e-05`, which plain
+    # PyYAML (YAML 1.1) reads as a string.
+    p = load_params(write(tmp_path, "train:\n  learning_rate: 1e-05\n  weight_decay: 2E+0\n"))
+    assert p.train.learning_rate == 1e-5 and p.train.weight_decay == 2.0
+    with pytest.raises(ConfigError, match="train.epochs must be int"):
+        load_params(write(tmp_path, "train:\n  epochs: 1e2\n"))
+
+
+def test_yaml_bool_words_are_bools(tmp_path):
+    assert load_params(write(tmp_path, "train:\n  augment:\n    flip: no\n")).train.augment.flip is False
+
+
+def test_duplicate_section_is_an_error(tmp_path):
+    # A second `train:` block would silently replace the whole first one.
+    text = "train:\n  epochs: 3\n  batch_size: 4\ntrain:\n  epochs: 5\n"
+    with pytest.raises(ConfigError, match=r"line 4, column 1: duplicate key 'train'"):
+        load_params(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("train:\n  epochs: 3\n batch_size: 2\n", "line 3, column 2"),
+    ("train:\n\tepochs: 3\n", "line 2, column 1: found character '\\t'"),
+    ("train: {epochs: 3\n", "line 2"),
+    ("- train\n- data\n", "expected sections"),
+])
+def test_invalid_yaml_names_file_and_line(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(path) in str(err.value) and needle in str(err.value), str(err.value)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_bad_preset_names_the_preset_key(tmp_path):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match="unknown key train.epoch "):
+        load_params(PARAMS, presets=[preset])
+
+
+# ------------------------------------------------ the stages, as subprocesses
+STAGES = ("synthesize", "prepare", "train", "export", "benchmark", "evaluate", "package", "track")
+OUTPUT_DIRS = ("data", "models", "metrics", "reports", "submission")
+# Runs a stage as `python -m` would and reports at exit whether TensorFlow was imported.
+PROBE = ("import atexit, runpy, sys; "
+         "atexit.register(lambda: print('TF_IMPORTED' if 'tensorflow' in sys.modules else 'TF_NOT_IMPORTED')); "
+         "stage = sys.argv.pop(1); "
+         "runpy.run_module('stages.' + stage, run_name='__main__', alter_sys=True)")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return make_project(tmp_path_factory.mktemp("params") / "proj", git=False)
+
+
+def run_probe(project: Path, stage: str):
+    start = time.time()
+    proc = run([sys.executable, "-c", PROBE, stage], project, check=False, timeout=120)
+    return proc, time.time() - start
+
+
+def set_params(project: Path, text: str | None) -> None:
+    path = project / "params.yaml"
+    if text is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(text)
+
+
+def assert_stopped_early(project: Path, proc, seconds: float, *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert "TF_NOT_IMPORTED" in proc.stdout  # params are checked before TensorFlow loads
+    assert seconds < 10
+    assert not [d for d in OUTPUT_DIRS if (project / d).exists()]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_rejects_bad_params_before_work(project, stage):
+    good = yaml.safe_load((project / "params.yaml").read_text())
+    good["train"]["loss"]["foo"] = 1.0
+    set_params(project, yaml.safe_dump(good, sort_keys=False))
+    proc, seconds = run_probe(project, stage)
+    assert_stopped_early(project, proc, seconds, "unknown key train.loss.foo")
+
+
+def test_train_stage_with_wrong_type(project):
+    good = yaml.safe_load((REPO / "params.yaml").read_text())
+    good["train"]["epochs"] = "ten"
+    set_params(project, yaml.safe_dump(good, sort_keys=False))
+    proc, seconds = run_probe(project, "train")
+    assert_stopped_early(project, proc, seconds, "train.epochs must be int")
+
+
+@pytest.mark.parametrize("stage", ["prepare", "train"])
+def test_stage_with_invalid_yaml(project, stage):
+    set_params(project, "train:\n  epochs: 3\n batch_size: 2\n")
+    proc, seconds = run_probe(project, stage)
+    assert_stopped_early(project, proc, seconds, "params.yaml: not valid YAML (line 3")
+
+
+@pytest.mark.parametrize("stage", ["prepare", "train"])
+def test_stage_without_params_file(project, stage):
+    set_params(project, None)
+    proc, seconds = run_probe(project, stage)
+    assert_stopped_early(project, proc, seconds, "params.yaml: params file not found")
