@@ -25,7 +25,7 @@ from PIL import Image
 
 from pipeline.config import Params
 from pipeline.data import read_split
-from pipeline.files import DataError, atomic_path, write_json
+from pipeline.files import DataError, atomic_path, read_depth_mm, read_rgb, write_json
 from pipeline.losses import make_loss
 from pipeline.models import build_model
 from pipeline.tfdata import PairSource, eval_dataset, train_dataset
@@ -189,7 +189,28 @@ def _load_state(ckpt_dir: Path, fingerprint: str, log) -> dict:
     return state
 
 
-def train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.PathLike,
+def _first_unreadable(rows: list[dict]) -> str | None:
+    """The one-line DataError message of the first pair that fails to decode, if any."""
+    for row in rows:
+        try:
+            read_rgb(row["rgb"])
+            read_depth_mm(row["depth"])
+        except DataError as err:
+            return str(err)
+    return None
+
+
+def train(params: Params, **kwargs) -> dict:
+    """Train (or resume); a file that TensorFlow cannot decode becomes a DataError naming it."""
+    try:
+        return _train(params, **kwargs)
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
+        rows = read_split(kwargs["split_csv"])
+        reason = _first_unreadable(rows) or f"TensorFlow could not read the data: {err.message.splitlines()[0]}"
+        raise DataError(reason) from None
+
+
+def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.PathLike,
           ckpt_dir: str | os.PathLike, history_csv: str | os.PathLike, fingerprint: str,
           time_budget_s: float | None = None, log=print) -> dict:
     """Train (or resume) and save the best core model to `model_out`. Returns summary metrics."""

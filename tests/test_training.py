@@ -114,3 +114,16 @@ def test_mirrored_strategy_on_two_cpu_devices(tmp_path):
     assert "2 replicas, global batch 4" in proc.stdout
     losses = [float(line.split(",")[1]) for line in (project / "reports/history.csv").read_text().splitlines()[1:]]
     assert len(losses) == 4 and losses[-1] < losses[0], losses
+
+
+def test_file_damaged_after_prepare_is_named_not_a_traceback(tmp_path):
+    project = _prepared_project(tmp_path / "c")
+    damaged = project / "data/synthetic/rgb/000001.png"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    proc = run_stage("train", project, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2
+    assert errors == ["error: data/synthetic/rgb/000001.png: cannot decode image, the file is damaged "
+                      "(image file is truncated)"]
+    assert "Traceback" not in proc.stderr
+    assert not (project / "models/model.keras").exists()
