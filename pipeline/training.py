@@ -27,6 +27,7 @@ from pipeline.config import Params
 from pipeline.data import read_split
 from pipeline.files import DataError, atomic_path, read_depth_mm, read_rgb, write_json
 from pipeline.losses import make_loss
+from pipeline.metrics import average_metrics, image_metrics
 from pipeline.models import build_model
 from pipeline.tfdata import PairSource, eval_dataset, train_dataset
 
@@ -39,27 +40,6 @@ def set_determinism(seed: int, deterministic: bool) -> None:
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
-
-
-def masked_si_rmse(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """Per-image si-RMSE over valid pixels (official definition, clamped at 1 mm)."""
-    out = []
-    for p, g in zip(pred, gt):
-        mask = g > 0.001
-        if not mask.any():
-            continue
-        d = np.log(np.maximum(p[mask], 0.001)) - np.log(g[mask])
-        out.append(math.sqrt(max(float(np.mean(d * d) - np.mean(d) ** 2), 0.0)))
-    return np.asarray(out)
-
-
-def masked_rmse(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    out = []
-    for p, g in zip(pred, gt):
-        mask = g > 0.001
-        if mask.any():
-            out.append(math.sqrt(float(np.mean((p[mask] - g[mask]) ** 2))))
-    return np.asarray(out)
 
 
 class ValidationMetrics(keras.callbacks.Callback):
@@ -75,17 +55,16 @@ class ValidationMetrics(keras.callbacks.Callback):
         self.val_ds, self.loss_fn = val_ds, loss_fn
 
     def on_epoch_end(self, epoch, logs=None):
-        si, rmse, losses, sizes = [], [], [], []
+        per_image, losses, sizes = [], [], []
         for rgb, depth in self.val_ds:
             pred = self.model(rgb, training=False)
             losses.append(float(self.loss_fn(depth, pred)))
             sizes.append(int(rgb.shape[0]))
-            pred, depth = pred.numpy(), depth.numpy()
-            si.append(masked_si_rmse(pred, depth))
-            rmse.append(masked_rmse(pred, depth))
+            per_image += [image_metrics(pred=p, gt=g) for p, g in zip(pred.numpy(), depth.numpy())]
+        summary = average_metrics(per_image)  # the official definitions, at working resolution
         logs["val_loss"] = float(np.average(losses, weights=sizes))
-        logs[MONITOR] = float(np.mean(np.concatenate(si)))
-        logs["val_rmse"] = float(np.mean(np.concatenate(rmse)))
+        logs[MONITOR] = summary["si_rmse"]
+        logs["val_rmse"] = summary["rmse"]
 
 
 class TrainingState(keras.callbacks.Callback):
