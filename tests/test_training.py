@@ -71,14 +71,33 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     assert max_diff <= 1e-6, max_diff
 
 
-def test_changed_params_start_over_instead_of_resuming(tmp_path):
-    project = _prepared_project(tmp_path / "p", {"train": {"epochs": 1}})
-    run_stage("train", project)
-    params = (project / "params.yaml").read_text().replace("epochs: 1", "epochs: 2")
-    (project / "params.yaml").write_text(params)
-    out = run_stage("train", project).stdout
-    assert "is from other params/data; starting over" in out
-    assert "epochs 1..2" in out
+def test_checkpoint_of_other_params_is_not_resumed(tmp_path):
+    from pipeline.training import STATE_FILE, _load_state
+
+    (tmp_path / STATE_FILE).write_text(json.dumps({"epoch": 2, "history": [{}, {}], "fingerprint": "old"}))
+    messages = []
+    assert _load_state(tmp_path, "old", messages.append)["epoch"] == 2
+    assert _load_state(tmp_path, "new", messages.append) == {"epoch": 0, "history": []}
+    assert messages == [f"checkpoint in {tmp_path} is from other params/data; starting over"]
+
+
+def test_fingerprint_follows_train_params_and_split(tmp_path, monkeypatch):
+    import dataclasses
+
+    from pipeline.config import load_params
+    from stages.train import fingerprint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    (tmp_path / "data/prepared/split.csv").write_text("name,split,rgb,depth\na.png,train,r/a.png,d/a.png\n")
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    base = fingerprint(params)
+    assert fingerprint(params) == base
+    assert fingerprint(dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=99))) != base
+    # Params of later stages do not invalidate a training checkpoint.
+    assert fingerprint(dataclasses.replace(params, export=dataclasses.replace(params.export, precision="int8"))) == base
+    (tmp_path / "data/prepared/split.csv").write_text("name,split,rgb,depth\nb.png,train,r/b.png,d/b.png\n")
+    assert fingerprint(params) != base
 
 
 MIRRORED = textwrap.dedent("""
