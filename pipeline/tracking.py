@@ -100,6 +100,31 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(rest)
 
 
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Serialize writers of one local sqlite store across processes (`dvc queue start -j N`).
+
+    Parallel experiments finish within seconds of each other; two processes that open a
+    new mlflow.db at once both run MLflow's schema migrations and one fails ("Online
+    migration expected to match one row"), sometimes both. The lock file lives in the
+    (git-ignored) artifact folder beside the store.
+    Other stores (a tracking server, a SQL server) handle concurrency themselves.
+    """
+    db = _sqlite_path(uri)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; parallel queue runs there are unguarded
+        fcntl = None
+    if db is None or fcntl is None:
+        yield
+        return
+    lock_path = db.resolve().parent / ARTIFACT_DIR / f".{db.name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
 def uri_is_http(uri: str) -> bool:
     return urllib.parse.urlparse(uri).scheme in ("http", "https")
 
@@ -306,24 +331,25 @@ def log_pipeline_run(
     tags = run_tags(root, params)
     artifacts = artifact_files(root)
 
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = _experiment_id(client, experiment_name, _artifact_location(uri, root, experiment_name))
-    run = client.create_run(exp_id, run_name=run_name or default_run_name(params), tags=tags)
-    run_id = run.info.run_id
-    try:
-        now = int(time.time() * 1000)
-        all_metrics = [Metric(k, v, now, 0) for k, v in metrics.items()]
-        all_metrics += [Metric(k, v, now, step) for k, v, step in history]
-        for batch in _chunks(flat_params, _MAX_PARAMS_PER_BATCH):
-            client.log_batch(run_id, params=batch)
-        for batch in _chunks(all_metrics, _MAX_METRICS_PER_BATCH):
-            client.log_batch(run_id, metrics=batch)
-        for rel in artifacts:
-            folder = rel.parent.as_posix()
-            client.log_artifact(run_id, str(root / rel), artifact_path=None if folder == "." else folder)
-    except BaseException:
-        with contextlib.suppress(Exception):  # the original error is the one to report
-            client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
-        raise
-    client.set_terminated(run_id)
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = _experiment_id(client, experiment_name, _artifact_location(uri, root, experiment_name))
+        run = client.create_run(exp_id, run_name=run_name or default_run_name(params), tags=tags)
+        run_id = run.info.run_id
+        try:
+            now = int(time.time() * 1000)
+            all_metrics = [Metric(k, v, now, 0) for k, v in metrics.items()]
+            all_metrics += [Metric(k, v, now, step) for k, v, step in history]
+            for batch in _chunks(flat_params, _MAX_PARAMS_PER_BATCH):
+                client.log_batch(run_id, params=batch)
+            for batch in _chunks(all_metrics, _MAX_METRICS_PER_BATCH):
+                client.log_batch(run_id, metrics=batch)
+            for rel in artifacts:
+                folder = rel.parent.as_posix()
+                client.log_artifact(run_id, str(root / rel), artifact_path=None if folder == "." else folder)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the original error is the one to report
+                client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
+            raise
+        client.set_terminated(run_id)
     return run_id
