@@ -4,7 +4,6 @@ mirrored strategy trains on two logical CPU devices."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import make_project, project_env, run_stage
 
@@ -110,8 +110,12 @@ MIRRORED = textwrap.dedent("""
     from pipeline.tflite import convert, load_keras_model, op_summary
     from pipeline.models import wrap_for_device
     params = load_params()
-    summary = train(params, split_csv="data/prepared/split.csv", model_out="models/model.keras",
-                    ckpt_dir="models/checkpoints", history_csv="reports/history.csv", fingerprint="m")
+    paths = dict(split_csv="data/prepared/split.csv", model_out="models/model.keras",
+                 ckpt_dir="models/checkpoints", history_csv="reports/history.csv", fingerprint="m")
+    # Interrupted after the first epoch (the budget runs out at once), then resumed.
+    first = train(params, time_budget_s=1e-6, **paths)
+    summary = train(params, **paths)
+    print("FIRST_EPOCHS", first["epochs"])
     core = load_keras_model("models/model.keras")
     ops = op_summary(convert(wrap_for_device(core, height=96, width=128), precision="fp32"))
     print("RESULT", json.dumps({"replicas": summary["replicas"], "non_builtin": ops["non_builtin"]}))
@@ -131,6 +135,7 @@ def test_mirrored_strategy_on_two_cpu_devices(tmp_path):
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert result == {"replicas": 2, "non_builtin": []}
     assert "2 replicas, global batch 4" in proc.stdout
+    assert "FIRST_EPOCHS 1" in proc.stdout and "resuming from models/checkpoints after epoch 1/4" in proc.stdout
     losses = [float(line.split(",")[1]) for line in (project / "reports/history.csv").read_text().splitlines()[1:]]
     assert len(losses) == 4 and losses[-1] < losses[0], losses
 
@@ -146,3 +151,22 @@ def test_file_damaged_after_prepare_is_named_not_a_traceback(tmp_path):
                       "(image file is truncated)"]
     assert "Traceback" not in proc.stderr
     assert not (project / "models/model.keras").exists()
+
+
+def test_multi_worker_roles_from_tf_config(monkeypatch):
+    from pipeline.files import DataError
+    from pipeline.training import is_chief, make_strategy
+
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert is_chief()
+    with pytest.raises(DataError, match="TF_CONFIG"):
+        make_strategy("multi_worker")
+    for task, chief in ((("worker", 0), True), (("worker", 1), False)):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": task[0], "index": task[1]}}))
+        assert is_chief() is chief
+    with_chief = {**cluster, "chief": ["127.0.0.1:3"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "worker", "index": 0}}))
+    assert not is_chief()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "chief", "index": 0}}))
+    assert is_chief()
