@@ -353,3 +353,9 @@ def log_pipeline_run(
             raise
         client.set_terminated(run_id)
     return run_id
+
+
+def mlflow_error_line(err: Exception, uri: str) -> str:
+    """An MlflowException (often a multi-line server reply) as one `error:` line."""
+    first = (str(err).strip().splitlines() or ["unknown MLflow error"])[0]
+    return f"error: MLflow at {uri}: {first}"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params
 from pipeline.report import ReportError, load_runs, runs_table, write_report
-from pipeline.tracking import TrackingError, check_reachable, tracking_uri
+from pipeline.tracking import TrackingError, check_reachable, mlflow_error_line, tracking_uri
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except MlflowException as err:
-        first = (str(err).strip().splitlines() or ["unknown MLflow error"])[0]
-        print(f"error: MLflow at {uri}: {first}", file=sys.stderr)
+        print(mlflow_error_line(err, uri), file=sys.stderr)
         return 2
 
     print(paths["markdown"].read_text(), end="")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params
 from pipeline.files import DataError
-from pipeline.tracking import TrackingError, log_pipeline_run, tracking_uri
+from pipeline.tracking import TrackingError, log_pipeline_run, mlflow_error_line, tracking_uri
 
 
 def _quiet_mlflow_env() -> None:
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except MlflowException as err:
-        first = (str(err).strip().splitlines() or ["unknown MLflow error"])[0]
-        print(f"error: MLflow at {tracking_uri(root)}: {first}", file=sys.stderr)
+        print(mlflow_error_line(err, tracking_uri(root)), file=sys.stderr)
         return 2
 
     uri = tracking_uri(root)
