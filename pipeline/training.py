@@ -84,8 +84,11 @@ class TrainingState(keras.callbacks.Callback):
                "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
         row.update({k: float(logs[k]) for k in HISTORY_COLUMNS if k in logs})
         self.state["history"].append(row)
-        if logs[MONITOR] < self.state.get("best", math.inf):
-            self.state.update(best=logs[MONITOR], best_epoch=epoch + 1)
+        # NaN (no valid val pixel at working size) never wins, but the first epoch is always
+        # kept so that a best checkpoint exists.
+        score = logs[MONITOR] if math.isfinite(logs[MONITOR]) else math.inf
+        if "best_epoch" not in self.state or score < self.state["best"]:
+            self.state.update(best=score, best_epoch=epoch + 1)
             self._save_weights("best.weights.h5")
         self._save_weights("last.weights.h5")
         self.state.update(epoch=epoch + 1, fingerprint=self.fingerprint)
