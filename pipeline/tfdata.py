@@ -30,10 +30,13 @@ def decode_pair(rgb_path, depth_path):
 
 
 def to_working(rgb, depth, height: int, width: int):
-    """uint8/uint16 source tensors -> float32 RGB 0..255 and depth metres at working size."""
-    rgb = tf.image.resize(tf.cast(rgb, tf.float32), (height, width), method="bilinear")
-    depth = tf.cast(depth, tf.float32) / MM_PER_M
-    depth = tf.image.resize(depth, (height, width), method="nearest")
+    """uint8/uint16 source tensors -> float32 RGB 0..255 and depth metres at working size.
+
+    The device graph's bilinear resize, read straight from the integer source: no
+    full-resolution float copy is made (that copy dominated the input cost per step).
+    """
+    rgb = tf.image.resize(rgb, (height, width), method="bilinear")
+    depth = tf.cast(tf.image.resize(depth, (height, width), method="nearest"), tf.float32) / MM_PER_M
     return rgb, depth
 
 
@@ -52,16 +55,10 @@ def augment(rgb_u8, depth_u16, seed, cfg: AugmentConfig, height: int, width: int
     def crop():
         boxes, idx, size = box[None], tf.constant([0]), tf.constant([height, width])
         return (tf.image.crop_and_resize(rgb_u8[None], boxes, idx, size, method="bilinear")[0],
-                tf.image.crop_and_resize(depth_u16[None], boxes, idx, size, method="nearest")[0])
+                tf.image.crop_and_resize(depth_u16[None], boxes, idx, size, method="nearest")[0] / MM_PER_M)
 
-    def whole():  # exactly the device graph's resize
-        return (tf.image.resize(rgb_u8, (height, width), method="bilinear"),
-                tf.cast(tf.image.resize(depth_u16, (height, width), method="nearest"), tf.float32))
-
-    # Both read the integer source directly and return float32 at working size: no
-    # full-resolution float copy is made (that copy dominated the input cost per step).
-    rgb, depth = tf.cond(do_crop, crop, whole)
-    depth = depth / MM_PER_M
+    # Both read the integer source directly and return float32 at working size.
+    rgb, depth = tf.cond(do_crop, crop, lambda: to_working(rgb_u8, depth_u16, height, width))
     if cfg.flip:
         flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
         rgb = tf.where(flip, tf.reverse(rgb, axis=[1]), rgb)
