@@ -36,10 +36,24 @@ MONITOR = "val_si_rmse"
 HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "val_si_rmse", "val_rmse", "lr", "seconds")
 
 
-def set_determinism(seed: int, deterministic: bool) -> None:
+def set_determinism(seed: int, deterministic: bool, log=print) -> None:
+    """Seeds everything; with `deterministic`, reruns give bit-identical weights.
+
+    Op determinism alone is not enough on CPU: when independent ops of the backward pass
+    run at the same time (inter-op parallelism), the gradients of the decoder's upsampling
+    and depthwise layers change in the last bits from run to run, and training drifts
+    apart (about 1e-3 in epoch-1 loss at 128x160). Running one op at a time, each still
+    using every core, removes that at almost no cost on a few cores (see README).
+    """
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
+        try:
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # TensorFlow already ran an op in this process (in-process callers)
+            if tf.config.threading.get_inter_op_parallelism_threads() != 1:
+                log("warning: TensorFlow was started before training; ops may run concurrently, "
+                    "so reruns can differ in the last bits")
 
 
 class ValidationMetrics(keras.callbacks.Callback):
@@ -199,7 +213,7 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
     cfg, seed = params.train, params.base.seed
     ckpt_dir, history_csv = Path(ckpt_dir), Path(history_csv)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    set_determinism(seed, params.base.deterministic)
+    set_determinism(seed, params.base.deterministic, log)
 
     train_rows, val_rows = read_split(split_csv, "train"), read_split(split_csv, "val")
     if not train_rows or not val_rows:
