@@ -1,7 +1,6 @@
 """Peak RAM of the train stage on real data, with the in-RAM cache on and forced off.
 
     .venv/bin/python bench/train_memory.py [--data ../shared/data/tum_fr1_xyz] [--epochs 1]
-    .venv/bin/python bench/train_memory.py --determinism [--epochs 3]
 
 Runs `python -m stages.prepare` once and then `python -m stages.train` in a throw-away
 copy of the project (params.yaml + presets/tum.yaml, epochs reduced), each train run a
@@ -9,9 +8,6 @@ fresh process whose peak RSS is read from outside with os.wait4 (the kernel's ma
 exactly that child). Once with train.cache_max_mb from the params (decoded tensors kept
 in RAM when they fit) and once with 0 (decoded from disk every epoch). Prints both and
 the decoded size of the data set.
-
---determinism instead trains twice with base.deterministic true and false and prints the
-seconds per epoch (epochs after the first, which includes graph tracing) and the ratio.
 """
 
 from __future__ import annotations
@@ -91,21 +87,14 @@ def epoch_seconds(history: list[dict]) -> float:
     return sum(later) / len(later)
 
 
-def steps_per_epoch(root: Path) -> int:
-    import json
-
-    return int(json.loads((root / "metrics" / "train.json").read_text())["steps_per_epoch"])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="a folder in the challenge layout")
     parser.add_argument("--preset", default=str(REPO / "presets" / "tum.yaml"))
-    parser.add_argument("--epochs", type=int, default=None, help="default 1 (3 with --determinism)")
-    parser.add_argument("--determinism", action="store_true", help="time deterministic on vs off instead")
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the temp workspace")
     args = parser.parse_args()
-    epochs = args.epochs or (3 if args.determinism else 1)
+    epochs = args.epochs
 
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(Path(args.preset).read_text()))
     params = merge(params, {"data": {"source": str(Path(args.data).resolve())}, "train": {"epochs": epochs}})
@@ -119,18 +108,6 @@ def main() -> int:
         print(f"train: {t['arch']} at {t['height']}x{t['width']}, batch {t['batch_size']}, {epochs} epoch(s)")
         print(f"decoded data set: train split {sizes['train']:.0f} MiB + val split {sizes['val']:.0f} MiB "
               f"= {sizes['train'] + sizes['val']:.0f} MiB (uint8 RGB + uint16 depth at source size)")
-
-        if args.determinism:
-            rows = []
-            for flag in (True, False):
-                print(f"training with base.deterministic={flag} ...", file=sys.stderr, flush=True)
-                _, wall, _, history = train_once(root, merge(params, {"base": {"deterministic": flag}}))
-                rows.append((flag, epoch_seconds(history), epoch_seconds(history) / steps_per_epoch(root), wall))
-            print(f"{'deterministic':<14} {'s/epoch (after 1st)':>20} {'s/step':>7} {'wall s':>8}")
-            for flag, sec, step, wall in rows:
-                print(f"{str(flag):<14} {sec:20.2f} {step:7.3f} {wall:8.1f}")
-            print(f"deterministic / non-deterministic epoch time: {rows[0][1] / rows[1][1]:.3f}")
-            return 0
 
         cache_mb = t["cache_max_mb"]
         results = []
