@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
+
+import yaml
 
 from pipeline.config import ConfigError
 from pipeline.files import DataError
@@ -44,3 +47,22 @@ class Progress:
         if done == total or now - self.last >= self.every or done == 1:
             self.last = now
             print(f"{self.label} {done}/{total} ({now - self.start:.1f} s)", flush=True)
+
+
+def stage_code_files(stage: str, dvc_yaml: str | os.PathLike = "dvc.yaml") -> list[Path]:
+    """The Python files among a DVC stage's deps (folders expanded), sorted.
+
+    Without a dvc.yaml (a stage run in a bare copy of the code), every file of the
+    pipeline package and the stage's own module: more than needed, never less.
+    """
+    try:
+        deps = yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage].get("deps", [])
+    except FileNotFoundError:
+        deps = ["pipeline", f"stages/{stage}.py"]
+    files = set()
+    for dep in map(Path, deps):
+        if dep.suffix == ".py" and dep.is_file():
+            files.add(dep)
+        elif dep.is_dir() and "${" not in str(dep):
+            files.update(dep.rglob("*.py"))
+    return sorted(files)

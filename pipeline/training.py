@@ -11,6 +11,7 @@ with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from pipeline.config import Params
+from pipeline.config import Params, as_flat_dict
 from pipeline.data import read_split
 from pipeline.files import DataError, atomic_path, read_depth_mm, read_rgb, write_json
 from pipeline.losses import make_loss
@@ -173,6 +174,27 @@ def _image_size(path: str) -> tuple[int, int]:
         raise DataError(f"{path}: cannot read image ({err})") from None
 
 
+def resume_fingerprint(params: Params, split_csv: str | os.PathLike, code_files: list[Path]) -> str:
+    """What a checkpoint must match to be resumed.
+
+    The base/train params, the split, the bytes of the training code, and the size and
+    modification time of every listed image (cheap, and any rewrite of the data changes
+    it). If any of them changed, resuming would mix two different runs, or would hand back
+    the finished model of the old code, so training starts over instead.
+    """
+    rows = read_split(split_csv)  # first: a missing split or image is a one-line error
+    flat = {k: v for k, v in as_flat_dict(params).items() if k.split(".")[0] in ("base", "train")}
+    digest = hashlib.sha256(json.dumps(flat, sort_keys=True).encode())
+    digest.update(Path(split_csv).read_bytes())
+    for path in code_files:
+        digest.update(f"\0{path}\0".encode() + Path(path).read_bytes())
+    for row in rows:
+        for image in (row["rgb"], row["depth"]):
+            stat = os.stat(image)
+            digest.update(f"\0{image}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
 def _load_state(ckpt_dir: Path, fingerprint: str, log) -> dict:
     state_path = ckpt_dir / STATE_FILE
     if not state_path.exists():
@@ -180,7 +202,7 @@ def _load_state(ckpt_dir: Path, fingerprint: str, log) -> dict:
     state = json.loads(state_path.read_text())
     if state.get("fingerprint") != fingerprint:
         # Params or data changed since the checkpoint: resuming would mix two runs.
-        log(f"checkpoint in {ckpt_dir} is from other params/data; starting over")
+        log(f"checkpoint in {ckpt_dir} is from other params, data or code; starting over")
         return {"epoch": 0, "history": []}
     return state
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_project, project_env, run_stage
+from conftest import REPO, make_project, project_env, run_stage
 
 RESUME_PARAMS = {"train": {"epochs": 3}}
 
@@ -79,26 +79,68 @@ def test_checkpoint_of_other_params_is_not_resumed(tmp_path):
     messages = []
     assert _load_state(tmp_path, "old", messages.append)["epoch"] == 2
     assert _load_state(tmp_path, "new", messages.append) == {"epoch": 0, "history": []}
-    assert messages == [f"checkpoint in {tmp_path} is from other params/data; starting over"]
+    assert messages == [f"checkpoint in {tmp_path} is from other params, data or code; starting over"]
 
 
-def test_fingerprint_follows_train_params_and_split(tmp_path, monkeypatch):
+def test_fingerprint_follows_params_split_data_and_training_code(tmp_path, monkeypatch):
+    """A checkpoint resumes only the same run: a change to any of these starts over."""
     import dataclasses
+    import os
+    import shutil
 
+    from pipeline.cli import stage_code_files
     from pipeline.config import load_params
-    from stages.train import fingerprint
+    from pipeline.training import resume_fingerprint
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "data/prepared").mkdir(parents=True)
-    (tmp_path / "data/prepared/split.csv").write_text("name,split,rgb,depth\na.png,train,r/a.png,d/a.png\n")
-    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    base = fingerprint(params)
-    assert fingerprint(params) == base
+    for name in ("pipeline", "stages"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    for name in ("rgb/a.png", "depth/a.png", "rgb/b.png", "depth/b.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"image bytes")
+    split = tmp_path / "split.csv"
+    split.write_text("name,split,rgb,depth\na.png,train,rgb/a.png,depth/a.png\n")
+    params = load_params(REPO / "params.yaml")
+    code = stage_code_files("train")
+    assert Path("pipeline/training.py") in code and Path("pipeline/models/mobile_unet.py") in code
+    assert Path("pipeline/evaluation.py") not in code  # not a dep of the train stage
+
+    def fingerprint(p=params):
+        return resume_fingerprint(p, split, stage_code_files("train"))
+
+    base = fingerprint()
+    assert fingerprint() == base
     assert fingerprint(dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=99))) != base
-    # Params of later stages do not invalidate a training checkpoint.
+    # Params of later stages and code the train stage does not use keep the checkpoint.
     assert fingerprint(dataclasses.replace(params, export=dataclasses.replace(params.export, precision="int8"))) == base
-    (tmp_path / "data/prepared/split.csv").write_text("name,split,rgb,depth\nb.png,train,r/b.png,d/b.png\n")
-    assert fingerprint(params) != base
+    with open("pipeline/evaluation.py", "a") as f:
+        f.write("# edited\n")
+    assert fingerprint() == base
+    # Training code edited (even a model file): the old checkpoint is another run.
+    with open("pipeline/models/mobile_unet.py", "a") as f:
+        f.write("# edited\n")
+    edited = fingerprint()
+    assert edited != base
+    # Rewritten image (same name, new mtime) or another split.
+    stat = os.stat("rgb/a.png")
+    os.utime("rgb/a.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert fingerprint() != edited
+    split.write_text("name,split,rgb,depth\nb.png,train,rgb/b.png,depth/b.png\n")
+    assert fingerprint() not in (base, edited)
+
+
+def test_stage_code_files_without_dvc_yaml(tmp_path, monkeypatch):
+    import shutil
+
+    from pipeline.cli import stage_code_files
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(REPO / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages/train.py").write_text("")
+    files = stage_code_files("train")
+    assert Path("stages/train.py") in files and Path("pipeline/evaluation.py") in files
 
 
 MIRRORED = textwrap.dedent("""
