@@ -26,14 +26,11 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.config import merge  # noqa: E402
+
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tum_fr1_xyz"
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def make_workspace(root: Path, params: dict) -> None:

@@ -258,11 +258,12 @@ def _read_yaml(path: Path):
         raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
 
 
-def _merge(base: dict, override: dict) -> dict:
+def merge(base: dict, override: dict) -> dict:
+    """Nested dicts: `override` wins key by key; the inputs are not changed."""
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -283,9 +284,9 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS, *, presets=(), overrid
     """params.yaml, then each preset file (partial params) and `overrides` merged on top."""
     raw = _read_yaml(Path(path)) or {}
     for preset in presets:
-        raw = _merge(raw, _read_yaml(Path(preset)) or {})
+        raw = merge(raw, _read_yaml(Path(preset)) or {})
     if overrides:
-        raw = _merge(raw, overrides)
+        raw = merge(raw, overrides)
     params = _build(Params, raw, "")
     t = params.train
     if t.min_depth >= t.max_depth:

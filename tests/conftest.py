@@ -12,6 +12,11 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # bench/ scripts import these helpers from outside the repo root
+    sys.path.insert(0, str(REPO))
+
+from pipeline.config import merge  # noqa: E402
+
 SHARED_DATA = REPO.parent / "shared" / "data" / "tum_fr1_xyz"
 
 # Small enough for 2 CPU cores: few low-resolution scenes, one short epoch, few timing runs.
@@ -22,13 +27,6 @@ TINY_PARAMS = {
     "benchmark": {"threads": 1, "warmup": 1, "runs": 2},
     "evaluate": {"panels": 1},
 }
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def project_env() -> dict[str, str]:
