@@ -131,8 +131,13 @@ def train_dataset(source: PairSource, *, seed: int, first_epoch: int, epochs: in
 
 
 def eval_dataset(source: PairSource, *, batch_size: int, height: int, width: int):
-    """Unaugmented batches at working size, in split order."""
+    """Unaugmented batches at working size, in split order.
+
+    Kept in RAM after the first pass only when the source itself fits the cache budget;
+    otherwise every validation pass decodes from disk again, so RAM stays bounded.
+    """
     ds = tf.data.Dataset.range(source.n)
     ds = ds.map(lambda i: to_working(*source.get(i), height, width), num_parallel_calls=AUTOTUNE,
                 deterministic=True)
-    return ds.batch(batch_size).cache().prefetch(AUTOTUNE)
+    ds = ds.batch(batch_size)
+    return (ds.cache() if source.cached else ds).prefetch(AUTOTUNE)
