@@ -52,13 +52,15 @@ class Progress:
 def stage_code_files(stage: str, dvc_yaml: str | os.PathLike = "dvc.yaml") -> list[Path]:
     """The Python files among a DVC stage's deps (folders expanded), sorted.
 
-    Without a dvc.yaml (a stage run in a bare copy of the code), every file of the
-    pipeline package and the stage's own module: more than needed, never less.
+    Without a dvc.yaml that defines the stage (a stage run in a bare copy of the code),
+    every file of the pipeline package and the stage's own module: more than needed,
+    never less.
     """
     try:
-        deps = yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage].get("deps", [])
+        stages = (yaml.safe_load(Path(dvc_yaml).read_text()) or {}).get("stages", {})
     except FileNotFoundError:
-        deps = ["pipeline", f"stages/{stage}.py"]
+        stages = {}
+    deps = stages[stage].get("deps", []) if stage in stages else ["pipeline", f"stages/{stage}.py"]
     files = set()
     for dep in map(Path, deps):
         if dep.suffix == ".py" and dep.is_file():

@@ -44,7 +44,7 @@ def set_determinism(seed: int, deterministic: bool, log=print) -> None:
     run at the same time (inter-op parallelism), the gradients of the decoder's upsampling
     and depthwise layers change in the last bits from run to run, and training drifts
     apart (about 1e-3 in epoch-1 loss at 128x160). Running one op at a time, each still
-    using every core, removes that at almost no cost on a few cores (see README).
+    using every core, removes that; both together cost about 7% (bench/determinism.py).
     """
     keras.utils.set_random_seed(seed)
     if deterministic:
@@ -201,7 +201,7 @@ def _load_state(ckpt_dir: Path, fingerprint: str, log) -> dict:
         return {"epoch": 0, "history": []}
     state = json.loads(state_path.read_text())
     if state.get("fingerprint") != fingerprint:
-        # Params or data changed since the checkpoint: resuming would mix two runs.
+        # Params, data or training code changed since the checkpoint: resuming would mix two runs.
         log(f"checkpoint in {ckpt_dir} is from other params, data or code; starting over")
         return {"epoch": 0, "history": []}
     return state

@@ -130,7 +130,7 @@ def test_fingerprint_follows_params_split_data_and_training_code(tmp_path, monke
     assert fingerprint() not in (base, edited)
 
 
-def test_stage_code_files_without_dvc_yaml(tmp_path, monkeypatch):
+def test_stage_code_files_without_the_stage_in_dvc_yaml(tmp_path, monkeypatch):
     import shutil
 
     from pipeline.cli import stage_code_files
@@ -141,6 +141,8 @@ def test_stage_code_files_without_dvc_yaml(tmp_path, monkeypatch):
     (tmp_path / "stages/train.py").write_text("")
     files = stage_code_files("train")
     assert Path("stages/train.py") in files and Path("pipeline/evaluation.py") in files
+    (tmp_path / "dvc.yaml").write_text("stages:\n  other:\n    cmd: true\n")
+    assert stage_code_files("train") == files
 
 
 MIRRORED = textwrap.dedent("""
