@@ -111,7 +111,7 @@ def main() -> int:
         for label, value in ((f"cache on (cache_max_mb {cache_mb})", cache_mb), ("cache off (cache_max_mb 0)", 0)):
             print(f"training, {label} ...", file=sys.stderr, flush=True)
             rss, wall, text, history = train_once(root, params, train={"cache_max_mb": value})
-            mode = "in RAM" if "cache in RAM" in text else "off" if "cache off" in text else "?"
+            mode = "in RAM" if "cache in RAM" in text else "off" if "cache off" in text else "train"
             results.append((label, mode, rss, wall, epoch_seconds(history)))
         print(f"{'run':<32} {'cache':>7} {'peak RSS MiB':>13} {'wall s':>8} {'s/epoch':>8}")
         for label, mode, rss, wall, sec in results:

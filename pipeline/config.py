@@ -109,7 +109,7 @@ class TrainConfig:
     warmup_epochs: float = knob(1.0, lo=0.0)
     min_lr_ratio: float = knob(0.05, lo=0.0, hi=1.0)
     steps_per_epoch: int = knob(0, lo=0)  # 0 = one pass over the train split
-    cache_max_mb: int = knob(2048, lo=0)  # decoded-tensor cache in RAM, else decode per epoch
+    cache_max_mb: int = knob(2048, lo=0)  # decoded train + val images kept in RAM, else decoded per epoch
     strategy: str = knob("default", choices=("default", "mirrored", "multi_worker"))
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

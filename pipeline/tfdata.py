@@ -84,7 +84,7 @@ class PairSource:
     """Random access to decoded pairs: held in RAM when they fit the cache budget,
     else decoded from disk on every access (parallel map), so RAM stays bounded."""
 
-    def __init__(self, rgb_paths, depth_paths, *, cache_max_mb: int, source_size=(480, 640)):
+    def __init__(self, rgb_paths, depth_paths, *, cache_max_mb: float, source_size=(480, 640)):
         self.rgb_paths = tf.constant(list(rgb_paths))
         self.depth_paths = tf.constant(list(depth_paths))
         self.n = len(rgb_paths)
@@ -98,6 +98,18 @@ class PairSource:
         if self.cached:
             return tf.gather(self.rgb_all, index), tf.gather(self.depth_all, index)
         return decode_pair(tf.gather(self.rgb_paths, index), tf.gather(self.depth_paths, index))
+
+
+def split_sources(train_rows: list[dict], val_rows: list[dict], *, cache_max_mb: float,
+                  source_size=(480, 640)) -> tuple[PairSource, PairSource]:
+    """Train and val sources sharing one RAM budget: train first (read every step), val
+    only in what is left, so the two together never hold more than cache_max_mb."""
+    train = PairSource([r["rgb"] for r in train_rows], [r["depth"] for r in train_rows],
+                       cache_max_mb=cache_max_mb, source_size=source_size)
+    used_mb = cache_bytes([r["rgb"] for r in train_rows], *source_size) / 2**20 if train.cached else 0.0
+    val = PairSource([r["rgb"] for r in val_rows], [r["depth"] for r in val_rows],
+                     cache_max_mb=cache_max_mb - used_mb, source_size=source_size)
+    return train, val
 
 
 def epoch_order(n: int, *, seed: int, epoch: int, count: int) -> np.ndarray:

@@ -30,7 +30,7 @@ from pipeline.files import DataError, atomic_path, read_depth_mm, read_rgb, writ
 from pipeline.losses import make_loss
 from pipeline.metrics import average_metrics, image_metrics
 from pipeline.models import build_model
-from pipeline.tfdata import PairSource, eval_dataset, train_dataset
+from pipeline.tfdata import eval_dataset, split_sources, train_dataset
 
 STATE_FILE = "state.json"
 MONITOR = "val_si_rmse"
@@ -207,6 +207,12 @@ def _load_state(ckpt_dir: Path, fingerprint: str, log) -> dict:
     return state
 
 
+def _cache_mode(train_cached: bool, val_cached: bool) -> str:
+    if train_cached and val_cached:
+        return "in RAM"
+    return "train in RAM, val decoded per epoch" if train_cached else "off (decode per epoch)"
+
+
 def _first_unreadable(rows: list[dict]) -> str | None:
     """The one-line DataError message of the first pair that fails to decode, if any."""
     for row in rows:
@@ -241,10 +247,7 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
     if not train_rows or not val_rows:
         raise DataError(f"{split_csv}: needs both train and val rows (train={len(train_rows)}, val={len(val_rows)})")
     source_size = _image_size(train_rows[0]["rgb"])
-    train_src = PairSource([r["rgb"] for r in train_rows], [r["depth"] for r in train_rows],
-                           cache_max_mb=cfg.cache_max_mb, source_size=source_size)
-    val_src = PairSource([r["rgb"] for r in val_rows], [r["depth"] for r in val_rows],
-                         cache_max_mb=cfg.cache_max_mb, source_size=source_size)
+    train_src, val_src = split_sources(train_rows, val_rows, cache_max_mb=cfg.cache_max_mb, source_size=source_size)
     strategy = make_strategy(cfg.strategy)
     replicas = strategy.num_replicas_in_sync
     # train.batch_size is per replica; the global batch and the learning rate grow with the
@@ -277,7 +280,7 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
 
     log(f"train: {cfg.arch} at {cfg.height}x{cfg.width}, {len(train_rows)} train / {len(val_rows)} val images, "
         f"{steps} steps x batch {batch}, epochs {start + 1}..{cfg.epochs}, "
-        f"cache {'in RAM' if train_src.cached else 'off (decode per epoch)'}")
+        f"cache {_cache_mode(train_src.cached, val_src.cached)}")
     val_ds = eval_dataset(val_src, batch_size=batch, height=cfg.height, width=cfg.width)
     # Non-chief workers keep their (identical) copy of the state out of the chief's way.
     state_dir = ckpt_dir if is_chief() or start >= cfg.epochs else Path(tempfile.mkdtemp(prefix="worker_ckpt_"))

@@ -101,3 +101,18 @@ def test_augmented_depth_keeps_its_values_and_units(pairs):
     assert set(np.unique(depth).round(6)) <= {0.0, 0.5, 1.25, 3.0, 7.5}
     assert (depth == 0).any() and (depth > 0).any()
     assert rgb.min() >= 0.0 and rgb.max() <= 255.0 and rgb.max() > 200.0
+
+
+@pytest.mark.parametrize("budget_mb, train_cached, val_cached", [
+    (0.1, True, True),     # both fit
+    (0.07, True, False),   # train (0.059 MiB) first; val (0.029 MiB) not in what is left
+    (0.05, False, True),   # train does not fit; val does
+    (0.0, False, False),
+])
+def test_train_and_val_share_one_cache_budget(pairs, budget_mb, train_cached, val_cached):
+    from pipeline.tfdata import split_sources
+
+    rows = [{"rgb": r, "depth": d} for r, d in zip(*pairs)]
+    train, val = split_sources(rows[:4], rows[4:], cache_max_mb=budget_mb, source_size=(H, W))
+    assert (train.cached, val.cached) == (train_cached, val_cached)
+    assert (train.n, val.n) == (4, 2)
