@@ -91,10 +91,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the temp workspace")
     args = parser.parse_args()
-    epochs = args.epochs
 
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(Path(args.preset).read_text()))
-    params = merge(params, {"data": {"source": str(Path(args.data).resolve())}, "train": {"epochs": epochs}})
+    params = merge(params, {"data": {"source": str(Path(args.data).resolve())}, "train": {"epochs": args.epochs}})
     root = Path(tempfile.mkdtemp(prefix="train_memory."))
     try:
         make_workspace(root, params)
@@ -102,7 +101,7 @@ def main() -> int:
         sizes = decoded_mb(root / "data" / "prepared" / "split.csv")
         t = params["train"]
         print(f"data: {args.data}")
-        print(f"train: {t['arch']} at {t['height']}x{t['width']}, batch {t['batch_size']}, {epochs} epoch(s)")
+        print(f"train: {t['arch']} at {t['height']}x{t['width']}, batch {t['batch_size']}, {args.epochs} epoch(s)")
         print(f"decoded data set: train split {sizes['train']:.0f} MiB + val split {sizes['val']:.0f} MiB "
               f"= {sizes['train'] + sizes['val']:.0f} MiB (uint8 RGB + uint16 depth at source size)")
 

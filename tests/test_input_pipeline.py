@@ -44,25 +44,18 @@ def train_batches(src, first_epoch, epochs=3, augment=AugmentConfig()):
     return [(rgb.numpy(), depth.numpy()) for rgb, depth in ds]
 
 
-def eval_pass(src):
-    from pipeline.tfdata import eval_dataset
-
-    return [(rgb.numpy(), depth.numpy()) for rgb, depth in eval_dataset(src, batch_size=4, height=32, width=32)]
-
-
 def test_cache_budget_decides_ram_or_disk(pairs):
     """Over the budget nothing is held: a file deleted after the first pass is missed on
     the next one. Within the budget both passes come from RAM."""
     import tensorflow as tf
 
-    decoded_mb = N * H * W * 5 / 2**20
-    assert source(pairs, cache_max_mb=1).cached and decoded_mb < 1
-    on_disk = source(pairs, cache_max_mb=0)
-    assert not on_disk.cached
-
     from pipeline.tfdata import eval_dataset
 
-    in_ram = source(pairs, cache_max_mb=1)
+    decoded_mb = N * H * W * 5 / 2**20
+    in_ram, on_disk = source(pairs, cache_max_mb=1), source(pairs, cache_max_mb=0)
+    assert in_ram.cached and decoded_mb < 1
+    assert not on_disk.cached
+
     ram_eval = eval_dataset(in_ram, batch_size=4, height=32, width=32)
     disk_eval = eval_dataset(on_disk, batch_size=4, height=32, width=32)
     first_ram, first_disk = list(ram_eval), list(disk_eval)
