@@ -12,24 +12,18 @@ weight difference between the two runs' final weights (0 = bit-identical trainin
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import h5py
 import numpy as np
-import yaml
 
-from train_memory import DEFAULT_DATA, REPO, epoch_seconds, make_workspace, merge, run_measured, train_once
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the weight-file reader
 
-
-def final_weights(root: Path) -> dict[str, np.ndarray]:
-    arrays = {}
-    with h5py.File(root / "models" / "checkpoints" / "last.weights.h5", "r") as f:
-        f.visititems(lambda name, obj: arrays.update({name: obj[()]}) if isinstance(obj, h5py.Dataset) else None)
-    return arrays
+from conftest import weight_arrays  # noqa: E402
+from train_memory import (bench_arg_parser, bench_params, epoch_seconds, make_workspace, merge, run_measured,
+                          train_once)  # noqa: E402
 
 
 def max_weight_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
@@ -39,14 +33,8 @@ def max_weight_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="a folder in the challenge layout")
-    parser.add_argument("--preset", default=str(REPO / "presets" / "tum.yaml"))
-    parser.add_argument("--epochs", type=int, default=3)
-    args = parser.parse_args()
-
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(Path(args.preset).read_text()))
-    params = merge(params, {"data": {"source": str(Path(args.data).resolve())}, "train": {"epochs": args.epochs}})
+    args = bench_arg_parser(__doc__.split("\n")[0], epochs=3).parse_args()
+    params = bench_params(args)
     root = Path(tempfile.mkdtemp(prefix="determinism."))
     try:
         make_workspace(root, params)
@@ -61,7 +49,7 @@ def main() -> int:
             for attempt in (1, 2):
                 print(f"training with base.deterministic={flag}, run {attempt}/2 ...", file=sys.stderr, flush=True)
                 _, _, _, history = train_once(root, merge(params, {"base": {"deterministic": flag}}))
-                runs.append((history, final_weights(root)))
+                runs.append((history, weight_arrays(root / "models" / "checkpoints" / "last.weights.h5")))
             (hist_a, w_a), (hist_b, w_b) = runs
             rows.append({
                 "deterministic": flag,

@@ -84,16 +84,27 @@ def epoch_seconds(history: list[dict]) -> float:
     return sum(later) / len(later)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def bench_arg_parser(description: str, *, epochs: int) -> argparse.ArgumentParser:
+    """--data, --preset and --epochs, shared by the training benches."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="a folder in the challenge layout")
     parser.add_argument("--preset", default=str(REPO / "presets" / "tum.yaml"))
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    return parser
+
+
+def bench_params(args: argparse.Namespace) -> dict:
+    """params.yaml + the preset, on the given data, with the given number of epochs."""
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(Path(args.preset).read_text()))
+    return merge(params, {"data": {"source": str(Path(args.data).resolve())}, "train": {"epochs": args.epochs}})
+
+
+def main() -> int:
+    parser = bench_arg_parser(__doc__.split("\n")[0], epochs=1)
     parser.add_argument("--keep", action="store_true", help="keep the temp workspace")
     args = parser.parse_args()
 
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(Path(args.preset).read_text()))
-    params = merge(params, {"data": {"source": str(Path(args.data).resolve())}, "train": {"epochs": args.epochs}})
+    params = bench_params(args)
     root = Path(tempfile.mkdtemp(prefix="train_memory."))
     try:
         make_workspace(root, params)

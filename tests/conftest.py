@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -58,6 +59,16 @@ def make_project(root: Path, overrides: dict | None = None, *, git: bool = True)
         run(["git", "add", "-A"], root)
         run(["git", "commit", "-qm", "tiny project"], root)
     return root
+
+
+def weight_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array in a Keras .weights.h5 file, by its path inside the file."""
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: arrays.update({name: obj[()]}) if isinstance(obj, h5py.Dataset) else None)
+    return arrays
 
 
 def dvc_bin() -> str:

@@ -8,11 +8,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, dvc_bin, make_project, project_env
+from conftest import REPO, dvc_bin, make_project, project_env, weight_arrays
 
 # Timing-dependent keys; everything else in metrics/evaluate.json is model quality.
 TIMING_KEYS = {"runtime_s", "score"}
@@ -30,13 +29,6 @@ DEFAULT_SIZE = {
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def weights(path: Path) -> dict[str, np.ndarray]:
-    arrays = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: arrays.update({name: obj[()]}) if isinstance(obj, h5py.Dataset) else None)
-    return arrays
 
 
 def test_two_runs_from_scratch_agree(tmp_path):
@@ -61,7 +53,7 @@ def test_two_runs_from_scratch_agree(tmp_path):
     # Bit-identical training: every loss, every weight.
     for key in ("final_loss", "best_val_si_rmse"):
         assert train_a[key] == train_b[key], key
-    weights_a, weights_b = (weights(r / "models/checkpoints/last.weights.h5") for r in roots)
+    weights_a, weights_b = (weight_arrays(r / "models/checkpoints/last.weights.h5") for r in roots)
     assert len(weights_a) > 100 and weights_a.keys() == weights_b.keys()
     differing = [name for name in weights_a if not np.array_equal(weights_a[name], weights_b[name])]
     assert not differing, f"{len(differing)} weight arrays differ, e.g. {differing[:3]}"
