@@ -1,38 +1,74 @@
-"""What every stage shares: quiet TensorFlow, one-line errors, a progress printer."""
+"""What every stage shares: one entry shape, quiet libraries, one-line errors, progress.
+
+Every module under stages/ reads the same way:
+
+    def main(argv: list[str] | None = None) -> None:
+        args = stage_parser("NAME", __doc__).parse_args(argv)
+        params = load_params(args.params)
+        ...  # call pipeline/, write outputs atomically; raise a PipelineError on failure
+
+    if __name__ == "__main__":
+        sys.exit(run_stage(main))
+
+Tests call `run_stage(stage.main, [...])` in-process and get the exit status back.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
-from pipeline.config import ConfigError
-from pipeline.files import DataError
+from pipeline.config import DEFAULT_PARAMS
+from pipeline.errors import EXIT_INTERRUPTED, PipelineError
 
-EXIT_BAD_INPUT = 2
+# Set before TensorFlow or MLflow is imported. MLflow's own HTTP defaults (7 retries,
+# 120 s timeout, backoff 2) take minutes to give up on a server that died mid-run; the
+# health probe in pipeline.tracking already covers a server that is down.
+QUIET_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
 
 
-def quiet_tensorflow() -> None:
-    """Hide TF's C++ start-up chatter; must run before tensorflow is imported."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+def quiet_environment() -> None:
+    """Hide TF's C++ start-up chatter and MLflow's telemetry; a user's own setting wins."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
 
 
-def run_stage(main) -> None:
-    """Run a stage's main(); bad input becomes `error: <one line>` and exit code 2."""
-    quiet_tensorflow()
+def stage_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The stage's command line: `python -m stages.NAME [--params FILE]` plus its own options."""
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default=DEFAULT_PARAMS, help=f"params file (default: {DEFAULT_PARAMS})")
+    return parser
+
+
+def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:
+    """Run a stage's main(argv) and return its exit status.
+
+    A PipelineError becomes `error: <one line>` on stderr and its exit code (2 for bad
+    params or data, 1 for a failed conversion, timing or tracking); Ctrl-C exits 130.
+    """
+    quiet_environment()
     try:
-        main()
-    except (DataError, ConfigError) as err:
+        main(argv)
+    except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        return err.exit_code
     except KeyboardInterrupt:
         print("error: interrupted; outputs already written are complete, the rest were not written",
               file=sys.stderr)
-        sys.exit(130)
+        return EXIT_INTERRUPTED
+    return 0
 
 
 class Progress:

@@ -2,8 +2,11 @@
 
 Every knob of the pipeline lives in params.yaml. Loading is strict: an unknown or
 duplicated key, a wrong type, a non-finite number or an out-of-range value is a
-`ConfigError` naming the key, raised before any stage does work. A key left out takes
-the default below (params.yaml lists them all).
+`ConfigError` naming the key, raised before any stage does work.
+
+The defaults below are the one source of defaults: a key left out of a params file takes
+its value here, and params.yaml lists every key with exactly these values
+(tests/test_params.py fails when the two drift apart).
 
 YAML is read with YAML 1.2 floats: `1e-05` is a number, as DVC writes it for
 `dvc exp run -S train.learning_rate=1e-5` (plain PyYAML would read a string).
@@ -12,22 +15,24 @@ YAML is read with YAML 1.2 floats: `1e-05` is a number, as DVC writes it for
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import re
+import shlex
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from pipeline.errors import ConfigError
+
 DEFAULT_PARAMS = "params.yaml"
 # The embedded procedural set, rendered by the `synthesize` stage.
 SYNTHETIC_SOURCE = "data/synthetic"
-
-
-class ConfigError(ValueError):
-    """Bad params; the message names the offending key."""
 
 
 def _range(lo=None, hi=None, *, lo_open=False, choices=None):
@@ -89,6 +94,8 @@ class AugmentConfig:
 # Each architecture's total stride: the working resolution must be divisible by it.
 ARCH_STRIDES = {"mobile_unet": 32, "mai_baseline_unet": 16, "fastdepth": 32, "litedepth": 32}
 ARCHS = tuple(ARCH_STRIDES)
+# fp16: fp16 weights, fp32 compute; dynamic_int8: int8 weights; int8: full integer, float I/O.
+PRECISIONS = ("fp32", "fp16", "dynamic_int8", "int8")
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,7 @@ class TrainConfig:
     arch: str = knob("mobile_unet", choices=ARCHS)
     encoder: str = knob("mobilenet_v2", choices=("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"))
     encoder_weights: str = knob("none", choices=("none", "imagenet"))
-    width_multiplier: float = knob(1.0, lo=0.1, hi=2.0, lo_open=True)
+    width_multiplier: float = knob(0.35, lo=0.1, hi=2.0, lo_open=True)
     decoder_channels: int = knob(32, lo=4)
     height: int = knob(128, lo=32)  # working resolution inside the graph
     width: int = knob(160, lo=32)
@@ -104,7 +111,7 @@ class TrainConfig:
     max_depth: float = knob(40.0, lo=0.0, lo_open=True)
     epochs: int = knob(20, lo=1)
     batch_size: int = knob(8, lo=1)
-    learning_rate: float = knob(1e-3, lo=0.0, lo_open=True)
+    learning_rate: float = knob(0.002, lo=0.0, lo_open=True)
     weight_decay: float = knob(1e-4, lo=0.0)
     warmup_epochs: float = knob(1.0, lo=0.0)
     min_lr_ratio: float = knob(0.05, lo=0.0, hi=1.0)
@@ -117,7 +124,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    precision: str = knob("fp32", choices=("fp32", "fp16", "dynamic_int8", "int8"))
+    precision: str = knob("fp32", choices=PRECISIONS)
     height: int = knob(480, lo=32)  # the device input size fixed by the challenge
     width: int = knob(640, lo=32)
     representative_images: int = knob(16, lo=1)
@@ -160,6 +167,57 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     package: PackageConfig = field(default_factory=PackageConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+
+
+# benchmark.device grammar: checked with the params, so a typo never costs a training run;
+# every part later reaches an ssh command line, hence the strict character sets.
+_USER = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}"
+_HOSTNAME = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*"
+_IPV6 = r"\[[0-9A-Fa-f:.]{2,45}\]"
+_DEVICE_RE = re.compile(rf"ssh://(?P<user>{_USER})@(?P<host>{_HOSTNAME}|{_IPV6})(?::(?P<port>[0-9]{{1,5}}))?")
+# A command name on PATH (python3, python3.11) or an absolute path of plain characters.
+_PYTHON_RE = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.+-]*|/[A-Za-z0-9_.+/-]+)")
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    user: str
+    host: str
+    port: int | None = None
+
+    @property
+    def destination(self) -> str:
+        return f"{self.user}@{self.host.strip('[]')}"
+
+    def __str__(self) -> str:
+        return f"ssh://{self.user}@{self.host}" + (f":{self.port}" if self.port else "")
+
+
+def is_remote(device: str) -> bool:
+    return device.startswith("ssh://")
+
+
+def parse_device(device: str) -> SshTarget:
+    """'ssh://user@host[:port]' -> SshTarget; anything else is a ConfigError."""
+    match = _DEVICE_RE.fullmatch(device)
+    if not match:
+        raise ConfigError(
+            f"params: benchmark.device={device!r} is not 'local' or ssh://user@host[:port] "
+            "(letters, digits, '.', '-', '_' only)"
+        )
+    port = match.group("port")
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ConfigError(f"params: benchmark.device={device!r}: port {port} is out of range 1..65535")
+    return SshTarget(match.group("user"), match.group("host"), int(port) if port else None)
+
+
+def validate_python(python: str) -> str:
+    if not _PYTHON_RE.fullmatch(python or ""):
+        raise ConfigError(
+            f"params: benchmark.ssh_python={python!r} must be a command name (python3) or an "
+            "absolute path of plain characters"
+        )
+    return python
 
 
 def _check_value(key: str, value, rule: dict) -> None:
@@ -297,8 +355,6 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS, *, presets=(), overrid
             raise ConfigError(f"params: {key}={size} must be divisible by {stride} for {t.arch}")
     if params.benchmark.device != "local":
         # Checked here, not only in the benchmark stage: a typo must not cost a training run.
-        from pipeline.remote import parse_device, validate_python
-
         parse_device(params.benchmark.device)
         validate_python(params.benchmark.ssh_python)
     return params
@@ -322,9 +378,7 @@ def as_flat_dict(params: Params) -> dict[str, object]:
 
 
 def params_hash(params: Params, sections: typing.Iterable[str] | None = None) -> str:
-    import hashlib
-    import json
-
+    """Short sha256 of the flat params (of `sections` only, when given)."""
     flat = as_flat_dict(params)
     if sections is not None:
         sections = tuple(sections)
@@ -335,8 +389,6 @@ def params_hash(params: Params, sections: typing.Iterable[str] | None = None) ->
 
 def _set_args(preset: str) -> str:
     """A preset file as `-S key=value` arguments for `dvc exp run`."""
-    import shlex
-
     raw = _read_yaml(Path(preset)) or {}
     load_params(presets=[preset])  # validate before handing it to DVC
     args = []
@@ -347,8 +399,6 @@ def _set_args(preset: str) -> str:
 
 
 if __name__ == "__main__":
-    import sys
-
     if len(sys.argv) != 3 or sys.argv[1] != "set-args":
         sys.exit("usage: python -m pipeline.config set-args PRESET.yaml")
     try:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.files import DataError, atomic_path, read_depth_mm, read_rgb
+from pipeline.errors import DataError
+from pipeline.files import atomic_path, read_depth_mm, read_rgb
 
 SPLIT_COLUMNS = ("name", "split", "rgb", "depth")
 # Median valid depth outside this range (mm) suggests the wrong unit or scaling.

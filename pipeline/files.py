@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.errors import DataError
+
 MM_PER_M = 1000.0
 UINT16_MAX = 65535
-
-
-class DataError(ValueError):
-    """Bad user data; the message is one line naming the file and the problem."""
 
 
 def _umask() -> int:

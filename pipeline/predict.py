@@ -13,31 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.files import DataError
-
-
-def load_interpreter(*, path=None, content: bytes | None = None, num_threads: int | None = None,
-                     name: str | None = None):
-    """A LiteRT Interpreter with tensors allocated; DataError naming `name` if it cannot load."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    name = name or str(path)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: model file not found")
-        if path.stat().st_size == 0:
-            raise DataError(f"{path}: model file is empty")
-    try:
-        if content is not None:
-            interp = Interpreter(model_content=content, num_threads=num_threads)
-        else:
-            interp = Interpreter(model_path=str(path), num_threads=num_threads)
-        interp.allocate_tensors()
-    except Exception as err:  # LiteRT raises ValueError/RuntimeError with multi-line text
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"{name}: cannot load TFLite model ({first})") from None
-    return interp
+from pipeline.errors import DataError
+from pipeline.litert import load_interpreter
 
 
 def _resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -17,68 +17,17 @@ import os
 import re
 import shlex
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.config import ConfigError
+from pipeline.config import SshTarget, is_remote, parse_device, validate_python  # noqa: F401  (re-exported)
+from pipeline.errors import ConfigError, RemoteError
 from pipeline.timing import RUNNER, parse_runner_output, runner_error
 
 RUNTIME_MISSING_EXIT = 3  # tflite_runner.py's exit status when no TFLite runtime imports
 
-_USER = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}"
-_HOSTNAME = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*"
-_IPV6 = r"\[[0-9A-Fa-f:.]{2,45}\]"
-_DEVICE_RE = re.compile(rf"ssh://(?P<user>{_USER})@(?P<host>{_HOSTNAME}|{_IPV6})(?::(?P<port>[0-9]{{1,5}}))?")
-# A command name on PATH (python3, python3.11) or an absolute path of plain characters.
-_PYTHON_RE = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.+-]*|/[A-Za-z0-9_.+/-]+)")
 _REMOTE_DIR_RE = re.compile(r"/[A-Za-z0-9_./-]*mai-bench\.[A-Za-z0-9.]+")
 _OPTION_RE = re.compile(r"[A-Za-z]+=[^\s].*")
-
-
-class RemoteError(RuntimeError):
-    """The remote benchmark failed; one-line message naming the host."""
-
-
-@dataclass(frozen=True)
-class SshTarget:
-    user: str
-    host: str
-    port: int | None = None
-
-    @property
-    def destination(self) -> str:
-        return f"{self.user}@{self.host.strip('[]')}"
-
-    def __str__(self) -> str:
-        return f"ssh://{self.user}@{self.host}" + (f":{self.port}" if self.port else "")
-
-
-def is_remote(device: str) -> bool:
-    return device.startswith("ssh://")
-
-
-def parse_device(device: str) -> SshTarget:
-    """'ssh://user@host[:port]' -> SshTarget; anything else is a ConfigError."""
-    match = _DEVICE_RE.fullmatch(device)
-    if not match:
-        raise ConfigError(
-            f"params: benchmark.device={device!r} is not 'local' or ssh://user@host[:port] "
-            "(letters, digits, '.', '-', '_' only)"
-        )
-    port = match.group("port")
-    if port is not None and not 1 <= int(port) <= 65535:
-        raise ConfigError(f"params: benchmark.device={device!r}: port {port} is out of range 1..65535")
-    return SshTarget(match.group("user"), match.group("host"), int(port) if port else None)
-
-
-def validate_python(python: str) -> str:
-    if not _PYTHON_RE.fullmatch(python or ""):
-        raise ConfigError(
-            f"params: benchmark.ssh_python={python!r} must be a command name (python3) or an "
-            "absolute path of plain characters"
-        )
-    return python
 
 
 def ssh_settings_from_env(env=None) -> dict:

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import ReportError
 from pipeline.files import atomic_path
 from pipeline.metrics import BENCHMARK_RUNTIME_KEY, challenge_score
+from pipeline.tracking import check_reachable, mlflow_errors
 
 # Table column -> search_runs column. The metric names are `<stage>.<key>` as logged by
 # pipeline.tracking from metrics/<stage>.json.
@@ -29,10 +31,6 @@ COLUMNS = {
 TEXT_COLUMNS = ("run", "arch", "precision", "run_id")
 
 
-class ReportError(RuntimeError):
-    """Nothing to compare, or the store cannot be read; one line."""
-
-
 def load_runs(*, tracking_uri: str, experiment: str):
     """All runs of `experiment` as mlflow.search_runs' DataFrame (newest first)."""
     import mlflow
@@ -41,10 +39,15 @@ def load_runs(*, tracking_uri: str, experiment: str):
     if tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix) :]).is_file():
         # MLflow would silently create an empty store here
         raise ReportError(f"no MLflow store at {tracking_uri[len(prefix):]}; run the pipeline first")
-    mlflow.set_tracking_uri(tracking_uri)
-    if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:
-        raise ReportError(f"no MLflow experiment {experiment!r} at {tracking_uri}; run the pipeline first")
-    return mlflow.search_runs(experiment_names=[experiment], order_by=["attributes.start_time DESC"])
+    check_reachable(tracking_uri)
+    with mlflow_errors(tracking_uri):
+        mlflow.set_tracking_uri(tracking_uri)
+        if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:
+            raise ReportError(f"no MLflow experiment {experiment!r} at {tracking_uri}; run the pipeline first")
+        runs = mlflow.search_runs(experiment_names=[experiment], order_by=["attributes.start_time DESC"])
+    if len(runs) == 0:
+        raise ReportError(f"experiment {experiment!r} at {tracking_uri} has no runs yet; run `dvc exp run` first")
+    return runs
 
 
 def pareto_front(xs, ys) -> np.ndarray:

@@ -24,7 +24,8 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 from PIL import Image
 
-from pipeline.files import DataError, atomic_path, depth_m_to_mm
+from pipeline.errors import DataError
+from pipeline.files import atomic_path, depth_m_to_mm
 
 MODEL_NAME = "model.tflite"
 README_NAME = "readme.txt"
@@ -263,7 +264,7 @@ def _png_problems(name: str, data: bytes, size: tuple[int, int]) -> list[str]:
 
 
 def _model_problems(data: bytes) -> list[str]:
-    from pipeline.predict import load_interpreter
+    from pipeline.litert import load_interpreter
 
     try:
         interp = load_interpreter(content=data, name=MODEL_NAME, num_threads=1)

@@ -1,11 +1,13 @@
-"""Keras -> TFLite conversion, quantization, op checks and Keras-vs-TFLite parity.
+"""Keras -> TFLite conversion, quantization, op checks and LiteRT inference on bytes.
 
 The device runs the TFLite builtin op set only (no Flex/select-TF ops), so conversion is
 restricted to builtins and a model that needs anything else fails here, at export, with
 the offending op named - not later on the phone or the Pi.
 
-Timing lives elsewhere: `pipeline/tflite_runner.py` (self-contained, copied to devices)
-and `pipeline/timing.py` / `pipeline/remote.py`, which run it in a fresh process.
+A leaf: it needs no data and no params files, so `probe` uses it on random weights. The
+export stage's workflow (split, calibration images, parity) is `pipeline/export.py`;
+timing is `pipeline/tflite_runner.py` (self-contained, copied to devices), run in a fresh
+process by `pipeline/timing.py` / `pipeline/remote.py`.
 """
 
 from __future__ import annotations
@@ -22,15 +24,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-PRECISIONS = ("fp32", "fp16", "dynamic_int8", "int8")
-
-
-class ExportError(RuntimeError):
-    """Conversion failed or produced a model the device cannot run; one-line message."""
-
-    def __init__(self, message: str, log: str = ""):
-        super().__init__(message)
-        self.log = log  # the converter's full output, for whoever wants the details
+from pipeline.config import PRECISIONS
+from pipeline.errors import ExportError
+from pipeline.litert import load_interpreter
 
 
 @contextlib.contextmanager
@@ -170,16 +166,6 @@ def convert(keras_model, *, precision: str, representative=None) -> bytes:
     return flatbuffer
 
 
-def _interpreter(tflite_bytes: bytes, *, threads: int = 1, delegates: bool = True):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    try:
-        return Interpreter(model_content=tflite_bytes, num_threads=threads, experimental_op_resolver_type=resolver)
-    except ValueError as err:
-        raise ExportError(f"LiteRT cannot load the model: {str(err).splitlines()[0]}") from None
-
-
 def _macs(op: dict, shape_of: Callable[[int], tuple]) -> int:
     """Multiply-accumulates of one conv/FC op from its tensor shapes (0 for other ops)."""
     name, ins, outs = op["op_name"], op["inputs"], op["outputs"]
@@ -202,7 +188,7 @@ def _macs(op: dict, shape_of: Callable[[int], tuple]) -> int:
 
 def op_summary(tflite_bytes: bytes) -> dict:
     """Op names and counts, I/O signature, MACs of conv/FC ops and any non-builtin ops."""
-    interp = _interpreter(tflite_bytes, delegates=False)
+    interp = load_interpreter(content=tflite_bytes, delegates=False, name="converted model", error=ExportError)
     ops = interp._get_ops_details()  # original graph, before any delegate partitioning
     shapes = {t["index"]: tuple(int(d) for d in t["shape"]) for t in interp.get_tensor_details()}
     counts: dict[str, int] = {}
@@ -231,9 +217,9 @@ def op_summary(tflite_bytes: bytes) -> dict:
 
 def run_tflite(tflite_bytes: bytes, images: np.ndarray, *, threads: int = 1) -> np.ndarray:
     """Run the model on N x H x W x 3 float32 images one by one; returns N x H x W x C."""
-    interp = _interpreter(tflite_bytes, threads=threads)
     with captured_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
-        interp.allocate_tensors()
+        interp = load_interpreter(content=tflite_bytes, num_threads=threads, name="converted model",
+                                  error=ExportError)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     results = []
     for image in np.asarray(images, dtype=np.float32):
@@ -241,152 +227,3 @@ def run_tflite(tflite_bytes: bytes, images: np.ndarray, *, threads: int = 1) -> 
         interp.invoke()
         results.append(np.array(interp.get_tensor(out["index"]))[0])
     return np.stack(results).astype(np.float32)
-
-
-def _mean_si_rmse(preds, gts) -> float:
-    from pipeline.metrics import image_metrics
-
-    values = [image_metrics(pred=p, gt=g)["si_rmse"] for p, g in zip(preds, gts)]
-    return float(np.nanmean(values)) if values else float("nan")
-
-
-def parity(keras_model, tflite_bytes: bytes, images, depths=None) -> dict:
-    """Keras vs TFLite outputs on the same float32 RGB 0..255 images (metres).
-
-    max/mean abs diff compare the two predictions directly. With ground-truth `depths`
-    (HxW metres, 0 = invalid) also the change in mean si-RMSE the conversion causes;
-    without, si-RMSE of TFLite measured against Keras as the reference.
-    """
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim == 3:
-        images = images[None]
-    ref = np.stack([np.asarray(keras_model(img[None], training=False))[0] for img in images])
-    got = run_tflite(tflite_bytes, images)
-    if ref.shape != got.shape:
-        raise ExportError(f"Keras output {ref.shape} and TFLite output {got.shape} differ in shape")
-    diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-    result = {
-        "images": int(len(images)),
-        "max_abs_diff_m": float(diff.max()),
-        "mean_abs_diff_m": float(diff.mean()),
-        "si_rmse_tflite_vs_keras": _mean_si_rmse(got[..., 0], ref[..., 0]),
-    }
-    if depths is not None:
-        k = _mean_si_rmse(ref[..., 0], depths)
-        t = _mean_si_rmse(got[..., 0], depths)
-        result.update(si_rmse_keras=k, si_rmse_tflite=t, si_rmse_diff=t - k)
-    return result
-
-
-def load_rgb_batch(paths, *, height: int, width: int) -> np.ndarray:
-    """RGB PNGs -> N x height x width x 3 float32 0..255 (bilinear resize when sizes differ)."""
-    from PIL import Image
-
-    from pipeline.files import read_rgb
-
-    out = np.empty((len(paths), height, width, 3), dtype=np.float32)
-    for i, path in enumerate(paths):
-        rgb = read_rgb(path)
-        if rgb.shape[:2] != (height, width):
-            rgb = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
-        out[i] = rgb
-    return out
-
-
-def load_depth_batch(paths, *, height: int, width: int) -> np.ndarray:
-    """Depth PNGs -> N x height x width float32 metres (nearest resize keeps 0 = invalid)."""
-    from PIL import Image
-
-    from pipeline.files import read_depth_m
-
-    out = np.empty((len(paths), height, width), dtype=np.float32)
-    for i, path in enumerate(paths):
-        depth = read_depth_m(path)
-        if depth.shape != (height, width):
-            depth = np.asarray(Image.fromarray(depth).resize((width, height), Image.NEAREST))
-        out[i] = depth
-    return out
-
-
-def write_tflite(path: str | os.PathLike, tflite_bytes: bytes) -> None:
-    from pipeline.files import atomic_path
-
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_bytes(tflite_bytes)
-
-
-def _spread(rows: list, n: int) -> list:
-    """n rows evenly spread over `rows` (deterministic; covers the whole sequence)."""
-    if n >= len(rows):
-        return list(rows)
-    return [rows[int(i * len(rows) / n)] for i in range(n)]
-
-
-def load_keras_model(path: str | os.PathLike):
-    """models/model.keras without its training config (custom losses are not needed)."""
-    from pipeline.files import DataError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: model file not found (run the train stage first)")
-    import keras
-
-    import pipeline.models  # noqa: F401  registers the project's serializable layers
-
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as err:  # keras raises many types for a bad archive
-        raise DataError(f"{path}: cannot load Keras model ({str(err).splitlines()[0][:200]})") from None
-
-
-def export_model(core, split_csv: str | os.PathLike, *, cfg) -> tuple[bytes, dict]:
-    """Wrap the core model for the device, convert at cfg.precision, check parity.
-
-    cfg: the `export` params section. int8 calibration uses cfg.representative_images
-    train images; parity uses cfg.parity_images val images (with their ground truth).
-    Returns (flatbuffer, report for metrics/export.json).
-    """
-    import time
-
-    from pipeline.data import read_split
-    from pipeline.files import DataError
-    from pipeline.models import wrap_for_device
-
-    rows = read_split(split_csv)
-    train_rows = [r for r in rows if r["split"] == "train"]
-    val_rows = [r for r in rows if r["split"] == "val"]
-    device_model = wrap_for_device(core, height=cfg.height, width=cfg.width)
-
-    representative = None
-    rep_rows = _spread(train_rows, cfg.representative_images)
-    if cfg.precision == "int8":
-        if not rep_rows:
-            raise DataError(f"{split_csv}: no train rows for int8 calibration")
-
-        def representative():  # loaded lazily, one image at a time
-            for row in rep_rows:
-                yield load_rgb_batch([row["rgb"]], height=cfg.height, width=cfg.width)
-
-    t0 = time.perf_counter()
-    flatbuffer = convert(device_model, precision=cfg.precision, representative=representative)
-    convert_s = time.perf_counter() - t0
-    summary = op_summary(flatbuffer)
-
-    par_rows = _spread(val_rows, cfg.parity_images)
-    if not par_rows:
-        raise DataError(f"{split_csv}: no val rows for the Keras-vs-TFLite parity check")
-    images = load_rgb_batch([r["rgb"] for r in par_rows], height=cfg.height, width=cfg.width)
-    depths = load_depth_batch([r["depth"] for r in par_rows], height=cfg.height, width=cfg.width)
-    report = {
-        "precision": cfg.precision,
-        "height": cfg.height,
-        "width": cfg.width,
-        "size_bytes": len(flatbuffer),
-        "size_mb": round(len(flatbuffer) / 1e6, 4),
-        "convert_s": round(convert_s, 2),
-        "representative_images": len(rep_rows) if cfg.precision == "int8" else 0,
-        "params": int(core.count_params()),
-        **summary,
-        "parity": parity(device_model, flatbuffer, images, depths),
-    }
-    return flatbuffer, report

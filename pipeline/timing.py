@@ -13,11 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.errors import TimingError
+
 RUNNER = Path(__file__).with_name("tflite_runner.py")
-
-
-class TimingError(RuntimeError):
-    """The runner failed; one-line message."""
 
 
 def parse_runner_output(stdout: str, *, where: str) -> dict:

@@ -34,6 +34,7 @@ import urllib.request
 from pathlib import Path
 
 from pipeline.config import Params, as_flat_dict
+from pipeline.errors import TrackingError
 from pipeline.files import read_json
 
 STORE_NAME = "mlflow.db"
@@ -56,10 +57,6 @@ METRICS_DIR = "metrics"
 # MLflow's log_batch limits (per request).
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
-
-
-class TrackingError(RuntimeError):
-    """Tracking failed; the message is one line saying why and what to do."""
 
 
 def store_root(project_root: str | os.PathLike) -> Path:
@@ -331,7 +328,7 @@ def log_pipeline_run(
     tags = run_tags(root, params)
     artifacts = artifact_files(root)
 
-    with store_lock(uri):
+    with store_lock(uri), mlflow_errors(uri):
         client = MlflowClient(tracking_uri=uri)
         exp_id = _experiment_id(client, experiment_name, _artifact_location(uri, root, experiment_name))
         run = client.create_run(exp_id, run_name=run_name or default_run_name(params), tags=tags)
@@ -355,7 +352,14 @@ def log_pipeline_run(
     return run_id
 
 
-def mlflow_error_line(err: Exception, uri: str) -> str:
-    """An MlflowException (often a multi-line server reply) as one `error:` line."""
-    first = (str(err).strip().splitlines() or ["unknown MLflow error"])[0]
-    return f"error: MLflow at {uri}: {first}"
+@contextlib.contextmanager
+def mlflow_errors(uri: str):
+    """Turn any MlflowException in the block (often a multi-line server reply) into a
+    one-line TrackingError: the one place where MLflow's errors meet the project's."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        first = (str(err).strip().splitlines() or ["unknown MLflow error"])[0]
+        raise TrackingError(f"MLflow at {uri}: {first}") from None

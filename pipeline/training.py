@@ -24,9 +24,10 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from pipeline.config import Params, as_flat_dict
+from pipeline.config import Params, params_hash
 from pipeline.data import read_split
-from pipeline.files import DataError, atomic_path, read_depth_mm, read_rgb, write_json
+from pipeline.errors import DataError
+from pipeline.files import atomic_path, read_depth_mm, read_rgb, write_json
 from pipeline.losses import make_loss
 from pipeline.metrics import average_metrics, image_metrics
 from pipeline.models import build_model
@@ -183,8 +184,7 @@ def resume_fingerprint(params: Params, split_csv: str | os.PathLike, code_files:
     the finished model of the old code, so training starts over instead.
     """
     rows = read_split(split_csv)  # first: a missing split or image is a one-line error
-    flat = {k: v for k, v in as_flat_dict(params).items() if k.split(".")[0] in ("base", "train")}
-    digest = hashlib.sha256(json.dumps(flat, sort_keys=True).encode())
+    digest = hashlib.sha256(params_hash(params, ("base", "train")).encode())
     digest.update(Path(split_csv).read_bytes())
     for path in code_files:
         digest.update(f"\0{path}\0".encode() + Path(path).read_bytes())

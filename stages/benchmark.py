@@ -11,7 +11,8 @@ from __future__ import annotations
 import platform
 import sys
 
-from pipeline.cli import run_stage
+from pipeline import remote, timing
+from pipeline.cli import run_stage, stage_parser
 from pipeline.config import load_params
 from pipeline.files import write_json
 
@@ -24,24 +25,17 @@ KEYS = ("threads_requested", "threads", "threads_capped", "init_ms", "first_run_
         "cpus_usable", "input_shape", "model_bytes")
 
 
-def main() -> None:
-    params = load_params()
-    cfg = params.benchmark
-    from pipeline import remote, timing
-
-    try:
-        if remote.is_remote(cfg.device):
-            result = remote.time_remote(cfg.device, MODEL, python=cfg.ssh_python, threads=cfg.threads,
-                                        warmup=cfg.warmup, runs=cfg.runs, **remote.ssh_settings_from_env())
-            device = result["device"]
-        elif cfg.device == "local":
-            result = timing.time_local(MODEL, threads=cfg.threads, warmup=cfg.warmup, runs=cfg.runs)
-            device = f"local:{platform.node()} {platform.machine()}"
-        else:
-            remote.parse_device(cfg.device)  # raises the ConfigError explaining the format
-    except (timing.TimingError, remote.RemoteError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+def main(argv: list[str] | None = None) -> None:
+    args = stage_parser("benchmark", __doc__).parse_args(argv)
+    params = load_params(args.params)
+    cfg = params.benchmark  # load_params has checked that device is local or ssh://...
+    if remote.is_remote(cfg.device):
+        result = remote.time_remote(cfg.device, MODEL, python=cfg.ssh_python, threads=cfg.threads,
+                                    warmup=cfg.warmup, runs=cfg.runs, **remote.ssh_settings_from_env())
+        device = result["device"]
+    else:
+        result = timing.time_local(MODEL, threads=cfg.threads, warmup=cfg.warmup, runs=cfg.runs)
+        device = f"local:{platform.node()} {platform.machine()}"
     if not result.get("output_finite", True):
         print(f"warning: {MODEL} produced non-finite outputs on random input", file=sys.stderr)
     out = {"device": device, "model": MODEL, **{k: result.get(k) for k in KEYS},
@@ -54,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    sys.exit(run_stage(main))

@@ -1,4 +1,4 @@
-"""Stage `evaluate`: official MAI metrics of models/model.tflite on the val split.
+"""Stage evaluate: official MAI metrics of models/model.tflite on the val split.
 
 The submitted artifact (the TFLite model, resizing inside its graph) is what gets
 scored, not the Keras model: conversion or quantization errors show up here.
@@ -7,14 +7,18 @@ Writes metrics/evaluate.json, reports/eval_per_image.csv and reports/eval_panels
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
-from pipeline.cli import Progress
-from pipeline.config import DEFAULT_PARAMS, ConfigError, load_params
-from pipeline.files import DataError, read_json, write_json
+from pipeline.cli import Progress, run_stage, stage_parser
+from pipeline.config import load_params
+from pipeline.data import read_split
+from pipeline.errors import DataError
+from pipeline.evaluation import add_score, evaluate_model, write_panels, write_per_image_csv
+from pipeline.files import read_json, write_json
+from pipeline.metrics import BENCHMARK_RUNTIME_KEY, runtime_s_from_benchmark
+from pipeline.predict import TFLiteDepthModel
 
 SPLIT_CSV = "data/prepared/split.csv"
 MODEL = "models/model.tflite"
@@ -24,43 +28,31 @@ PER_IMAGE_CSV = "reports/eval_per_image.csv"
 PANELS_DIR = "reports/eval_panels"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__)
-    parser.add_argument("--params", default=DEFAULT_PARAMS)
-    args = parser.parse_args(argv)
+def main(argv: list[str] | None = None) -> None:
+    args = stage_parser("evaluate", __doc__).parse_args(argv)
+    params = load_params(args.params)
+    rows = read_split(SPLIT_CSV, "val")
+    if not rows:
+        raise DataError(f"{SPLIT_CSV}: no val rows to evaluate")
+    model = TFLiteDepthModel(MODEL, num_threads=len(os.sched_getaffinity(0)))
+    print(f"evaluate: {MODEL} (input {model.input_size[0]}x{model.input_size[1]}) "
+          f"on {len(rows)} val images", flush=True)
+    summary, per_image = evaluate_model(model, rows, progress=Progress("evaluate: image"))
+    if summary["n_images"] == 0:
+        raise DataError(f"{SPLIT_CSV}: none of the {len(rows)} val images has valid depth")
 
-    from pipeline.data import read_split
-    from pipeline.evaluation import add_score, evaluate_model, write_panels, write_per_image_csv
-    from pipeline.metrics import BENCHMARK_RUNTIME_KEY, runtime_s_from_benchmark
-    from pipeline.predict import TFLiteDepthModel
+    runtime_s = None
+    if Path(BENCHMARK_JSON).is_file():
+        runtime_s = runtime_s_from_benchmark(read_json(BENCHMARK_JSON))
+        if runtime_s is None:
+            print(f"warning: {BENCHMARK_JSON} has no '{BENCHMARK_RUNTIME_KEY}'; no score", file=sys.stderr)
+    else:
+        print(f"note: {BENCHMARK_JSON} not found; evaluate.json gets no score", file=sys.stderr)
+    summary = add_score(summary, runtime_s)
 
-    try:
-        params = load_params(args.params)
-        rows = read_split(SPLIT_CSV, "val")
-        if not rows:
-            raise DataError(f"{SPLIT_CSV}: no val rows to evaluate")
-        model = TFLiteDepthModel(MODEL, num_threads=len(os.sched_getaffinity(0)))
-        print(f"evaluate: {MODEL} (input {model.input_size[0]}x{model.input_size[1]}) "
-              f"on {len(rows)} val images", flush=True)
-        summary, per_image = evaluate_model(model, rows, progress=Progress("evaluate: image"))
-        if summary["n_images"] == 0:
-            raise DataError(f"{SPLIT_CSV}: none of the {len(rows)} val images has valid depth")
-
-        runtime_s = None
-        if Path(BENCHMARK_JSON).is_file():
-            runtime_s = runtime_s_from_benchmark(read_json(BENCHMARK_JSON))
-            if runtime_s is None:
-                print(f"warning: {BENCHMARK_JSON} has no '{BENCHMARK_RUNTIME_KEY}'; no score", file=sys.stderr)
-        else:
-            print(f"note: {BENCHMARK_JSON} not found; evaluate.json gets no score", file=sys.stderr)
-        summary = add_score(summary, runtime_s)
-
-        write_per_image_csv(PER_IMAGE_CSV, per_image)
-        panels = write_panels(PANELS_DIR, model, rows, per_image, params.evaluate.panels)
-        write_json(OUT_JSON, summary)
-    except (DataError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    write_per_image_csv(PER_IMAGE_CSV, per_image)
+    panels = write_panels(PANELS_DIR, model, rows, per_image, params.evaluate.panels)
+    write_json(OUT_JSON, summary)
 
     if summary["n_skipped"]:
         print(f"warning: {summary['n_skipped']} val image(s) without valid depth were skipped", file=sys.stderr)
@@ -71,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         line += f"  score {summary['score']:.4g} at {summary['runtime_s'] * 1000:.1f} ms"
     print(line)
     print(f"wrote {OUT_JSON}, {PER_IMAGE_CSV}, {len(panels)} panels in {PANELS_DIR}/")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stage(main))

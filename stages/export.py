@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli import run_stage
+from pipeline.cli import run_stage, stage_parser
 from pipeline.config import load_params
+from pipeline.export import export_file, write_tflite
 from pipeline.files import write_json
 
 SPLIT_CSV = "data/prepared/split.csv"
@@ -20,18 +21,12 @@ TFLITE_MODEL = "models/model.tflite"
 METRICS = "metrics/export.json"
 
 
-def main() -> None:
-    params = load_params()
-    from pipeline.tflite import ExportError, export_model, load_keras_model, write_tflite
-
+def main(argv: list[str] | None = None) -> None:
+    args = stage_parser("export", __doc__).parse_args(argv)
+    params = load_params(args.params)
     cfg = params.export
-    try:
-        core = load_keras_model(KERAS_MODEL)
-        print(f"export: {KERAS_MODEL} -> {cfg.precision} TFLite at {cfg.height}x{cfg.width}", flush=True)
-        flatbuffer, report = export_model(core, SPLIT_CSV, cfg=cfg)
-    except ExportError as err:
-        print(f"error: {KERAS_MODEL}: {err}", file=sys.stderr)
-        sys.exit(1)
+    print(f"export: {KERAS_MODEL} -> {cfg.precision} TFLite at {cfg.height}x{cfg.width}", flush=True)
+    flatbuffer, report = export_file(KERAS_MODEL, SPLIT_CSV, cfg=cfg)
     write_tflite(TFLITE_MODEL, flatbuffer)
     write_json(METRICS, report)
     par = report["parity"]
@@ -42,4 +37,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    sys.exit(run_stage(main))

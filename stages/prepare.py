@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli import Progress, run_stage
+from pipeline.cli import Progress, run_stage, stage_parser
 from pipeline.config import load_params
 from pipeline.data import split_names, validate_source, write_split
-from pipeline.files import DataError, write_json
+from pipeline.errors import DataError
+from pipeline.files import write_json
 
 SPLIT_CSV = "data/prepared/split.csv"
 METRICS = "metrics/prepare.json"
 
 
-def main() -> None:
-    params = load_params()
+def main(argv: list[str] | None = None) -> None:
+    args = stage_parser("prepare", __doc__).parse_args(argv)
+    params = load_params(args.params)
     data = params.data
     source = data.source
     report = validate_source(source, max_images=data.max_images, skip_empty_depth=data.skip_empty_depth,
@@ -37,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    sys.exit(run_stage(main))

@@ -10,23 +10,25 @@ fresh process; prints one table row per architecture. Writes nothing.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from pipeline.cli import run_stage
-from pipeline.config import ARCHS, DEFAULT_PARAMS, load_params
+from pipeline.cli import run_stage, stage_parser
+from pipeline.config import ARCHS, PRECISIONS, load_params
+from pipeline.errors import PipelineError
+from pipeline.probe import format_table, probe
 
-PRECISIONS = ("fp32", "fp16", "dynamic_int8", "int8")
+
+class ProbeFailed(PipelineError):
+    """Some architectures failed (each already reported on its own line)."""
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.probe", description=__doc__.split("\n")[0])
+    parser = stage_parser("probe", __doc__)
     parser.add_argument("--arch", required=True, choices=(*ARCHS, "all"))
     parser.add_argument("--precision", choices=PRECISIONS, help="default: export.precision")
     parser.add_argument("--threads", type=int, help="default: benchmark.threads (capped at local cores)")
     parser.add_argument("--warmup", type=int, help="default: benchmark.warmup")
     parser.add_argument("--runs", type=int, help="default: benchmark.runs")
-    parser.add_argument("--params", default=DEFAULT_PARAMS)
     args = parser.parse_args(argv)
     params = load_params(args.params)
     b, e = params.benchmark, params.export
@@ -36,10 +38,6 @@ def main(argv: list[str] | None = None) -> None:
     if threads < 1 or warmup < 0 or runs < 1:
         parser.error("need --threads >= 1, --warmup >= 0, --runs >= 1")
 
-    from pipeline.probe import format_table, probe
-    from pipeline.tflite import ExportError
-    from pipeline.timing import TimingError
-
     archs = ARCHS if args.arch == "all" else (args.arch,)
     precision = args.precision or e.precision
     rows, failed = [], []
@@ -48,16 +46,16 @@ def main(argv: list[str] | None = None) -> None:
         try:
             rows.append(probe(arch, train_cfg=params.train, precision=precision, threads=threads,
                               warmup=warmup, runs=runs, height=e.height, width=e.width))
-        except (ExportError, TimingError, ValueError) as err:
-            failed.append(f"{arch}: {err}")
+        except (PipelineError, ValueError) as err:  # one architecture failing does not stop the rest
+            failed.append(arch)
             print(f"error: {arch}: {err}", file=sys.stderr)
     if rows:
         t = params.train
         print(f"# random weights, working size {t.height}x{t.width} inside a {e.height}x{e.width} graph")
         print(format_table(rows))
     if failed:
-        sys.exit(1)
+        raise ProbeFailed(f"probe failed for {', '.join(failed)} (see above)")
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    sys.exit(run_stage(main))

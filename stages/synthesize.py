@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pipeline.cli import Progress, run_stage
+import sys
+
+from pipeline.cli import Progress, run_stage, stage_parser
 from pipeline.config import SYNTHETIC_SOURCE, load_params
 from pipeline.files import atomic_dir
 from pipeline.synthetic import write_dataset
@@ -10,8 +12,9 @@ from pipeline.synthetic import write_dataset
 OUT = SYNTHETIC_SOURCE
 
 
-def main() -> None:
-    params = load_params()
+def main(argv: list[str] | None = None) -> None:
+    args = stage_parser("synthesize", __doc__).parse_args(argv)
+    params = load_params(args.params)
     syn = params.data.synthetic
     with atomic_dir(OUT) as tmp:
         write_dataset(tmp, count=syn.count, seed=params.base.seed, height=syn.height, width=syn.width,
@@ -20,4 +23,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    sys.exit(run_stage(main))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pipeline.cli import run_stage, stage_code_files
+import sys
+
+from pipeline.cli import run_stage, stage_code_files, stage_parser
 from pipeline.config import load_params
 from pipeline.files import write_json
 
@@ -13,8 +15,9 @@ HISTORY = "reports/history.csv"
 METRICS = "metrics/train.json"
 
 
-def main() -> None:
-    params = load_params()
+def main(argv: list[str] | None = None) -> None:
+    args = stage_parser("train", __doc__).parse_args(argv)
+    params = load_params(args.params)
     # TensorFlow loads only after the params are known to be good.
     from pipeline.training import resume_fingerprint, train
 
@@ -26,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    sys.exit(run_stage(main))

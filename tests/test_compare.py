@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pipeline.cli import run_stage
 from pipeline.config import load_params
 from pipeline.metrics import challenge_score
 from pipeline.report import pareto_front, runs_table, to_markdown
@@ -77,7 +78,7 @@ def test_compare_stage_writes_table_and_plot(tracked, tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     out = tmp_path / "cmp_out"
-    assert compare.main(["--experiment", "cmp", "--out", str(out)]) == 0
+    assert run_stage(compare.main, ["--experiment", "cmp", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
 
     table = pd.read_csv(out / "runs.csv")
@@ -111,18 +112,18 @@ def test_compare_without_store_or_runs_is_a_clear_error(tracked, tmp_path, monke
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     # no store at all: not created as a side effect
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/none.db")
-    assert compare.main([]) == 2
+    assert run_stage(compare.main, []) == 2
     assert capsys.readouterr().err == f"error: no MLflow store at {tmp_path}/none.db; run the pipeline first\n"
     assert not (tmp_path / "none.db").exists()
     # a store without that experiment
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked)
-    assert compare.main(["--experiment", "nothing-here"]) == 2
+    assert run_stage(compare.main, ["--experiment", "nothing-here"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: no MLflow experiment 'nothing-here' at sqlite:///")
     # an experiment without runs
     from mlflow import MlflowClient
     MlflowClient(tracking_uri=tracked).create_experiment("empty")
-    assert compare.main(["--experiment", "empty"]) == 2
+    assert run_stage(compare.main, ["--experiment", "empty"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: experiment 'empty' at sqlite:///") and "has no runs yet" in err
     assert not (tmp_path / "reports").exists()

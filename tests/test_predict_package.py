@@ -14,6 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from pipeline.cli import run_stage
 from pipeline.config import load_params, params_hash
 from pipeline.files import DataError, write_depth_png, write_rgb_png
 from pipeline.predict import TFLiteDepthModel
@@ -153,7 +154,7 @@ def test_evaluate_stage(models, tmp_path, monkeypatch, capsys):
 
     _project(tmp_path, models["good"])
     monkeypatch.chdir(tmp_path)
-    assert evaluate.main([]) == 0
+    assert run_stage(evaluate.main, []) == 0
     out = json.loads(Path("metrics/evaluate.json").read_text())
     assert out["n_images"] == 2 and out["n_skipped"] == 1
     # GT = model output * U(0.7, 1.3) per pixel: log-ratio spread ~0.15, rel <= 0.43
@@ -177,7 +178,7 @@ def test_package_stage_with_odd_sized_inputs(models, odd_inputs, tmp_path, monke
 
     _project(tmp_path, models["good"], package_inputs=str(odd_inputs))
     monkeypatch.chdir(tmp_path)
-    assert package.main([]) == 0
+    assert run_stage(package.main, []) == 0
     assert validate_submission("submission/submission.zip", odd_inputs) == []
     with zipfile.ZipFile("submission/submission.zip") as zf:
         readme = parse_readme(zf.read("readme.txt").decode())
@@ -191,7 +192,7 @@ def test_package_stage_missing_benchmark_fails_cleanly(models, tmp_path, monkeyp
     _project(tmp_path, models["good"])
     (tmp_path / "metrics/benchmark.json").unlink()
     monkeypatch.chdir(tmp_path)
-    assert package.main([]) == 2
+    assert run_stage(package.main, []) == 2
     assert capsys.readouterr().err.strip() == "error: metrics/benchmark.json: file not found"
     assert not Path("submission/submission.zip").exists()
 
@@ -201,7 +202,7 @@ def test_package_stage_defaults_to_val_split(models, tmp_path, monkeypatch):
 
     _project(tmp_path, models["good"])
     monkeypatch.chdir(tmp_path)
-    assert package.main([]) == 0
+    assert run_stage(package.main, []) == 0
     with zipfile.ZipFile("submission/submission.zip") as zf:
         assert sorted(zf.namelist()) == ["001.png", "002.png", "003.png", "model.tflite", "readme.txt"]
     val_rgb = [tmp_path / "data/src/rgb" / n for n in ("001.png", "002.png", "003.png")]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import tflite
+from pipeline import export, tflite
 from pipeline.config import ExportConfig
 
 TUM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tum_fr1_xyz"
@@ -66,7 +66,7 @@ def test_each_precision_converts_and_runs(model, images, precision, capfd):
     assert out.shape == (3, H, W, 1) and np.isfinite(out).all()
     assert 0.1 - 1e-3 <= out.min() and out.max() <= 10.0 + 1e-3
 
-    par = tflite.parity(model, flatbuffer, images)
+    par = export.parity(model, flatbuffer, images)
     tolerance = {"fp32": 1e-4, "fp16": 0.05, "dynamic_int8": 0.5, "int8": 1.0}[precision]
     assert par["max_abs_diff_m"] <= tolerance
     assert par["mean_abs_diff_m"] <= par["max_abs_diff_m"]
@@ -84,7 +84,7 @@ def test_fp32_parity_is_zero_and_si_rmse_matches(model, images):
     rng = np.random.default_rng(1)
     depths = rng.uniform(0.5, 8.0, size=(3, H, W)).astype(np.float32)
     depths[:, :5] = 0.0  # invalid pixels must not matter
-    par = tflite.parity(model, flatbuffer, images, depths)
+    par = export.parity(model, flatbuffer, images, depths)
     assert par["images"] == 3
     assert par["max_abs_diff_m"] < 1e-4 and par["mean_abs_diff_m"] < 1e-5
     assert abs(par["si_rmse_diff"]) < 1e-5 and par["si_rmse_tflite_vs_keras"] < 1e-5
@@ -157,7 +157,7 @@ def test_export_model_report_on_real_images(model, tmp_path):
         for i, n in enumerate(names):
             w.writerow([n[:-4], "train" if i < 3 else "val", TUM / "rgb" / n, TUM / "depth" / n])
     cfg = ExportConfig(precision="int8", height=96, width=128, representative_images=2, parity_images=2)
-    flatbuffer, report = tflite.export_model(model, split, cfg=cfg)
+    flatbuffer, report = export.export_model(model, split, cfg=cfg)
     assert report["precision"] == "int8" and report["representative_images"] == 2
     assert report["size_bytes"] == len(flatbuffer) and report["size_mb"] == pytest.approx(len(flatbuffer) / 1e6, abs=1e-4)
     assert report["inputs"][0]["shape"] == [1, 96, 128, 3]  # resized from 480x640 at load
@@ -172,4 +172,4 @@ def test_export_model_without_val_rows_is_a_data_error(model, tmp_path):
     split = tmp_path / "split.csv"
     split.write_text(f"name,split,rgb,depth\na,train,{TUM}/rgb/000000.png,{TUM}/depth/000000.png\n")
     with pytest.raises(DataError, match="no val rows"):
-        tflite.export_model(model, split, cfg=ExportConfig(height=64, width=80))
+        export.export_model(model, split, cfg=ExportConfig(height=64, width=80))

@@ -204,13 +204,13 @@ def test_unreachable_server_fails_fast_and_touches_nothing(tmp_path, monkeypatch
     assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
 
 
-def test_track_stage_exit_2_with_one_line_error(tmp_path):
+def test_track_stage_exit_1_with_one_line_error(tmp_path):
     project = make_project(tmp_path / "p")
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"}
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "stages.track"], cwd=project, env=env,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
+    assert proc.returncode == 1  # the tracking store failed, the pipeline's outputs are fine
     assert proc.stderr.startswith("error: MLflow tracking server http://127.0.0.1:")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert time.monotonic() - start < 30  # includes importing mlflow

@@ -10,24 +10,13 @@ convert to TFLite builtin ops.
 
 from __future__ import annotations
 
-from typing import Callable
-
 from pipeline.config import ARCH_STRIDES, TrainConfig
-
-_BUILDERS: dict[str, Callable] = {}
-
-
-def register(name: str):
-    def deco(fn):
-        _BUILDERS[name] = fn
-        return fn
-
-    return deco
+from pipeline.models.registry import BUILDERS
 
 
 def arch_names() -> list[str]:
     _load_builders()
-    return sorted(_BUILDERS)
+    return sorted(BUILDERS)
 
 
 def _load_builders() -> None:
@@ -38,14 +27,14 @@ def _load_builders() -> None:
 def build_model(cfg: TrainConfig):
     """Build the core (working-resolution) model named by cfg.arch, with fresh weights."""
     _load_builders()
-    if cfg.arch not in _BUILDERS:
-        raise ValueError(f"unknown train.arch {cfg.arch!r}; known: {', '.join(sorted(_BUILDERS))}")
+    if cfg.arch not in BUILDERS:
+        raise ValueError(f"unknown train.arch {cfg.arch!r}; known: {', '.join(sorted(BUILDERS))}")
     stride = ARCH_STRIDES[cfg.arch]
     if cfg.height % stride or cfg.width % stride:
         raise ValueError(
             f"train.height/width {cfg.height}x{cfg.width} must be divisible by {stride} for {cfg.arch}"
         )
-    model = _BUILDERS[cfg.arch](cfg)
+    model = BUILDERS[cfg.arch](cfg)
     set_batchnorm_momentum(model, BN_MOMENTUM)
     return model
 

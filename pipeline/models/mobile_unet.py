@@ -6,7 +6,7 @@ import keras
 from keras import layers
 
 from pipeline.config import TrainConfig
-from pipeline.models import register
+from pipeline.models.registry import register
 from pipeline.models.layers import depth_head, keras_encoder, sepconv_bn_relu, upsample
 
 
