@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: repro test exp ui compare tracking-server probe bench clean-venv
+.PHONY: repro test exp ui compare factsheet tracking-server probe bench clean-venv
 
 $(INSTALLED): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ ui: $(INSTALLED)
 # Table and Pareto plot (si-RMSE vs latency) of the tracked runs -> reports/compare/
 compare: $(INSTALLED)
 	$(BIN)/python -m stages.compare
+
+# The challenge fact sheet (markdown) of the newest tracked run -> reports/factsheet.md
+factsheet: $(INSTALLED)
+	$(BIN)/python -m stages.factsheet
 
 # Team server: a SQL backend plus an artifact root that the server proxies.
 # Clients: MLFLOW_TRACKING_URI=http://<host>:$(TRACKING_PORT) dvc exp run ...

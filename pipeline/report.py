@@ -31,15 +31,20 @@ COLUMNS = {
 TEXT_COLUMNS = ("run", "arch", "precision", "run_id")
 
 
-def load_runs(*, tracking_uri: str, experiment: str):
-    """All runs of `experiment` as mlflow.search_runs' DataFrame (newest first)."""
-    import mlflow
-
+def require_store(tracking_uri: str) -> None:
+    """A ReportError unless the store exists (a local file) or answers (a server)."""
     prefix = "sqlite:///"
     if tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix) :]).is_file():
         # MLflow would silently create an empty store here
         raise ReportError(f"no MLflow store at {tracking_uri[len(prefix):]}; run the pipeline first")
     check_reachable(tracking_uri)
+
+
+def load_runs(*, tracking_uri: str, experiment: str):
+    """All runs of `experiment` as mlflow.search_runs' DataFrame (newest first)."""
+    import mlflow
+
+    require_store(tracking_uri)
     with mlflow_errors(tracking_uri):
         mlflow.set_tracking_uri(tracking_uri)
         if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:

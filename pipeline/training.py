@@ -10,11 +10,13 @@ with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import math
 import os
+import platform
 import tempfile
 import time
 from pathlib import Path
@@ -213,6 +215,21 @@ def _cache_mode(train_cached: bool, val_cached: bool) -> str:
     return "train in RAM, val decoded per epoch" if train_cached else "off (decode per epoch)"
 
 
+def describe_hardware() -> str:
+    """`2 x GPU (NVIDIA H100 ...)` or `CPU (<model name>), 2 cores`: where training ran."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = {tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus}
+        return f"{len(gpus)} x GPU ({', '.join(sorted(names))})"
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"CPU ({model}), {len(os.sched_getaffinity(0))} cores"
+
+
 def _first_unreadable(rows: list[dict]) -> str | None:
     """The one-line DataError message of the first pair that fails to decode, if any."""
     for row in rows:
@@ -310,4 +327,7 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
         "final_loss": last.get("loss"), "final_val_si_rmse": last.get(MONITOR),
         "params": int(final.count_params()), "train_images": len(train_rows), "val_images": len(val_rows),
         "steps_per_epoch": steps, "batch_size": batch, "replicas": replicas,
+        # what the fact sheet reports as training time and hardware (a resumed run sums all epochs)
+        "train_seconds": round(sum(row.get("seconds", 0.0) for row in state["history"]), 1),
+        "hardware": describe_hardware(),
     }

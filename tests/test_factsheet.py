@@ -1,0 +1,99 @@
+"""The challenge fact sheet, written from a tracked MLflow run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import run_stage
+from pipeline.config import as_flat_dict, load_params
+from pipeline.factsheet import reproduce_overrides
+from pipeline.tracking import log_pipeline_run
+from stages import factsheet
+
+REPO = Path(__file__).resolve().parents[1]
+TUM = "../shared/data/tum_fr1_xyz"
+
+
+@pytest.fixture
+def tracked_run(tmp_path, monkeypatch):
+    """One run logged from a project holding the repo's real metrics, trained on TUM in int8."""
+    for name in ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(name, raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    proj = tmp_path / "proj"
+    shutil.copytree(REPO / "metrics", proj / "metrics")
+    train = json.loads((proj / "metrics" / "train.json").read_text())
+    train.update(train_seconds=123.4, hardware="CPU (Test CPU), 2 cores")
+    (proj / "metrics" / "train.json").write_text(json.dumps(train))
+    (proj / "dvc.lock").write_text("schema: '2.0'\n")
+    base = load_params(REPO / "params.yaml")
+    params = dataclasses.replace(base, data=dataclasses.replace(base.data, source=TUM),
+                                 export=dataclasses.replace(base.export, precision="int8"))
+    run_id = log_pipeline_run(project_root=proj, params=params, experiment_name="facts", run_name="tum-int8")
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    return run_id, params
+
+
+def test_factsheet_describes_the_run_from_its_tracked_records(tracked_run, capsys):
+    run_id, params = tracked_run
+    assert run_stage(factsheet.main, ["--experiment", "facts", "--out", "sheet.md"]) == 0
+    text = Path("sheet.md").read_text()
+    assert capsys.readouterr().out.startswith("# Fact sheet: tum-int8")
+    metrics = {s: json.loads((REPO / "metrics" / f"{s}.json").read_text()) for s in ("export", "benchmark", "evaluate")}
+    train = json.loads((REPO / "metrics" / "train.json").read_text())
+    for needle in (
+        "Architecture: `mobile_unet`, encoder mobilenet_v2 x0.35 (from scratch)",
+        f"Parameters: {train['params']:,}; {metrics['export']['macs'] / 1e9:.3f} GMACs",
+        "Working resolution 128x160 inside a 480x640 device graph",
+        "silog x1.0 (lambda 0.85), grad x0.5",
+        "horizontal flip, crop-and-resize (p 0.5, scale >= 0.7), colour jitter (brightness 0.2",
+        "Training time 123 s on CPU (Test CPU), 2 cores",
+        f"Source: `{TUM}`",
+        "TFLite int8",
+        f"median {metrics['benchmark']['median_ms']:.2f} ms",
+        f"Timed on {metrics['benchmark']['device']} with {metrics['benchmark']['threads']} thread(s) (asked for 4",
+        f"si-RMSE {metrics['evaluate']['si_rmse']:.4f} "
+        f"({metrics['evaluate']['si_rmse'] / metrics['evaluate']['baseline_si_rmse']:.2f}x the constant",
+        f"Challenge score {metrics['evaluate']['score']:.4g}",
+        f"MLflow run `{run_id}`",
+        f"dvc exp run -S data.source={TUM} -S export.precision=int8",
+    ):
+        assert needle in text, needle
+
+
+def test_the_reproduce_line_gives_back_the_runs_params(tracked_run):
+    from mlflow import MlflowClient
+
+    run_id, params = tracked_run
+    logged = MlflowClient().get_run(run_id).data.params
+    overrides = reproduce_overrides(logged)
+    assert overrides == [f"data.source={TUM}", "export.precision=int8"]
+    # `-S key=value` as DVC applies it: the value is YAML, on top of params.yaml
+    raw = {}
+    for item in shlex.split(" ".join(f"-S {shlex.quote(o)}" for o in overrides))[1::2]:
+        key, value = item.split("=", 1)
+        *sections, last = key.split(".")
+        node = raw
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[last] = yaml.safe_load(value)
+    assert as_flat_dict(load_params(REPO / "params.yaml", overrides=raw)) == as_flat_dict(params)
+
+
+def test_factsheet_without_runs_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/empty.db")
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    assert run_stage(factsheet.main, []) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: no MLflow store at {tmp_path}/empty.db; run the pipeline first\n"
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "empty.db").exists()
