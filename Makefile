@@ -18,8 +18,9 @@ $(INSTALLED): requirements.txt
 repro: $(INSTALLED)
 	$(BIN)/dvc repro
 
+# -rs: the summary names every skipped test and why (a system program missing, see README).
 test: $(INSTALLED)
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -rs
 
 # A params preset as one DVC experiment: make exp PRESET=presets/tum.yaml
 PRESET ?= presets/tum.yaml
@@ -35,14 +36,16 @@ bench: $(INSTALLED)
 
 # Lean local MLflow UI on the project's absolute sqlite store (one worker, no job runner).
 # Artifacts stay file-based, so `track` can keep logging to mlflow.db while it runs.
+# First the link to open: the experiment's training runs (MLflow 3 opens on GenAI pages).
 UI_PORT ?= 5000
 MLFLOW_ENV = MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 ui: $(INSTALLED)
+	-@$(BIN)/python -m pipeline.tracking ui-link --port $(UI_PORT)
 	$(MLFLOW_ENV) $(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlartifacts --no-serve-artifacts \
 	  --workers 1 --host 127.0.0.1 --port $(UI_PORT)
 
-# Table and Pareto plot (si-RMSE vs latency) of the tracked runs -> reports/compare/
+# Table and Pareto plot (si-RMSE vs latency) per validation data set -> reports/compare/
 compare: $(INSTALLED)
 	$(BIN)/python -m stages.compare
 

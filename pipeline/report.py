@@ -1,7 +1,9 @@
-"""Comparison of tracked runs: a table and a Pareto plot of quality vs speed.
+"""Comparison of tracked runs: a table and a Pareto plot of quality vs speed per data set.
 
 Both axes are "lower is better" (si-RMSE and on-device latency), so a run is on the Pareto
-front when no other run is at least as good on both and strictly better on one.
+front when no other run is at least as good on both and strictly better on one. si-RMSE
+values from different validation data are not comparable, so runs are grouped by the
+digest of their validation split (tag data.val_digest) and ranked within their group only.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from pipeline.errors import ReportError
 from pipeline.files import atomic_path
 from pipeline.metrics import BENCHMARK_RUNTIME_KEY, challenge_score
-from pipeline.tracking import check_reachable, mlflow_errors
+from pipeline.tracking import VAL_DIGEST_TAG, VAL_NAME_TAG, check_reachable, mlflow_errors
 
 # Table column -> search_runs column. The metric names are `<stage>.<key>` as logged by
 # pipeline.tracking from metrics/<stage>.json.
@@ -27,8 +29,13 @@ COLUMNS = {
     "rmse_m": "metrics.evaluate.rmse",
     "latency_ms": f"metrics.benchmark.{BENCHMARK_RUNTIME_KEY}",
     "size_mb": "metrics.export.size_mb",
+    "data": f"tags.{VAL_NAME_TAG}",
+    "data_digest": f"tags.{VAL_DIGEST_TAG}",
 }
-TEXT_COLUMNS = ("run", "arch", "precision", "run_id")
+TEXT_COLUMNS = ("run", "arch", "precision", "data", "data_digest", "run_id")
+GROUP_COLUMNS = ("data", "data_digest")
+UNKNOWN_DATA = "unknown data"  # runs logged before data digests existed, or without a split
+COMPARE_ARTIFACT_DIR = "compare"
 
 
 def require_store(tracking_uri: str) -> None:
@@ -77,7 +84,8 @@ def _score(si_rmse: float, latency_ms: float) -> float:
 
 
 def runs_table(runs):
-    """One row per run: COLUMNS + score + pareto, best score first."""
+    """One row per run: COLUMNS + score + pareto (within its data group), grouped by
+    validation data, best score first within a group."""
     import pandas as pd
 
     table = pd.DataFrame(index=runs.index)
@@ -94,11 +102,30 @@ def runs_table(runs):
     table["run"] = [
         r if isinstance(r, str) and r else str(i)[:8] for r, i in zip(table["run"], table["run_id"])
     ]
+    known = [isinstance(d, str) and bool(d) for d in table["data_digest"]]
+    table["data_digest"] = [d if ok else "-" for d, ok in zip(table["data_digest"], known)]
+    table["data"] = [d if ok and isinstance(d, str) and d else UNKNOWN_DATA if not ok else "-"
+                     for d, ok in zip(table["data"], known)]
     table["score"] = [_score(s, t) for s, t in zip(table["si_rmse"], table["latency_ms"])]
-    table["pareto"] = pareto_front(table["latency_ms"], table["si_rmse"])
-    table = table.sort_values("score", ascending=False, na_position="last", kind="stable")
+    table["pareto"] = False
+    for rows in table.groupby("data_digest").groups.values():
+        table.loc[rows, "pareto"] = pareto_front(table.loc[rows, "latency_ms"], table.loc[rows, "si_rmse"])
+    table = table.sort_values(["data", "data_digest", "score"], ascending=[True, True, False],
+                              na_position="last", kind="stable")
     order = [*COLUMNS, "score", "pareto", "run_id"]
     return table[order].reset_index(drop=True)
+
+
+def count_runs(n: int) -> str:
+    return f"{n} run{'s' if n != 1 else ''}"
+
+
+def data_groups(table) -> list[tuple[str, object]]:
+    """(label, rows) per validation data set: runs that may be ranked together."""
+    return [
+        (data if digest == "-" else f"{data} (val digest {digest[:8]})", rows)
+        for (data, digest), rows in table.groupby(list(GROUP_COLUMNS), sort=True)
+    ]
 
 
 def _fmt(value, column: str) -> str:
@@ -122,8 +149,36 @@ def to_markdown(table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_pareto(table, path: str | os.PathLike) -> int:
-    """si-RMSE vs latency, front marked and joined; returns the number of points drawn."""
+def groups_markdown(table) -> str:
+    """One heading and table per data group (the group's columns go in the heading)."""
+    parts = []
+    for label, rows in data_groups(table):
+        parts.append(f"### {label}: {count_runs(len(rows))}\n\n"
+                     + to_markdown(rows.drop(columns=list(GROUP_COLUMNS))))
+    return "\n".join(parts)
+
+
+def _draw_score_isolines(ax, scores) -> None:
+    """Dotted curves of equal challenge score, 2^(-20 si-RMSE) / (100 runtime s), one through
+    each given score: a run further down-left than a curve scores more."""
+    xlim, ylim = ax.get_xlim(), ax.get_ylim()
+    latency_ms = np.geomspace(max(xlim[0], 1e-3), max(xlim[1], 2e-3), 200)
+    for i, score in enumerate(sorted(set(scores))):
+        si_rmse = -np.log2(score * 100.0 * latency_ms / 1000.0) / 20.0
+        ax.plot(latency_ms, si_rmse, ls=":", lw=1, c="tab:blue", alpha=0.7, zorder=0,
+                label="equal score (better towards lower left)" if i == 0 else None)
+        inside = np.flatnonzero((si_rmse >= ylim[0]) & (si_rmse <= ylim[1]))
+        if inside.size:
+            end = inside[-1]
+            ax.annotate(f"score {score:.3g}", (latency_ms[end], si_rmse[end]), fontsize=7, color="tab:blue",
+                        ha="right", va="bottom")
+    ax.set_xlim(xlim)
+    ax.set_ylim(ylim)
+
+
+def plot_pareto(table, path: str | os.PathLike, title: str = "") -> int:
+    """si-RMSE vs latency of one data group, front marked and joined, score iso-lines
+    through the front; returns the number of points drawn."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on build machines
@@ -144,10 +199,14 @@ def plot_pareto(table, path: str | os.PathLike) -> int:
         ax.set_ylabel("si-RMSE (lower is better)")
         missing = len(table) - len(pts)
         note = f" ({missing} without si-RMSE or latency not shown)" if missing else ""
-        ax.set_title(f"{len(pts)} runs: quality vs speed{note}", fontsize=10)
+        ax.set_title(f"{title}\n{count_runs(len(pts))}: quality vs speed{note}".strip(), fontsize=10)
         ax.margins(0.15)  # room for the labels
+        ax.autoscale_view()
+        scores = [s for s in front["score"] if math.isfinite(s) and s > 0]
+        if scores:
+            _draw_score_isolines(ax, scores)
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="best")
+        ax.legend(loc="best", fontsize=8)
         fig.tight_layout()
         with atomic_path(path, suffix=".png.tmp") as tmp:
             fig.savefig(tmp, format="png")
@@ -156,13 +215,39 @@ def plot_pareto(table, path: str | os.PathLike) -> int:
     return len(pts)
 
 
-def write_report(table, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """runs.csv, runs.md and pareto.png in `out_dir`, each written atomically."""
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text).strip("-") or "data"
+
+
+def write_report(table, out_dir: str | os.PathLike) -> dict:
+    """runs.csv and runs.md (one table per data group), and one pareto-<data>.png per data
+    group in `out_dir`, each written atomically. Returns their paths; "plots" maps each
+    group's label to its plot."""
     out = Path(out_dir)
-    paths = {"csv": out / "runs.csv", "markdown": out / "runs.md", "plot": out / "pareto.png"}
+    paths = {"csv": out / "runs.csv", "markdown": out / "runs.md", "plots": {}}
     with atomic_path(paths["csv"]) as tmp:
         table.to_csv(tmp, index=False)
     with atomic_path(paths["markdown"]) as tmp:
-        tmp.write_text(to_markdown(table))
-    plot_pareto(table, paths["plot"])
+        tmp.write_text(groups_markdown(table))
+    for label, rows in data_groups(table):
+        data, digest = rows.iloc[0]["data"], rows.iloc[0]["data_digest"]
+        name = _slug(data if digest == "-" else f"{data}-{digest[:8]}")
+        paths["plots"][label] = out / f"pareto-{name}.png"
+        plot_pareto(rows, paths["plots"][label], title=label)
     return paths
+
+
+def log_plots(tracking_uri: str, table, plots: dict) -> dict[str, str]:
+    """Each group's plot as an image artifact (compare/) of the group's best run, where the
+    MLflow UI shows it; returns {label: run id}."""
+    from mlflow import MlflowClient
+
+    logged = {}
+    with mlflow_errors(tracking_uri):
+        client = MlflowClient(tracking_uri=tracking_uri)
+        for label, rows in data_groups(table):
+            run_id = rows.iloc[0]["run_id"]  # best score first
+            if isinstance(run_id, str) and run_id:
+                client.log_artifact(run_id, str(plots[label]), artifact_path=COMPARE_ARTIFACT_DIR)
+                logged[label] = run_id
+    return logged

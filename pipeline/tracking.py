@@ -21,21 +21,29 @@ and checked with a probe repo):
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import hashlib
+import json
 import os
 import re
+import sqlite3
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import Params, as_flat_dict
-from pipeline.errors import TrackingError
+import yaml
+
+from pipeline.config import DEFAULT_PARAMS, Params, as_flat_dict, load_params
+from pipeline.errors import PipelineError, TrackingError
 from pipeline.files import read_json
+from pipeline.paths import HISTORY_CSV, METRICS_DIR, SPLIT_CSV
 
 STORE_NAME = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"  # beside the store; already in .gitignore
@@ -52,8 +60,34 @@ ARTIFACTS = (
     "dvc.lock",
     "params.yaml",
 )
-HISTORY_CSV = "reports/history.csv"
-METRICS_DIR = "metrics"
+TRACK_STAGE = "track"
+# Same outputs from the same params: already tracked (see pipeline_key).
+PIPELINE_KEY_TAG = "pipeline.sha256"
+# What compare groups by: runs validated on other data are never ranked together.
+VAL_DIGEST_TAG = "data.val_digest"
+VAL_NAME_TAG = "data.val_name"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
+DATASET_CONTEXT_TAG = "mlflow.data.context"
+# The runs table the link opens: MLflow 3 opens on its GenAI overview unless the link
+# asks for the training workflow, and shows no metric column unless a view names them.
+# A view is an experiment tag `mlflow.sharedViewState.<key>`, picked by the link.
+VIEW_KEY = "pipeline"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+RUNS_VIEW = {
+    "orderByKey": "metrics.`evaluate.score`",
+    "orderByAsc": False,
+    "selectedColumns": [
+        "attributes.`Dataset`",
+        "params.`train.arch`",
+        "params.`export.precision`",
+        "metrics.`evaluate.si_rmse`",
+        "metrics.`benchmark.median_ms`",
+        "metrics.`evaluate.score`",
+        "metrics.`export.size_mb`",
+    ],
+}
+UI_HOST = "127.0.0.1"
+UI_PORT = 5000  # the Makefile's UI_PORT
 # MLflow's log_batch limits (per request).
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
@@ -254,6 +288,26 @@ def default_run_name(params: Params) -> str:
     return f"{params.train.arch}-{params.export.precision}-{stamp}"
 
 
+def pipeline_key(project_root: str | os.PathLike, params: Params) -> str | None:
+    """What makes two runs the same: dvc.lock without the track stage, plus the params.
+
+    The track stage's own lock entry is left out: DVC writes it after track has run, so
+    it differs between the first `dvc repro` and the next one with nothing changed.
+    None without a dvc.lock (a stage run by hand): nothing then says what was tracked.
+    """
+    lock = Path(project_root) / "dvc.lock"
+    if not lock.is_file():
+        return None
+    try:
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
+    except (yaml.YAMLError, AttributeError) as err:
+        raise TrackingError(f"{lock}: not a readable DVC lock file ({err})") from None
+    stages = {name: entry for name, entry in stages.items() if name != TRACK_STAGE}
+    flat = {k: v for k, v in as_flat_dict(params).items() if not k.startswith(f"{TRACK_STAGE}.")}
+    text = json.dumps({"stages": stages, "params": flat}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def run_tags(project_root: Path, params: Params) -> dict[str, str]:
     commit, dirty = git_state(project_root)
     tags = {
@@ -263,12 +317,96 @@ def run_tags(project_root: Path, params: Params) -> dict[str, str]:
         "train.arch": params.train.arch,
         "export.precision": params.export.precision,
     }
+    key = pipeline_key(project_root, params)
+    if key is not None:
+        tags[PIPELINE_KEY_TAG] = key
     if commit != "unknown":
         tags["mlflow.source.git.commit"] = commit  # shown in the MLflow UI's run header
     for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     return tags
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """The pairs of one source in one split: one MLflow dataset input."""
+
+    source: str  # the source's name (data.sources) or folder name
+    location: str  # its folder, as split.csv names it
+    split: str  # train | val
+    digest: str  # of the pairs' names and contents: same data, same digest, on any machine
+    pairs: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}/{self.split}"
+
+
+def _pair_fingerprint(root: Path, row: dict[str, str]) -> str:
+    """The pair's content digest from split.csv; older split files have none: file sizes.
+    A file gone missing counts as size -1 (the data changed after prepare)."""
+    if row.get("digest"):
+        return row["digest"]
+    files = (root / row["rgb"], root / row["depth"])
+    return "/".join(str(f.stat().st_size if f.is_file() else -1) for f in files)
+
+
+def data_splits(project_root: str | os.PathLike) -> list[DataSplit]:
+    """data/prepared/split.csv as one DataSplit per (source, split); [] without it.
+
+    Nothing is decoded: cheap for any data set size.
+    """
+    root = Path(project_root)
+    path = root / SPLIT_CSV
+    if not path.is_file():
+        return []
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            location = Path(row["rgb"]).parent.parent.as_posix()  # SOURCE/rgb/NAME
+            source = row.get("source") or Path(location).name
+            line = f"{row['name']}\t{_pair_fingerprint(root, row)}\n"
+            groups.setdefault((source, location, row["split"]), []).append(line)
+    return [
+        DataSplit(source, location, split, hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()[:16],
+                  len(lines))
+        for (source, location, split), lines in sorted(groups.items())
+    ]
+
+
+def _fmt_number(value: float | None, digits: int, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def run_description(params: Params, metrics: dict[str, float], splits: list[DataSplit]) -> str:
+    """The few lines a person reads first (the run's description, markdown)."""
+    train = params.train
+    data = "; ".join(f"{'trained on' if s.split == 'train' else 'validated on'} {s.name} "
+                     f"({s.pairs} pair{'s' if s.pairs != 1 else ''})"
+                     for s in splits) or "no split (data/prepared/split.csv not found)"
+    threads = metrics.get("benchmark.threads")
+    where = f", {threads:.0f} threads" if threads is not None else ""
+    return (
+        f"**{train.arch}** at {train.height}x{train.width}, {params.export.precision} TFLite\n\n"
+        f"- data: {data}\n"
+        f"- si-RMSE {_fmt_number(metrics.get('evaluate.si_rmse'), 4)}, "
+        f"latency {_fmt_number(metrics.get('benchmark.median_ms'), 1, ' ms')} (median{where}), "
+        f"score {_fmt_number(metrics.get('evaluate.score'), 4)}\n"
+    )
+
+
+def _dataset_inputs(splits: list[DataSplit]):
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    return [
+        DatasetInput(
+            Dataset(name=s.source, digest=s.digest, source_type="local", source=json.dumps({"uri": s.location}),
+                    profile=json.dumps({"pairs": s.pairs})),
+            tags=[InputTag(DATASET_CONTEXT_TAG, s.split)],
+        )
+        for s in splits
+    ]
 
 
 def _chunks(items: list, size: int):
@@ -327,13 +465,23 @@ def log_pipeline_run(
     history = read_history(root)
     tags = run_tags(root, params)
     artifacts = artifact_files(root)
+    splits = data_splits(root)
+    tags[NOTE_TAG] = run_description(params, metrics, splits)
+    val = [split for split in splits if split.split == "val"]
+    if val:
+        tags[VAL_NAME_TAG] = " + ".join(split.name for split in val)
+        tags[VAL_DIGEST_TAG] = val[0].digest if len(val) == 1 else hashlib.sha256(
+            " ".join(split.digest for split in val).encode()).hexdigest()[:16]
 
     with store_lock(uri), mlflow_errors(uri):
         client = MlflowClient(tracking_uri=uri)
         exp_id = _experiment_id(client, experiment_name, _artifact_location(uri, root, experiment_name))
+        client.set_experiment_tag(exp_id, VIEW_TAG, json.dumps(RUNS_VIEW))
         run = client.create_run(exp_id, run_name=run_name or default_run_name(params), tags=tags)
         run_id = run.info.run_id
         try:
+            if splits:
+                client.log_inputs(run_id, datasets=_dataset_inputs(splits))
             now = int(time.time() * 1000)
             all_metrics = [Metric(k, v, now, 0) for k, v in metrics.items()]
             all_metrics += [Metric(k, v, now, step) for k, v, step in history]
@@ -363,3 +511,103 @@ def mlflow_errors(uri: str):
     except MlflowException as err:
         first = (str(err).strip().splitlines() or ["unknown MLflow error"])[0]
         raise TrackingError(f"MLflow at {uri}: {first}") from None
+
+
+def _read_store(uri: str, sql: str, args: tuple) -> list[tuple] | None:
+    """A read-only query on a local sqlite store without importing MLflow (seconds saved
+    on every `dvc repro` with nothing to log). [] when the store does not exist yet; None
+    for other stores, or tables not as expected (another MLflow schema): ask MLflow then."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return None
+    if not db.is_file():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as con:
+            return con.execute(sql, args).fetchall()
+    except sqlite3.Error:
+        return None
+
+
+def _active_experiment(client, name: str):
+    exp = client.get_experiment_by_name(name)
+    return exp if exp is not None and exp.lifecycle_stage == "active" else None
+
+
+def find_experiment_id(uri: str, experiment: str) -> str | None:
+    """The id of the active experiment `experiment`, None when there is none yet."""
+    rows = _read_store(uri, "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
+                       (experiment,))
+    if rows is not None:
+        return str(rows[0][0]) if rows else None
+    check_reachable(uri)
+    from mlflow import MlflowClient
+
+    with mlflow_errors(uri):
+        exp = _active_experiment(MlflowClient(tracking_uri=uri), experiment)
+    return exp.experiment_id if exp is not None else None
+
+
+def find_tracked_run(uri: str, experiment: str, key: str) -> tuple[str, str] | None:
+    """(experiment id, run id) of the newest finished run of `experiment` tagged with this
+    pipeline key (see pipeline_key), None when there is none."""
+    rows = _read_store(
+        uri,
+        "SELECT r.experiment_id, r.run_uuid FROM runs r"
+        " JOIN experiments e ON e.experiment_id = r.experiment_id"
+        " JOIN tags t ON t.run_uuid = r.run_uuid"
+        " WHERE e.name = ? AND e.lifecycle_stage = 'active' AND r.lifecycle_stage = 'active'"
+        " AND r.status = 'FINISHED' AND t.key = ? AND t.value = ?"
+        " ORDER BY r.start_time DESC LIMIT 1",
+        (experiment, PIPELINE_KEY_TAG, key),
+    )
+    if rows is not None:
+        return (str(rows[0][0]), rows[0][1]) if rows else None
+    check_reachable(uri)
+    from mlflow import MlflowClient
+
+    with mlflow_errors(uri):
+        client = MlflowClient(tracking_uri=uri)
+        exp = _active_experiment(client, experiment)
+        if exp is None:
+            return None
+        runs = client.search_runs(
+            [exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+            filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        )
+    return (exp.experiment_id, runs[0].info.run_id) if runs else None
+
+
+def ui_base_url(uri: str, port: int = UI_PORT) -> str:
+    """Where the UI of this store is: the tracking server itself, or `make ui` locally."""
+    return uri.rstrip("/") if uri_is_http(uri) else f"http://{UI_HOST}:{port}"
+
+
+def runs_link(base_url: str, experiment_id: str | None) -> str:
+    """The page users come for: the experiment's training runs with the pipeline's columns
+    (MLflow 3 opens experiments on its GenAI overview otherwise)."""
+    if experiment_id is None:
+        return base_url
+    return f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+
+
+def _ui_link(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tracking ui-link",
+                                     description="Print the link `make ui` opens: the project's training runs.")
+    parser.add_argument("--params", default=DEFAULT_PARAMS, help=f"params file (default: {DEFAULT_PARAMS})")
+    parser.add_argument("--port", type=int, default=UI_PORT, help="the UI server's port")
+    args = parser.parse_args(argv)
+    experiment = load_params(args.params).track.experiment
+    # the store `make ui` serves, whatever MLFLOW_TRACKING_URI says
+    exp_id = find_experiment_id(f"sqlite:///{(store_root(Path.cwd()) / STORE_NAME).as_posix()}", experiment)
+    note = "" if exp_id else f"  (no run of experiment {experiment!r} yet: run `make repro` first)"
+    print(f"MLflow UI: {runs_link(ui_base_url('', args.port), exp_id)}{note}", flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["ui-link"]:
+        sys.exit("usage: python -m pipeline.tracking ui-link [--params FILE] [--port N]")
+    try:
+        _ui_link(sys.argv[2:])
+    except PipelineError as err:
+        sys.exit(f"error: {err}")

@@ -1,7 +1,11 @@
-"""Compare tracked runs: table (CSV + markdown, printed) and a si-RMSE vs latency Pareto plot.
+"""Compare tracked runs per validation data set: table (CSV + markdown, printed) and a
+si-RMSE vs latency Pareto plot with the challenge score's iso-lines.
 
     python -m stages.compare [--experiment NAME] [--out reports/compare]
 
+si-RMSE from different data is not comparable: runs are grouped by the digest of their
+validation split, with one table, Pareto front and plot per group. Each plot is also
+logged to the best run of its group (artifacts compare/), to open in the MLflow UI.
 Not a DVC stage (it reads the MLflow store, which DVC does not track); run it after a few
 `dvc exp run`s, or via `make compare`.
 """
@@ -13,7 +17,7 @@ from pathlib import Path
 
 from pipeline.cli import run_stage, stage_parser
 from pipeline.config import load_params
-from pipeline.report import load_runs, runs_table, write_report
+from pipeline.report import count_runs, data_groups, load_runs, log_plots, runs_table, write_report
 from pipeline.tracking import tracking_uri
 
 
@@ -23,14 +27,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="reports/compare", help="output folder")
     args = parser.parse_args(argv)
     experiment = args.experiment or load_params(args.params).track.experiment
-    runs = load_runs(tracking_uri=tracking_uri(Path.cwd()), experiment=experiment)
+    uri = tracking_uri(Path.cwd())
+    runs = load_runs(tracking_uri=uri, experiment=experiment)
     table = runs_table(runs)
     paths = write_report(table, args.out)
+    logged = log_plots(uri, table, paths["plots"])
 
-    print(paths["markdown"].read_text(), end="")
-    front = ", ".join(table.loc[table["pareto"], "run"]) or "none (no run has both si-RMSE and latency)"
-    print(f"\n{len(table)} runs of {experiment!r}; Pareto front: {front}")
-    print(f"wrote {paths['csv']}, {paths['markdown']}, {paths['plot']}")
+    print(paths["markdown"].read_text())
+    groups = data_groups(table)
+    print(f"{count_runs(len(table))} of {experiment!r} in {len(groups)} data group(s), never ranked across groups:")
+    for label, rows in groups:
+        front = ", ".join(rows.loc[rows["pareto"], "run"]) or "none (no run has both si-RMSE and latency)"
+        print(f"- {label}: {count_runs(len(rows))}; Pareto front: {front}; plot {paths['plots'][label]}"
+              + (f" (also in run {logged[label][:8]}, artifacts compare/)" if label in logged else ""))
+    print(f"wrote {paths['csv']}, {paths['markdown']}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Stage track: log this pipeline run (params, metrics, history, artifacts) to MLflow.
+"""Stage track: log this pipeline run (params, metrics, history, data, artifacts) to MLflow.
 
-always_changed in dvc.yaml and without outs: every `dvc repro` / `dvc exp run` logs one
-complete run, even when all other stages were skipped.
+always_changed in dvc.yaml and without outs, so it runs on every `dvc repro` /
+`dvc exp run`; it logs a new run only when the pipeline's outputs or params differ from
+every run already tracked (same dvc.lock and params: "already tracked", unless
+`track.force: true`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ from pathlib import Path
 
 from pipeline.cli import run_stage, stage_parser
 from pipeline.config import load_params
-from pipeline.tracking import log_pipeline_run, tracking_uri
+from pipeline.tracking import (
+    find_experiment_id,
+    find_tracked_run,
+    log_pipeline_run,
+    pipeline_key,
+    runs_link,
+    tracking_uri,
+    ui_base_url,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,15 +32,20 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     root = Path.cwd()
     experiment = args.experiment or params.track.experiment
-    run_id = log_pipeline_run(project_root=root, params=params, experiment_name=experiment,
-                              run_name=args.run_name)
-
     uri = tracking_uri(root)
-    print(f"MLflow run {run_id} logged to experiment {experiment!r} at {uri}")
-    if uri.startswith("sqlite:///"):
-        print("Browse: make ui  -> http://127.0.0.1:5000")
+    key = pipeline_key(root, params)
+    tracked = find_tracked_run(uri, experiment, key) if key and not params.track.force else None
+    if tracked:
+        exp_id, run_id = tracked
+        print(f"already tracked: MLflow run {run_id} of experiment {experiment!r} has these outputs and "
+              "params (set track.force: true to log another run)")
     else:
-        print(f"Browse: {uri}")
+        run_id = log_pipeline_run(project_root=root, params=params, experiment_name=experiment,
+                                  run_name=args.run_name)
+        exp_id = find_experiment_id(uri, experiment)
+        print(f"MLflow run {run_id} logged to experiment {experiment!r} at {uri}")
+    link = runs_link(ui_base_url(uri), exp_id)
+    print(f"Browse: make ui  -> {link}" if uri.startswith("sqlite:///") else f"Browse: {link}")
 
 
 if __name__ == "__main__":

@@ -97,14 +97,60 @@ def test_compare_stage_writes_table_and_plot(tracked, tmp_path, monkeypatch, cap
     assert list(table["run"])[-1] == "no-bench"
     assert table["score"].iloc[:3].is_monotonic_decreasing
 
+    assert set(table["data"]) == {"unknown data"}  # logged without a split: one group of their own
+
     md = (out / "runs.md").read_text()
-    assert md.splitlines()[0].startswith("| run | arch | precision | si_rmse |")
-    assert len(md.strip().splitlines()) == 2 + len(RUNS)
+    assert md.splitlines()[0] == "### unknown data: 4 runs"
+    assert md.splitlines()[2].startswith("| run | arch | precision | si_rmse |")
+    assert len(md.strip().splitlines()) == 4 + len(RUNS)
     assert md in printed and "Pareto front: " in printed and "bad-fp16" not in printed.split("Pareto front: ")[1]
 
-    with Image.open(out / "pareto.png") as img:
+    with Image.open(out / "pareto-unknown-data.png") as img:
         assert img.format == "PNG" and img.size == (700, 500)
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+    # the plot opens in the MLflow UI: an image artifact of the group's best run
+    from mlflow import MlflowClient
+    best = table.iloc[0]["run_id"]
+    assert [a.path for a in MlflowClient(tracking_uri=tracked).list_artifacts(best, "compare")] == [
+        "compare/pareto-unknown-data.png"]
+
+
+def test_runs_on_other_data_are_never_ranked_together(tmp_path, monkeypatch, capsys):
+    """Synthetic and TUM runs: two groups, a front and a plot each, nothing across."""
+    from test_tracking import write_split
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    params = load_params(REPO / "params.yaml")
+    runs = {"syn-a": ("synthetic", 0.30, 50.0), "syn-b": ("synthetic", 0.35, 20.0),
+            "tum-a": ("tum_fr1_xyz", 0.20, 40.0), "tum-b": ("tum_fr1_xyz", 0.25, 70.0)}
+    for name, (source, si_rmse, ms) in runs.items():
+        proj = tmp_path / name
+        write_split(proj, f"data/{source}", {"a.png": "train", "b.png": "val"}, size=len(source))
+        (proj / "metrics").mkdir()
+        (proj / "metrics" / "evaluate.json").write_text(json.dumps({"si_rmse": si_rmse}))
+        (proj / "metrics" / "benchmark.json").write_text(json.dumps({"median_ms": ms}))
+        log_pipeline_run(project_root=proj, params=params, experiment_name="cmp", run_name=name)
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    assert run_stage(compare.main, ["--experiment", "cmp", "--out", "out"]) == 0
+    printed = capsys.readouterr().out
+
+    table = pd.read_csv(tmp_path / "out" / "runs.csv")
+    # tum-a alone would dominate syn-a in a mixed ranking; per data set both fronts stand
+    assert table.set_index("run")["pareto"].to_dict() == {"syn-a": True, "syn-b": True, "tum-a": True,
+                                                          "tum-b": False}
+    assert table.groupby("data")["run"].apply(sorted).to_dict() == {
+        "synthetic/val": ["syn-a", "syn-b"], "tum_fr1_xyz/val": ["tum-a", "tum-b"]}
+    assert "in 2 data group(s)" in printed
+    groups = [line for line in printed.splitlines() if line.startswith("- ")]
+    assert len(groups) == 2 and groups[0].startswith("- synthetic/val (val digest ")
+    assert "2 runs; Pareto front: syn-b, syn-a;" in groups[0]
+    assert "Pareto front: tum-a;" in groups[1]
+    md = (tmp_path / "out" / "runs.md").read_text()
+    assert [line for line in md.splitlines() if line.startswith("###")] == [
+        line.split(";")[0].replace("- ", "### ", 1) for line in groups]
+    assert len(list((tmp_path / "out").glob("pareto-*.png"))) == 2
 
 
 def test_compare_without_store_or_runs_is_a_clear_error(tracked, tmp_path, monkeypatch, capsys):
@@ -134,4 +180,5 @@ def test_runs_table_tolerates_missing_columns():
     table = runs_table(runs)
     assert table.loc[0, "run"] == "abcdef12" and table.loc[0, "si_rmse"] == pytest.approx(0.4)
     assert math.isnan(table.loc[0, "latency_ms"]) and not table.loc[0, "pareto"]
-    assert "| abcdef12 | - | - | 0.4000 | - | - | - | - |  | abcdef12 |" in to_markdown(table)
+    assert table.loc[0, "data"] == "unknown data"
+    assert "| abcdef12 | - | - | 0.4000 | - | - | - | unknown data | - | - |  | abcdef12 |" in to_markdown(table)

@@ -5,29 +5,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from conftest import free_port, serving
 from pipeline.config import load_params
 from pipeline.tracking import TrackingError, log_pipeline_run
 
 REPO = Path(__file__).resolve().parents[1]
-START_TIMEOUT_S = 90  # ~8 s normally; the 2 shared cores can be busy
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str) -> dict:
@@ -44,41 +34,12 @@ def mlflow_server(tmp_path):
     mlflow_exe = Path(sys.executable).with_name("mlflow")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    log = open(workdir / "server.log", "wb")
-    proc = subprocess.Popen(
-        [str(mlflow_exe), "server", "--backend-store-uri", f"sqlite:///{workdir}/mlflow.db",
-         "--artifacts-destination", str(workdir / "artifacts"),
-         "--workers", "1", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,  # own process group: teardown stops the server's workers too
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}: "
-                            f"{(workdir / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {START_TIMEOUT_S} s")
-            time.sleep(0.5)
+    cmd = [str(mlflow_exe), "server", "--backend-store-uri", f"sqlite:///{workdir}/mlflow.db",
+           "--artifacts-destination", str(workdir / "artifacts"),
+           "--workers", "1", "--host", "127.0.0.1", "--port", str(port)]
+    with serving(cmd, url + "/health", workdir / "server.log", cwd=workdir, env=env):
         yield url, workdir
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
 
 
 def make_project(root: Path) -> Path:

@@ -1,7 +1,9 @@
 """Remote timing over SSH against a real sshd started by the test on 127.0.0.1.
 
-Needs openssh-server + openssh-client (`apt-get install -y openssh-server openssh-client`);
-without sshd the tests FAIL on purpose - skipping would hide a broken remote path.
+Needs openssh-server + openssh-client (`apt-get install -y openssh-server openssh-client`).
+Without them the tests that need sshd skip with one line, except where system tests are
+required (CI=true or MAI_REQUIRE_SYSTEM_TESTS=1; .ci/run installs both): there they fail,
+since a skip would hide a broken remote path.
 """
 
 from __future__ import annotations
@@ -19,18 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port, require_program
 from pipeline import remote
 from pipeline.config import ConfigError
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/bin/sshd", "/usr/local/sbin/sshd")
 SFTP_CANDIDATES = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
                    "/usr/libexec/sftp-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _keygen(path: Path) -> None:
@@ -52,14 +49,15 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    sshd_bin = next((p for p in SSHD_CANDIDATES if os.path.exists(p)), None) or shutil.which("sshd")
-    if sshd_bin is None or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
-        pytest.fail("sshd/ssh not installed: apt-get install -y openssh-server openssh-client")
+    hint = "apt-get install -y openssh-server openssh-client"
+    sshd_bin = require_program("sshd", hint, SSHD_CANDIDATES)
+    require_program("ssh", hint)
+    require_program("ssh-keygen", hint)
     d = tmp_path_factory.mktemp("sshd")
     _keygen(d / "host_key")
     _keygen(d / "client_key")
     shutil.copy(d / "client_key.pub", d / "authorized_keys")
-    port = _free_port()
+    port = free_port()
     sftp = next((p for p in SFTP_CANDIDATES if os.path.exists(p)), "internal-sftp")
     (d / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n"
@@ -156,7 +154,7 @@ def test_auth_failure_is_one_clear_line(sshd, tiny_model, tmp_path):
 
 
 def test_unreachable_host(tiny_model, tmp_path):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     with pytest.raises(remote.RemoteError, match=r"host unreachable \(connection refused\)"):
         remote.time_remote(f"ssh://root@127.0.0.1:{port}", tiny_model, python="python3",
                            threads=1, warmup=0, runs=1, connect_timeout=5,

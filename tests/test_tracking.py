@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +13,25 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
+from conftest import free_port
+from pipeline.cli import run_stage
 from pipeline.config import load_params
 from pipeline.tracking import (
+    NOTE_TAG,
+    PIPELINE_KEY_TAG,
+    VAL_DIGEST_TAG,
+    VIEW_TAG,
     TrackingError,
     collect_metrics,
+    data_splits,
     log_pipeline_run,
+    pipeline_key,
     store_root,
     tracking_uri,
 )
+from stages import track
 
 REPO = Path(__file__).resolve().parents[1]
 DVC_ENV = ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_ROOT")
@@ -60,6 +70,7 @@ def make_project(root: Path, *, git: bool = False) -> Path:
     (root / "submission").mkdir()
     with zipfile.ZipFile(root / "submission" / "submission.zip", "w") as zf:
         zf.writestr("readme.txt", "runtime per image [s] : 0.0425\n")
+    write_split(root, "data/scenes", {"a.png": "train", "b.png": "train", "c.png": "val"})
     if git:
         env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
                "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -68,10 +79,16 @@ def make_project(root: Path, *, git: bool = False) -> Path:
     return root
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again on exit: nothing listens there
+def write_split(root: Path, source: str, splits: dict[str, str], size: int = 10) -> None:
+    """data/prepared/split.csv as the prepare stage writes it, with `size`-byte files."""
+    lines = ["name,split,rgb,depth"]
+    for name, split in splits.items():
+        for kind in ("rgb", "depth"):
+            (root / source / kind).mkdir(parents=True, exist_ok=True)
+            (root / source / kind / name).write_bytes(bytes(size))
+        lines.append(f"{name},{split},{source}/rgb/{name},{source}/depth/{name}")
+    (root / "data" / "prepared").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "prepared" / "split.csv").write_text("\n".join(lines) + "\n")
 
 
 def test_log_pipeline_run_logs_params_metrics_history_artifacts_tags(tmp_path, monkeypatch):
@@ -124,6 +141,27 @@ def test_log_pipeline_run_logs_params_metrics_history_artifacts_tags(tmp_path, m
     import hashlib
     assert t["dvc.lock_sha256"] == hashlib.sha256((project / "dvc.lock").read_bytes()).hexdigest()
     assert t["train.arch"] == params.train.arch and t["export.precision"] == params.export.precision
+
+    assert t[PIPELINE_KEY_TAG] == pipeline_key(project, params)
+    # the data it trained and was validated on, as dataset inputs (the UI's Dataset column)
+    splits = {s.split: s for s in data_splits(project)}
+    assert {s: (d.pairs, d.name) for s, d in splits.items()} == {"train": (2, "scenes/train"), "val": (1, "scenes/val")}
+    inputs = {(i.dataset.name, i.dataset.digest): ({t.key: t.value for t in i.tags}, json.loads(i.dataset.source))
+              for i in run.inputs.dataset_inputs}
+    assert inputs == {
+        ("scenes", splits["train"].digest): ({"mlflow.data.context": "train"}, {"uri": "data/scenes"}),
+        ("scenes", splits["val"].digest): ({"mlflow.data.context": "val"}, {"uri": "data/scenes"}),
+    }
+    assert t[VAL_DIGEST_TAG] == splits["val"].digest and t["data.val_name"] == "scenes/val"
+    # the description a person reads first
+    note = t[NOTE_TAG]
+    assert note.startswith(f"**{params.train.arch}** at {params.train.height}x{params.train.width}, "
+                           f"{params.export.precision} TFLite")
+    assert "trained on scenes/train (2 pairs); validated on scenes/val (1 pair)" in note
+    assert "si-RMSE 0.3100, latency 42.5 ms (median, 2 threads), score -" in note
+    # the runs view the UI link opens shows si-RMSE and latency columns
+    view = json.loads(client.get_experiment(run.info.experiment_id).tags[VIEW_TAG])
+    assert {"metrics.`evaluate.si_rmse`", "metrics.`benchmark.median_ms`"} <= set(view["selectedColumns"])
 
     def listing(path=None):
         return {a.path for a in client.list_artifacts(run_id, path)}
@@ -195,7 +233,7 @@ def test_corrupt_metrics_json_is_a_one_line_error(tmp_path):
 def test_unreachable_server_fails_fast_and_touches_nothing(tmp_path, monkeypatch):
     project = make_project(tmp_path / "p")
     before = sorted(p.relative_to(project) for p in project.rglob("*"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     start = time.monotonic()
     with pytest.raises(TrackingError, match="unreachable"):
         log_pipeline_run(project_root=project, params=load_params(project / "params.yaml"),
@@ -206,7 +244,7 @@ def test_unreachable_server_fails_fast_and_touches_nothing(tmp_path, monkeypatch
 
 def test_track_stage_exit_1_with_one_line_error(tmp_path):
     project = make_project(tmp_path / "p")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "stages.track"], cwd=project, env=env,
                           capture_output=True, text=True, timeout=60)
@@ -214,3 +252,73 @@ def test_track_stage_exit_1_with_one_line_error(tmp_path):
     assert proc.stderr.startswith("error: MLflow tracking server http://127.0.0.1:")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert time.monotonic() - start < 30  # includes importing mlflow
+
+
+def test_data_digest_follows_the_files_not_their_folder(tmp_path):
+    one, two, three = (make_project(tmp_path / name) for name in ("one", "two", "three"))
+    write_split(two, "elsewhere/scenes", {"a.png": "train", "b.png": "train", "c.png": "val"})
+    write_split(three, "data/scenes", {"a.png": "train", "b.png": "train", "c.png": "val"}, size=11)
+    digests = [{s.split: s.digest for s in data_splits(p)} for p in (one, two, three)]
+    assert digests[0] == digests[1]  # same names and files at another path
+    assert digests[2]["val"] != digests[0]["val"]  # other bytes
+    assert data_splits(tmp_path) == []  # no split.csv: nothing to log
+
+
+def test_pipeline_key_ignores_the_track_stage_and_follows_outputs_and_params(tmp_path):
+    project = make_project(tmp_path / "p")
+    params = load_params(project / "params.yaml")
+    lock = {"schema": "2.0", "stages": {"train": {"outs": [{"path": "models/model.keras", "md5": "aa"}]}}}
+
+    def key_with(lock, params=params):
+        (project / "dvc.lock").write_text(yaml.safe_dump(lock))
+        return pipeline_key(project, params)
+
+    key = key_with(lock)
+    # DVC writes track's own entry after track ran: the next no-op repro must find the same key
+    assert key_with({**lock, "stages": {**lock["stages"], "track": {"cmd": "python -m stages.track"}}}) == key
+    forced = dataclasses.replace(params, track=dataclasses.replace(params.track, force=True))
+    assert key_with(lock, forced) == key
+    assert key_with({"stages": {"train": {"outs": [{"path": "models/model.keras", "md5": "bb"}]}}}) != key
+    reseeded = dataclasses.replace(params, base=dataclasses.replace(params.base, seed=7))
+    assert key_with(lock, reseeded) != key
+    (project / "dvc.lock").unlink()
+    assert pipeline_key(project, params) is None
+
+
+def test_track_stage_logs_once_per_pipeline_state_unless_forced(tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    project = make_project(tmp_path / "p")
+    monkeypatch.chdir(project)
+    assert run_stage(track.main, []) == 0
+    out = capsys.readouterr().out
+    run_id = out.split("MLflow run ", 1)[1].split()[0]
+    link = "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=pipeline"
+    assert f"Browse: make ui  -> {link}" in out
+
+    assert run_stage(track.main, []) == 0  # nothing changed: no second run
+    out = capsys.readouterr().out
+    assert out.startswith(f"already tracked: MLflow run {run_id} of experiment 'mai-depth'") and link in out
+
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["track"]["force"] = True
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert run_stage(track.main, []) == 0
+    assert capsys.readouterr().out.startswith("MLflow run ")
+    runs = MlflowClient(tracking_uri=tracking_uri(project)).search_runs(["1"])
+    assert len(runs) == 2
+
+
+def test_ui_link_names_the_experiment_in_the_store(tmp_path):
+    project = make_project(tmp_path / "p")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def ui_link():
+        return subprocess.run([sys.executable, "-m", "pipeline.tracking", "ui-link", "--port", "5123"], cwd=project,
+                              env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+
+    assert ui_link() == "MLflow UI: http://127.0.0.1:5123  (no run of experiment 'mai-depth' yet: run `make repro` first)\n"
+    log_pipeline_run(project_root=project, params=load_params(project / "params.yaml"), experiment_name="other")
+    log_pipeline_run(project_root=project, params=load_params(project / "params.yaml"), experiment_name="mai-depth")
+    assert ui_link() == ("MLflow UI: http://127.0.0.1:5123/#/experiments/2/runs?workflowType=machine_learning"
+                         "&viewStateShareKey=pipeline\n")
