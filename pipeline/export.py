@@ -108,7 +108,8 @@ def export_model(core, split_csv: str | os.PathLike, *, cfg) -> tuple[bytes, dic
 
     cfg: the `export` params section. int8 calibration uses cfg.representative_images
     train images; parity uses cfg.parity_images val images (with their ground truth).
-    Returns (flatbuffer, report for metrics/export.json).
+    Returns (flatbuffer, report for metrics/export.json). An ExportError when the TFLite
+    model's si-RMSE there is worse than Keras's by more than cfg.max_parity_drop.
     """
     rows = read_split(split_csv)
     train_rows = [r for r in rows if r["split"] == "train"]
@@ -147,6 +148,10 @@ def export_model(core, split_csv: str | os.PathLike, *, cfg) -> tuple[bytes, dic
         **summary,
         "parity": parity(device_model, flatbuffer, images, depths),
     }
+    drop = report["parity"]["si_rmse_diff"]
+    if drop > cfg.max_parity_drop:  # NaN (no valid parity pixel) passes: nothing to compare
+        raise ExportError(f"{cfg.precision} TFLite si-RMSE is {drop:.4f} worse than Keras on "
+                          f"{len(par_rows)} val images, past export.max_parity_drop={cfg.max_parity_drop}")
     return flatbuffer, report
 
 

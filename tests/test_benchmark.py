@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -40,6 +41,28 @@ def model_path(tmp_path_factory) -> Path:
     return path
 
 
+def assert_summary_of_times(result: dict) -> None:
+    """mean, median, p90, min and max are those of the recorded times (numpy's percentile
+    definition), not merely in the right order: each within the rounding to 3 decimals of
+    the times and of itself."""
+    times = np.array(result["times_ms"])
+    expected = {"mean_ms": times.mean(), "median_ms": np.median(times), "p90_ms": np.percentile(times, 90),
+                "min_ms": times.min(), "max_ms": times.max()}
+    assert {k: result[k] for k in expected} == pytest.approx(expected, abs=1.01e-3)
+
+
+def test_runner_percentiles_are_numpys():
+    """The runner has no numpy on some devices; its own percentile must agree. Times of a
+    tiny model are too alike for the check above to tell two definitions apart."""
+    from pipeline.tflite_runner import _percentile
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 4, 7, 10):
+        times = rng.uniform(5, 50, n)
+        for q in (50, 90):
+            assert _percentile(sorted(times), q) == pytest.approx(np.percentile(times, q)), (n, q)
+
+
 def _own_rss_mb() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
@@ -54,6 +77,7 @@ def test_runner_prints_one_json_line_with_documented_keys(model_path):
     assert DOCUMENTED_KEYS <= set(result)
     assert result["runs"] == 4 and len(result["times_ms"]) == 4 and result["warmup"] == 1
     assert 0 < result["min_ms"] <= result["median_ms"] <= result["p90_ms"] <= result["max_ms"]
+    assert_summary_of_times(result)
     assert result["input_shape"] == [1, 48, 64, 3] and result["output_shape"] == [1, 48, 64, 1]
     assert result["runtime"] == "ai_edge_litert" and result["init_ms"] > 0
     assert result["threads"] == 1 and result["threads_capped"] is False
@@ -124,6 +148,8 @@ def test_benchmark_stage_writes_metrics(tmp_path, model_path):
         assert key in out, key
     assert out["device"].startswith("local:") and out["runs"] == 3 and out["warmup"] == 1
     assert out["threads_requested"] == 64 and out["threads_capped"] is True
+    assert len(out["times_ms"]) == 3
+    assert_summary_of_times(out)
     assert out["runtime_s"] == pytest.approx(out["median_ms"] / 1000.0, rel=1e-6)
     assert "capped from 64" in proc.stdout
 

@@ -1,4 +1,5 @@
-"""tf.data input pipeline: the RAM cache budget, resume-exact augmentation, safe resizing."""
+"""tf.data input pipeline: the RAM cache budget, resume-exact augmentation, safe resizing,
+RGB and depth kept aligned by every augmentation."""
 
 from __future__ import annotations
 
@@ -33,14 +34,14 @@ def pairs(tmp_path):
 def source(pairs, cache_max_mb):
     from pipeline.tfdata import PairSource
 
-    return PairSource(*pairs, cache_max_mb=cache_max_mb, source_size=(H, W))
+    return PairSource(*pairs, cache_max_mb=cache_max_mb, size=(H, W))
 
 
-def train_batches(src, first_epoch, epochs=3, augment=AugmentConfig()):
+def train_batches(src, first_epoch, epochs=3, augment=AugmentConfig(), height=32, width=32):
     from pipeline.tfdata import train_dataset
 
     ds = train_dataset(src, seed=5, first_epoch=first_epoch, epochs=epochs, steps_per_epoch=2, batch_size=2,
-                       height=32, width=32, augment_cfg=augment)
+                       height=height, width=width, augment_cfg=augment)
     return [(rgb.numpy(), depth.numpy()) for rgb, depth in ds]
 
 
@@ -106,6 +107,52 @@ def test_train_and_val_share_one_cache_budget(pairs, budget_mb, train_cached, va
     from pipeline.tfdata import split_sources
 
     rows = [{"rgb": r, "depth": d} for r, d in zip(*pairs)]
-    train, val = split_sources(rows[:4], rows[4:], cache_max_mb=budget_mb, source_size=(H, W))
+    train, val = split_sources(rows[:4], rows[4:], cache_max_mb=budget_mb, size=(H, W))
     assert (train.cached, val.cached) == (train_cached, val_cached)
     assert (train.n, val.n) == (4, 2)
+
+
+# Each source pixel's own coordinates, in both halves of the pair: RGB as smooth ramps
+# (R = 4x, G = 5y; bilinear resampling of a ramp returns the sampled coordinate itself)
+# and depth as 1000 + 100x + y mm (nearest neighbour returns the coordinates of the pixel
+# it picked). Wherever RGB and depth were resampled from the same place, the two agree
+# to half a source pixel; a flip or crop of one half only, or with its own box, does not.
+X_STEP, Y_STEP, DEPTH_MM, MM_PER_X = 4, 5, 1000, 100
+NO_JITTER = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+
+
+@pytest.fixture()
+def coordinate_pairs(tmp_path):
+    y, x = np.mgrid[0:H, 0:W]
+    rgb = np.stack([X_STEP * x, Y_STEP * y, np.full_like(x, 128)], axis=-1).astype(np.uint8)
+    depth_m = (DEPTH_MM + MM_PER_X * x + y) / 1000.0
+    write_rgb_png(tmp_path / "rgb.png", rgb)
+    write_depth_png(tmp_path / "depth.png", depth_m)
+    return [str(tmp_path / "rgb.png")] * N, [str(tmp_path / "depth.png")] * N
+
+
+def source_coordinates(rgb, depth):
+    """(x, y) each output pixel came from: continuous from RGB, integer from depth."""
+    mm = np.rint(depth[..., 0] * 1000.0).astype(int) - DEPTH_MM
+    return (rgb[..., 0] / X_STEP, rgb[..., 1] / Y_STEP), (mm // MM_PER_X, mm % MM_PER_X)
+
+
+@pytest.mark.parametrize("augment, flips, crops", [
+    (AugmentConfig(flip=False, crop_min_scale=0.5, crop_prob=1.0, **NO_JITTER), False, True),
+    (AugmentConfig(flip=True, crop_min_scale=1.0, **NO_JITTER), True, False),
+    (AugmentConfig(flip=True, crop_min_scale=0.5, crop_prob=1.0, **NO_JITTER), True, True),
+], ids=["crop", "flip", "crop+flip"])
+def test_augmentation_keeps_rgb_and_depth_aligned(coordinate_pairs, augment, flips, crops):
+    batches = train_batches(source(coordinate_pairs, cache_max_mb=1), 0, epochs=4, augment=augment,
+                            height=24, width=40)  # non-square, other aspect than the source
+    rgb = np.concatenate([r for r, _ in batches])
+    depth = np.concatenate([d for _, d in batches])
+    (x_rgb, y_rgb), (x_depth, y_depth) = source_coordinates(rgb, depth)
+    apart = max(np.abs(x_rgb - x_depth).max(), np.abs(y_rgb - y_depth).max())
+    assert apart <= 0.51, f"RGB and depth sampled up to {apart:.2f} source pixels apart"
+
+    # The augmentations really happened, so the agreement above means something.
+    flipped = x_depth[:, 0, 0] > x_depth[:, 0, -1]
+    cropped = x_depth.max(axis=(1, 2)) - x_depth.min(axis=(1, 2)) < W - 2
+    assert flipped.any() == flips and (~flipped).any()
+    assert cropped.all() == crops and cropped.any() == crops

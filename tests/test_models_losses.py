@@ -1,5 +1,6 @@
-"""Every architecture trains a step and converts to builtin TFLite ops; losses honour
-the valid-depth mask and are scale-invariant where they claim to be."""
+"""Every architecture trains a step and converts to builtin TFLite ops; the device graph
+computes what training computed; losses honour the valid-depth mask and are
+scale-invariant where they claim to be."""
 
 from __future__ import annotations
 
@@ -111,3 +112,32 @@ def test_loss_weights_combine_terms():
     assert float(combined(gt, pred)) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="positive weight"):
         make_loss(LossConfig(silog_weight=0, grad_weight=0, l1_weight=0, berhu_weight=0))
+
+
+def test_device_graph_computes_what_training_computed():
+    """The 480x640 device model = resize the image like the training pipeline, run the core
+    at its working size, resize the depth back bilinearly; in Keras and in TFLite. On a
+    non-square working size, so swapped height/width or another interpolation shows here
+    and not only as a worse score."""
+    import keras
+
+    from pipeline.synthetic import render_scene
+    from pipeline.tfdata import to_working
+    from pipeline.tflite import run_tflite
+
+    # A small core (RGB 0..255 -> metres at 64x96, strided like the real ones): the
+    # wrapper only reads its input shape, and it converts in a second, not fifteen.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((64, 96, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(keras.layers.Rescaling(1 / 32)(inp))
+    x = keras.layers.UpSampling2D(interpolation="bilinear")(keras.layers.Conv2D(1, 3, padding="same")(x))
+    core = keras.Model(inp, keras.layers.Activation("exponential")(x))
+    rgb, _ = render_scene(3, height=480, width=640)
+    work_rgb, _ = to_working(rgb, np.zeros((480, 640, 1), np.uint16), 64, 96)
+    expected = tf.image.resize(core(work_rgb[None]), (480, 640), method="bilinear").numpy()
+    assert expected.std() > 0.05  # metres: an image-dependent output, so a misplaced pixel shows
+
+    device = wrap_for_device(core, height=480, width=640)
+    image = rgb[None].astype(np.float32)
+    np.testing.assert_allclose(device(image).numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(run_tflite(convert(device, precision="fp32"), image), expected, atol=1e-4)
