@@ -3,7 +3,7 @@
     .venv/bin/python bench/determinism.py [--data ../shared/data/tum_fr1_xyz] [--epochs 3]
 
 In a throw-away copy of the project (params.yaml + presets/tum.yaml, epochs reduced) it
-runs `python -m stages.prepare` once, then `python -m stages.train` four times, each a
+runs `python -m stages.index` and `stages.prepare` once, then `python -m stages.train` four times, each a
 fresh process training from scratch: twice with base.deterministic true, twice with false.
 For each setting it prints the seconds per epoch (epochs after the first, which includes
 graph tracing), the epoch-1 and final losses and val si-RMSE of both runs, and the largest
@@ -38,6 +38,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="determinism."))
     try:
         make_workspace(root, params)
+        run_measured([sys.executable, "-m", "stages.index"], root)
         run_measured([sys.executable, "-m", "stages.prepare"], root)
         t = params["train"]
         print(f"data: {args.data}")

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline.config import load_params  # noqa: E402
-from pipeline.data import split_names, validate_source  # noqa: E402
+from pipeline.data import build_split  # noqa: E402
 
 
 class StepTimer:
@@ -51,11 +51,11 @@ def main() -> None:
 
     params = load_params(presets=[args.preset])
     cfg = params.train
-    source = Path(params.data.source)
-    splits = split_names(validate_source(source).names, params.data.val_fraction)
-    train_names = [n for n, s in splits.items() if s == "train"]
-    pairs = PairSource([str(source / "rgb" / n) for n in train_names], [str(source / "depth" / n) for n in train_names],
-                       cache_max_mb=cfg.cache_max_mb)
+    rows = build_split({name: src.path for name, src in params.data.sources.items()},
+                       val_fraction=params.data.val_fraction)
+    train_rows = [r for r in rows if r["split"] == "train"]
+    pairs = PairSource([r["rgb"] for r in train_rows], [r["depth"] for r in train_rows],
+                       cache_max_mb=cfg.cache_max_mb, aspect=params.data.aspect)
     total = args.warmup + args.steps
     ds = train_dataset(pairs, seed=params.base.seed, first_epoch=0, epochs=1, steps_per_epoch=total,
                        batch_size=cfg.batch_size, height=cfg.height, width=cfg.width, augment_cfg=cfg.augment)

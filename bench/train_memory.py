@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/train_memory.py [--data ../shared/data/tum_fr1_xyz] [--epochs 1]
 
-Runs `python -m stages.prepare` once and then `python -m stages.train` in a throw-away
+Runs `python -m stages.index` and `stages.prepare` once and then `python -m stages.train` in a throw-away
 copy of the project (params.yaml + presets/tum.yaml, epochs reduced), each train run a
 fresh process whose peak RSS is read from outside with os.wait4 (the kernel's maxrss of
 exactly that child). Once with train.cache_max_mb from the params (decoded tensors kept
@@ -96,7 +96,8 @@ def bench_arg_parser(description: str, *, epochs: int) -> argparse.ArgumentParse
 def bench_params(args: argparse.Namespace) -> dict:
     """params.yaml + the preset, on the given data, with the given number of epochs."""
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(Path(args.preset).read_text()))
-    return merge(params, {"data": {"source": str(Path(args.data).resolve())}, "train": {"epochs": args.epochs}})
+    return merge(params, {"data": {"sources": {"data": {"path": str(Path(args.data).resolve())}}},
+                          "train": {"epochs": args.epochs}})
 
 
 def main() -> int:
@@ -108,6 +109,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="train_memory."))
     try:
         make_workspace(root, params)
+        run_measured([sys.executable, "-m", "stages.index"], root)
         run_measured([sys.executable, "-m", "stages.prepare"], root)
         sizes = decoded_mb(root / "data" / "prepared" / "split.csv")
         t = params["train"]

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline.config import load_params  # noqa: E402
-from pipeline.data import read_split, split_names, validate_source, write_split  # noqa: E402
+from pipeline.data import build_split, read_split, write_split  # noqa: E402
 from pipeline.files import read_depth_m, read_rgb  # noqa: E402
 from pipeline.metrics import average_metrics, constant_baseline_si_rmse, image_metrics  # noqa: E402
 
@@ -49,8 +49,7 @@ def run(arch_overrides: dict, args, work: Path) -> dict:
     params = load_params(presets=[args.preset], overrides={"train": arch_overrides})
     split_csv = work / "split.csv"
     if not split_csv.exists():
-        report = validate_source(params.data.source)
-        write_split(split_csv, params.data.source, split_names(report.names, params.data.val_fraction))
+        write_split(split_csv, split_rows(params))
     name = params.train.arch
     start = time.time()
     summary = train(params, split_csv=split_csv, model_out=work / f"{name}.keras", ckpt_dir=work / f"ckpt_{name}",
@@ -83,7 +82,7 @@ def main() -> None:
                 continue
             results.append(run(overrides, args, Path(tmp)))
 
-    print(f"\ndata: {params.data.source}, {len(val)} val images, budget {args.budget_min:g} min per model")
+    print(f"\ndata: {', '.join(s.path for s in params.data.sources.values())}, {len(val)} val images, budget {args.budget_min:g} min per model")
     print(f"constant-prediction baseline si-RMSE (per-image std of ln GT): {baseline:.4f}")
     print(f"{'arch':<20} {'res':>8} {'params':>9} {'epochs':>6} {'min':>5} {'si-RMSE':>8} {'x const':>7} "
           f"{'RMSE m':>7} {'rel':>6} {'d1':>6}")
@@ -93,12 +92,13 @@ def main() -> None:
               f"{r['delta1']:>6.3f}")
 
 
+def split_rows(params) -> list[dict]:
+    return build_split({name: src.path for name, src in params.data.sources.items()}, val=params.data.val,
+                       val_fraction=params.data.val_fraction)
+
+
 def read_split_rows(params):
-    report = validate_source(params.data.source)
-    splits = split_names(report.names, params.data.val_fraction)
-    source = Path(params.data.source)
-    return [{"name": n, "rgb": str(source / "rgb" / n), "depth": str(source / "depth" / n)}
-            for n, s in splits.items() if s == "val"]
+    return [row for row in split_rows(params) if row["split"] == "val"]
 
 
 if __name__ == "__main__":

@@ -61,11 +61,30 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    # A folder in the challenge layout (rgb/ + depth/), relative to the repo root or absolute.
+    # dvc.yaml's `index@NAME` stage hashes it, so changed data reruns what follows.
+    path: str = knob()
+    weight: float = knob(1.0, lo=0.0, lo_open=True)  # 2.0 = its images are drawn twice as often
+
+
+# `data.val`: the last val_fraction of every source (neighbouring frames never straddle the
+# split), or the name of one source held out whole: a scene the model never trains on.
+VAL_BLOCKS = "blocks"
+ASPECTS = ("crop", "stretch")
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    # A folder in the challenge layout (rgb/ + depth/); the default is the embedded set.
-    # It is a path (not a keyword) so that dvc.yaml can hash it as the prepare dependency.
-    source: str = SYNTHETIC_SOURCE
+    # name -> folder; names label the split, the metrics and the MLflow datasets. Add one with
+    # dvc exp run -S '+data.sources.tum.path=../shared/data/tum_fr1_xyz'
+    sources: dict[str, SourceConfig] = field(
+        default_factory=lambda: {"synthetic": SourceConfig(path=SYNTHETIC_SOURCE)})
+    val: str = VAL_BLOCKS
     val_fraction: float = knob(0.2, lo=0.0, hi=0.9, lo_open=True)
+    # Images of another aspect ratio than the device input (4:3): crop their centre to it, as
+    # the challenge's own images look, or stretch them whole. Either way they are then resized.
+    aspect: str = knob("crop", choices=ASPECTS)
     max_images: int = knob(0, lo=0)  # 0 = all; otherwise the first N names (quick runs)
     skip_empty_depth: bool = True
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -103,6 +122,9 @@ class TrainConfig:
     arch: str = knob("mobile_unet", choices=ARCHS)
     encoder: str = knob("mobilenet_v2", choices=("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"))
     encoder_weights: str = knob("none", choices=("none", "imagenet"))
+    # A .keras model of the same architecture whose weights the run starts from (transfer:
+    # pretrain on the synthetic scenes, fine-tune on real data); "" = fresh weights.
+    init_from: str = ""
     width_multiplier: float = knob(0.35, lo=0.1, hi=2.0, lo_open=True)
     decoder_channels: int = knob(32, lo=4)
     height: int = knob(128, lo=32)  # working resolution inside the graph
@@ -129,6 +151,8 @@ class ExportConfig:
     width: int = knob(640, lo=32)
     representative_images: int = knob(16, lo=1)
     parity_images: int = knob(4, lo=1)
+    # Largest si-RMSE increase of TFLite over Keras on the parity images before export fails.
+    max_parity_drop: float = knob(0.01, lo=0.0)
 
 
 @dataclass(frozen=True)
@@ -155,6 +179,7 @@ class PackageConfig:
 @dataclass(frozen=True)
 class TrackConfig:
     experiment: str = "mai-depth"
+    force: bool = False  # log a new run even when one with the same dvc.lock and params exists
 
 
 @dataclass(frozen=True)
@@ -220,6 +245,15 @@ def validate_python(python: str) -> str:
     return python
 
 
+# Keys that were renamed: a params file that still has one gets told how to migrate.
+MOVED_KEYS = {
+    "data.source": ("data.source is now data.sources, a mapping of names to folders: write "
+                    "`sources: {NAME: {path: FOLDER}}` under data:, or dvc exp run "
+                    "-S '~data.sources.synthetic' -S '+data.sources.NAME.path=FOLDER'"),
+}
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+
+
 def _check_value(key: str, value, rule: dict) -> None:
     if rule["choices"] is not None and value not in rule["choices"]:
         raise ConfigError(f"params: {key}={value!r} is not one of {list(rule['choices'])}")
@@ -234,6 +268,14 @@ def _check_value(key: str, value, rule: dict) -> None:
 def _coerce(key: str, value, typ):
     if dataclasses.is_dataclass(typ):
         return _build(typ, value, key)
+    if typing.get_origin(typ) is dict:  # name -> section, e.g. data.sources
+        item_type = typing.get_args(typ)[1]
+        if not isinstance(value, dict) or not value:
+            raise ConfigError(f"params: {key} must be a mapping of names to {{path: ...}}, got {value!r}")
+        for name in value:
+            if not isinstance(name, str) or not SOURCE_NAME.fullmatch(name):
+                raise ConfigError(f"params: {key}.{name} is not a valid name (letters, digits, '_', '-')")
+        return {name: _build(item_type, item, f"{key}.{name}") for name, item in value.items()}
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -263,11 +305,15 @@ def _build(cls, raw, prefix: str):
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        if where in MOVED_KEYS:
+            raise ConfigError(f"params: {MOVED_KEYS[where]}")
         raise ConfigError(f"params: unknown key {where} (known: {', '.join(fields)})")
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name
         if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"params: {key} is missing")
             continue  # defaults fill in; params.yaml lists them all anyway
         value = _coerce(key, raw[name], hints[name])
         rule = f.metadata.get("check")
@@ -316,12 +362,18 @@ def _read_yaml(path: Path):
         raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
 
 
-def merge(base: dict, override: dict) -> dict:
-    """Nested dicts: `override` wins key by key; the inputs are not changed."""
+# Name mappings that a preset replaces whole: a preset that names its sources means those.
+REPLACED_WHOLE = ("data.sources",)
+
+
+def merge(base: dict, override: dict, _prefix: str = "") -> dict:
+    """Nested dicts: `override` wins key by key (REPLACED_WHOLE keys as a whole); the
+    inputs are not changed."""
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+        path = f"{_prefix}{key}"
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and path not in REPLACED_WHOLE:
+            out[key] = merge(out[key], value, f"{path}.")
         else:
             out[key] = value
     return out
@@ -349,6 +401,13 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS, *, presets=(), overrid
     t = params.train
     if t.min_depth >= t.max_depth:
         raise ConfigError(f"params: train.min_depth={t.min_depth} must be < train.max_depth={t.max_depth}")
+    d = params.data
+    if d.val != VAL_BLOCKS:
+        if d.val not in d.sources:
+            raise ConfigError(f"params: data.val={d.val!r} is not {VAL_BLOCKS!r} or one of data.sources "
+                              f"({', '.join(d.sources)})")
+        if len(d.sources) < 2:
+            raise ConfigError(f"params: data.val={d.val!r} holds out the only source; add a source to train on")
     stride = ARCH_STRIDES[t.arch]
     for key, size in (("train.height", t.height), ("train.width", t.width)):
         if size % stride:
@@ -370,6 +429,9 @@ def as_flat_dict(params: Params) -> dict[str, object]:
             key = f"{prefix}{f.name}"
             if dataclasses.is_dataclass(value):
                 walk(value, key + ".")
+            elif isinstance(value, dict):
+                for name, item in value.items():
+                    walk(item, f"{key}.{name}.")
             else:
                 out[key] = value
 
@@ -391,11 +453,25 @@ def _set_args(preset: str) -> str:
     """A preset file as `-S key=value` arguments for `dvc exp run`."""
     raw = _read_yaml(Path(preset)) or {}
     load_params(presets=[preset])  # validate before handing it to DVC
+    base = _read_yaml(Path(DEFAULT_PARAMS)) or {}
     args = []
+    for whole in REPLACED_WHOLE:  # hydra syntax: ~key deletes an entry, +key adds one
+        new, old = _dig(raw, whole), _dig(base, whole) or {}
+        for gone in old if new is not None else ():
+            if gone not in new:
+                args += ["-S", shlex.quote(f"~{whole}.{gone}")]
     for key, value in flatten_overrides(raw).items():
         text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
-        args += ["-S", shlex.quote(f"{key}={text}")]
+        added = any(key.startswith(f"{whole}.") and key.split(".")[2] not in (_dig(base, whole) or {})
+                    for whole in REPLACED_WHOLE)
+        args += ["-S", shlex.quote(f"{'+' if added else ''}{key}={text}")]
     return " ".join(args)
+
+
+def _dig(raw: dict, dotted: str):
+    for part in dotted.split("."):
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
 
 
 if __name__ == "__main__":

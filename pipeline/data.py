@@ -15,6 +15,7 @@ No TensorFlow here: prepare and the validators stay light.
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,12 @@ import numpy as np
 from pipeline.errors import DataError
 from pipeline.files import atomic_path, read_depth_mm, read_rgb
 
-SPLIT_COLUMNS = ("name", "split", "rgb", "depth")
+# One row per usable pair of a source (data/prepared/sources/NAME.csv, the index stage),
+# and per pair of all sources with its split (data/prepared/split.csv, the prepare stage).
+# The digest covers both files' bytes, so changed data changes split.csv and with it
+# every stage downstream, although those list split.csv rather than the source folders.
+INDEX_COLUMNS = ("name", "rgb", "depth", "width", "height", "digest")
+SPLIT_COLUMNS = ("name", "split", "source", "rgb", "depth", "width", "height", "digest")
 # Median valid depth outside this range (mm) suggests the wrong unit or scaling.
 PLAUSIBLE_MEDIAN_MM = (100.0, 20_000.0)
 MAX_ERRORS_SHOWN = 3  # bad files named in the one-line error; the rest are counted
@@ -35,6 +41,7 @@ MAX_ERRORS_SHOWN = 3  # bad files named in the one-line error; the rest are coun
 @dataclass
 class DataReport:
     names: list[str]
+    pairs: list[dict] = field(default_factory=list)  # INDEX_COLUMNS of each usable pair
     skipped_empty: list[str] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -88,8 +95,8 @@ def list_pairs(source: str | os.PathLike) -> tuple[list[str], list[str]]:
     return names, ignored
 
 
-def _check_pair(source: Path, name: str) -> tuple[str, float, float, int]:
-    """Decode one pair fully (catches truncation) -> (name, median mm, invalid share, valid count)."""
+def _check_pair(source: Path, name: str) -> tuple[dict, float, float, int]:
+    """Decode one pair fully (catches truncation) -> (index row, median mm, invalid share, valid count)."""
     rgb_path, depth_path = source / "rgb" / name, source / "depth" / name
     rgb = read_rgb(rgb_path)
     depth = read_depth_mm(depth_path)
@@ -100,7 +107,10 @@ def _check_pair(source: Path, name: str) -> tuple[str, float, float, int]:
         )
     valid = depth[depth > 0]
     median = float(np.median(valid)) if valid.size else float("nan")
-    return name, median, 1.0 - valid.size / depth.size, int(valid.size)
+    digest = hashlib.sha1(rgb_path.read_bytes() + b"\0" + depth_path.read_bytes()).hexdigest()[:16]
+    row = {"name": name, "rgb": str(rgb_path), "depth": str(depth_path),
+           "width": depth.shape[1], "height": depth.shape[0], "digest": digest}
+    return row, median, 1.0 - valid.size / depth.size, int(valid.size)
 
 
 def _check_pair_or_error(source: Path, name: str):
@@ -142,7 +152,8 @@ def validate_source(source: str | os.PathLike, *, max_images: int = 0, skip_empt
             if isinstance(result, DataError):
                 errors.append(result)
                 continue
-            name, median, invalid_share, n_valid = result
+            row, median, invalid_share, n_valid = result
+            name = row["name"]
             if n_valid == 0:
                 if not skip_empty_depth:
                     errors.append(DataError(
@@ -152,6 +163,7 @@ def validate_source(source: str | os.PathLike, *, max_images: int = 0, skip_empt
                     report.skipped_empty.append(name)
                 continue
             report.names.append(name)
+            report.pairs.append(row)
             medians.append(median)
             invalid.append(invalid_share)
     if errors:
@@ -192,14 +204,65 @@ def split_names(names: list[str], val_fraction: float) -> dict[str, str]:
     return {name: ("train" if i < n_train else "val") for i, name in enumerate(names)}
 
 
-def write_split(path: str | os.PathLike, source: str | os.PathLike, splits: dict[str, str]) -> None:
-    source = Path(source)
+def _write_csv(path: str | os.PathLike, columns: tuple[str, ...], rows: list[dict]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(SPLIT_COLUMNS)
-            for name in sorted(splits):
-                writer.writerow([name, splits[name], str(source / "rgb" / name), str(source / "depth" / name)])
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _read_csv(path: Path, columns: tuple[str, ...], missing_hint: str) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != columns:
+                raise DataError(f"{path}: expected columns {','.join(columns)}, found {reader.fieldnames}; "
+                                "rerun `dvc repro`")
+            return list(reader)
+    except FileNotFoundError:
+        raise DataError(f"{path}: {missing_hint}") from None
+
+
+def write_index(path: str | os.PathLike, report: DataReport) -> None:
+    """One source's usable pairs, sorted by name (INDEX_COLUMNS)."""
+    _write_csv(path, INDEX_COLUMNS, sorted(report.pairs, key=lambda r: r["name"]))
+
+
+def read_index(path: str | os.PathLike) -> list[dict[str, str]]:
+    return _read_csv(Path(path), INDEX_COLUMNS, "source index not found (run the index stage: `dvc repro`)")
+
+
+def split_sources_rows(indexes: dict[str, list[dict]], *, val: str, val_fraction: float) -> list[dict]:
+    """Split rows over all sources, in source order then by name.
+
+    val='blocks': the last val_fraction of every source's names is validation; else the
+    source named `val` is validation whole and the others are trained on whole.
+    """
+    rows = []
+    for source, pairs in indexes.items():
+        if val == "blocks":
+            try:
+                splits = split_names([p["name"] for p in pairs], val_fraction)
+            except DataError as err:
+                raise DataError(f"source {source}: {err}") from None  # name the source that is too small
+        else:
+            splits = {p["name"]: "val" if source == val else "train" for p in pairs}
+        rows += [{**p, "source": source, "split": splits[p["name"]]} for p in sorted(pairs, key=lambda p: p["name"])]
+    return rows
+
+
+def build_split(sources: dict[str, str | os.PathLike], *, val: str = "blocks", val_fraction: float = 0.2,
+                max_images: int = 0, skip_empty_depth: bool = True) -> list[dict]:
+    """The index and prepare stages in one call, for scripts outside DVC: name -> folder in,
+    split rows (SPLIT_COLUMNS) out."""
+    indexes = {name: validate_source(path, max_images=max_images, skip_empty_depth=skip_empty_depth).pairs
+               for name, path in sources.items()}
+    return split_sources_rows(indexes, val=val, val_fraction=val_fraction)
+
+
+def write_split(path: str | os.PathLike, rows: list[dict]) -> None:
+    _write_csv(path, SPLIT_COLUMNS, rows)
 
 
 def read_split(path: str | os.PathLike, split: str | None = None) -> list[dict[str, str]]:
@@ -209,14 +272,7 @@ def read_split(path: str | os.PathLike, split: str | None = None) -> list[dict[s
     traceback from deep inside tf.data (train) minutes later.
     """
     path = Path(path)
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            if tuple(reader.fieldnames or ()) != SPLIT_COLUMNS:
-                raise DataError(f"{path}: expected columns {','.join(SPLIT_COLUMNS)}, found {reader.fieldnames}")
-            rows = list(reader)
-    except FileNotFoundError:
-        raise DataError(f"{path}: split file not found (run the prepare stage first)") from None
+    rows = _read_csv(path, SPLIT_COLUMNS, "split file not found (run the prepare stage first)")
     if split is not None:
         rows = [r for r in rows if r["split"] == split]
     missing = [f for r in rows for f in (r["rgb"], r["depth"]) if not os.path.isfile(f)]
@@ -226,3 +282,12 @@ def read_split(path: str | os.PathLike, split: str | None = None) -> list[dict[s
             f"{_some(missing, 3)}); the data changed after prepare: rerun `dvc repro`"
         )
     return rows
+
+
+def aspect_crop_box(height: int, width: int, target_height: int, target_width: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the centred crop of an image to the target's aspect ratio."""
+    if height * target_width > width * target_height:  # too tall
+        h = max(1, round(width * target_height / target_width))
+        return (height - h) // 2, 0, h, width
+    w = max(1, round(height * target_width / target_height))
+    return 0, (width - w) // 2, height, w

@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from pipeline.data import aspect_crop_box
 from pipeline.files import atomic_dir, atomic_path, read_depth_m, read_rgb
 from pipeline.metrics import (
     METRIC_KEYS,
@@ -24,33 +25,51 @@ from pipeline.metrics import (
     image_metrics,
 )
 
-PER_IMAGE_COLUMNS = ("name", "n_valid", *METRIC_KEYS, "baseline_si_rmse")
+PER_IMAGE_COLUMNS = ("source", "name", "n_valid", *METRIC_KEYS, "baseline_si_rmse")
 
 
-def _predict(model, row: Mapping[str, str]):
+def _predict(model, row: Mapping[str, str], aspect: str = "stretch"):
+    """(rgb, gt, prediction) of one split row, scored at the GT's size.
+
+    aspect='crop' scores the centre crop to the model input's aspect ratio, the part of
+    the image that training saw undistorted (pipeline.data.aspect_crop_box)."""
     rgb = read_rgb(row["rgb"])
     gt = read_depth_m(row["depth"])
-    return rgb, gt, model.predict(rgb, out_size=gt.shape)  # scored at the GT's size
+    if aspect == "crop":
+        top, left, h, w = aspect_crop_box(*gt.shape, *model.input_size)
+        rgb, gt = rgb[top:top + h, left:left + w], gt[top:top + h, left:left + w]
+    return rgb, gt, model.predict(rgb, out_size=gt.shape)
 
 
-def evaluate_model(model, rows: Sequence[Mapping[str, str]], *,
-                   progress: Callable[[int, int], None] | None = None) -> tuple[dict, list[dict]]:
-    """(summary, per-image rows) over `rows` (split.csv dicts with name, rgb, depth).
-
-    summary = average_metrics(...) (METRIC_KEYS, n_images, n_skipped) plus
-    baseline_si_rmse: the mean si-RMSE a constant prediction would score on the same
-    images, the floor any useful model must beat.
-    """
-    per_image: list[dict] = []
-    for i, row in enumerate(rows, 1):
-        _, gt, pred = _predict(model, row)
-        m = image_metrics(pred=pred, gt=gt)
-        per_image.append({"name": row["name"], **m, "baseline_si_rmse": constant_baseline_si_rmse(gt)})
-        if progress:
-            progress(i, len(rows))
+def _summarize(per_image: Sequence[Mapping]) -> dict:
+    """average_metrics plus the constant prediction's si-RMSE and the model's ratio to it."""
     summary = average_metrics(per_image)
     baselines = [r["baseline_si_rmse"] for r in per_image if r["n_valid"] > 0]
     summary["baseline_si_rmse"] = float(np.mean(baselines)) if baselines else math.nan
+    summary["ratio_to_constant"] = summary["si_rmse"] / summary["baseline_si_rmse"] if baselines else math.nan
+    return summary
+
+
+def evaluate_model(model, rows: Sequence[Mapping[str, str]], *, aspect: str = "stretch",
+                   progress: Callable[[int, int], None] | None = None) -> tuple[dict, list[dict]]:
+    """(summary, per-image rows) over `rows` (split.csv dicts with source, name, rgb, depth).
+
+    summary = average_metrics(...) (METRIC_KEYS, n_images, n_skipped) plus
+    baseline_si_rmse, the mean si-RMSE a constant prediction scores on the same images
+    (the floor any useful model must beat), ratio_to_constant, and the same per source
+    under `sources`: a model can beat a constant on one scene and lose on another.
+    """
+    per_image: list[dict] = []
+    for i, row in enumerate(rows, 1):
+        _, gt, pred = _predict(model, row, aspect)
+        m = image_metrics(pred=pred, gt=gt)
+        per_image.append({"source": row.get("source", ""), "name": row["name"], **m,
+                          "baseline_si_rmse": constant_baseline_si_rmse(gt)})
+        if progress:
+            progress(i, len(rows))
+    summary = _summarize(per_image)
+    sources = dict.fromkeys(r["source"] for r in per_image)
+    summary["sources"] = {s: _summarize([r for r in per_image if r["source"] == s]) for s in sources}
     return summary, per_image
 
 
@@ -80,7 +99,7 @@ def worst_and_best(per_image: Sequence[Mapping], n: int) -> tuple[list[Mapping],
 
 
 def write_panels(folder: str | os.PathLike, model, rows: Sequence[Mapping[str, str]],
-                 per_image: Sequence[Mapping], n: int) -> list[Path]:
+                 per_image: Sequence[Mapping], n: int, aspect: str = "stretch") -> list[Path]:
     """Panels of the n worst and n best images as worst_<k>_<name>.png / best_<k>_<name>.png.
 
     Predictions are recomputed for these few images rather than all kept in memory.
@@ -88,15 +107,16 @@ def write_panels(folder: str | os.PathLike, model, rows: Sequence[Mapping[str, s
     """
     from pipeline.visualize import save_panel
 
-    by_name = {r["name"]: r for r in rows}
+    by_key = {(r.get("source", ""), r["name"]): r for r in rows}
     worst, best = worst_and_best(per_image, n)
     written = []
     with atomic_dir(folder) as tmp:
         for label, picks in (("worst", worst), ("best", best)):
             for k, m in enumerate(picks, 1):
-                rgb, gt, pred = _predict(model, by_name[m["name"]])
-                out = Path(tmp) / f"{label}_{k}_{Path(m['name']).stem}.png"
-                title = (f"{label} {k}: {m['name']}   si-RMSE {m['si_rmse']:.3f} "
+                rgb, gt, pred = _predict(model, by_key[m["source"], m["name"]], aspect)
+                prefix = f"{m['source']}_" if m["source"] else ""
+                out = Path(tmp) / f"{label}_{k}_{prefix}{Path(m['name']).stem}.png"
+                title = (f"{label} {k}: {prefix}{m['name']}   si-RMSE {m['si_rmse']:.3f} "
                          f"(constant {m['baseline_si_rmse']:.3f})   RMSE {m['rmse']:.2f} m   "
                          f"delta1 {m['delta1']:.2f}")
                 save_panel(out, rgb=rgb, gt=gt, pred=pred, title=title)

@@ -7,12 +7,13 @@ metrics/*.json artifacts), so the sheet describes what ran, not what params.yaml
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import tempfile
 from pathlib import Path
 
-from pipeline.config import Params, as_flat_dict
+from pipeline.config import SYNTHETIC_SOURCE, Params, SourceConfig, as_flat_dict
 from pipeline.errors import ReportError
 from pipeline.report import require_store
 from pipeline.tracking import mlflow_errors
@@ -52,9 +53,19 @@ def load_run(*, tracking_uri: str, experiment: str, run_id: str | None = None):
 
 
 def reproduce_overrides(run_params: dict[str, str]) -> list[str]:
-    """`-S key=value` for every logged param that differs from the code defaults (= params.yaml)."""
+    """`dvc exp run -S` arguments that turn the code defaults (= params.yaml) into the run's
+    params: `key=value` for a changed value, `~data.sources.NAME` for a default source the
+    run did not use and `+data.sources.NAME.path=...` for one it added (DVC's hydra syntax)."""
     defaults = {k: str(v) for k, v in as_flat_dict(Params()).items()}
-    return [f"{key}={run_params[key]}" for key in defaults if key in run_params and run_params[key] != defaults[key]]
+    source_defaults = {f.name: str(f.default) for f in dataclasses.fields(SourceConfig)
+                       if f.default is not dataclasses.MISSING}
+    dropped = dict.fromkeys(k.split(".")[2] for k in defaults if k.startswith("data.sources.") and k not in run_params)
+    args = [f"~data.sources.{name}" for name in dropped]
+    args += [f"{key}={run_params[key]}" for key in defaults if key in run_params and run_params[key] != defaults[key]]
+    for key in sorted(set(run_params) - set(defaults)):
+        if key.startswith("data.sources.") and source_defaults.get(key.split(".")[-1]) != run_params[key]:
+            args.append(f"+{key}={run_params[key]}")
+    return args
 
 
 def _fmt(value, spec: str = "", unit: str = "") -> str:
@@ -84,8 +95,13 @@ def render(run, stages: dict[str, dict]) -> str:
     jitter = [k for k in ("brightness", "contrast", "saturation", "hue") if float(p.get(f"train.augment.{k}", 0) or 0) > 0]
     if jitter:
         augment.append("colour jitter (" + ", ".join(f"{k} {p[f'train.augment.{k}']}" for k in jitter) + ")")
-    source = p.get("data.source", "?")
-    data_line = f"`{source}`" + (f": {SYNTHETIC_NOTE}" if source == "data/synthetic" else "")
+    sources = sorted({k.split(".")[2] for k in p if k.startswith("data.sources.")})
+    data_line = "; ".join(
+        f"{name} `{p.get(f'data.sources.{name}.path')}` (weight {p.get(f'data.sources.{name}.weight')})"
+        + (f": {SYNTHETIC_NOTE}" if p.get(f"data.sources.{name}.path") == SYNTHETIC_SOURCE else "")
+        for name in sources) or "n/a"
+    validation = ("the last " + f"{float(p.get('data.val_fraction', 0)):.0%} of every source"
+                  if p.get("data.val", "blocks") == "blocks" else f"source {p.get('data.val')} held out whole")
     par = export.get("parity", {})
     baseline = ev.get("baseline_si_rmse")
     ratio = f" ({ev['si_rmse'] / baseline:.2f}x the constant prediction's {baseline:.4f})" if ev.get("si_rmse") and baseline else ""
@@ -116,8 +132,9 @@ def render(run, stages: dict[str, dict]) -> str:
         f"seed {p.get('base.seed')}, deterministic {p.get('base.deterministic')}",
         "",
         "## Data",
-        f"- Source: {data_line}",
-        f"- {_fmt(prep.get('train_images'))} train / {_fmt(prep.get('val_images'))} validation images",
+        f"- Sources: {data_line}",
+        f"- {_fmt(prep.get('train_images'))} train / {_fmt(prep.get('val_images'))} validation images; "
+        f"validation: {validation}; other aspect ratios: {p.get('data.aspect', 'stretch')} to 4:3",
         f"- Extra data: {p.get('package.extra_data', '0')}",
         "",
         "## Export and runtime",

@@ -205,22 +205,36 @@ def list_input_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def named_inputs(input_files: Iterable[str | os.PathLike] | Mapping[str, str | os.PathLike]
+                 ) -> tuple[dict[str, Path], list[Path]]:
+    """({output PNG name: input path}, inputs left out because another had their file
+    name): a mapping as given, or every path under its own file name."""
+    if isinstance(input_files, Mapping):
+        return {name: Path(path) for name, path in input_files.items()}, []
+    named: dict[str, Path] = {}
+    clashes = []
+    for path in map(Path, input_files):
+        if path.name in named:
+            clashes.append(path)
+        else:
+            named[path.name] = path
+    return named, clashes
+
+
 def _input_sizes(inputs_dir, input_files) -> tuple[dict[str, tuple[int, int]], list[str]]:
-    """{input file name: (height, width)} read from the PNG headers only (no decoding)."""
-    problems: list[str] = []
+    """{output file name: (height, width)} read from the PNG headers only (no decoding)."""
     if input_files is None:
         try:
             input_files = list_input_images(inputs_dir)
         except DataError as err:
             return {}, [str(err)]
+    named, clashes = named_inputs(input_files)
+    problems = [f"input {path}: two inputs share the file name {path.name}" for path in clashes]
     sizes: dict[str, tuple[int, int]] = {}
-    for path in map(Path, input_files):
-        if path.name in sizes:
-            problems.append(f"input {path}: two inputs share the file name {path.name}")
-            continue
+    for name, path in named.items():
         try:
             with Image.open(path) as img:
-                sizes[path.name] = (img.height, img.width)
+                sizes[name] = (img.height, img.width)
         except Exception as err:
             problems.append(f"input {path}: cannot read image size ({err})")
     return sizes, problems
@@ -283,16 +297,18 @@ def _model_problems(data: bytes) -> list[str]:
 
 
 def validate_submission(zip_path: str | os.PathLike, inputs_dir: str | os.PathLike | None = None, *,
-                        input_files: Iterable[str | os.PathLike] | None = None) -> list[str]:
+                        input_files: Iterable[str | os.PathLike] | Mapping[str, str | os.PathLike] | None = None
+                        ) -> list[str]:
     """Every problem found in the ZIP, one string each; [] means valid.
 
     Expected outputs are the PNGs in `inputs_dir`, or exactly `input_files` when given
-    (e.g. the val split's RGB files, which share a folder with the train images).
+    (e.g. the val split's RGB files, which share a folder with the train images; a
+    mapping gives each output's name).
     """
     zip_path = Path(zip_path)
     if (inputs_dir is None) == (input_files is None):
         raise ValueError("give exactly one of inputs_dir or input_files")
-    sizes, problems = _input_sizes(inputs_dir, None if input_files is None else list(input_files))
+    sizes, problems = _input_sizes(inputs_dir, input_files)
     if not zip_path.is_file():
         return problems + ["file not found"]
     try:
@@ -403,7 +419,7 @@ def describe_run(params, benchmark: Mapping | None = None, *, extra: str = "") -
 
 
 def package_submission(zip_path: str | os.PathLike, *, model_path: str | os.PathLike,
-                       input_files: Iterable[str | os.PathLike], readme: Mapping,
+                       input_files: Iterable[str | os.PathLike] | Mapping[str, str | os.PathLike], readme: Mapping,
                        num_threads: int | None = None,
                        progress: Callable[[int, int], None] | None = None) -> int:
     """Predict every input with the TFLite model, write the ZIP, validate it, then publish.
@@ -414,24 +430,23 @@ def package_submission(zip_path: str | os.PathLike, *, model_path: str | os.Path
     from pipeline.files import read_rgb
     from pipeline.predict import TFLiteDepthModel
 
-    input_files = [Path(p) for p in input_files]
-    if not input_files:
+    named, clashes = named_inputs(input_files)
+    if not named:
         raise DataError("package: no input images")
-    names = [p.name for p in input_files]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
+    if clashes:
+        dupes = sorted({p.name for p in clashes})
         raise DataError(f"package: inputs share file names ({', '.join(dupes[:5])}); outputs would collide")
     model = TFLiteDepthModel(model_path, num_threads=num_threads)
 
     def predictions():
-        for i, path in enumerate(input_files, 1):
-            yield path.name, model.predict(read_rgb(path))
+        for i, (name, path) in enumerate(named.items(), 1):
+            yield name, model.predict(read_rgb(path))
             if progress:
-                progress(i, len(input_files))
+                progress(i, len(named))
 
     with atomic_path(zip_path, suffix=".zip.tmp") as tmp:
         count = _write_zip(tmp, predictions=predictions(), model_path=model_path, readme=readme)
-        problems = validate_submission(tmp, input_files=input_files)
+        problems = validate_submission(tmp, input_files=named)
         if problems:
             raise DataError(f"{zip_path}: invalid submission: " + "; ".join(problems))
     return count

@@ -29,6 +29,35 @@ def decode_pair(rgb_path, depth_path):
     return rgb, depth
 
 
+def to_geometry(rgb, depth, size: tuple[int, int], aspect: str):
+    """One decoded pair at the device input's geometry (480x640 for the challenge), still
+    uint8/uint16: centre-cropped to its aspect ratio (aspect='crop', as
+    pipeline.data.aspect_crop_box) or not ('stretch'), then resized (bilinear RGB, nearest
+    depth so 0 = invalid never blends). A pair already at that size passes unchanged, so
+    sources of any size, even mixed, batch and cache alike."""
+    height, width = size
+
+    def convert():
+        r, d = rgb, depth
+        if aspect == "crop":
+            h, w = tf.shape(rgb)[0], tf.shape(rgb)[1]
+            too_tall = h * width > w * height
+            crop_h = tf.where(too_tall, tf.maximum(1, _round_int(tf.cast(w, tf.float64) * height / width)), h)
+            crop_w = tf.where(too_tall, w, tf.maximum(1, _round_int(tf.cast(h, tf.float64) * width / height)))
+            top, left = (h - crop_h) // 2, (w - crop_w) // 2
+            r = tf.image.crop_to_bounding_box(r, top, left, crop_h, crop_w)
+            d = tf.image.crop_to_bounding_box(d, top, left, crop_h, crop_w)
+        r = tf.saturate_cast(tf.round(tf.image.resize(r, size, method="bilinear")), tf.uint8)
+        return r, tf.image.resize(d, size, method="nearest")
+
+    same = tf.logical_and(tf.shape(rgb)[0] == height, tf.shape(rgb)[1] == width)
+    return tf.cond(same, lambda: (rgb, depth), convert)
+
+
+def _round_int(x):
+    return tf.cast(tf.round(x), tf.int32)  # half to even, like Python's round()
+
+
 def to_working(rgb, depth, height: int, width: int):
     """uint8/uint16 source tensors -> float32 RGB 0..255 and depth metres at working size.
 
@@ -81,40 +110,54 @@ def cache_bytes(rgb_paths: list[str], height: int = 480, width: int = 640) -> in
 
 
 class PairSource:
-    """Random access to decoded pairs: held in RAM when they fit the cache budget,
-    else decoded from disk on every access (parallel map), so RAM stays bounded."""
+    """Random access to decoded pairs at the device geometry (`to_geometry`): held in RAM
+    when they fit the cache budget, else decoded from disk on every access (parallel
+    map), so RAM stays bounded."""
 
-    def __init__(self, rgb_paths, depth_paths, *, cache_max_mb: float, source_size=(480, 640)):
+    def __init__(self, rgb_paths, depth_paths, *, cache_max_mb: float, size=(480, 640), aspect: str = "crop",
+                 weights=None):
         self.rgb_paths = tf.constant(list(rgb_paths))
         self.depth_paths = tf.constant(list(depth_paths))
         self.n = len(rgb_paths)
-        self.cached = cache_bytes(list(rgb_paths), *source_size) <= cache_max_mb * 2**20
+        self.size, self.aspect = tuple(size), aspect
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        self.cached = cache_bytes(list(rgb_paths), *self.size) <= cache_max_mb * 2**20
         if self.cached:
             ds = tf.data.Dataset.from_tensor_slices((self.rgb_paths, self.depth_paths))
-            ds = ds.map(decode_pair, num_parallel_calls=AUTOTUNE, deterministic=True).batch(self.n)
+            ds = ds.map(self._decode, num_parallel_calls=AUTOTUNE, deterministic=True).batch(self.n)
             self.rgb_all, self.depth_all = next(iter(ds))
+
+    def _decode(self, rgb_path, depth_path):
+        return to_geometry(*decode_pair(rgb_path, depth_path), self.size, self.aspect)
 
     def get(self, index):
         if self.cached:
             return tf.gather(self.rgb_all, index), tf.gather(self.depth_all, index)
-        return decode_pair(tf.gather(self.rgb_paths, index), tf.gather(self.depth_paths, index))
+        return self._decode(tf.gather(self.rgb_paths, index), tf.gather(self.depth_paths, index))
 
 
-def split_sources(train_rows: list[dict], val_rows: list[dict], *, cache_max_mb: float,
-                  source_size=(480, 640)) -> tuple[PairSource, PairSource]:
+def split_sources(train_rows: list[dict], val_rows: list[dict], *, cache_max_mb: float, size=(480, 640),
+                  aspect: str = "crop", source_weights: dict[str, float] | None = None) -> tuple[PairSource, PairSource]:
     """Train and val sources sharing one RAM budget: train first (read every step), val
-    only in what is left, so the two together never hold more than cache_max_mb."""
+    only in what is left, so the two together never hold more than cache_max_mb.
+    source_weights (data.sources NAME -> weight) sets how often each train image is drawn."""
+    weights = None
+    if source_weights and len({source_weights[r["source"]] for r in train_rows}) > 1:
+        weights = [source_weights[r["source"]] for r in train_rows]
     train = PairSource([r["rgb"] for r in train_rows], [r["depth"] for r in train_rows],
-                       cache_max_mb=cache_max_mb, source_size=source_size)
-    used_mb = cache_bytes([r["rgb"] for r in train_rows], *source_size) / 2**20 if train.cached else 0.0
+                       cache_max_mb=cache_max_mb, size=size, aspect=aspect, weights=weights)
+    used_mb = cache_bytes([r["rgb"] for r in train_rows], *size) / 2**20 if train.cached else 0.0
     val = PairSource([r["rgb"] for r in val_rows], [r["depth"] for r in val_rows],
-                     cache_max_mb=cache_max_mb - used_mb, source_size=source_size)
+                     cache_max_mb=cache_max_mb - used_mb, size=size, aspect=aspect)
     return train, val
 
 
-def epoch_order(n: int, *, seed: int, epoch: int, count: int) -> np.ndarray:
-    """`count` indices for one epoch: concatenated permutations seeded by (seed, epoch)."""
+def epoch_order(n: int, *, seed: int, epoch: int, count: int, weights=None) -> np.ndarray:
+    """`count` indices for one epoch, seeded by (seed, epoch): concatenated permutations,
+    or with per-image `weights` a draw in which an image of weight 2 comes twice as often."""
     rng = np.random.default_rng([seed, epoch])
+    if weights is not None:
+        return rng.choice(n, size=count, p=np.asarray(weights) / np.sum(weights))
     reps = math.ceil(count / n)
     return np.concatenate([rng.permutation(n) for _ in range(reps)])[:count]
 
@@ -125,7 +168,7 @@ def train_dataset(source: PairSource, *, seed: int, first_epoch: int, epochs: in
     per_epoch = steps_per_epoch * batch_size
     indices, epoch_ids, positions = [], [], []
     for epoch in range(first_epoch, epochs):
-        indices.append(epoch_order(source.n, seed=seed, epoch=epoch, count=per_epoch))
+        indices.append(epoch_order(source.n, seed=seed, epoch=epoch, count=per_epoch, weights=source.weights))
         epoch_ids.append(np.full(per_epoch, epoch))
         positions.append(np.arange(per_epoch))
     ds = tf.data.Dataset.from_tensor_slices(

@@ -24,9 +24,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
-from pipeline.config import Params, params_hash
+from pipeline.config import VAL_BLOCKS, Params, params_hash
 from pipeline.data import read_split
 from pipeline.errors import DataError
 from pipeline.files import atomic_path, read_depth_mm, read_rgb, write_json
@@ -86,12 +85,16 @@ class ValidationMetrics(keras.callbacks.Callback):
 
 
 class TrainingState(keras.callbacks.Callback):
-    """Per-epoch checkpoint of everything needed to resume, plus best-weight selection."""
+    """Per-epoch checkpoint of everything needed to resume, plus best-weight selection.
 
-    def __init__(self, ckpt_dir: Path, history_csv: Path, state: dict, fingerprint: str):
+    select_best=False keeps the last epoch instead: when the validation data is a source
+    held out to tell how the model does on an unseen scene, choosing the epoch on it
+    would flatter the very figure it reports."""
+
+    def __init__(self, ckpt_dir: Path, history_csv: Path, state: dict, fingerprint: str, select_best: bool = True):
         super().__init__()
         self.ckpt_dir, self.history_csv = ckpt_dir, history_csv
-        self.state, self.fingerprint = state, fingerprint
+        self.state, self.fingerprint, self.select_best = state, fingerprint, select_best
         self.epoch_start = time.time()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -105,7 +108,7 @@ class TrainingState(keras.callbacks.Callback):
         # NaN (no valid val pixel at working size) never wins, but the first epoch is always
         # kept so that a best checkpoint exists.
         score = logs[MONITOR] if math.isfinite(logs[MONITOR]) else math.inf
-        if "best_epoch" not in self.state or score < self.state["best"]:
+        if "best_epoch" not in self.state or score < self.state["best"] or not self.select_best:
             self.state.update(best=score, best_epoch=epoch + 1)
             self._save_weights("best.weights.h5")
         self._save_weights("last.weights.h5")
@@ -169,24 +172,20 @@ def write_history(path: Path, rows: list[dict]) -> None:
             writer.writerows(rows)
 
 
-def _image_size(path: str) -> tuple[int, int]:
-    try:
-        with Image.open(path) as img:
-            return img.size[1], img.size[0]
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read image ({err})") from None
-
-
 def resume_fingerprint(params: Params, split_csv: str | os.PathLike, code_files: list[Path]) -> str:
     """What a checkpoint must match to be resumed.
 
-    The base/train params, the split, the bytes of the training code, and the size and
-    modification time of every listed image (cheap, and any rewrite of the data changes
-    it). If any of them changed, resuming would mix two different runs, or would hand back
+    The base/train params (and the data geometry and weights), the split, the bytes of
+    the training code, and the size and modification time of every listed image (cheap,
+    and any rewrite of the data changes it). If any of them changed, resuming would mix two different runs, or would hand back
     the finished model of the old code, so training starts over instead.
     """
     rows = read_split(split_csv)  # first: a missing split or image is a one-line error
-    digest = hashlib.sha256(params_hash(params, ("base", "train")).encode())
+    geometry = [params.data.aspect, params.export.height, params.export.width,
+                sorted((name, src.weight) for name, src in params.data.sources.items())]
+    digest = hashlib.sha256((params_hash(params, ("base", "train")) + json.dumps(geometry)).encode())
+    if params.train.init_from and Path(params.train.init_from).is_file():  # the starting weights' bytes
+        digest.update(Path(params.train.init_from).read_bytes())
     digest.update(Path(split_csv).read_bytes())
     for path in code_files:
         digest.update(f"\0{path}\0".encode() + Path(path).read_bytes())
@@ -213,6 +212,27 @@ def _cache_mode(train_cached: bool, val_cached: bool) -> str:
     if train_cached and val_cached:
         return "in RAM"
     return "train in RAM, val decoded per epoch" if train_cached else "off (decode per epoch)"
+
+
+def init_weights(model, path: str | os.PathLike) -> None:
+    """Copy the weights of the saved model at `path` into `model`; the two must have the
+    same architecture (same weight shapes in the same order), else a one-line DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: train.init_from model not found")
+    try:
+        source = keras.saving.load_model(path, compile=False)
+    except Exception as err:  # keras raises many types for a bad archive
+        raise DataError(f"{path}: cannot load Keras model ({str(err).splitlines()[0][:200]})") from None
+    want = [tuple(w.shape) for w in model.weights]
+    have = [tuple(w.shape) for w in source.weights]
+    if want != have:
+        first = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
+        detail = (f"weight {first} is {have[first] if first < len(have) else 'missing'}, "
+                  f"expected {want[first] if first < len(want) else 'none'}")
+        raise DataError(f"{path}: train.init_from is a different architecture than train ({source.name}, "
+                        f"{len(have)} weights vs {model.name}, {len(want)}; {detail})")
+    model.set_weights(source.get_weights())
 
 
 def describe_hardware() -> str:
@@ -263,8 +283,10 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
     train_rows, val_rows = read_split(split_csv, "train"), read_split(split_csv, "val")
     if not train_rows or not val_rows:
         raise DataError(f"{split_csv}: needs both train and val rows (train={len(train_rows)}, val={len(val_rows)})")
-    source_size = _image_size(train_rows[0]["rgb"])
-    train_src, val_src = split_sources(train_rows, val_rows, cache_max_mb=cfg.cache_max_mb, source_size=source_size)
+    # Every pair is first brought to the device input's geometry (any source size, even mixed).
+    train_src, val_src = split_sources(
+        train_rows, val_rows, cache_max_mb=cfg.cache_max_mb, size=(params.export.height, params.export.width),
+        aspect=params.data.aspect, source_weights={n: s.weight for n, s in params.data.sources.items()})
     strategy = make_strategy(cfg.strategy)
     replicas = strategy.num_replicas_in_sync
     # train.batch_size is per replica; the global batch and the learning rate grow with the
@@ -280,6 +302,9 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
     warmup = min(int(cfg.warmup_epochs * steps), total_steps - 1)
     with strategy.scope():
         model = build_model(cfg)
+        if cfg.init_from and not start:
+            init_weights(model, cfg.init_from)
+            log(f"train: starting from the weights of {cfg.init_from}")
         schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=learning_rate * 0.01 if warmup else learning_rate,
             decay_steps=max(total_steps - warmup, 1), alpha=cfg.min_lr_ratio,
@@ -306,7 +331,8 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
                                  steps_per_epoch=steps, batch_size=batch, height=cfg.height,
                                  width=cfg.width, augment_cfg=cfg.augment)
         history_out = history_csv if is_chief() else state_dir / "history.csv"
-        callbacks = [ValidationMetrics(val_ds, loss_fn), TrainingState(state_dir, history_out, state, fingerprint)]
+        callbacks = [ValidationMetrics(val_ds, loss_fn), TrainingState(state_dir, history_out, state, fingerprint,
+                                                                     select_best=params.data.val == VAL_BLOCKS)]
         if time_budget_s:
             callbacks.append(TimeBudget(time_budget_s, log))
         model.fit(train_ds, epochs=cfg.epochs, initial_epoch=start,

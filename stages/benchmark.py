@@ -15,9 +15,9 @@ from pipeline import remote, timing
 from pipeline.cli import run_stage, stage_parser
 from pipeline.config import load_params
 from pipeline.files import write_json
+from pipeline.paths import TFLITE_MODEL, metrics_json
 
-MODEL = "models/model.tflite"
-METRICS = "metrics/benchmark.json"
+METRICS = metrics_json("benchmark")
 KEYS = ("threads_requested", "threads", "threads_capped", "init_ms", "first_run_ms", "mean_ms",
         "median_ms", "p90_ms", "min_ms", "max_ms", "times_ms", "peak_rss_mb", "baseline_rss_mb",
         "model_rss_mb", "runs", "warmup", "runtime", "runtime_version", "delegate",
@@ -30,15 +30,15 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     cfg = params.benchmark  # load_params has checked that device is local or ssh://...
     if remote.is_remote(cfg.device):
-        result = remote.time_remote(cfg.device, MODEL, python=cfg.ssh_python, threads=cfg.threads,
+        result = remote.time_remote(cfg.device, TFLITE_MODEL, python=cfg.ssh_python, threads=cfg.threads,
                                     warmup=cfg.warmup, runs=cfg.runs, **remote.ssh_settings_from_env())
         device = result["device"]
     else:
-        result = timing.time_local(MODEL, threads=cfg.threads, warmup=cfg.warmup, runs=cfg.runs)
+        result = timing.time_local(TFLITE_MODEL, threads=cfg.threads, warmup=cfg.warmup, runs=cfg.runs)
         device = f"local:{platform.node()} {platform.machine()}"
     if not result.get("output_finite", True):
-        print(f"warning: {MODEL} produced non-finite outputs on random input", file=sys.stderr)
-    out = {"device": device, "model": MODEL, **{k: result.get(k) for k in KEYS},
+        print(f"warning: {TFLITE_MODEL} produced non-finite outputs on random input", file=sys.stderr)
+    out = {"device": device, "model": TFLITE_MODEL, **{k: result.get(k) for k in KEYS},
            "runtime_s": round(result["median_ms"] / 1000.0, 6)}
     write_json(METRICS, out)
     capped = f" (capped from {cfg.threads})" if out["threads_capped"] else ""

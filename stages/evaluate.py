@@ -1,4 +1,4 @@
-"""Stage evaluate: official MAI metrics of models/model.tflite on the val split.
+"""Stage evaluate: official MAI metrics of models/model.tflite on the val split, per source.
 
 The submitted artifact (the TFLite model, resizing inside its graph) is what gets
 scored, not the Keras model: conversion or quantization errors show up here.
@@ -18,14 +18,10 @@ from pipeline.errors import DataError
 from pipeline.evaluation import add_score, evaluate_model, write_panels, write_per_image_csv
 from pipeline.files import read_json, write_json
 from pipeline.metrics import BENCHMARK_RUNTIME_KEY, runtime_s_from_benchmark
+from pipeline.paths import PANELS_DIR, PER_IMAGE_CSV, SPLIT_CSV, TFLITE_MODEL, metrics_json
 from pipeline.predict import TFLiteDepthModel
 
-SPLIT_CSV = "data/prepared/split.csv"
-MODEL = "models/model.tflite"
-BENCHMARK_JSON = "metrics/benchmark.json"
-OUT_JSON = "metrics/evaluate.json"
-PER_IMAGE_CSV = "reports/eval_per_image.csv"
-PANELS_DIR = "reports/eval_panels"
+BENCHMARK_JSON, METRICS = metrics_json("benchmark"), metrics_json("evaluate")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,10 +30,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = read_split(SPLIT_CSV, "val")
     if not rows:
         raise DataError(f"{SPLIT_CSV}: no val rows to evaluate")
-    model = TFLiteDepthModel(MODEL, num_threads=len(os.sched_getaffinity(0)))
-    print(f"evaluate: {MODEL} (input {model.input_size[0]}x{model.input_size[1]}) "
+    model = TFLiteDepthModel(TFLITE_MODEL, num_threads=len(os.sched_getaffinity(0)))
+    print(f"evaluate: {TFLITE_MODEL} (input {model.input_size[0]}x{model.input_size[1]}) "
           f"on {len(rows)} val images", flush=True)
-    summary, per_image = evaluate_model(model, rows, progress=Progress("evaluate: image"))
+    aspect = params.data.aspect
+    summary, per_image = evaluate_model(model, rows, aspect=aspect, progress=Progress("evaluate: image"))
     if summary["n_images"] == 0:
         raise DataError(f"{SPLIT_CSV}: none of the {len(rows)} val images has valid depth")
 
@@ -51,8 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     summary = add_score(summary, runtime_s)
 
     write_per_image_csv(PER_IMAGE_CSV, per_image)
-    panels = write_panels(PANELS_DIR, model, rows, per_image, params.evaluate.panels)
-    write_json(OUT_JSON, summary)
+    panels = write_panels(PANELS_DIR, model, rows, per_image, params.evaluate.panels, aspect)
+    write_json(METRICS, summary)
 
     if summary["n_skipped"]:
         print(f"warning: {summary['n_skipped']} val image(s) without valid depth were skipped", file=sys.stderr)
@@ -62,7 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     if "score" in summary:
         line += f"  score {summary['score']:.4g} at {summary['runtime_s'] * 1000:.1f} ms"
     print(line)
-    print(f"wrote {OUT_JSON}, {PER_IMAGE_CSV}, {len(panels)} panels in {PANELS_DIR}/")
+    for name, src in summary["sources"].items():  # does it beat a constant on every scene?
+        print(f"  {name}: si-RMSE {src['si_rmse']:.4f} vs constant {src['baseline_si_rmse']:.4f} "
+              f"(ratio {src['ratio_to_constant']:.2f}) over {src['n_images']} images")
+    print(f"wrote {METRICS}, {PER_IMAGE_CSV}, {len(panels)} panels in {PANELS_DIR}/")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,9 @@ from pipeline.cli import run_stage, stage_parser
 from pipeline.config import load_params
 from pipeline.export import export_file, write_tflite
 from pipeline.files import write_json
+from pipeline.paths import KERAS_MODEL, SPLIT_CSV, TFLITE_MODEL, metrics_json
 
-SPLIT_CSV = "data/prepared/split.csv"
-KERAS_MODEL = "models/model.keras"
-TFLITE_MODEL = "models/model.tflite"
-METRICS = "metrics/export.json"
+METRICS = metrics_json("export")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pipeline.cli import Progress, run_stage, stage_parser
 from pipeline.config import load_params
@@ -16,12 +17,10 @@ from pipeline.data import read_split
 from pipeline.errors import DataError
 from pipeline.files import read_json
 from pipeline.metrics import BENCHMARK_RUNTIME_KEY, runtime_s_from_benchmark
+from pipeline.paths import SPLIT_CSV, SUBMISSION_ZIP, TFLITE_MODEL, metrics_json
 from pipeline.submission import describe_run, list_input_images, package_submission
 
-SPLIT_CSV = "data/prepared/split.csv"
-MODEL = "models/model.tflite"
-BENCHMARK_JSON = "metrics/benchmark.json"
-OUT_ZIP = "submission/submission.zip"
+BENCHMARK_JSON = metrics_json("benchmark")
 CPU_FLAG = 1  # TFLite on the CPU, as timed by the organizers on the Raspberry Pi 4
 
 
@@ -32,10 +31,14 @@ def main(argv: list[str] | None = None) -> None:
         inputs = list_input_images(params.package.inputs)
         where = params.package.inputs
     else:
-        inputs = [row["rgb"] for row in read_split(SPLIT_CSV, "val")]
+        rows = read_split(SPLIT_CSV, "val")
         where = f"the val split of {SPLIT_CSV}"
-        if not inputs:
+        if not rows:
             raise DataError(f"{SPLIT_CSV}: no val rows to package")
+        # several sources may reuse file names: then each output is named SOURCE_NAME.png
+        several = len({row["source"] for row in rows}) > 1
+        inputs = {f"{row['source']}_{Path(row['rgb']).name}" if several else Path(row["rgb"]).name: row["rgb"]
+                  for row in rows}
     benchmark = read_json(BENCHMARK_JSON)
     runtime_s = runtime_s_from_benchmark(benchmark)
     if runtime_s is None:
@@ -47,11 +50,11 @@ def main(argv: list[str] | None = None) -> None:
         "description": describe_run(params, benchmark, extra=params.package.description),
     }
     print(f"package: {len(inputs)} images from {where}", flush=True)
-    count = package_submission(OUT_ZIP, model_path=MODEL, input_files=inputs, readme=readme,
+    count = package_submission(SUBMISSION_ZIP, model_path=TFLITE_MODEL, input_files=inputs, readme=readme,
                                num_threads=len(os.sched_getaffinity(0)), progress=Progress("package: image"))
 
-    size_mb = os.path.getsize(OUT_ZIP) / 1e6
-    print(f"wrote {OUT_ZIP} ({count} depth PNGs, {size_mb:.1f} MB), validated OK")
+    size_mb = os.path.getsize(SUBMISSION_ZIP) / 1e6
+    print(f"wrote {SUBMISSION_ZIP} ({count} depth PNGs, {size_mb:.1f} MB), validated OK")
     print(f"readme: runtime {runtime_s:.4g} s; {readme['description']}")
 
 

@@ -1,41 +1,54 @@
-"""Stage prepare: validate the data source and write a deterministic train/val split."""
+"""Stage prepare: one deterministic train/val split over all data sources.
+
+data.val=blocks: the last data.val_fraction of every source (by name) is validation;
+data.val=NAME: that source is held out whole, a scene the model never trains on.
+Reads the index stage's data/prepared/sources/NAME.csv; writes data/prepared/split.csv.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from pipeline.cli import Progress, run_stage, stage_parser
-from pipeline.config import load_params
-from pipeline.data import split_names, validate_source, write_split
-from pipeline.errors import DataError
-from pipeline.files import write_json
+import numpy as np
 
-SPLIT_CSV = "data/prepared/split.csv"
-METRICS = "metrics/prepare.json"
+from pipeline.cli import run_stage, stage_parser
+from pipeline.config import load_params
+from pipeline.data import read_index, split_sources_rows, write_split
+from pipeline.files import read_json, write_json
+from pipeline.paths import SOURCES_DIR, SPLIT_CSV, metrics_json
+
+METRICS = metrics_json("prepare")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = stage_parser("prepare", __doc__).parse_args(argv)
     params = load_params(args.params)
     data = params.data
-    source = data.source
-    report = validate_source(source, max_images=data.max_images, skip_empty_depth=data.skip_empty_depth,
-                             progress=Progress("prepare: checked pair"))
-    for warning in report.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    try:
-        splits = split_names(report.names, data.val_fraction)
-    except DataError as err:
-        raise DataError(f"{source}: {err}") from None  # name the folder that is too small
-    write_split(SPLIT_CSV, source, splits)
-    counts = {s: sum(v == s for v in splits.values()) for s in ("train", "val")}
+    indexes = {name: read_index(f"{SOURCES_DIR}/{name}.csv") for name in data.sources}
+    checks = {name: read_json(f"{SOURCES_DIR}/{name}.json") for name in data.sources}
+    rows = split_sources_rows(indexes, val=data.val, val_fraction=data.val_fraction)
+    write_split(SPLIT_CSV, rows)
+
+    def count(split, source=None):
+        return sum(r["split"] == split and source in (None, r["source"]) for r in rows)
+
+    per_source = {name: {"path": src.path, "weight": src.weight, "train_images": count("train", name),
+                         "val_images": count("val", name), **{k: checks[name][k] for k in (
+                             "sizes", "skipped_empty_depth", "ignored_files", "median_depth_m", "invalid_fraction")}}
+                  for name, src in data.sources.items()}
     write_json(METRICS, {
-        "source": data.source, "train_images": counts["train"], "val_images": counts["val"],
-        "skipped_empty_depth": len(report.skipped_empty), "ignored_files": len(report.ignored_files),
-        "median_depth_m": round(report.median_depth_m, 4), "invalid_fraction": round(report.invalid_fraction, 4),
-        "warnings": len(report.warnings),
+        "train_images": count("train"), "val_images": count("val"), "val": data.val,
+        "median_depth_m": round(float(np.median([c["median_depth_m"] for c in checks.values()])), 4),
+        "invalid_fraction": round(sum(c["invalid_fraction"] * c["pairs"] for c in checks.values())
+                                  / sum(c["pairs"] for c in checks.values()), 4),
+        "skipped_empty_depth": sum(c["skipped_empty_depth"] for c in checks.values()),
+        "ignored_files": sum(c["ignored_files"] for c in checks.values()),
+        "warnings": sum(c["warnings"] for c in checks.values()),
+        "sources": per_source,
     })
-    print(f"prepare: {counts['train']} train / {counts['val']} val pairs from {source} -> {SPLIT_CSV}")
+    for name, s in per_source.items():
+        print(f"prepare: {name}: {s['train_images']} train / {s['val_images']} val pairs from {s['path']}")
+    print(f"prepare: {count('train')} train / {count('val')} val pairs -> {SPLIT_CSV}")
 
 
 if __name__ == "__main__":

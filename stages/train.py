@@ -7,12 +7,9 @@ import sys
 from pipeline.cli import run_stage, stage_code_files, stage_parser
 from pipeline.config import load_params
 from pipeline.files import write_json
+from pipeline.paths import CHECKPOINTS, HISTORY_CSV, KERAS_MODEL, SPLIT_CSV, metrics_json
 
-SPLIT_CSV = "data/prepared/split.csv"
-MODEL = "models/model.keras"
-CHECKPOINTS = "models/checkpoints"
-HISTORY = "reports/history.csv"
-METRICS = "metrics/train.json"
+METRICS = metrics_json("train")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,10 +19,10 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.training import resume_fingerprint, train
 
     fingerprint = resume_fingerprint(params, SPLIT_CSV, stage_code_files("train"))
-    summary = train(params, split_csv=SPLIT_CSV, model_out=MODEL, ckpt_dir=CHECKPOINTS,
-                    history_csv=HISTORY, fingerprint=fingerprint)
+    summary = train(params, split_csv=SPLIT_CSV, model_out=KERAS_MODEL, ckpt_dir=CHECKPOINTS,
+                    history_csv=HISTORY_CSV, fingerprint=fingerprint)
     write_json(METRICS, summary)
-    print(f"train: best val si-RMSE {summary['best_val_si_rmse']:.4f} at epoch {summary['best_epoch']} -> {MODEL}")
+    print(f"train: best val si-RMSE {summary['best_val_si_rmse']:.4f} at epoch {summary['best_epoch']} -> {KERAS_MODEL}")
 
 
 if __name__ == "__main__":

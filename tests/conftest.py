@@ -1,11 +1,18 @@
-"""Shared fixtures: a tiny copy of the project that runs the real stages in seconds."""
+"""Shared fixtures: a tiny copy of the project that runs the real stages in seconds, a
+server started for a test, and the rule for tests that need a system program."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +26,66 @@ if str(REPO) not in sys.path:  # bench/ scripts import these helpers from outsid
 from pipeline.config import merge  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data" / "tum_fr1_xyz"
+# Tests that need a system program (sshd, chromium) skip without it, unless required:
+# CI=true (set by CI services and .ci/run) or MAI_REQUIRE_SYSTEM_TESTS=1.
+REQUIRE_SYSTEM_TESTS = "MAI_REQUIRE_SYSTEM_TESTS"
+SERVER_START_TIMEOUT_S = 90  # an MLflow server needs ~8 s; the 2 shared cores can be busy
+
+
+def system_tests_required() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1") or os.environ.get(REQUIRE_SYSTEM_TESTS) == "1"
+
+
+def require_program(name: str, install_hint: str, candidates: tuple[str, ...] = ()) -> str:
+    """The path of a system program. Missing, the test skips with a one-line reason, or
+    fails when system tests are required (a skip there would hide a broken path)."""
+    found = next((c for c in candidates if os.access(c, os.X_OK)), None) or shutil.which(name)
+    if found:
+        return found
+    reason = f"{name} not installed ({install_hint}); required when CI=true or {REQUIRE_SYSTEM_TESTS}=1"
+    if system_tests_required():
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (closed again on return)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(cmd: list[str], health_url: str, log_path: Path, *, cwd: Path, env: dict[str, str]):
+    """Run a server command until the block ends; yields the process once `health_url`
+    answers 200. Its own process group, so teardown also stops the workers it forks."""
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{Path(cmd[0]).name} exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(health_url, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{health_url} not healthy after {SERVER_START_TIMEOUT_S} s")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
 
 # Small enough for 2 CPU cores: few low-resolution scenes, one short epoch, few timing runs.
 TINY_PARAMS = {
@@ -73,6 +140,16 @@ def weight_arrays(path: Path) -> dict[str, np.ndarray]:
 
 def dvc_bin() -> str:
     return str(Path(sys.executable).parent / "dvc")
+
+
+def split_csv(rows, source: str = "src") -> str:
+    """split.csv text (pipeline.data.SPLIT_COLUMNS) from (name, split, rgb, depth) tuples;
+    sizes and digests are not read by the stages under test, so they stay blank."""
+    from pipeline.data import SPLIT_COLUMNS
+
+    lines = [",".join(SPLIT_COLUMNS)]
+    lines += [f"{name},{split},{source},{rgb},{depth},,," for name, split, rgb, depth in rows]
+    return "\n".join(lines) + "\n"
 
 
 def run(cmd, cwd: Path, *, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""Messy data through the real prepare stage: one test per case.
+"""Messy data through the real index and prepare stages: one test per case.
 
 Errors: exit 2, exactly one `error:` line on stderr naming the file(s) and the problem,
 no traceback, and the previous outputs untouched. Accepted oddities: exit 0, a warning.
@@ -48,13 +48,20 @@ def make_source(root: Path, n: int = 4, *, depth_fn=depth_mm) -> Path:
 
 
 def prepare(tmp_path: Path, source: Path, **data) -> tuple:
-    """Run `python -m stages.prepare` in a fresh project whose data.source is `source`,
-    with old outputs in place; returns (process, project root)."""
-    project = make_project(tmp_path / "proj", {"data": {"source": str(source), **data}}, git=False)
+    """Run `python -m stages.index` and then `stages.prepare` (as dvc repro does) in a fresh
+    project whose one data source `src` is `source`, with old outputs in place; returns
+    (the failing or the last process, with both stderrs; project root)."""
+    project = make_project(tmp_path / "proj", {"data": {"sources": {"src": {"path": str(source)}}, **data}},
+                           git=False)
     for rel, text in OLD.items():
         (project / rel).parent.mkdir(parents=True, exist_ok=True)
         (project / rel).write_text(text)
-    return run_stage("prepare", project, check=False), project
+    index = run_stage("index", project, check=False)
+    if index.returncode:
+        return index, project
+    proc = run_stage("prepare", project, check=False)
+    proc.stderr = index.stderr + proc.stderr
+    return proc, project
 
 
 def assert_one_line_error(proc, project: Path, *needles: str) -> str:
@@ -261,7 +268,7 @@ def test_later_stages_name_a_deleted_image(tmp_repro_copy):
     prepare is a one-line error naming it, and no output of theirs is replaced."""
     root = tmp_repro_copy
     split = (root / SPLIT).read_text().splitlines()
-    val_rgb = next(line.split(",")[2] for line in split[1:] if line.split(",")[1] == "val")
+    val_rgb = next(line.split(",")[3] for line in split[1:] if line.split(",")[1] == "val")
     (root / val_rgb).unlink()
     outputs = ["metrics/evaluate.json", "submission/submission.zip", "models/model.tflite"]
     before = {rel: (root / rel).read_bytes() for rel in outputs}
@@ -283,7 +290,7 @@ def tmp_repro_copy(tiny_repro, tmp_path) -> Path:
 def test_single_pair_cannot_be_split(tmp_path):
     src = make_source(tmp_path / "src", 1)
     proc, project = prepare(tmp_path, src)
-    assert_one_line_error(proc, project, str(src), "only 1 usable pair", "at least 2")
+    assert_one_line_error(proc, project, "source src", "only 1 usable pair", "at least 2")
 
 
 def test_split_leaves_at_least_one_pair_on_each_side():

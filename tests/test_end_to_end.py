@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import sqlite3
 import zipfile
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
 from conftest import dvc_bin, run
 
-STAGES = ("synthesize", "prepare", "train", "export", "benchmark", "evaluate", "package", "track")
+STAGES = ("synthesize", "index@synthetic", "prepare", "train", "export", "benchmark", "evaluate", "package", "track")
 
 
 def ran_stages(log: str) -> list[str]:
-    return re.findall(r"Running stage '(\w+)'", log)
+    return re.findall(r"Running stage '([\w@-]+)'", log)
 
 
 def test_full_repro_produces_zip_metrics_and_mlflow_run(tiny_repro):
@@ -25,8 +27,23 @@ def test_full_repro_produces_zip_metrics_and_mlflow_run(tiny_repro):
     assert ran_stages((root / "first_repro.log").read_text()) == list(STAGES)
 
     evaluation = json.loads((root / "metrics/evaluate.json").read_text())
-    assert evaluation["n_images"] == 2
-    assert 0 < evaluation["si_rmse"] < 2 and evaluation["rmse"] > 0
+    assert evaluation["rmse"] > 0
+    from pipeline.files import read_depth_m, read_rgb
+    from pipeline.metrics import image_metrics
+    from pipeline.predict import TFLiteDepthModel
+
+    with open(root / "reports/eval_per_image.csv") as f:
+        scored = [row for row in csv.DictReader(f) if int(row["n_valid"]) > 0]
+    with open(root / "data/prepared/split.csv") as f:
+        files = {(row["source"], row["name"]): row for row in csv.DictReader(f)}
+    model = TFLiteDepthModel(root / "models/model.tflite")
+    for row in scored:  # each image's si-RMSE is that of the shipped TFLite model on it
+        pair = files[row["source"], row["name"]]
+        gt = read_depth_m(root / pair["depth"])
+        pred = model.predict(read_rgb(root / pair["rgb"]), out_size=gt.shape)
+        assert float(row["si_rmse"]) == pytest.approx(image_metrics(pred=pred, gt=gt)["si_rmse"], rel=1e-5)
+    assert len(scored) == evaluation["n_images"] == 2
+    assert evaluation["si_rmse"] == pytest.approx(np.mean([float(r["si_rmse"]) for r in scored]), rel=1e-5)
     bench = json.loads((root / "metrics/benchmark.json").read_text())
     assert bench["median_ms"] > 0 and bench["init_ms"] > 0 and bench["peak_rss_mb"] > 0
 
@@ -47,14 +64,24 @@ def test_full_repro_produces_zip_metrics_and_mlflow_run(tiny_repro):
         depth = np.asarray(png)
         assert depth.max() > 100  # millimetres, not metres
 
+    assert tracked_runs(root) == 1
     db = sqlite3.connect(root / "mlflow.db")
-    (n_runs,) = db.execute("select count(*) from runs").fetchone()
-    assert n_runs == 1
+    n_inputs, = db.execute("select count(*) from inputs where source_type = 'DATASET'").fetchone()
+    assert n_inputs == 2  # the synthetic train and val splits
+    note, = db.execute("select value from tags where key = 'mlflow.note.content'").fetchone()
+    assert "validated on synthetic/val (2 pairs)" in note and "si-RMSE " in note
 
 
-def test_second_repro_reruns_only_track(tiny_repro):
+def tracked_runs(root) -> int:
+    with sqlite3.connect(root / "mlflow.db") as db:
+        return db.execute("select count(*) from runs").fetchone()[0]
+
+
+def test_second_repro_reruns_only_track_which_logs_no_second_run(tiny_repro):
     proc = run([dvc_bin(), "repro"], tiny_repro)
     assert ran_stages(proc.stdout) == ["track"]
+    assert "already tracked: MLflow run " in proc.stdout
+    assert tracked_runs(tiny_repro) == 1
 
 
 def test_evaluate_param_change_reruns_evaluate_without_training(tiny_repro):
@@ -64,6 +91,7 @@ def test_evaluate_param_change_reruns_evaluate_without_training(tiny_repro):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = run([dvc_bin(), "repro"], root)
     assert ran_stages(proc.stdout) == ["evaluate", "track"]
+    assert tracked_runs(root) == 2  # new outputs, new run
     assert len(list((root / "reports/eval_panels").glob("*.png"))) == 4  # 2 worst + 2 best
     proc = run([dvc_bin(), "repro", "-s", "-f", "evaluate"], root)
     assert ran_stages(proc.stdout) == ["evaluate"]

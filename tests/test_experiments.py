@@ -4,7 +4,7 @@ One queue (`dvc exp run --queue` + `dvc queue start -j 2`) serves every test her
 - two full pipelines with different `train.arch` run at the same time; each lands in
   `dvc exp show --json` with its own outputs and as exactly one MLflow run in the
   project's absolute mlflow.db (issues 7 and 9);
-- three `prepare`-only experiments show which `data.source` values resolve inside DVC's
+- three `prepare`-only experiments show which source paths (`data.sources.NAME.path`) resolve inside DVC's
   temporary experiment copies (.dvc/tmp/exps/...): an absolute path and a DVC-tracked
   folder do, a relative path outside the repo does not (docs/scale-out.md).
 """
@@ -111,9 +111,9 @@ def queue(tmp_path_factory):
 
     shared = SHARED_DATA.resolve()
     queued = {  # name -> (overrides, targets); prepare-only first, so they finish early
-        "src-absolute": ([f"data.source={shared}", f"data.max_images={N_FRAMES}"], ["prepare"]),
-        "src-dvc-tracked": (["data.source=data/mydata"], ["prepare"]),
-        "src-relative-outside": ([f"data.source={os.path.relpath(shared, root)}",
+        "src-absolute": ([f"data.sources.synthetic.path={shared}", f"data.max_images={N_FRAMES}"], ["prepare"]),
+        "src-dvc-tracked": (["data.sources.synthetic.path=data/mydata"], ["prepare"]),
+        "src-relative-outside": ([f"data.sources.synthetic.path={os.path.relpath(shared, root)}",
                                   f"data.max_images={N_FRAMES}"], ["prepare"]),
         **{name: ([f"train.arch={arch}"], []) for name, arch in FULL.items()},
     }
@@ -231,7 +231,7 @@ def test_data_source_resolution_in_queued_temp_copies(queue):
                             ("src-dvc-tracked", "data/mydata", N_FRAMES)):
         assert_success(queue, name)
         prepared = queue.exps[name]["metrics"]["metrics/prepare.json"]["data"]
-        assert prepared["source"] == source
+        assert prepared["sources"]["synthetic"]["path"] == source
         assert prepared["train_images"] + prepared["val_images"] == n
     # `../x` is resolved from the temp copy <root>/.dvc/tmp/exps/tmpXXXX, not from the root
     name = "src-relative-outside"

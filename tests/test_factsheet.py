@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.cli import run_stage
-from pipeline.config import as_flat_dict, load_params
+from pipeline.config import SourceConfig, as_flat_dict, load_params
 from pipeline.factsheet import reproduce_overrides
 from pipeline.tracking import log_pipeline_run
 from stages import factsheet
@@ -35,7 +35,7 @@ def tracked_run(tmp_path, monkeypatch):
     (proj / "metrics" / "train.json").write_text(json.dumps(train))
     (proj / "dvc.lock").write_text("schema: '2.0'\n")
     base = load_params(REPO / "params.yaml")
-    params = dataclasses.replace(base, data=dataclasses.replace(base.data, source=TUM),
+    params = dataclasses.replace(base, data=dataclasses.replace(base.data, sources={"tum": SourceConfig(path=TUM)}),
                                  export=dataclasses.replace(base.export, precision="int8"))
     run_id = log_pipeline_run(project_root=proj, params=params, experiment_name="facts", run_name="tum-int8")
     monkeypatch.chdir(tmp_path)
@@ -57,7 +57,7 @@ def test_factsheet_describes_the_run_from_its_tracked_records(tracked_run, capsy
         "silog x1.0 (lambda 0.85), grad x0.5",
         "horizontal flip, crop-and-resize (p 0.5, scale >= 0.7), colour jitter (brightness 0.2",
         "Training time 123 s on CPU (Test CPU), 2 cores",
-        f"Source: `{TUM}`",
+        f"Sources: tum `{TUM}` (weight 1.0)",
         "TFLite int8",
         f"median {metrics['benchmark']['median_ms']:.2f} ms",
         f"Timed on {metrics['benchmark']['device']} with {metrics['benchmark']['threads']} thread(s) (asked for 4",
@@ -65,28 +65,32 @@ def test_factsheet_describes_the_run_from_its_tracked_records(tracked_run, capsy
         f"({metrics['evaluate']['si_rmse'] / metrics['evaluate']['baseline_si_rmse']:.2f}x the constant",
         f"Challenge score {metrics['evaluate']['score']:.4g}",
         f"MLflow run `{run_id}`",
-        f"dvc exp run -S data.source={TUM} -S export.precision=int8",
+        f"dvc exp run -S '~data.sources.synthetic' -S export.precision=int8 -S +data.sources.tum.path={TUM}",
     ):
         assert needle in text, needle
 
 
-def test_the_reproduce_line_gives_back_the_runs_params(tracked_run):
+def test_the_reproduce_line_gives_back_the_runs_params(tracked_run, tmp_path):
     from mlflow import MlflowClient
 
     run_id, params = tracked_run
     logged = MlflowClient().get_run(run_id).data.params
     overrides = reproduce_overrides(logged)
-    assert overrides == [f"data.source={TUM}", "export.precision=int8"]
-    # `-S key=value` as DVC applies it: the value is YAML, on top of params.yaml
-    raw = {}
+    assert overrides == ["~data.sources.synthetic", "export.precision=int8", f"+data.sources.tum.path={TUM}"]
+    # applied as DVC does: ~ deletes, + adds, plain sets; the value is YAML; on params.yaml
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
     for item in shlex.split(" ".join(f"-S {shlex.quote(o)}" for o in overrides))[1::2]:
-        key, value = item.split("=", 1)
-        *sections, last = key.split(".")
+        key, _, value = item.lstrip("~+").partition("=")
+        *parents, last = key.split(".")
         node = raw
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[last] = yaml.safe_load(value)
-    assert as_flat_dict(load_params(REPO / "params.yaml", overrides=raw)) == as_flat_dict(params)
+        for part in parents:
+            node = node.setdefault(part, {})
+        if item.startswith("~"):
+            del node[last]
+        else:
+            node[last] = yaml.safe_load(value)
+    (tmp_path / "applied.yaml").write_text(yaml.safe_dump(raw))
+    assert as_flat_dict(load_params(tmp_path / "applied.yaml")) == as_flat_dict(params)
 
 
 def test_factsheet_without_runs_is_a_one_line_error(tmp_path, monkeypatch, capsys):

@@ -167,6 +167,7 @@ def missing_and_stale_deps(dvc_yaml: dict) -> list[str]:
     graph, files = import_graph(), module_files()
     problems = []
     for stage, spec in dvc_yaml["stages"].items():
+        spec = spec.get("do", spec)  # a foreach stage's template
         deps = [Path(d) for d in spec.get("deps", []) if "${" not in d]
         needed = {files[m].relative_to(REPO) for m in code_closure(f"stages.{stage}", graph)}
         needed = {p for p in needed if p.parts[-1] != "__init__.py" or len(p.parts) > 2}

@@ -117,7 +117,7 @@ def test_bad_preset_names_the_preset_key(tmp_path):
 
 
 # ------------------------------------------------ the stages, as subprocesses
-STAGES = ("synthesize", "prepare", "train", "export", "benchmark", "evaluate", "package", "track")
+STAGES = ("synthesize", "index", "prepare", "train", "export", "benchmark", "evaluate", "package", "track")
 OUTPUT_DIRS = ("data", "models", "metrics", "reports", "submission")
 # Runs a stage as `python -m` would and reports at exit whether TensorFlow was imported.
 PROBE = ("import atexit, runpy, sys; "

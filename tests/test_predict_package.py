@@ -14,9 +14,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import split_csv
 from pipeline.cli import run_stage
 from pipeline.config import load_params, params_hash
-from pipeline.files import DataError, write_depth_png, write_rgb_png
+from pipeline.files import DataError, read_depth_mm, write_depth_png, write_rgb_png
 from pipeline.predict import TFLiteDepthModel
 from pipeline.submission import describe_run, package_submission, parse_readme, validate_submission
 
@@ -141,8 +142,7 @@ def _project(tmp_path, model, *, package_inputs=""):
         write_depth_png(dep, depth)
         rows.append([name, "train" if i == 0 else "val", f"data/src/rgb/{name}", f"data/src/depth/{name}"])
     (tmp_path / "data/prepared").mkdir(parents=True)
-    with open(tmp_path / "data/prepared/split.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["name", "split", "rgb", "depth"], *rows])
+    (tmp_path / "data/prepared/split.csv").write_text(split_csv(rows))
     (tmp_path / "models").mkdir()
     (tmp_path / "models/model.tflite").write_bytes(model.read_bytes())
     (tmp_path / "metrics").mkdir()
@@ -157,19 +157,30 @@ def test_evaluate_stage(models, tmp_path, monkeypatch, capsys):
     assert run_stage(evaluate.main, []) == 0
     out = json.loads(Path("metrics/evaluate.json").read_text())
     assert out["n_images"] == 2 and out["n_skipped"] == 1
-    # GT = model output * U(0.7, 1.3) per pixel: log-ratio spread ~0.15, rel <= 0.43
-    assert 0.05 < out["si_rmse"] < 0.3 and out["rel"] < 0.45
-    assert out["baseline_si_rmse"] > 0
+    # The model's output is constant on a constant-colour image, and si-RMSE is the spread of
+    # log depth around any constant: exactly the constant baseline, recomputed here from the
+    # GT (valid = above 1 mm, as officially). GT = model output * U(0.7, 1.3): rel <= 0.43.
+    spreads = []
+    for name in ("001.png", "002.png"):
+        mm = read_depth_mm(tmp_path / "data/src/depth" / name).astype(np.float64)
+        spreads.append(np.std(np.log(mm[mm > 1.0])))
+    assert out["si_rmse"] == pytest.approx(np.mean(spreads), rel=1e-6)
+    assert out["baseline_si_rmse"] == pytest.approx(np.mean(spreads), rel=1e-6)
+    assert out["rel"] < 0.45
     assert out["runtime_s"] == 0.04 and out["score"] == pytest.approx(2 ** (-20 * out["si_rmse"]) / 4.0)
     with open("reports/eval_per_image.csv") as f:
         per_image = list(csv.DictReader(f))
     assert [r["name"] for r in per_image] == ["001.png", "002.png", "003.png"]
     assert per_image[2]["n_valid"] == "0"
+    for row, spread in zip(per_image, spreads):
+        assert float(row["si_rmse"]) == pytest.approx(spread, rel=1e-5)  # written with 6 digits
+        assert row["si_rmse"] == row["baseline_si_rmse"]
     panels = sorted(p.name for p in Path("reports/eval_panels").iterdir())
     worst = max(per_image[:2], key=lambda r: float(r["si_rmse"]))["name"][:3]
     best = min(per_image[:2], key=lambda r: float(r["si_rmse"]))["name"][:3]
-    assert panels == [f"best_1_{best}.png", f"worst_1_{worst}.png"]
-    assert Image.open(f"reports/eval_panels/worst_1_{worst}.png").format == "PNG"
+    assert panels == [f"best_1_src_{best}.png", f"worst_1_src_{worst}.png"]  # source name first
+    assert Image.open(f"reports/eval_panels/worst_1_src_{worst}.png").format == "PNG"
+    assert all(row["source"] == "src" for row in per_image)
     assert "evaluate: image 3/3" in capsys.readouterr().out
 
 

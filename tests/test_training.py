@@ -1,9 +1,12 @@
-"""Training: kill -9 and resume ends with the weights of an uninterrupted run; the
-mirrored strategy trains on two logical CPU devices."""
+"""Training: the shipped model is the best epoch; the learning rate follows its schedule;
+kill -9 and resume ends with the weights of an uninterrupted run; the mirrored strategy
+trains on two logical CPU devices."""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -14,14 +17,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, make_project, project_env, run_stage
+from conftest import REPO, make_project, project_env, run_stage, split_csv
 
-RESUME_PARAMS = {"train": {"epochs": 3}}
+# Short epochs at a learning rate high enough that the last one is not the best (here
+# epoch 3 of 4), so a model that kept the last epoch shows; the warmup of 1.5 epochs
+# puts the end of epoch 1 partway up its ramp.
+EPOCHS = 4
+RUN_PARAMS = {"train": {"epochs": EPOCHS, "learning_rate": 0.05, "warmup_epochs": 1.5, "min_lr_ratio": 0.5}}
 
 
 def _prepared_project(root: Path, overrides=None) -> Path:
-    make_project(root, {**RESUME_PARAMS, **(overrides or {})}, git=False)
+    make_project(root, {**RUN_PARAMS, **(overrides or {})}, git=False)
     run_stage("synthesize", root)
+    run_stage("index", root)
     run_stage("prepare", root)
     return root
 
@@ -42,10 +50,78 @@ def _epochs_done(project: Path) -> int:
         return 0
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
-    straight = _prepared_project(tmp_path / "straight")
-    run_stage("train", straight)
+def _history(project: Path) -> list[dict[str, float]]:
+    with open(project / "reports/history.csv") as f:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
 
+
+def expected_lr(step: int, *, peak: float, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """The documented schedule written out: linear warmup from 1% of the peak, then cosine
+    decay to min_ratio x peak at the last step."""
+    if step < warmup_steps:
+        return peak * (0.01 + 0.99 * step / warmup_steps)
+    done = (step - warmup_steps) / (total_steps - warmup_steps)
+    return peak * (min_ratio + (1 - min_ratio) * (1 + math.cos(math.pi * done)) / 2)
+
+
+def assert_lr_history(project: Path, *, replicas: int, steps_per_epoch: int) -> None:
+    """reports/history.csv's lr is the rate after each epoch's last step; the peak is
+    train.learning_rate x replicas (linear scaling rule)."""
+    from pipeline.config import load_params
+
+    cfg = load_params(project / "params.yaml").train
+    expected = [expected_lr(epoch * steps_per_epoch, peak=cfg.learning_rate * replicas,
+                            warmup_steps=int(cfg.warmup_epochs * steps_per_epoch),
+                            total_steps=cfg.epochs * steps_per_epoch, min_ratio=cfg.min_lr_ratio)
+                for epoch in range(1, cfg.epochs + 1)]
+    assert [row["lr"] for row in _history(project)] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """One uninterrupted training run, read by several tests."""
+    project = _prepared_project(tmp_path_factory.mktemp("straight") / "project")
+    run_stage("train", project)
+    return project
+
+
+def test_shipped_model_is_the_best_epoch(straight, monkeypatch):
+    """models/model.keras holds the epoch of lowest val si-RMSE, not the last: its val
+    si-RMSE, recomputed at working resolution as training computes it, is that epoch's."""
+    import keras
+
+    from pipeline.config import load_params
+    from pipeline.data import read_split
+    from pipeline.metrics import average_metrics, image_metrics
+    from pipeline.tfdata import eval_dataset, split_sources
+
+    scores = [row["val_si_rmse"] for row in _history(straight)]
+    best = int(np.argmin(scores)) + 1
+    summary = json.loads((straight / "metrics/train.json").read_text())
+    assert (summary["best_epoch"], summary["best_val_si_rmse"]) == (best, scores[best - 1])
+    assert scores[-1] > scores[best - 1] + 1e-3, f"the run must end worse than its best epoch: {scores}"
+
+    monkeypatch.chdir(straight)  # split.csv paths are relative to the project
+    params = load_params()
+    split = "data/prepared/split.csv"
+    _, val = split_sources(read_split(split, "train"), read_split(split, "val"), cache_max_mb=0,
+                           size=(params.export.height, params.export.width), aspect=params.data.aspect)
+    model = keras.saving.load_model("models/model.keras", compile=False)
+    per_image = []
+    for rgb, depth in eval_dataset(val, batch_size=summary["batch_size"], height=params.train.height,
+                                   width=params.train.width):
+        pred = model(rgb, training=False).numpy()
+        per_image += [image_metrics(pred=p, gt=g) for p, g in zip(pred, depth.numpy())]
+    assert average_metrics(per_image)["si_rmse"] == pytest.approx(scores[best - 1], rel=1e-6)
+
+
+def test_learning_rate_warms_up_then_decays(straight):
+    summary = json.loads((straight / "metrics/train.json").read_text())
+    assert (summary["steps_per_epoch"], summary["replicas"]) == (2, 1)  # 4 train images, batch 2
+    assert_lr_history(straight, replicas=1, steps_per_epoch=2)
+
+
+def test_kill_and_resume_matches_uninterrupted_run(straight, tmp_path):
     resumed = _prepared_project(tmp_path / "resumed")
     proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=resumed, env=project_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -56,13 +132,12 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = _epochs_done(resumed)
-    assert 1 <= killed_at < 3
+    assert 1 <= killed_at < EPOCHS
     assert not (resumed / "models/model.keras").exists()  # no half-finished model
 
     second = run_stage("train", resumed)
-    assert f"resuming from models/checkpoints after epoch {killed_at}/3" in second.stdout
-    history = (resumed / "reports/history.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]
+    assert f"resuming from models/checkpoints after epoch {killed_at}/{EPOCHS}" in second.stdout
+    assert [row["epoch"] for row in _history(resumed)] == list(range(1, EPOCHS + 1))
 
     a, b = _weights(straight), _weights(resumed)
     assert len(a) == len(b)
@@ -100,7 +175,7 @@ def test_fingerprint_follows_params_split_data_and_training_code(tmp_path, monke
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"image bytes")
     split = tmp_path / "split.csv"
-    split.write_text("name,split,rgb,depth\na.png,train,rgb/a.png,depth/a.png\n")
+    split.write_text(split_csv([("a.png", "train", "rgb/a.png", "depth/a.png")]))
     params = load_params(REPO / "params.yaml")
     code = stage_code_files("train")
     assert Path("pipeline/training.py") in code and Path("pipeline/models/mobile_unet.py") in code
@@ -126,7 +201,7 @@ def test_fingerprint_follows_params_split_data_and_training_code(tmp_path, monke
     stat = os.stat("rgb/a.png")
     os.utime("rgb/a.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert fingerprint() != edited
-    split.write_text("name,split,rgb,depth\nb.png,train,rgb/b.png,depth/b.png\n")
+    split.write_text(split_csv([("b.png", "train", "rgb/b.png", "depth/b.png")]))
     assert fingerprint() not in (base, edited)
 
 
@@ -164,7 +239,8 @@ MIRRORED = textwrap.dedent("""
     print("FIRST_EPOCHS", first["epochs"])
     core = load_keras_model("models/model.keras")
     ops = op_summary(convert(wrap_for_device(core, height=96, width=128), precision="fp32"))
-    print("RESULT", json.dumps({"replicas": summary["replicas"], "non_builtin": ops["non_builtin"]}))
+    print("RESULT", json.dumps({"replicas": summary["replicas"], "steps": summary["steps_per_epoch"],
+                                "non_builtin": ops["non_builtin"]}))
 """)
 
 
@@ -179,8 +255,9 @@ def test_mirrored_strategy_on_two_cpu_devices(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
-    assert result == {"replicas": 2, "non_builtin": []}
+    assert result == {"replicas": 2, "steps": 1, "non_builtin": []}  # 7 train images, global batch 4
     assert "2 replicas, global batch 4" in proc.stdout
+    assert_lr_history(project, replicas=2, steps_per_epoch=1)
     assert "FIRST_EPOCHS 1" in proc.stdout and "resuming from models/checkpoints after epoch 1/4" in proc.stdout
     losses = [float(line.split(",")[1]) for line in (project / "reports/history.csv").read_text().splitlines()[1:]]
     assert len(losses) == 4 and losses[-1] < losses[0], losses

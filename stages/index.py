@@ -1,0 +1,51 @@
+"""Stage index: validate each data source and list its usable pairs.
+
+    python -m stages.index [NAME ...]      (default: every source in data.sources)
+
+dvc.yaml runs one `index@NAME` per source, each depending on that source's folder, so
+changed data reruns only its own check. Writes data/prepared/sources/NAME.csv (pairs with
+size and content digest) and NAME.json (what the check found).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pipeline.cli import Progress, run_stage, stage_parser
+from pipeline.config import load_params
+from pipeline.data import validate_source, write_index
+from pipeline.errors import ConfigError
+from pipeline.files import write_json
+from pipeline.paths import SOURCES_DIR
+
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage_parser("index", __doc__)
+    parser.add_argument("names", nargs="*", help="source names (default: all of data.sources)")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    data = params.data
+    unknown = [n for n in args.names if n not in data.sources]
+    if unknown:
+        raise ConfigError(f"params: data.sources has no source {unknown[0]!r} (known: {', '.join(data.sources)})")
+    for name in args.names or list(data.sources):
+        path = data.sources[name].path
+        report = validate_source(path, max_images=data.max_images, skip_empty_depth=data.skip_empty_depth,
+                                 progress=Progress(f"index {name}: checked pair"))
+        for warning in report.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        write_index(f"{SOURCES_DIR}/{name}.csv", report)
+        sizes = sorted({(p["width"], p["height"]) for p in report.pairs})
+        write_json(f"{SOURCES_DIR}/{name}.json", {
+            "path": path, "pairs": len(report.pairs), "sizes": [f"{w}x{h}" for w, h in sizes],
+            "skipped_empty_depth": len(report.skipped_empty), "ignored_files": len(report.ignored_files),
+            "median_depth_m": round(report.median_depth_m, 4), "invalid_fraction": round(report.invalid_fraction, 4),
+            "warnings": len(report.warnings),
+        })
+        print(f"index {name}: {len(report.pairs)} pairs ({', '.join(f'{w}x{h}' for w, h in sizes)}) "
+              f"from {path} -> {SOURCES_DIR}/{name}.csv")
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))
