@@ -10,6 +10,8 @@ si-RMSE (std of ln depth) and the ratio of the two:
   tum->hololens, hololens->tum    train on one real scene, validate on all of the other
   ... +synthetic                  the same, starting from a model pretrained on the
                                   procedural scenes (train.init_from; its budget is extra)
+  ... +synthetic-mix              the same, with the procedural scenes as a second
+                                  training source (same budget, nothing forgotten)
   ... +imagenet                   encoder_weights: imagenet, when keras has the weights
                                   cached (this machine is offline: otherwise skipped)
   tum+hololens                    both scenes mixed, validated on the last block of each
@@ -94,24 +96,29 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="generalization_") as tmp:
         work = Path(tmp)
-        for train_on, held_out in (("tum", "hololens"), ("hololens", "tum")):
+        directions = (("tum", "hololens"), ("hololens", "tum"))
+        for train_on, held_out in directions:
             if wanted(f"{train_on}->{held_out}"):
                 results.append(train_and_score(f"{train_on}->{held_out}", work, sources=REAL, val=held_out, args=args))
-        if any(wanted(f"{a}->{b}+synthetic") for a, b in (("tum", "hololens"), ("hololens", "tum"))):
+        if any(wanted(f"{a}->{b}+synthetic{kind}") for a, b in directions for kind in ("", "-mix")):
             start = time.time()
             syn = default.data.synthetic
             write_dataset(work / "synthetic", count=args.synthetic_count, seed=default.base.seed, height=syn.height,
                           width=syn.width, invalid_fraction=syn.invalid_fraction)
             print(f"rendered {args.synthetic_count} synthetic scenes in {time.time() - start:.0f} s", flush=True)
+        if any(wanted(f"{a}->{b}+synthetic") for a, b in directions):
             pre = train_and_score("pretrain-synthetic", work, sources={"synthetic": str(work / "synthetic")},
                                   val="blocks", args=args)
-            for train_on, held_out in (("tum", "hololens"), ("hololens", "tum")):
-                label = f"{train_on}->{held_out}+synthetic"
-                if wanted(label):
-                    results.append(train_and_score(label, work, sources=REAL, val=held_out, args=args,
-                                                   train={"init_from": str(pre["model"])}))
+        for train_on, held_out in directions:
+            label = f"{train_on}->{held_out}+synthetic"
+            if wanted(label):
+                results.append(train_and_score(label, work, sources=REAL, val=held_out, args=args,
+                                               train={"init_from": str(pre["model"])}))
+            if wanted(label + "-mix"):
+                mixed = {**REAL, "synthetic": str(work / "synthetic")}
+                results.append(train_and_score(label + "-mix", work, sources=mixed, val=held_out, args=args))
         imagenet_ok = imagenet_weights_cached(default.train.width_multiplier)
-        for train_on, held_out in (("tum", "hololens"), ("hololens", "tum")):
+        for train_on, held_out in directions:
             label = f"{train_on}->{held_out}+imagenet"
             if wanted(label) and imagenet_ok:
                 results.append(train_and_score(label, work, sources=REAL, val=held_out, args=args,

@@ -6,7 +6,7 @@ duplicated key, a wrong type, a non-finite number or an out-of-range value is a
 
 The defaults below are the one source of defaults: a key left out of a params file takes
 its value here, and params.yaml lists every key with exactly these values
-(tests/test_params.py fails when the two drift apart).
+(tests/test_layout.py fails when the two drift apart).
 
 YAML is read with YAML 1.2 floats: `1e-05` is a number, as DVC writes it for
 `dvc exp run -S train.learning_rate=1e-5` (plain PyYAML would read a string).

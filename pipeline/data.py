@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import VAL_BLOCKS
 from pipeline.errors import DataError
 from pipeline.files import atomic_path, read_depth_mm, read_rgb
 
@@ -233,7 +234,7 @@ def read_index(path: str | os.PathLike) -> list[dict[str, str]]:
     return _read_csv(Path(path), INDEX_COLUMNS, "source index not found (run the index stage: `dvc repro`)")
 
 
-def split_sources_rows(indexes: dict[str, list[dict]], *, val: str, val_fraction: float) -> list[dict]:
+def split_over_sources(indexes: dict[str, list[dict]], *, val: str, val_fraction: float) -> list[dict]:
     """Split rows over all sources, in source order then by name.
 
     val='blocks': the last val_fraction of every source's names is validation; else the
@@ -241,7 +242,7 @@ def split_sources_rows(indexes: dict[str, list[dict]], *, val: str, val_fraction
     """
     rows = []
     for source, pairs in indexes.items():
-        if val == "blocks":
+        if val == VAL_BLOCKS:
             try:
                 splits = split_names([p["name"] for p in pairs], val_fraction)
             except DataError as err:
@@ -252,13 +253,13 @@ def split_sources_rows(indexes: dict[str, list[dict]], *, val: str, val_fraction
     return rows
 
 
-def build_split(sources: dict[str, str | os.PathLike], *, val: str = "blocks", val_fraction: float = 0.2,
+def build_split(sources: dict[str, str | os.PathLike], *, val: str = VAL_BLOCKS, val_fraction: float = 0.2,
                 max_images: int = 0, skip_empty_depth: bool = True) -> list[dict]:
     """The index and prepare stages in one call, for scripts outside DVC: name -> folder in,
     split rows (SPLIT_COLUMNS) out."""
     indexes = {name: validate_source(path, max_images=max_images, skip_empty_depth=skip_empty_depth).pairs
                for name, path in sources.items()}
-    return split_sources_rows(indexes, val=val, val_fraction=val_fraction)
+    return split_over_sources(indexes, val=val, val_fraction=val_fraction)
 
 
 def write_split(path: str | os.PathLike, rows: list[dict]) -> None:

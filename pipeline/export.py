@@ -19,7 +19,7 @@ from pipeline.data import read_split
 from pipeline.errors import DataError, ExportError
 from pipeline.files import atomic_path, read_depth_m, read_rgb
 from pipeline.metrics import image_metrics
-from pipeline.models import wrap_for_device
+from pipeline.models import load_keras_model, wrap_for_device
 from pipeline.tflite import convert, op_summary, run_tflite
 
 
@@ -88,19 +88,6 @@ def _spread(rows: list, n: int) -> list:
     if n >= len(rows):
         return list(rows)
     return [rows[int(i * len(rows) / n)] for i in range(n)]
-
-
-def load_keras_model(path: str | os.PathLike):
-    """models/model.keras without its training config (custom losses are not needed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: model file not found (run the train stage first)")
-    import keras
-
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as err:  # keras raises many types for a bad archive
-        raise DataError(f"{path}: cannot load Keras model ({str(err).splitlines()[0][:200]})") from None
 
 
 def export_model(core, split_csv: str | os.PathLike, *, cfg) -> tuple[bytes, dict]:

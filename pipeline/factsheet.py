@@ -13,7 +13,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from pipeline.config import SYNTHETIC_SOURCE, Params, SourceConfig, as_flat_dict
+from pipeline.config import SYNTHETIC_SOURCE, VAL_BLOCKS, Params, SourceConfig, as_flat_dict
 from pipeline.errors import ReportError
 from pipeline.report import require_store
 from pipeline.tracking import mlflow_errors
@@ -101,7 +101,7 @@ def render(run, stages: dict[str, dict]) -> str:
         + (f": {SYNTHETIC_NOTE}" if p.get(f"data.sources.{name}.path") == SYNTHETIC_SOURCE else "")
         for name in sources) or "n/a"
     validation = ("the last " + f"{float(p.get('data.val_fraction', 0)):.0%} of every source"
-                  if p.get("data.val", "blocks") == "blocks" else f"source {p.get('data.val')} held out whole")
+                  if p.get("data.val", VAL_BLOCKS) == VAL_BLOCKS else f"source {p.get('data.val')} held out whole")
     par = export.get("parity", {})
     baseline = ev.get("baseline_si_rmse")
     ratio = f" ({ev['si_rmse'] / baseline:.2f}x the constant prediction's {baseline:.4f})" if ev.get("si_rmse") and baseline else ""

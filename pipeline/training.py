@@ -31,7 +31,7 @@ from pipeline.errors import DataError
 from pipeline.files import atomic_path, read_depth_mm, read_rgb, write_json
 from pipeline.losses import make_loss
 from pipeline.metrics import average_metrics, image_metrics
-from pipeline.models import build_model
+from pipeline.models import build_model, load_keras_model
 from pipeline.tfdata import eval_dataset, split_sources, train_dataset
 
 STATE_FILE = "state.json"
@@ -177,8 +177,9 @@ def resume_fingerprint(params: Params, split_csv: str | os.PathLike, code_files:
 
     The base/train params (and the data geometry and weights), the split, the bytes of
     the training code, and the size and modification time of every listed image (cheap,
-    and any rewrite of the data changes it). If any of them changed, resuming would mix two different runs, or would hand back
-    the finished model of the old code, so training starts over instead.
+    and any rewrite of the data changes it). If any of them changed, resuming would mix
+    two different runs, or would hand back the finished model of the old code, so
+    training starts over instead.
     """
     rows = read_split(split_csv)  # first: a missing split or image is a one-line error
     geometry = [params.data.aspect, params.export.height, params.export.width,
@@ -217,13 +218,7 @@ def _cache_mode(train_cached: bool, val_cached: bool) -> str:
 def init_weights(model, path: str | os.PathLike) -> None:
     """Copy the weights of the saved model at `path` into `model`; the two must have the
     same architecture (same weight shapes in the same order), else a one-line DataError."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: train.init_from model not found")
-    try:
-        source = keras.saving.load_model(path, compile=False)
-    except Exception as err:  # keras raises many types for a bad archive
-        raise DataError(f"{path}: cannot load Keras model ({str(err).splitlines()[0][:200]})") from None
+    source = load_keras_model(path, missing="train.init_from model not found")
     want = [tuple(w.shape) for w in model.weights]
     have = [tuple(w.shape) for w in source.weights]
     if want != have:

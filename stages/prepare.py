@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline.cli import run_stage, stage_parser
 from pipeline.config import load_params
-from pipeline.data import read_index, split_sources_rows, write_split
+from pipeline.data import read_index, split_over_sources, write_split
 from pipeline.files import read_json, write_json
 from pipeline.paths import SOURCES_DIR, SPLIT_CSV, metrics_json
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     data = params.data
     indexes = {name: read_index(f"{SOURCES_DIR}/{name}.csv") for name in data.sources}
     checks = {name: read_json(f"{SOURCES_DIR}/{name}.json") for name in data.sources}
-    rows = split_sources_rows(indexes, val=data.val, val_fraction=data.val_fraction)
+    rows = split_over_sources(indexes, val=data.val, val_fraction=data.val_fraction)
     write_split(SPLIT_CSV, rows)
 
     def count(split, source=None):

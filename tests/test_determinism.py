@@ -61,8 +61,13 @@ def test_two_runs_from_scratch_agree(tmp_path):
     eval_a, eval_b = (json.loads((r / "metrics/evaluate.json").read_text()) for r in roots)
     quality = sorted(set(eval_a) - TIMING_KEYS)
     assert {"si_rmse", "rmse", "rel", "log10", "delta1", "n_images"} <= set(quality)
+    assert eval_a["sources"].keys() == eval_b["sources"].keys() == {"synthetic"}
     for key in quality:
-        assert eval_a[key] == pytest.approx(eval_b[key], abs=1e-4), key
+        if key == "sources":  # the same figures per source
+            for name, figures in eval_a[key].items():
+                assert figures == pytest.approx(eval_b[key][name], abs=1e-4), name
+        else:
+            assert eval_a[key] == pytest.approx(eval_b[key], abs=1e-4), key
 
 
 SET_DETERMINISM = textwrap.dedent("""

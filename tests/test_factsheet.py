@@ -40,11 +40,11 @@ def tracked_run(tmp_path, monkeypatch):
     run_id = log_pipeline_run(project_root=proj, params=params, experiment_name="facts", run_name="tum-int8")
     monkeypatch.chdir(tmp_path)
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    return run_id, params
+    return run_id, params, uri
 
 
 def test_factsheet_describes_the_run_from_its_tracked_records(tracked_run, capsys):
-    run_id, params = tracked_run
+    run_id, params, _ = tracked_run
     assert run_stage(factsheet.main, ["--experiment", "facts", "--out", "sheet.md"]) == 0
     text = Path("sheet.md").read_text()
     assert capsys.readouterr().out.startswith("# Fact sheet: tum-int8")
@@ -73,8 +73,8 @@ def test_factsheet_describes_the_run_from_its_tracked_records(tracked_run, capsy
 def test_the_reproduce_line_gives_back_the_runs_params(tracked_run, tmp_path):
     from mlflow import MlflowClient
 
-    run_id, params = tracked_run
-    logged = MlflowClient().get_run(run_id).data.params
+    run_id, params, uri = tracked_run
+    logged = MlflowClient(tracking_uri=uri).get_run(run_id).data.params
     overrides = reproduce_overrides(logged)
     assert overrides == ["~data.sources.synthetic", "export.precision=int8", f"+data.sources.tum.path={TUM}"]
     # applied as DVC does: ~ deletes, + adds, plain sets; the value is YAML; on params.yaml

@@ -227,7 +227,7 @@ MIRRORED = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from pipeline.config import load_params
     from pipeline.training import train
-    from pipeline.export import load_keras_model
+    from pipeline.models import load_keras_model
     from pipeline.tflite import convert, op_summary
     from pipeline.models import wrap_for_device
     params = load_params()

@@ -11,6 +11,7 @@ convert to TFLite builtin ops.
 from __future__ import annotations
 
 from pipeline.config import ARCH_STRIDES, TrainConfig
+from pipeline.errors import DataError
 from pipeline.models.registry import BUILDERS
 
 
@@ -65,3 +66,19 @@ def wrap_for_device(core, *, height: int = 480, width: int = 640):
     if (work_h, work_w) != (height, width):
         depth = keras.layers.Resizing(height, width, interpolation="bilinear", name="to_device_size")(depth)
     return keras.Model(rgb, depth, name=f"{core.name}_device")
+
+
+def load_keras_model(path, missing: str = "model file not found (run the train stage first)"):
+    """A saved .keras model without its training config (custom losses are not needed);
+    a missing or unreadable file is a one-line DataError naming it."""
+    from pathlib import Path
+
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {missing}")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:  # keras raises many types for a bad archive
+        raise DataError(f"{path}: cannot load Keras model ({str(err).splitlines()[0][:200]})") from None
