@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
 import tempfile
 from pathlib import Path
@@ -25,6 +26,7 @@ SYNTHETIC_NOTE = "procedural indoor scenes with exact depth, rendered by the pip
 
 def load_run(*, tracking_uri: str, experiment: str, run_id: str | None = None):
     """(run, {stage: metrics dict}) of `run_id`, or of the newest finished run of `experiment`."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small JSON files
     import mlflow
     from mlflow import MlflowClient
 
