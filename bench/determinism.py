@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the weight-file reader
 
 from conftest import weight_arrays  # noqa: E402
-from train_memory import (bench_arg_parser, bench_params, epoch_seconds, make_workspace, merge, run_measured,
+from train_memory import (bench_arg_parser, bench_params, epoch_seconds, make_workspace, merge,
                           train_once)  # noqa: E402
 
 
@@ -38,8 +38,6 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="determinism."))
     try:
         make_workspace(root, params)
-        run_measured([sys.executable, "-m", "stages.index"], root)
-        run_measured([sys.executable, "-m", "stages.prepare"], root)
         t = params["train"]
         print(f"data: {args.data}")
         print(f"train: {t['arch']} at {t['height']}x{t['width']}, batch {t['batch_size']}, {args.epochs} epochs, "

@@ -34,9 +34,12 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "tum_fr1_xyz"
 
 
 def make_workspace(root: Path, params: dict) -> None:
+    """The code and `params` in `root`, with the data indexed and split (ready to train)."""
     for name in ("pipeline", "stages"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in ("index", "prepare"):
+        run_measured([sys.executable, "-m", f"stages.{stage}"], root)
 
 
 def env() -> dict[str, str]:
@@ -109,8 +112,6 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="train_memory."))
     try:
         make_workspace(root, params)
-        run_measured([sys.executable, "-m", "stages.index"], root)
-        run_measured([sys.executable, "-m", "stages.prepare"], root)
         sizes = decoded_mb(root / "data" / "prepared" / "split.csv")
         t = params["train"]
         print(f"data: {args.data}")
