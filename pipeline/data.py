@@ -41,13 +41,16 @@ MAX_ERRORS_SHOWN = 3  # bad files named in the one-line error; the rest are coun
 
 @dataclass
 class DataReport:
-    names: list[str]
     pairs: list[dict] = field(default_factory=list)  # INDEX_COLUMNS of each usable pair
     skipped_empty: list[str] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     median_depth_m: float = float("nan")
     invalid_fraction: float = float("nan")
+
+    @property
+    def names(self) -> list[str]:
+        return [pair["name"] for pair in self.pairs]
 
 
 def _some(names: list[str], shown: int = 10) -> str:
@@ -140,7 +143,7 @@ def validate_source(source: str | os.PathLike, *, max_images: int = 0, skip_empt
     names, ignored = list_pairs(source)
     if max_images:
         names = names[:max_images]
-    report = DataReport(names=[], ignored_files=ignored)
+    report = DataReport(ignored_files=ignored)
     if ignored:
         shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
         report.warnings.append(f"{source}: ignored {len(ignored)} non-PNG entries: {shown}")
@@ -163,7 +166,6 @@ def validate_source(source: str | os.PathLike, *, max_images: int = 0, skip_empt
                 else:
                     report.skipped_empty.append(name)
                 continue
-            report.names.append(name)
             report.pairs.append(row)
             medians.append(median)
             invalid.append(invalid_share)
@@ -174,7 +176,7 @@ def validate_source(source: str | os.PathLike, *, max_images: int = 0, skip_empt
             f"{source}: skipped {len(report.skipped_empty)} depth maps without any valid pixel: "
             + ", ".join(report.skipped_empty[:5])
         )
-    if not report.names:
+    if not report.pairs:
         raise DataError(f"{source}: no usable pairs (every depth map is empty)")
     median_mm = float(np.median(medians))
     report.median_depth_m = median_mm / 1000.0

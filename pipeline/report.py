@@ -104,7 +104,7 @@ def runs_table(runs):
     ]
     known = [isinstance(d, str) and bool(d) for d in table["data_digest"]]
     table["data_digest"] = [d if ok else "-" for d, ok in zip(table["data_digest"], known)]
-    table["data"] = [d if ok and isinstance(d, str) and d else UNKNOWN_DATA if not ok else "-"
+    table["data"] = [(d if isinstance(d, str) and d else "-") if ok else UNKNOWN_DATA
                      for d, ok in zip(table["data"], known)]
     table["score"] = [_score(s, t) for s, t in zip(table["si_rmse"], table["latency_ms"])]
     table["pareto"] = False

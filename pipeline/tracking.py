@@ -529,11 +529,6 @@ def _read_store(uri: str, sql: str, args: tuple) -> list[tuple] | None:
         return None
 
 
-def _active_experiment(client, name: str):
-    exp = client.get_experiment_by_name(name)
-    return exp if exp is not None and exp.lifecycle_stage == "active" else None
-
-
 def find_experiment_id(uri: str, experiment: str) -> str | None:
     """The id of the active experiment `experiment`, None when there is none yet."""
     rows = _read_store(uri, "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
@@ -544,8 +539,8 @@ def find_experiment_id(uri: str, experiment: str) -> str | None:
     from mlflow import MlflowClient
 
     with mlflow_errors(uri):
-        exp = _active_experiment(MlflowClient(tracking_uri=uri), experiment)
-    return exp.experiment_id if exp is not None else None
+        exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    return exp.experiment_id if exp is not None and exp.lifecycle_stage == "active" else None
 
 
 def find_tracked_run(uri: str, experiment: str, key: str) -> tuple[str, str] | None:
@@ -563,19 +558,17 @@ def find_tracked_run(uri: str, experiment: str, key: str) -> tuple[str, str] | N
     )
     if rows is not None:
         return (str(rows[0][0]), rows[0][1]) if rows else None
-    check_reachable(uri)
+    exp_id = find_experiment_id(uri, experiment)
+    if exp_id is None:
+        return None
     from mlflow import MlflowClient
 
     with mlflow_errors(uri):
-        client = MlflowClient(tracking_uri=uri)
-        exp = _active_experiment(client, experiment)
-        if exp is None:
-            return None
-        runs = client.search_runs(
-            [exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        runs = MlflowClient(tracking_uri=uri).search_runs(
+            [exp_id], max_results=1, order_by=["attributes.start_time DESC"],
             filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
         )
-    return (exp.experiment_id, runs[0].info.run_id) if runs else None
+    return (exp_id, runs[0].info.run_id) if runs else None
 
 
 def ui_base_url(uri: str, port: int = UI_PORT) -> str:

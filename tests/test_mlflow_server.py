@@ -105,3 +105,12 @@ def test_track_stage_logs_to_a_real_server(mlflow_server, tmp_path, monkeypatch)
         log_pipeline_run(project_root=project, params=load_params(project / "params.yaml"),
                          experiment_name="srv")
     assert len(MlflowClient(tracking_uri=db_uri).search_runs([run["info"]["experiment_id"]])) == 1
+
+    # "already tracked" through the server: with a dvc.lock, the second track finds the
+    # first one's run by its pipeline key (the MLflow client path, not the sqlite shortcut)
+    (project / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    runs = [subprocess.run([sys.executable, "-m", "stages.track", "--experiment", "srv"], cwd=project,
+                           env=env, capture_output=True, text=True, timeout=120) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[1].stderr[-2000:]
+    keyed = runs[0].stdout.split("MLflow run ", 1)[1].split()[0]
+    assert runs[1].stdout.startswith(f"already tracked: MLflow run {keyed} of experiment 'srv'")
