@@ -1,4 +1,5 @@
-"""Latency at 480x640 of every architecture in fp32 and int8, and the int8/fp32 ratio.
+"""Latency at 480x640 of every architecture in fp32 and int8, the int8/fp32 ratio, and the
+oldest TFLite runtime each model runs on next to export.target_runtime.
 
     .venv/bin/python bench/latency.py [--threads N] [--runs N] [--params params.yaml]
 
@@ -17,8 +18,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def main() -> int:
+    from pipeline import rpi4
     from pipeline.config import ARCHS, load_params
     from pipeline.probe import format_table, probe
+    from pipeline.tflite import version_key
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=None, help="default: benchmark.threads, capped")
@@ -30,20 +33,28 @@ def main() -> int:
     threads = args.threads or params.benchmark.threads
     rows = []
     for arch in ARCHS:
+        train = load_params(args.params, overrides={"train": {"arch": arch}}).train  # its own `auto` values
         for precision in ("fp32", "int8"):
             print(f"{arch} {precision} ...", file=sys.stderr, flush=True)
-            rows.append(probe(arch, train_cfg=params.train, precision=precision, threads=threads,
-                              warmup=args.warmup, runs=args.runs))
-    t = params.train
-    print(f"# 480x640 input, working size {t.height}x{t.width}, {rows[0]['threads']} threads, "
-          f"median of {args.runs} runs")
+            rows.append(probe(train, precision=precision, threads=threads, warmup=args.warmup, runs=args.runs))
+    print(f"# 480x640 input, {rows[0]['threads']} threads, median of {args.runs} runs")
     print(format_table(rows))
+    for line in rpi4.describe_rows(rows):
+        print(f"# {line}")
+    print("# (int8 models: rougher still, the references are fp32)")
     print()
     print(f"{'arch':<18}  {'fp32 ms':>8}  {'int8 ms':>8}  {'int8/fp32':>9}  {'speed-up':>8}")
     for arch in ARCHS:
         fp32, int8 = (next(r for r in rows if r["arch"] == arch and r["precision"] == p) for p in ("fp32", "int8"))
         ratio = int8["median_ms"] / fp32["median_ms"]
         print(f"{arch:<18}  {fp32['median_ms']:8.2f}  {int8['median_ms']:8.2f}  {ratio:9.2f}  {1 / ratio:7.2f}x")
+    target = params.export.target_runtime
+    print()
+    print(f"# oldest TFLite runtime that runs each model; export.target_runtime is {target}")
+    print(f"{'arch':<18}  {'precision':<9}  {'min runtime':>11}  runs on {target}")
+    for row in rows:
+        ok = version_key(row["min_runtime"]) <= version_key(target)
+        print(f"{row['arch']:<18}  {row['precision']:<9}  {row['min_runtime']:>11}  {'yes' if ok else 'NO'}")
     return 0
 
 

@@ -20,13 +20,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.config import load_params  # noqa: E402
+from pipeline.config import AUTO, load_params  # noqa: E402
 from pipeline.data import build_split, read_split, write_split  # noqa: E402
 from pipeline.files import read_depth_m, read_rgb  # noqa: E402
 from pipeline.metrics import average_metrics, constant_baseline_si_rmse, image_metrics  # noqa: E402
 
-# The organizers' baseline: plain U-Net at 240x320, full width.
-BASELINE_OVERRIDES = {"arch": "mai_baseline_unet", "height": 240, "width": 320, "width_multiplier": 1.0}
+# The organizers' baseline: its own (`auto`) values are their U-Net, 64 base filters at 240x320,
+# whatever size the preset gives the default model.
+BASELINE_OVERRIDES = {"arch": "mai_baseline_unet", "width_multiplier": AUTO, "height": AUTO, "width": AUTO}
 
 
 def evaluate_full_res(core, rows) -> dict:

@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,8 +114,23 @@ class AugmentConfig:
 # Each architecture's total stride: the working resolution must be divisible by it.
 ARCH_STRIDES = {"mobile_unet": 32, "mai_baseline_unet": 16, "fastdepth": 32, "litedepth": 32}
 ARCHS = tuple(ARCH_STRIDES)
+# `auto` in train.width_multiplier / height / width = the architecture's own value below, so
+# `-S train.arch=mai_baseline_unet` alone gives the organizers' baseline: 64 base filters
+# (64 x width_multiplier) at 240x320. The others keep the values they always had.
+AUTO = "auto"
+ARCH_DEFAULTS = {
+    "mobile_unet": {"width_multiplier": 0.35, "height": 128, "width": 160},
+    "mai_baseline_unet": {"width_multiplier": 1.0, "height": 240, "width": 320},
+    "fastdepth": {"width_multiplier": 0.35, "height": 128, "width": 160},
+    "litedepth": {"width_multiplier": 0.35, "height": 128, "width": 160},
+}
 # fp16: fp16 weights, fp32 compute; dynamic_int8: int8 weights; int8: full integer, float I/O.
 PRECISIONS = ("fp32", "fp16", "dynamic_int8", "int8")
+# export.target_runtime: a TFLite runtime version, compared number by number like TFLite's own
+# CompareRuntimeVersion (2.4 < 2.4.0 < 2.12.0).
+RUNTIME_VERSION = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,4}){1,2}")
+# The challenge ran in early 2021 on TFLite 2.4/2.5: models must load there.
+TARGET_RUNTIME = "2.4.0"
 
 
 @dataclass(frozen=True)
@@ -125,11 +141,12 @@ class TrainConfig:
     # A .keras model of the same architecture whose weights the run starts from (transfer:
     # pretrain on the synthetic scenes, fine-tune on real data); "" = fresh weights.
     init_from: str = ""
-    width_multiplier: float = knob(0.35, lo=0.1, hi=2.0, lo_open=True)
+    # Encoder alpha (mai_baseline_unet: base filters = 64 x this); auto = ARCH_DEFAULTS[arch].
+    width_multiplier: float | str = knob(AUTO, lo=0.1, hi=2.0, lo_open=True)
     decoder_channels: int = knob(32, lo=4)
-    height: int = knob(128, lo=32)  # working resolution inside the graph
-    width: int = knob(160, lo=32)
-    min_depth: float = knob(0.1, lo=0.0, lo_open=True)  # metres; output clamp range
+    height: int | str = knob(AUTO, lo=32)  # working resolution inside the graph; auto as above
+    width: int | str = knob(AUTO, lo=32)
+    min_depth: float = knob(0.1, lo=0.0, lo_open=True)  # metres; output clamp range (not mai_baseline_unet: ReLU)
     max_depth: float = knob(40.0, lo=0.0, lo_open=True)
     epochs: int = knob(20, lo=1)
     batch_size: int = knob(8, lo=1)
@@ -143,6 +160,15 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
+    def __post_init__(self):
+        # `auto` is resolved here, the one place: every TrainConfig holds numbers, and
+        # MLflow, hashes and readme see the values the model was built with. A
+        # dataclasses.replace(cfg, arch=...) keeps these numbers; to get another arch's own
+        # values, load the params with that arch (load_params(overrides=...)).
+        for key, value in ARCH_DEFAULTS.get(self.arch, {}).items():
+            if getattr(self, key) == AUTO:
+                object.__setattr__(self, key, value)
+
 
 @dataclass(frozen=True)
 class ExportConfig:
@@ -153,6 +179,8 @@ class ExportConfig:
     parity_images: int = knob(4, lo=1)
     # Largest si-RMSE increase of TFLite over Keras on the parity images before export fails.
     max_parity_drop: float = knob(0.01, lo=0.0)
+    # Oldest TFLite runtime the model must run on; export fails if it needs a newer one.
+    target_runtime: str = TARGET_RUNTIME
 
 
 @dataclass(frozen=True)
@@ -265,7 +293,19 @@ def _check_value(key: str, value, rule: dict) -> None:
         raise ConfigError(f"params: {key}={value!r} is out of range (must be <= {hi})")
 
 
+def _allows_auto(typ) -> bool:
+    return typing.get_origin(typ) in (typing.Union, types.UnionType) and str in typing.get_args(typ)
+
+
 def _coerce(key: str, value, typ):
+    if _allows_auto(typ):  # a number or `auto`
+        number = next(t for t in typing.get_args(typ) if t is not str)
+        if value == AUTO:
+            return value
+        try:
+            return _coerce(key, value, number)
+        except ConfigError:
+            raise ConfigError(f"params: {key} must be {number.__name__} or {AUTO!r}, got {value!r}") from None
     if dataclasses.is_dataclass(typ):
         return _build(typ, value, key)
     if typing.get_origin(typ) is dict:  # name -> section, e.g. data.sources
@@ -317,7 +357,7 @@ def _build(cls, raw, prefix: str):
             continue  # defaults fill in; params.yaml lists them all anyway
         value = _coerce(key, raw[name], hints[name])
         rule = f.metadata.get("check")
-        if rule:
+        if rule and not (value == AUTO and _allows_auto(hints[name])):
             _check_value(key, value, rule)
         kwargs[name] = value
     return cls(**kwargs)
@@ -412,6 +452,9 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS, *, presets=(), overrid
     for key, size in (("train.height", t.height), ("train.width", t.width)):
         if size % stride:
             raise ConfigError(f"params: {key}={size} must be divisible by {stride} for {t.arch}")
+    if not RUNTIME_VERSION.fullmatch(params.export.target_runtime):
+        raise ConfigError(f"params: export.target_runtime={params.export.target_runtime!r} is not a "
+                          "dotted version like 2.4.0")
     if params.benchmark.device != "local":
         # Checked here, not only in the benchmark stage: a typo must not cost a training run.
         parse_device(params.benchmark.device)

@@ -84,6 +84,11 @@ def render(run, stages: dict[str, dict]) -> str:
     encoder = (f", encoder {p.get('train.encoder')} x{p.get('train.width_multiplier')} "
                f"({'ImageNet weights' if p.get('train.encoder_weights') == 'imagenet' else 'from scratch'})"
                if arch == "mobile_unet" else "")
+    baseline_unet = arch == "mai_baseline_unet"  # the organizers' U-Net: no decoder knob, a ReLU output
+    decoder = (f"the organizers' U-Net, 64 x {p.get('train.width_multiplier')} base filters" if baseline_unet
+               else f"decoder {p.get('train.decoder_channels', '?')} channels")
+    output = ("a plain ReLU, as the organizers'" if baseline_unet else
+              f"exp of a sigmoid-bounded log depth in [{p.get('train.min_depth')}, {p.get('train.max_depth')}] m")
     losses = [f"{name} x{p[f'train.loss.{name}_weight']}" for name in ("silog", "grad", "l1", "berhu")
               if float(p.get(f"train.loss.{name}_weight", 0) or 0) > 0]
     if "train.loss.silog_lambda" in p:
@@ -115,12 +120,12 @@ def render(run, stages: dict[str, dict]) -> str:
         f"# Fact sheet: {run.info.run_name}",
         "",
         "## Model",
-        f"- Architecture: `{arch}`{encoder}, decoder {p.get('train.decoder_channels', '?')} channels",
+        f"- Architecture: `{arch}`{encoder}, {decoder}",
         f"- Parameters: {_fmt(train.get('params'), ',')}; {_fmt(export.get('macs', 0) / 1e9 if export.get('macs') else None, '.3f')} GMACs "
         f"at the device resolution",
         f"- Working resolution {p.get('train.height')}x{p.get('train.width')} inside a "
         f"{p.get('export.height')}x{p.get('export.width')} device graph (bilinear resize in and out of the graph)",
-        f"- Output: depth in metres, exp of a sigmoid-bounded log depth in [{p.get('train.min_depth')}, {p.get('train.max_depth')}] m",
+        f"- Output: depth in metres, {output}",
         "",
         "## Training",
         f"- Losses (masked by valid depth): {', '.join(losses) or 'none'}",

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 from PIL import Image
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, ExportError
 from pipeline.files import atomic_path, depth_m_to_mm
 
 MODEL_NAME = "model.tflite"
@@ -386,8 +386,9 @@ def validate_submission(zip_path: str | os.PathLike, inputs_dir: str | os.PathLi
 
 
 # ----------------------------------------------------------------------------- packaging
-def describe_run(params, benchmark: Mapping | None = None, *, extra: str = "") -> str:
-    """Auto description for readme.txt: model, resolution, precision, params hash, timing.
+def describe_run(params, benchmark: Mapping | None = None, *, extra: str = "", min_runtime: str = "") -> str:
+    """Auto description for readme.txt: model, resolution, precision, minimum TFLite runtime
+    (`min_runtime`, read from model.tflite), params hash, timing.
 
     The hash covers MODEL_SECTIONS only (what determines model.tflite), so editing e.g.
     tracking params neither changes the readme nor needs to rerun the package stage.
@@ -402,6 +403,7 @@ def describe_run(params, benchmark: Mapping | None = None, *, extra: str = "") -
         model,
         f"working resolution {t.height}x{t.width} resized inside a {e.height}x{e.width} TFLite graph",
         f"precision {e.precision}",
+        *([f"runs on TFLite >= {min_runtime}"] if min_runtime else []),
         f"encoder weights {t.encoder_weights}",
         f"model params hash {params_hash(params, MODEL_SECTIONS)}",
     ]
@@ -412,10 +414,27 @@ def describe_run(params, benchmark: Mapping | None = None, *, extra: str = "") -
             timing.append(f"{benchmark['threads']} threads")
         if timing:
             parts.append("timed on " + ", ".join(timing))
+        if benchmark.get("est_rpi4_ms"):  # the runtime line stays the measured one
+            parts.append(f"est. Pi 4 {benchmark['est_rpi4_ms']:.0f} ms (an estimate, range "
+                         f"{benchmark['est_rpi4_ms_lo']:.0f}-{benchmark['est_rpi4_ms_hi']:.0f} ms, "
+                         "scaled by 4 MobileNets' published Pi 4 / local times)")
     parts.append("reproduce: dvc repro")
     if extra.strip():
         parts.append(extra.strip())
     return _one_line("; ".join(parts))
+
+
+def model_min_runtime(model_path: str | os.PathLike) -> str:
+    """The oldest TFLite runtime that runs the model file (for the readme); a DataError
+    naming the file when it is missing or not a TFLite model."""
+    from pipeline import tflite
+
+    try:
+        return tflite.model_min_runtime(Path(model_path).read_bytes())
+    except FileNotFoundError:
+        raise DataError(f"{model_path}: model file not found") from None
+    except ExportError as err:
+        raise DataError(f"{model_path}: {err}") from None
 
 
 def package_submission(zip_path: str | os.PathLike, *, model_path: str | os.PathLike,

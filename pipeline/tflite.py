@@ -4,6 +4,11 @@ The device runs the TFLite builtin op set only (no Flex/select-TF ops), so conve
 restricted to builtins and a model that needs anything else fails here, at export, with
 the offending op named - not later on the phone or the Pi.
 
+The device's runtime may also be old (the challenge ran TFLite 2.4/2.5): every model
+records the oldest runtime that runs it (`min_runtime_version` metadata), `OP_MIN_RUNTIME`
+says which op made it that new, and int8 conversion keeps the few ops whose int8 kernels
+are newer than the target runtime in float.
+
 A leaf: it needs no data and no params files, so `probe` uses it on random weights. The
 export stage's workflow (split, calibration images, parity) is `pipeline/export.py`;
 timing is `pipeline/tflite_runner.py` (self-contained, copied to devices), run in a fresh
@@ -24,7 +29,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from pipeline.config import PRECISIONS
+from pipeline.config import PRECISIONS, TARGET_RUNTIME
 from pipeline.errors import ExportError
 from pipeline.litert import load_interpreter
 
@@ -85,6 +90,103 @@ def _first_error_line(log: str) -> str:
     return lines[-1][:200] if lines else "unknown converter error"
 
 
+# The oldest TFLite runtime that runs each builtin op, by op version (v1 first), for the ops
+# the four architectures convert to in any precision and a few near relatives. Copied from
+# FindMinimumRuntimeVersionForOp in tensorflow/lite/tools/versioning/runtime_version.cc (TF
+# 2.18), the table the converter derives `min_runtime_version` from; that metadata is the
+# authority, this table names the op that made a model new.
+OP_MIN_RUNTIME: dict[str, tuple[str, ...]] = {
+    "ADD": ("1.5.0", "1.14.0", "2.4.0", "2.6.0", "2.13.0"),
+    "AVERAGE_POOL_2D": ("1.5.0", "1.14.0", "2.3.0"),
+    "CONCATENATION": ("1.5.0", "1.14.0", "2.3.0", "2.14.0"),
+    "CONV_2D": ("1.5.0", "1.14.0", "1.14.0", "2.3.0", "2.4.0", "2.9.0", "2.11.0", "2.15.0"),
+    "DEPTHWISE_CONV_2D": ("1.5.0", "1.12.0", "1.14.0", "2.2.0", "2.3.0", "2.3.0", "2.11.0"),
+    "DEQUANTIZE": ("1.13.1", "1.14.0", "1.15.0", "2.2.0", "2.7.0", "2.18.0"),
+    "EXP": ("1.7.0", "2.12.0"),  # v2 = int8
+    "HARD_SWISH": ("1.15.0",),
+    "LOGISTIC": ("1.14.0", "1.14.0", "2.3.0"),
+    "MAX_POOL_2D": ("1.5.0", "1.14.0", "2.3.0"),
+    "MEAN": ("1.6.0", "1.14.0", "2.4.0"),
+    "MUL": ("1.5.0", "1.14.0", "1.15.0", "2.3.0", "2.6.0", "2.11.0", "2.13.0"),
+    "PAD": ("1.5.0", "1.14.0", "2.4.0", "2.6.0"),
+    "QUANTIZE": ("1.14.0", "1.15.0", "2.7.0"),
+    "RELU": ("1.5.0", "2.1.0", "2.5.0"),
+    "RELU6": ("1.5.0", "1.14.0", "2.5.0"),
+    "RESHAPE": ("1.5.0",),
+    "RESIZE_BILINEAR": ("1.7.0", "1.14.0", "2.2.0", "2.5.0"),
+    "RESIZE_NEAREST_NEIGHBOR": ("1.13.1", "1.14.0", "2.3.0", "2.4.0"),
+    "SUB": ("1.6.0", "1.14.0", "2.3.0", "2.4.0", "2.4.0"),
+    "TILE": ("1.10.1", "2.2.0", "2.8.0"),  # v3 = int8 (Keras 3's nearest UpSampling2D)
+    "TRANSPOSE_CONV": ("1.9.0", "2.2.0", "2.3.0", "2.13.0", "2.15.0"),
+}
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """'2.4.0' -> (2, 4, 0): compared number by number, like TFLite's CompareRuntimeVersion."""
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        raise ExportError(f"{version!r} is not a dotted runtime version like 2.4.0") from None
+
+
+def _flatbuffer_model(tflite_bytes: bytes):
+    from ai_edge_litert import schema_py_generated as schema  # flatbuffers only; no TF import
+
+    if len(tflite_bytes) < 8 or not schema.Model.ModelBufferHasIdentifier(tflite_bytes, 0):
+        raise ExportError("not a TFLite flatbuffer (no TFL3 identifier)")
+    return schema, schema.Model.GetRootAs(tflite_bytes, 0)
+
+
+def min_runtime_version(tflite_bytes: bytes) -> str:
+    """The model's `min_runtime_version` metadata as the converter wrote it ("" if absent)."""
+    _, model = _flatbuffer_model(tflite_bytes)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == b"min_runtime_version":
+            buffer = model.Buffers(entry.Buffer())
+            data = bytes(buffer.DataAsNumpy()) if buffer.DataLength() else b""
+            return data.rstrip(b"\0").decode("ascii", "replace")  # a NUL-padded 16-byte field
+    return ""
+
+
+def builtin_ops(tflite_bytes: bytes) -> list[tuple[str, int]]:
+    """The (builtin op name, op version) pairs the model's operators use, sorted."""
+    schema, model = _flatbuffer_model(tflite_bytes)
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    found = set()
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for o in range(subgraph.OperatorsLength()):
+            code = model.OperatorCodes(subgraph.Operators(o).OpcodeIndex())
+            # Codes above 127 live in builtin_code, older ones in the deprecated int8 field.
+            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            found.add((names.get(builtin, str(builtin)), code.Version()))
+    return sorted(found)
+
+
+def op_min_runtime(op: str, version: int) -> str | None:
+    """OP_MIN_RUNTIME's entry for one op version; None when the table does not know it."""
+    versions = OP_MIN_RUNTIME.get(op, ())
+    return versions[version - 1] if 1 <= version <= len(versions) else None
+
+
+def ops_newer_than(ops, target: str) -> list[tuple[str, int, str]]:
+    """(op, version, runtime) of the `builtin_ops` pairs that need a runtime newer than target."""
+    newer = []
+    for op, version in ops:
+        runtime = op_min_runtime(op, version)
+        if runtime and version_key(runtime) > version_key(target):
+            newer.append((op, version, runtime))
+    return newer
+
+
+def model_min_runtime(tflite_bytes: bytes) -> str:
+    """The oldest runtime that runs the model: its metadata, or OP_MIN_RUNTIME where newer."""
+    known = [op_min_runtime(op, v) for op, v in builtin_ops(tflite_bytes)]
+    candidates = [v for v in (min_runtime_version(tflite_bytes), *known) if v]
+    return max(candidates, key=version_key) if candidates else ""
+
+
 def _with_batch_one(model):
     """Rebuild `model` with a static batch of 1: the device graph has no dynamic dims."""
     import keras
@@ -113,12 +215,34 @@ def _representative_fn(representative) -> Callable[[], Iterable[list[np.ndarray]
     return gen
 
 
-def convert(keras_model, *, precision: str, representative=None) -> bytes:
+def _quantize_for_runtime(converter, target_runtime: str) -> bytes:
+    """Full-integer quantization that keeps in float the op types whose int8 kernels are newer
+    than target_runtime (EXP v2 needs 2.12.0, TILE v3 2.8.0): calibrate once, quantize, and
+    quantize again with those types denylisted until none is left (requantizing takes ~0.1 s,
+    calibration seconds). The QuantizationDebugger's denylist is TF's selective quantization;
+    everything else stays int8."""
+    import tensorflow as tf
+
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter)
+    float_ops: list[str] = []
+    while True:
+        flatbuffer = debugger.get_nondebug_quantized_model()
+        newer = sorted({op for op, _, _ in ops_newer_than(builtin_ops(flatbuffer), target_runtime)} - set(float_ops))
+        if not newer:  # all old enough, or an op that stays new in float: export's check names it
+            return flatbuffer
+        float_ops += newer
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=float_ops)
+
+
+def convert(keras_model, *, precision: str, representative=None,
+            target_runtime: str | None = TARGET_RUNTIME) -> bytes:
     """Keras model -> TFLite flatbuffer bytes, builtin ops only.
 
     precision: fp32 | fp16 (fp16 weights, fp32 compute) | dynamic_int8 (int8 weights,
     dynamic-range activations) | int8 (full integer; needs `representative`, keeps
-    float32 input/output so the model stays a drop-in for the fp32 one).
+    float32 input/output so the model stays a drop-in for the fp32 one). int8 keeps in
+    float the ops whose int8 kernels `target_runtime` lacks (None: quantize everything);
+    whether the result runs there is the caller's check (`model_min_runtime`).
     """
     import tensorflow as tf
 
@@ -126,6 +250,8 @@ def convert(keras_model, *, precision: str, representative=None) -> bytes:
         raise ExportError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     if precision == "int8" and representative is None:
         raise ExportError("precision int8 needs representative images for calibration")
+    if target_runtime:
+        version_key(target_runtime)  # a bad version fails here, not after the conversion
     model = _with_batch_one(keras_model)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -144,7 +270,10 @@ def convert(keras_model, *, precision: str, representative=None) -> bytes:
     with captured_output() as log, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # converter UserWarnings join the log, not the console
         try:
-            flatbuffer = converter.convert()
+            if precision == "int8" and target_runtime:
+                flatbuffer = _quantize_for_runtime(converter, target_runtime)
+            else:
+                flatbuffer = converter.convert()
         except Exception as err:  # ConverterError and friends; details are in the log
             error = err
     text = "".join(log) + "".join(f"warning: {w.message}\n" for w in caught)

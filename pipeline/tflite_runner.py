@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time one .tflite model the way the AI Benchmark app does; print ONE JSON line.
 
-    python tflite_runner.py MODEL [--threads 4] [--warmup 2] [--runs 10]
+    python tflite_runner.py MODEL [--threads 4] [--warmup 2] [--runs 10] [--reference NAME=PATH ...]
 
 Self-contained on purpose (stdlib + numpy + ai_edge_litert or tflite_runtime): it is
 copied as-is to a device (e.g. a Raspberry Pi) and run there, so it must not import the
@@ -11,6 +11,8 @@ Reports: init time (interpreter construction + tensor allocation, where the defa
 XNNPACK delegate is applied), warm-up and N timed `invoke()` calls on a fixed random
 input of the model's own shape, latency stats, the process's peak RSS (and the RSS
 before the model was loaded, so the model's share is visible), runtime and machine.
+`--reference` models are timed after MODEL, in this process, with the same runtime and
+threads (`references`: median per name); MODEL's figures, RSS included, come first.
 Exit codes: 0 ok, 2 bad arguments/model, 3 no TFLite runtime installed.
 """
 
@@ -117,7 +119,43 @@ def _random_input(detail, np):
     return rng.randint(info.min, info.max + 1, size=shape).astype(dtype)
 
 
-def run(model_path, threads, warmup, runs):
+# Reference models are small: more runs than MODEL's keep their medians steady at little cost.
+REFERENCE_MIN_WARMUP = 3
+REFERENCE_MIN_RUNS = 20
+
+
+def _timed_invokes(interp, warmup, runs):
+    """(first warm-up ms or None, [ms of each timed invoke()])."""
+    first_ms = None
+    for i in range(warmup):
+        t = time.perf_counter()
+        interp.invoke()
+        if i == 0:
+            first_ms = (time.perf_counter() - t) * 1000.0
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        interp.invoke()
+        times.append((time.perf_counter() - t) * 1000.0)
+    return first_ms, times
+
+
+def _time_references(mod, np, references, threads, warmup, runs):
+    """{name: {median_ms, min_ms, runs}} of each (name, path), one interpreter at a time."""
+    warmup, runs = max(warmup, REFERENCE_MIN_WARMUP), max(runs, REFERENCE_MIN_RUNS)
+    out = {}
+    for name, path in references:
+        interp = mod.Interpreter(model_path=path, num_threads=threads)
+        interp.allocate_tensors()
+        for detail in interp.get_input_details():
+            interp.set_tensor(detail["index"], _random_input(detail, np))
+        ordered = sorted(_timed_invokes(interp, warmup, runs)[1])
+        out[name] = {"median_ms": round(_percentile(ordered, 50), 3), "min_ms": round(ordered[0], 3), "runs": runs}
+        del interp
+    return out
+
+
+def run(model_path, threads, warmup, runs, references=()):
     baseline_peak_mb, baseline_now_mb = _rss_mb()
     baseline_mb = baseline_now_mb if baseline_now_mb is not None else baseline_peak_mb
     mod, runtime_name, runtime_version = _load_runtime()
@@ -142,23 +180,13 @@ def run(model_path, threads, warmup, runs):
     for detail in inputs:
         interp.set_tensor(detail["index"], _random_input(detail, np))
 
-    first_ms = None
-    for i in range(warmup):
-        t = time.perf_counter()
-        interp.invoke()
-        if i == 0:
-            first_ms = (time.perf_counter() - t) * 1000.0
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        interp.invoke()
-        times.append((time.perf_counter() - t) * 1000.0)
+    first_ms, times = _timed_invokes(interp, warmup, runs)
     outputs = interp.get_output_details()
     out = interp.get_tensor(outputs[0]["index"])
     peak_mb, current_mb = _rss_mb()
 
     ordered = sorted(times)
-    return {
+    result = {
         "model": os.path.basename(model_path),
         "model_bytes": os.path.getsize(model_path),
         "input_shape": [int(d) for d in inputs[0]["shape"]],
@@ -197,6 +225,17 @@ def run(model_path, threads, warmup, runs):
         "cpu_count": os.cpu_count(),
         "cpus_usable": cpus,
     }
+    if references:
+        del interp  # its memory is measured above; the references need their own
+        result["references"] = _time_references(mod, np, references, threads_used, warmup, runs)
+    return result
+
+
+def _reference(text):
+    name, sep, path = text.partition("=")
+    if not (name and sep and path):
+        raise argparse.ArgumentTypeError("expected NAME=PATH, got %r" % text)
+    return name, path
 
 
 def main(argv=None):
@@ -205,14 +244,17 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--reference", type=_reference, action="append", default=[], metavar="NAME=PATH",
+                    help="also time this model after MODEL, in this process (repeatable)")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.warmup < 0 or args.runs < 1:
         ap.error("need --threads >= 1, --warmup >= 0, --runs >= 1")
-    if not os.path.isfile(args.model):
-        sys.stderr.write("tflite_runner: %s: model file not found\n" % args.model)
-        return 2
+    for path in [args.model] + [path for _, path in args.reference]:
+        if not os.path.isfile(path):
+            sys.stderr.write("tflite_runner: %s: model file not found\n" % path)
+            return 2
     try:
-        result = run(args.model, args.threads, args.warmup, args.runs)
+        result = run(args.model, args.threads, args.warmup, args.runs, args.reference)
     except (ValueError, RuntimeError) as err:
         msg = str(err).strip().splitlines()
         sys.stderr.write("tflite_runner: %s: cannot run model (%s)\n" % (args.model, msg[0] if msg else err))

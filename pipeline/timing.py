@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Mapping
 
 from pipeline.errors import TimingError
 
@@ -45,18 +46,27 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def time_local(model_path, *, threads: int, warmup: int, runs: int, timeout_s: float = 900) -> dict:
+def capped_threads(threads: int) -> int:
+    """The threads a local timing uses: more threads than cores only adds contention."""
+    return max(1, min(int(threads), usable_cpus()))
+
+
+def time_local(model_path, *, threads: int, warmup: int, runs: int, timeout_s: float = 900,
+               references: Mapping[str, str | os.PathLike] | None = None) -> dict:
     """Time `model_path` here in a fresh `sys.executable` process; the runner's JSON dict.
 
-    threads is capped at the usable core count (more threads than cores only adds
-    contention); the result carries threads_requested, threads and threads_capped.
+    threads is capped at the usable core count (`capped_threads`); the result carries
+    threads_requested, threads and threads_capped. `references` (name -> .tflite) are timed
+    after the model in the same process; their medians come back under `references`.
     """
     model_path = Path(model_path)
     if not model_path.is_file():
         raise TimingError(f"{model_path}: model file not found")
-    threads_used = max(1, min(int(threads), usable_cpus()))
+    threads_used = capped_threads(threads)
     cmd = [sys.executable, str(RUNNER), str(model_path), "--threads", str(threads_used),
            "--warmup", str(warmup), "--runs", str(runs)]
+    for name, path in (references or {}).items():
+        cmd += ["--reference", f"{name}={path}"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)

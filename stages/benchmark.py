@@ -4,6 +4,9 @@ Locally in a fresh process (TensorFlow is not loaded there) or on `benchmark.dev
 ssh://user@host[:port]` (key-based ssh; MAI_SSH_IDENTITY / MAI_SSH_CONFIG pick the key
 or an ssh config). Writes metrics/benchmark.json; `runtime_s` (median) is the value
 that goes into the submission readme. Always measures: never restore it from a cache.
+A local timing also gets `est_rpi4_ms` (with est_rpi4_ms_lo/hi and the four ratios): an
+estimate of the Raspberry Pi 4 latency, calibrated on four MobileNets (pipeline/rpi4.py);
+a device timed over SSH is measured itself and gets none.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import platform
 import sys
 
-from pipeline import remote, timing
+from pipeline import remote, rpi4
 from pipeline.cli import run_stage, stage_parser
 from pipeline.config import load_params
 from pipeline.files import write_json
@@ -22,7 +25,7 @@ KEYS = ("threads_requested", "threads", "threads_capped", "init_ms", "first_run_
         "median_ms", "p90_ms", "min_ms", "max_ms", "times_ms", "peak_rss_mb", "baseline_rss_mb",
         "model_rss_mb", "runs", "warmup", "runtime", "runtime_version", "delegate",
         "delegate_partitions", "python", "machine", "platform", "hostname", "cpu_count",
-        "cpus_usable", "input_shape", "model_bytes")
+        "cpus_usable", "input_shape", "model_bytes", *rpi4.ESTIMATE_KEYS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,8 +36,9 @@ def main(argv: list[str] | None = None) -> None:
         result = remote.time_remote(cfg.device, TFLITE_MODEL, python=cfg.ssh_python, threads=cfg.threads,
                                     warmup=cfg.warmup, runs=cfg.runs, **remote.ssh_settings_from_env())
         device = result["device"]
+        result.update(rpi4.not_estimated(f"timed on {device} itself; no estimate needed"))
     else:
-        result = timing.time_local(TFLITE_MODEL, threads=cfg.threads, warmup=cfg.warmup, runs=cfg.runs)
+        result = rpi4.time_local(TFLITE_MODEL, threads=cfg.threads, warmup=cfg.warmup, runs=cfg.runs)
         device = f"local:{platform.node()} {platform.machine()}"
     if not result.get("output_finite", True):
         print(f"warning: {TFLITE_MODEL} produced non-finite outputs on random input", file=sys.stderr)
@@ -45,6 +49,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"benchmark: {device}, {out['threads']} threads{capped}: median {out['median_ms']:.1f} ms, "
           f"p90 {out['p90_ms']:.1f} ms, init {out['init_ms']:.1f} ms, peak RAM {out['peak_rss_mb']:.0f} MB "
           f"-> {METRICS}")
+    if out["est_rpi4_ms"] is None:
+        print(f"benchmark: {rpi4.describe(out)}")
+    else:
+        print(f"benchmark: {rpi4.LABEL} {out['est_rpi4_ms']:.0f} (range {out['est_rpi4_ms_lo']:.0f}.."
+              f"{out['est_rpi4_ms_hi']:.0f}), {rpi4.describe(out)}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Stage export: models/model.keras -> models/model.tflite (device size, export.precision).
 
 The core model is wrapped to take the challenge's 1x480x640x3 RGB 0..255 and return
-1x480x640x1 metres (resizes inside the graph), converted with builtin ops only, and
-checked against Keras on a few val images. Writes models/model.tflite and
-metrics/export.json (size, op counts, parity).
+1x480x640x1 metres (resizes inside the graph), converted with builtin ops only, checked to
+run on export.target_runtime and against Keras on a few val images. Writes
+models/model.tflite and metrics/export.json (size, op counts, minimum runtime, parity).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"export: {TFLITE_MODEL} {report['size_mb']:.2f} MB, {report['n_ops']} ops, "
           f"{report['macs'] / 1e9:.2f} GMACs; parity on {par['images']} val images: "
           f"max |diff| {par['max_abs_diff_m']:.4g} m, si-RMSE {par['si_rmse_keras']:.4f} (Keras) -> "
-          f"{par['si_rmse_tflite']:.4f} (TFLite)")
+          f"{par['si_rmse_tflite']:.4f} (TFLite); runs on TFLite >= {report['min_runtime_version']} "
+          f"(target {cfg.target_runtime})")
 
 
 if __name__ == "__main__":

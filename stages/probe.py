@@ -3,15 +3,19 @@
     python -m stages.probe --arch fastdepth [--precision int8] [--threads 4] [--runs 10]
     python -m stages.probe --arch all
 
-Builds each architecture from params.yaml's train section (arch overridden, encoder
-weights none), wraps it for the 480x640 device input, converts it and times it in a
-fresh process; prints one table row per architecture. Writes nothing.
+Builds each architecture as `-S train.arch=NAME` would (params.yaml's train section, its
+`auto` values resolved for that arch; encoder weights none), wraps it for the 480x640
+device input, converts it and times it in a fresh process; prints one table row per
+architecture, with the calibrated Raspberry Pi 4 estimate (an estimate, not a
+measurement; see pipeline/rpi4.py) and the four ratios it rests on. Writes nothing but
+the calibration cache.
 """
 
 from __future__ import annotations
 
 import sys
 
+from pipeline import rpi4
 from pipeline.cli import run_stage, stage_parser
 from pipeline.config import ARCHS, PRECISIONS, load_params
 from pipeline.errors import PipelineError
@@ -44,15 +48,17 @@ def main(argv: list[str] | None = None) -> None:
     for arch in archs:
         print(f"probe: {arch} {precision} ...", file=sys.stderr, flush=True)
         try:
-            rows.append(probe(arch, train_cfg=params.train, precision=precision, threads=threads,
-                              warmup=warmup, runs=runs, height=e.height, width=e.width))
+            train = load_params(args.params, overrides={"train": {"arch": arch}}).train
+            rows.append(probe(train, precision=precision, threads=threads, warmup=warmup, runs=runs,
+                              height=e.height, width=e.width))
         except (PipelineError, ValueError) as err:  # one architecture failing does not stop the rest
             failed.append(arch)
             print(f"error: {arch}: {err}", file=sys.stderr)
     if rows:
-        t = params.train
-        print(f"# random weights, working size {t.height}x{t.width} inside a {e.height}x{e.width} graph")
+        print(f"# random weights, each working size inside a {e.height}x{e.width} graph")
         print(format_table(rows))
+        for line in rpi4.describe_rows(rows):
+            print(f"# {line}")
     if failed:
         raise ProbeFailed(f"probe failed for {', '.join(failed)} (see above)")
 

@@ -87,6 +87,31 @@ def serving(cmd: list[str], health_url: str, log_path: Path, *, cwd: Path, env: 
             proc.wait(timeout=10)
         log.close()
 
+# A made-up Pi 4 calibration: published / these = ratios 5, 4, 4, 5 (median 4.5, spread 4..5).
+FAKE_RPI4_LOCAL_MS = {"mobilenet_v1": 15.0, "mobilenet_v2": 11.0, "mobilenet_v3_large": 10.25,
+                      "mobilenet_v3_small": 2.8}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fake_rpi4_calibration(tmp_path_factory):
+    """Every test (and the stages it starts) reads FAKE_RPI4_LOCAL_MS for every thread count
+    from a cache of its own: no test pays the real one-off calibration (about a minute: four
+    MobileNets built, converted and timed) or writes to the user's cache. Without the
+    reference .tflite files there, the cached calibration is used as is (no anchor check).
+    test_benchmark.py covers the calibration itself with injected timers."""
+    from pipeline import rpi4, timing
+    from pipeline.files import write_json
+
+    directory = tmp_path_factory.mktemp("mai-cache")
+    for threads in range(1, timing.usable_cpus() + 1):
+        key = rpi4.calibration_key(threads)
+        write_json(rpi4.calibration_path(key, directory), {"key": key, "local_ms": FAKE_RPI4_LOCAL_MS})
+    patch = pytest.MonkeyPatch()
+    patch.setenv(rpi4.CACHE_ENV, str(directory))
+    yield directory
+    patch.undo()
+
+
 # Small enough for 2 CPU cores: few low-resolution scenes, one short epoch, few timing runs.
 TINY_PARAMS = {
     "data": {"val_fraction": 0.3, "synthetic": {"count": 6, "height": 120, "width": 160}},

@@ -1,5 +1,6 @@
 """Timing: the self-contained runner's JSON, thread capping, a fresh process for RSS,
-the benchmark stage end to end, and the probe on a real registry architecture."""
+the benchmark stage end to end, the probe on a real registry architecture, and the
+calibrated Pi 4 estimate (arithmetic, cache, where it is shown)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import timing
+from conftest import FAKE_RPI4_LOCAL_MS
+from pipeline import rpi4, timing
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "pipeline" / "tflite_runner.py"
@@ -152,6 +154,13 @@ def test_benchmark_stage_writes_metrics(tmp_path, model_path):
     assert_summary_of_times(out)
     assert out["runtime_s"] == pytest.approx(out["median_ms"] / 1000.0, rel=1e-6)
     assert "capped from 64" in proc.stdout
+    # the estimate, from conftest's fake calibration (ratios 5, 4, 4, 5), next to the measurement
+    assert out["est_rpi4_ratios"] == {"mobilenet_v1": 5.0, "mobilenet_v2": 4.0, "mobilenet_v3_large": 4.0,
+                                      "mobilenet_v3_small": 5.0} and out["est_rpi4_ratio"] == 4.5
+    assert out["est_rpi4_ms"] == pytest.approx(4.5 * out["median_ms"], abs=0.06)
+    assert (out["est_rpi4_ms_lo"], out["est_rpi4_ms_hi"]) == pytest.approx((4 * out["median_ms"], 5 * out["median_ms"]),
+                                                                           abs=0.06)
+    assert "estimate" in out["est_rpi4_note"] and "est. Pi 4 ms" in proc.stdout and "an estimate" in proc.stdout
 
 
 def test_benchmark_stage_rejects_bad_device(tmp_path, model_path):
@@ -173,11 +182,104 @@ def test_probe_real_arch_small(tmp_path):
     from pipeline.config import load_params
     from pipeline.probe import format_table, probe
 
-    train = dataclasses.replace(load_params(ROOT / "params.yaml").train, height=64, width=96)
-    row = probe("mai_baseline_unet", train_cfg=train, precision="int8", threads=1, warmup=0, runs=2,
-                height=96, width=128)
+    train = dataclasses.replace(load_params(ROOT / "params.yaml").train, arch="mai_baseline_unet", height=64, width=96)
+    row = probe(train, precision="int8", threads=1, warmup=0, runs=2, height=96, width=128)
     assert row["arch"] == "mai_baseline_unet" and row["precision"] == "int8"
+    assert row["min_runtime"] == "2.2.0"  # int8 runs on the challenge-era runtime (export.target_runtime)
     assert row["params"] > 1000 and row["gmacs"] > 0 and row["size_mb"] > 0
     assert row["median_ms"] > 0 and row["init_ms"] > 0 and row["peak_rss_mb"] > 0
+    assert row["est_rpi4_ms"] == pytest.approx(4.5 * row["median_ms"], abs=0.06)  # conftest's fake calibration
     table = format_table([row])
     assert "mai_baseline_unet" in table and "median ms" in table.splitlines()[0]
+
+
+# ------------------------------------------------------------- the Pi 4 estimate
+def test_runner_times_references_after_the_model_in_the_same_process(model_path):
+    result = timing.time_local(model_path, threads=1, warmup=0, runs=2, references={"again": model_path})
+    assert result["runs"] == 2 and len(result["times_ms"]) == 2  # the model's own figures are unchanged
+    ref = result["references"]["again"]
+    assert ref["runs"] == 20 and 0 < ref["min_ms"] <= ref["median_ms"]  # references get at least 20 runs
+    bad = subprocess.run([sys.executable, str(RUNNER), str(model_path), "--reference", "nope"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "NAME=PATH" in bad.stderr
+
+
+def test_estimate_is_the_median_ratio_with_the_spread_as_range():
+    cal = rpi4.calibration_from_times(FAKE_RPI4_LOCAL_MS)  # published 75/44/41/14 -> ratios 5, 4, 4, 5
+    assert cal["ratios"] == pytest.approx({"mobilenet_v1": 5, "mobilenet_v2": 4, "mobilenet_v3_large": 4,
+                                           "mobilenet_v3_small": 5})
+    assert (cal["ratio"], cal["ratio_lo"], cal["ratio_hi"]) == pytest.approx((4.5, 4, 5))
+    est = rpi4.estimate(100.0, cal)
+    assert (est["est_rpi4_ms"], est["est_rpi4_ms_lo"], est["est_rpi4_ms_hi"]) == (450.0, 400.0, 500.0)
+    # an odd one out moves the median less than the mean: ratios 2, 4, 5, 5 -> median 4.5
+    skewed = rpi4.calibration_from_times({**FAKE_RPI4_LOCAL_MS, "mobilenet_v2": 22.0})
+    assert (skewed["ratio"], skewed["ratio_lo"], skewed["ratio_hi"]) == pytest.approx((4.5, 2, 5))
+    rows = [{"arch": "a", "precision": "fp32", **est}, {"arch": "b", "precision": "int8", **rpi4.estimate(1, skewed)}]
+    assert rpi4.describe_rows(rows[:1]) == [f"est. Pi 4 ms: {rpi4.describe(est)}"]
+    assert rpi4.describe_rows(rows)[1].startswith("est. Pi 4 ms of b int8: an estimate, not a measurement: local "
+                                                  "median x 4.50")  # one line per calibration used
+    with pytest.raises(timing.TimingError, match="no local time for mobilenet_v3_small"):
+        rpi4.calibration_from_times({**FAKE_RPI4_LOCAL_MS, "mobilenet_v3_small": 0})
+
+
+def test_calibration_is_measured_once_then_read_from_the_cache(tmp_path):
+    calls, built, anchor_ms = [], [], [FAKE_RPI4_LOCAL_MS[rpi4.ANCHOR]]
+
+    def timer(path, *, threads, warmup, runs, references=None):
+        calls.append(sorted(references or ()))
+        times = {**FAKE_RPI4_LOCAL_MS, rpi4.ANCHOR: anchor_ms[0]}
+        return {"median_ms": 10.0, "threads": 1, "references": {name: {"median_ms": times[name]}
+                                                                for name in references or ()}}
+
+    def build(paths):  # stands in for keras + conversion
+        built.append(sorted(paths))
+        for path in paths.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"tflite")
+
+    def timed():
+        return rpi4.time_local("m.tflite", threads=1, warmup=0, runs=1, directory=tmp_path, timer=timer,
+                               build=build, log=lambda msg: None)
+
+    everything = sorted(rpi4.PUBLISHED_RPI4_MS)
+    first = timed()  # the four references, after the model in its timing process
+    assert built == [everything] and calls == [everything]
+    assert first["est_rpi4_ms"] == 45.0 and "references" not in first
+    cached = rpi4.calibration_path(rpi4.calibration_key(1), tmp_path)
+    assert json.loads(cached.read_text())["local_ms"] == FAKE_RPI4_LOCAL_MS
+    second = timed()  # the model and the anchor only: nothing built, the four not re-timed
+    assert calls[1] == [rpi4.ANCHOR] and len(built) == 1
+    assert second["est_rpi4_ms"] == 45.0 and second["est_rpi4_ratios"] == first["est_rpi4_ratios"]
+    anchor_ms[0] *= 1.2  # within MAX_DRIFT: still the cached calibration
+    assert timed()["est_rpi4_ms"] == 45.0 and calls[2] == [rpi4.ANCHOR]
+    anchor_ms[0] = FAKE_RPI4_LOCAL_MS[rpi4.ANCHOR] / 3  # the machine runs 3x faster than when calibrated
+    third = timed()
+    assert calls[3:] == [[rpi4.ANCHOR], everything] and len(built) == 1  # measured again, files reused
+    assert json.loads(cached.read_text())["local_ms"][rpi4.ANCHOR] == anchor_ms[0]
+    assert third["est_rpi4_ratios"][rpi4.ANCHOR] == 15.0
+    cached.write_text("{not json")  # a damaged cache is measured again
+    timed()
+    assert calls[-1] == everything and json.loads(cached.read_text())["key"] == rpi4.calibration_key(1)
+
+
+def test_probe_cli_prints_the_estimate_and_its_ratios(tmp_path, capsys):
+    import stages.probe
+    from pipeline.cli import run_stage
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(height=64, width=64, width_multiplier=0.125)  # a tiny U-Net, 8 base filters
+    params["export"].update(height=64, width=64)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    argv = ["--params", str(tmp_path / "params.yaml"), "--arch", "mai_baseline_unet", "--threads", "1",
+            "--warmup", "0", "--runs", "2"]
+    assert run_stage(stages.probe.main, argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    header, row = out[1], out[3]
+    cells = dict(zip([h.strip() for h in header.split("  ") if h.strip()], row.split()))
+    assert header.index("est. Pi 4 ms") < header.index("est. range")
+    # both printed rounded: est. to 1 ms (0.5), the median to 0.1 ms (4.5 x 0.05)
+    assert float(cells["est. Pi 4 ms"]) == pytest.approx(4.5 * float(cells["median ms"]), abs=0.75)
+    assert "an estimate, not a measurement" in out[-1] and "x 4.50" in out[-1]
+    for name, ratio in (("mobilenet_v1", 5), ("mobilenet_v2", 4), ("mobilenet_v3_large", 4),
+                        ("mobilenet_v3_small", 5)):
+        assert f"{name} {ratio:.2f}" in out[-1]

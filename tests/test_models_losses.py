@@ -40,12 +40,55 @@ def test_arch_trains_one_step_and_converts_with_builtin_ops(arch):
 
     pred = model.predict(rgb, verbose=0)
     assert pred.shape == (2, 64, 64, 1)
-    assert (pred >= cfg.min_depth * 0.999).all() and (pred <= cfg.max_depth * 1.001).all()
+    if arch == "mai_baseline_unet":  # the organizers' plain ReLU output
+        assert (pred >= 0).all()
+    else:
+        assert (pred >= cfg.min_depth * 0.999).all() and (pred <= cfg.max_depth * 1.001).all()
 
     device = wrap_for_device(model, height=96, width=128)
     summary = op_summary(convert(device, precision="fp32"))
     assert summary["non_builtin"] == []
     assert summary["n_ops"] > 10
+
+
+def conv_macs(model) -> int:
+    """Multiply-accumulates of a model's convs and transposed convs, from their Keras shapes."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2DTranspose):  # every input pixel spreads a kh x kw x out patch
+            _, h, w, cin = layer.input.shape
+            total += h * w * cin * layer.kernel_size[0] * layer.kernel_size[1] * layer.filters
+        elif isinstance(layer, keras.layers.Conv2D):
+            _, h, w, cout = layer.output.shape
+            total += h * w * cout * layer.kernel_size[0] * layer.kernel_size[1] * layer.input.shape[-1]
+    return total
+
+
+def test_mai_baseline_unet_is_the_organizers_model_exactly():
+    import keras
+
+    # Its own widths (width_multiplier auto = 1.0) at a small input: filters and parameters do
+    # not depend on the input size, and every layer's MACs scale with its pixels.
+    model = build_model(TrainConfig(arch="mai_baseline_unet", height=48, width=64))
+    convs = [layer for layer in model.layers if type(layer) is keras.layers.Conv2D]
+    ups = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2DTranspose)]
+    assert [c.filters for c in convs] == [64, 64, 128, 128, 256, 256, 512, 512, 1024, 1024,
+                                          512, 512, 256, 256, 128, 128, 64, 64, 1]
+    assert all(c.kernel_size == (3, 3) and c.use_bias and c.activation is keras.activations.relu for c in convs)
+    assert [(u.filters, u.kernel_size, u.strides, u.activation) for u in ups] == [
+        (f, (2, 2), (2, 2), keras.activations.linear) for f in (512, 256, 128, 64)]
+    assert sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers) == 4
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    assert [x.name for x in model.get_layer("skip0").input] == [ups[-1].output.name, convs[1].output.name]
+    assert model.count_params() == 31_032_257
+    assert conv_macs(model) * (240 * 320) // (48 * 64) == 56_485_478_400  # "about 56 GMACs" at 240x320
+
+
+def test_conv_macs_match_the_tflite_count_that_probe_reports():
+    model = build_model(TrainConfig(arch="mai_baseline_unet", height=48, width=64, width_multiplier=0.25))
+    assert op_summary(convert(model, precision="fp32"))["macs"] == conv_macs(model)
 
 
 def test_bad_working_size_is_rejected():

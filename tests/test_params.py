@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import REPO, make_project, run
-from pipeline.config import ConfigError, load_params
+from pipeline.config import ARCH_DEFAULTS, ARCHS, ConfigError, TrainConfig, as_flat_dict, load_params
 
 PARAMS = REPO / "params.yaml"
 
@@ -43,7 +44,12 @@ def load_with(overrides: dict):
     ({"train": {"height": 100}}, ["train.height=100", "divisible by 32"]),
     ({"train": {"arch": "mai_baseline_unet", "width": 168}}, ["train.width=168", "divisible by 16"]),
     ({"train": {"arch": "unet3000"}}, ["train.arch='unet3000'", "mobile_unet"]),
+    ({"train": {"width_multiplier": "big"}}, ["train.width_multiplier must be float or 'auto'", "'big'"]),
+    ({"train": {"height": "Auto"}}, ["train.height must be int or 'auto'", "'Auto'"]),
+    ({"train": {"width_multiplier": 2.5}}, ["train.width_multiplier=2.5", "must be <= 2.0"]),
     ({"export": {"precision": "int4"}}, ["export.precision='int4'", "int8"]),
+    ({"export": {"target_runtime": "v2.4"}}, ["export.target_runtime='v2.4'", "dotted version like 2.4.0"]),
+    ({"export": {"target_runtime": 2.4}}, ["export.target_runtime must be str", "2.4"]),
     ({"train": {"min_depth": 10.0, "max_depth": 10.0}}, ["train.min_depth=10.0", "train.max_depth=10.0"]),
     ({"train": {"min_depth": 0.0}}, ["train.min_depth=0.0", "must be > 0"]),
     ({"package": {"extra_data": 2}}, ["package.extra_data=2"]),
@@ -63,6 +69,27 @@ def test_valid_params_load():
     p = load_with({"train": {"learning_rate": 1, "augment": {"flip": False}}, "benchmark": {"device": "ssh://pi@pi4:22"}})
     assert p.train.learning_rate == 1.0 and isinstance(p.train.learning_rate, float)
     assert p.train.augment.flip is False and p.benchmark.device == "ssh://pi@pi4:22"
+
+
+def test_auto_sizes_are_each_archs_own():
+    assert set(ARCH_DEFAULTS) == set(ARCHS)
+    assert {yaml.safe_load(PARAMS.read_text())["train"][k] for k in ("width_multiplier", "height", "width")} == {"auto"}
+    default = load_with({}).train
+    assert (default.arch, default.width_multiplier, default.height, default.width) == ("mobile_unet", 0.35, 128, 160)
+    # = dvc exp run -S train.arch=mai_baseline_unet: the organizers' U-Net, 64 base filters at 240x320
+    baseline = load_with({"train": {"arch": "mai_baseline_unet"}}).train
+    assert (baseline.width_multiplier, baseline.height, baseline.width) == (1.0, 240, 320)
+    for arch in ("fastdepth", "litedepth"):
+        t = load_with({"train": {"arch": arch}}).train
+        assert (t.width_multiplier, t.height, t.width) == (0.35, 128, 160)
+    # an explicit value wins over the arch's own, key by key
+    mixed = load_with({"train": {"arch": "mai_baseline_unet", "height": 480, "width_multiplier": 0.5}}).train
+    assert (mixed.width_multiplier, mixed.height, mixed.width) == (0.5, 480, 320)
+    # every TrainConfig holds numbers (MLflow and hashes see them); replace() keeps them
+    assert TrainConfig(arch="mai_baseline_unet").height == 240
+    assert dataclasses.replace(default, arch="mai_baseline_unet").height == 128
+    flat = as_flat_dict(load_with({"train": {"arch": "mai_baseline_unet"}}))
+    assert (flat["train.width_multiplier"], flat["train.height"], flat["train.width"]) == (1.0, 240, 320)
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -19,7 +19,7 @@ from pipeline.cli import run_stage
 from pipeline.config import load_params, params_hash
 from pipeline.files import DataError, read_depth_mm, write_depth_png, write_rgb_png
 from pipeline.predict import TFLiteDepthModel
-from pipeline.submission import describe_run, package_submission, parse_readme, validate_submission
+from pipeline.submission import describe_run, model_min_runtime, package_submission, parse_readme, validate_submission
 
 ROOT = Path(__file__).resolve().parents[1]
 README = {"runtime_s": 0.05, "cpu": 1, "extra_data": 0, "description": "test"}
@@ -120,6 +120,20 @@ def test_describe_run():
     changed = dataclasses.replace(params, track=dataclasses.replace(params.track, experiment="other"))
     assert describe_run(changed, None) == describe_run(params, None)  # tracking params do not matter
     assert text.endswith("reproduce: dvc repro; my note") and "\n" not in text
+    assert "est. Pi 4" not in text  # no estimate in benchmark.json (a device timed over SSH): none here
+    estimated = describe_run(params, {"device": "local", "threads": 2, "median_ms": 12.0, "est_rpi4_ms": 54.0,
+                                      "est_rpi4_ms_lo": 48.0, "est_rpi4_ms_hi": 60.0})
+    assert "est. Pi 4 54 ms (an estimate, range 48-60 ms" in estimated
+    assert "precision fp32; runs on TFLite >= 2.2.0; encoder" in describe_run(params, None, min_runtime="2.2.0")
+
+
+def test_model_min_runtime_of_a_model_file(models, tmp_path):
+    assert model_min_runtime(models["good"]) == "2.2.0"  # its RESIZE_BILINEAR v3
+    with pytest.raises(DataError, match=r"^.*missing.tflite: model file not found$"):
+        model_min_runtime(tmp_path / "missing.tflite")
+    (tmp_path / "bad.tflite").write_bytes(b"not a model")
+    with pytest.raises(DataError, match=r"bad.tflite: not a TFLite flatbuffer"):
+        model_min_runtime(tmp_path / "bad.tflite")
 
 
 def _project(tmp_path, model, *, package_inputs=""):

@@ -215,3 +215,5 @@ def test_benchmark_stage_over_ssh_with_env_config(sshd, tiny_model, tmp_path):
     out = json.loads((tmp_path / "metrics" / "benchmark.json").read_text())
     assert out["device"] == sshd["device"] and out["runs"] == 2
     assert out["runtime_s"] == pytest.approx(out["median_ms"] / 1000.0, rel=1e-6)
+    # measured on the device itself: no Pi 4 estimate, and the output says why
+    assert out["est_rpi4_ms"] is None and "itself" in out["est_rpi4_note"] and "no est. Pi 4 ms" in proc.stdout

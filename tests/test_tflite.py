@@ -161,6 +161,7 @@ def test_export_model_report_on_real_images(model, tmp_path):
     assert report["size_bytes"] == len(flatbuffer) and report["size_mb"] == pytest.approx(len(flatbuffer) / 1e6, abs=1e-4)
     assert report["inputs"][0]["shape"] == [1, 96, 128, 3]  # resized from 480x640 at load
     assert report["n_ops"] == sum(report["ops"].values())
+    assert report["min_runtime_version"] == tflite.min_runtime_version(flatbuffer) == "2.2.0"
     par = report["parity"]
     assert par["images"] == 2 and np.isfinite(par["si_rmse_diff"]) and par["max_abs_diff_m"] < 1.0
 
@@ -214,3 +215,63 @@ def test_export_fails_when_tflite_scores_worse_than_keras(tmp_path, calibration)
         with pytest.raises(tflite.ExportError, match=r"^int8 TFLite si-RMSE is \d\.\d{4} worse than Keras on 2 val "
                                                      r"images, past export.max_parity_drop=0.01$"):
             export.export_model(model, tmp_path / "split.csv", cfg=cfg)
+
+
+# ------------------------------------------------------------- minimum runtime
+def test_min_runtime_and_op_versions_are_read_from_the_flatbuffer(model):
+    flatbuffer = tflite.convert(model, precision="fp32")
+    ops = tflite.builtin_ops(flatbuffer)
+    assert ("CONV_2D", 1) in ops and ("RESIZE_BILINEAR", 3) in ops  # v3: half_pixel_centers
+    assert {op for op, _ in ops} == set(tflite.op_summary(flatbuffer)["ops"])
+    assert tflite.min_runtime_version(flatbuffer) == "2.2.0"  # the converter's metadata ...
+    assert tflite.model_min_runtime(flatbuffer) == "2.2.0"  # ... and OP_MIN_RUNTIME agree
+    assert tflite.ops_newer_than(ops, "2.1.0") == [("RESIZE_BILINEAR", 3, "2.2.0")]
+    with pytest.raises(tflite.ExportError, match="not a TFLite flatbuffer"):
+        tflite.min_runtime_version(b"PK\x03\x04 a zip, not a model")
+
+
+def test_runtime_versions_compare_number_by_number():
+    assert tflite.version_key("2.4") < tflite.version_key("2.4.0") < tflite.version_key("2.12.0")
+    ops = [("EXP", 2), ("CONV_2D", 3), ("TILE", 3), ("MADE_UP_OP", 1)]  # unknown ops: the metadata decides
+    assert tflite.ops_newer_than(ops, "2.4.0") == [("EXP", 2, "2.12.0"), ("TILE", 3, "2.8.0")]
+    assert tflite.ops_newer_than(ops, "2.12.0") == []
+
+
+def test_export_fails_when_the_model_needs_a_newer_runtime(model, tmp_path):
+    rgb, depth = f"{TUM}/rgb/000000.png", f"{TUM}/depth/000000.png"  # not read: the check comes first
+    split = tmp_path / "split.csv"
+    split.write_text(split_csv([("a", "train", rgb, depth), ("b", "val", rgb, depth)]))
+    cfg = ExportConfig(height=H, width=W, target_runtime="2.1.0")
+    with pytest.raises(tflite.ExportError) as err:
+        export.export_model(model, split, cfg=cfg)
+    assert str(err.value) == ("fp32 model needs TFLite runtime 2.2.0 but export.target_runtime is 2.1.0: "
+                              "RESIZE_BILINEAR v3 (2.2.0)")
+
+
+def test_int8_keeps_ops_newer_than_the_target_runtime_in_float():
+    """The depth head's exp (and Keras 3's nearest upsampling, a TILE) have int8 kernels only
+    since TFLite 2.12 (2.8): the int8 export keeps them in float and the rest int8."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32, 40, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(keras.layers.Rescaling(1 / 127.5)(inp))
+    x = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(keras.layers.UpSampling2D()(x))
+    exp_head = keras.Model(inp, keras.layers.Activation("exponential")(keras.layers.Rescaling(6.0, offset=-2.3)(x)))
+    images = np.random.default_rng(0).uniform(0, 255, (3, 32, 40, 3)).astype(np.float32)
+
+    flatbuffer = tflite.convert(exp_head, precision="int8", representative=images, target_runtime="2.4.0")
+    ops = tflite.builtin_ops(flatbuffer)
+    assert ("EXP", 1) in ops and ("TILE", 1) in ops  # float
+    assert ("CONV_2D", 3) in ops  # int8
+    assert tflite.version_key(tflite.model_min_runtime(flatbuffer)) <= tflite.version_key("2.4.0")
+    assert export.check_runtime(flatbuffer, precision="int8", target="2.4.0") == tflite.min_runtime_version(flatbuffer)
+    depth = exp_head(images).numpy()
+    assert np.abs(tflite.run_tflite(flatbuffer, images) - depth).max() < 0.05 * depth.max()
+
+    all_int8 = tflite.convert(exp_head, precision="int8", representative=images, target_runtime=None)
+    assert tflite.min_runtime_version(all_int8) == "2.12.0"
+    with pytest.raises(tflite.ExportError) as err:
+        export.check_runtime(all_int8, precision="int8", target="2.4.0")
+    assert str(err.value) == ("int8 model needs TFLite runtime 2.12.0 but export.target_runtime is 2.4.0: "
+                              "EXP v2 (2.12.0), TILE v3 (2.8.0)")
