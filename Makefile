@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: repro test exp ui compare factsheet tracking-server probe bench clean-venv
+.PHONY: repro test exp sweep ui compare factsheet tracking-server probe bench clean-venv
 
 $(INSTALLED): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: $(INSTALLED)
 PRESET ?= presets/tum.yaml
 exp: $(INSTALLED)
 	$(BIN)/dvc exp run $$($(BIN)/python -m pipeline.config set-args $(PRESET))
+
+# A grid of DVC experiments, one per combination, queued and started (defaults in the grid
+# file, sweeps/default.yaml): make sweep [GRID=sweeps/x.yaml] [JOBS=2] [DRY=1] [WAIT=1] [FORCE=1]
+sweep: $(INSTALLED)
+	$(BIN)/python -m stages.sweep $(GRID) $(if $(JOBS),--jobs $(JOBS)) $(if $(DRY),--dry-run) \
+	  $(if $(WAIT),--wait) $(if $(FORCE),--force)
 
 # The organizers' hint: random weights -> TFLite -> timing, for every architecture.
 probe: $(INSTALLED)
@@ -45,7 +51,8 @@ ui: $(INSTALLED)
 	  --default-artifact-root $(CURDIR)/mlartifacts --no-serve-artifacts \
 	  --workers 1 --host 127.0.0.1 --port $(UI_PORT)
 
-# Table and Pareto plot (si-RMSE vs latency) per validation data set -> reports/compare/
+# Per validation data set: table, Pareto fronts of si-RMSE vs latency and vs est. Pi 4 ms,
+# the best challenge score -> reports/compare/
 compare: $(INSTALLED)
 	$(BIN)/python -m stages.compare
 

@@ -73,6 +73,16 @@ def berhu_loss(gt, pred):
     return _mean_over_valid_images(per_image, count)
 
 
+def rmse_loss(gt, pred):
+    """Root mean squared error over valid pixels, per image then averaged: the organizers'
+    baseline loss (theirs in mm; in metres here like the other terms, which Adam, being
+    invariant to the scale of the loss, trains the same way)."""
+    mask, count = _mask_and_count(gt)
+    err = (pred - gt) * mask
+    per_image = tf.sqrt(tf.reduce_sum(err * err, axis=[1, 2, 3]) / tf.maximum(count, 1.0) + _EPS)
+    return _mean_over_valid_images(per_image, count)
+
+
 def _mean_over_valid_images(per_image, count):
     """Images without any valid pixel get weight 0 instead of a 0-loss vote."""
     has = tf.cast(count > 0, tf.float32)
@@ -86,6 +96,7 @@ def make_loss(cfg: LossConfig):
         (cfg.grad_weight, gradient_loss),
         (cfg.l1_weight, l1_loss),
         (cfg.berhu_weight, berhu_loss),
+        (cfg.rmse_weight, rmse_loss),
     ]
     terms = [(w, fn) for w, fn in terms if w > 0]
     if not terms:

@@ -7,7 +7,9 @@ the offending op named - not later on the phone or the Pi.
 The device's runtime may also be old (the challenge ran TFLite 2.4/2.5): every model
 records the oldest runtime that runs it (`min_runtime_version` metadata), `OP_MIN_RUNTIME`
 says which op made it that new, and int8 conversion keeps the few ops whose int8 kernels
-are newer than the target runtime in float.
+are newer than the target runtime in float. It also keeps in float what XNNPACK (LiteRT's
+CPU delegate) runs only in float and the device wrapper's resizes, so that the model runs
+in one XNNPACK partition; `delegation` says whether it does.
 
 A leaf: it needs no data and no params files, so `probe` uses it on random weights. The
 export stage's workflow (split, calibration images, parity) is `pipeline/export.py`;
@@ -149,19 +151,97 @@ def min_runtime_version(tflite_bytes: bytes) -> str:
     return ""
 
 
+def _op_names(schema) -> dict[int, str]:
+    return {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+
+
+def _op_code(names: dict[int, str], model, operator) -> tuple[str, int]:
+    """(builtin op name, op version) of one flatbuffer operator."""
+    code = model.OperatorCodes(operator.OpcodeIndex())
+    # Codes above 127 live in builtin_code, older ones in the deprecated int8 field.
+    builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+    return names.get(builtin, str(builtin)), code.Version()
+
+
 def builtin_ops(tflite_bytes: bytes) -> list[tuple[str, int]]:
     """The (builtin op name, op version) pairs the model's operators use, sorted."""
     schema, model = _flatbuffer_model(tflite_bytes)
-    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    names = _op_names(schema)
     found = set()
     for s in range(model.SubgraphsLength()):
         subgraph = model.Subgraphs(s)
         for o in range(subgraph.OperatorsLength()):
-            code = model.OperatorCodes(subgraph.Operators(o).OpcodeIndex())
-            # Codes above 127 live in builtin_code, older ones in the deprecated int8 field.
-            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-            found.add((names.get(builtin, str(builtin)), code.Version()))
+            found.add(_op_code(names, model, subgraph.Operators(o)))
     return sorted(found)
+
+
+# Ops that only move pixels: the device wrapper's resizes to and from the working size.
+EDGE_OPS = ("RESIZE_BILINEAR", "RESHAPE", "TRANSPOSE")
+
+
+def edge_nodes(tflite_bytes: bytes) -> list[str]:
+    """Output tensor names of the EDGE_OPS chains next to the float input and output.
+
+    int8 conversion keeps them in float: quantizing the 480x640x3 input before the resize
+    costs more than the resize itself, and an int8 depth map resized to 480x640 must be
+    requantized on a linear 256-step grid, then dequantized again, slower than the float
+    resize and coarse near the camera. In float they leave XNNPACK's one partition intact
+    (QUANTIZE/DEQUANTIZE run in it).
+    """
+    schema, model = _flatbuffer_model(tflite_bytes)
+    graph = model.Subgraphs(0)
+    ops = [graph.Operators(i) for i in range(graph.OperatorsLength())]
+    names = _op_names(schema)
+    kind = [_op_code(names, model, op)[0] for op in ops]
+    producer = {int(t): i for i, op in enumerate(ops) for t in op.OutputsAsNumpy()}
+    consumers: dict[int, list[int]] = {}
+    for i, op in enumerate(ops):
+        for t in op.InputsAsNumpy():
+            consumers.setdefault(int(t), []).append(i)
+    chain: list[int] = []
+    for tensor in graph.InputsAsNumpy():  # forward from the input while one edge op reads it
+        users = consumers.get(int(tensor), [])
+        while len(users) == 1 and kind[users[0]] in EDGE_OPS and users[0] not in chain:
+            chain.append(users[0])
+            users = consumers.get(int(ops[users[0]].Outputs(0)), [])
+    for tensor in graph.OutputsAsNumpy():  # backward from the output through edge ops
+        i = producer.get(int(tensor))
+        while i is not None and kind[i] in EDGE_OPS and i not in chain:
+            chain.append(i)
+            i = producer.get(int(ops[i].Inputs(0)))
+    return [graph.Tensors(int(ops[i].Outputs(0))).Name().decode() for i in chain]
+
+
+def delegation(tflite_bytes: bytes, *, threads: int = 1) -> dict:
+    """How XNNPACK (LiteRT's default delegate) takes the model: the number of DELEGATE
+    partitions, as `tflite_runner` counts them, and the ops it leaves to the builtin kernels.
+
+    After delegation the interpreter still lists every original node, and the execution plan
+    is not exposed: a node is delegated when it lies between a DELEGATE node's inputs and its
+    outputs, so each partition is walked back from its outputs.
+    """
+    interp = load_interpreter(content=tflite_bytes, num_threads=threads, name="converted model",
+                              error=ExportError)
+    ops = interp._get_ops_details()
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    producer = {int(t): op["index"] for op in ops if op["op_name"] != "DELEGATE" for t in op["outputs"]}
+    inside: set[int] = set()
+    for node in delegates:
+        boundary = {int(t) for t in node["inputs"]}
+        todo = [int(t) for t in node["outputs"]]
+        while todo:
+            tensor = todo.pop()
+            index = producer.get(tensor)
+            if tensor in boundary or index is None or index in inside:
+                continue
+            inside.add(index)
+            todo.extend(int(t) for t in ops[index]["inputs"] if t >= 0)
+    left: dict[str, int] = {}
+    for op in ops:
+        if op["op_name"] != "DELEGATE" and op["index"] not in inside:
+            left[op["op_name"]] = left.get(op["op_name"], 0) + 1
+    return {"partitions": len(delegates), "nodes": len(ops) - len(delegates),
+            "not_delegated": dict(sorted(left.items(), key=lambda kv: (-kv[1], kv[0])))}
 
 
 def op_min_runtime(op: str, version: int) -> str | None:
@@ -215,23 +295,34 @@ def _representative_fn(representative) -> Callable[[], Iterable[list[np.ndarray]
     return gen
 
 
-def _quantize_for_runtime(converter, target_runtime: str) -> bytes:
-    """Full-integer quantization that keeps in float the op types whose int8 kernels are newer
-    than target_runtime (EXP v2 needs 2.12.0, TILE v3 2.8.0): calibrate once, quantize, and
-    quantize again with those types denylisted until none is left (requantizing takes ~0.1 s,
-    calibration seconds). The QuantizationDebugger's denylist is TF's selective quantization;
-    everything else stays int8."""
+# Op types XNNPACK runs in float but not in int8. Quantized, each runs on the builtin kernels and
+# cuts the graph out of the delegate (MobileNetV3's 18 hard-swishes: 19 partitions); kept in
+# float between a DEQUANTIZE and a QUANTIZE, which XNNPACK runs too, the graph stays one partition.
+XNNPACK_FLOAT_ONLY = ("HARD_SWISH",)
+
+
+def _quantize(converter, target_runtime: str | None) -> bytes:
+    """Full-integer quantization that keeps in float the device wrapper's resizes
+    (`edge_nodes`), XNNPACK_FLOAT_ONLY and the op types whose int8 kernels are newer than
+    target_runtime (EXP v2 needs 2.12.0, TILE v3 2.8.0): calibrate once, quantize, and quantize
+    again with those types denylisted until none is left (requantizing takes ~0.1 s,
+    calibration seconds). The QuantizationDebugger's denylists are TF's selective
+    quantization; the rest is int8."""
     import tensorflow as tf
 
     debugger = tf.lite.experimental.QuantizationDebugger(converter=converter)
-    float_ops: list[str] = []
+    float_nodes = edge_nodes(debugger.calibrated_model)
+    float_ops = list(XNNPACK_FLOAT_ONLY)
     while True:
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_ops=float_ops, denylisted_nodes=float_nodes)
         flatbuffer = debugger.get_nondebug_quantized_model()
+        if not target_runtime:
+            return flatbuffer
         newer = sorted({op for op, _, _ in ops_newer_than(builtin_ops(flatbuffer), target_runtime)} - set(float_ops))
         if not newer:  # all old enough, or an op that stays new in float: export's check names it
             return flatbuffer
         float_ops += newer
-        debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=float_ops)
 
 
 def convert(keras_model, *, precision: str, representative=None,
@@ -241,7 +332,8 @@ def convert(keras_model, *, precision: str, representative=None,
     precision: fp32 | fp16 (fp16 weights, fp32 compute) | dynamic_int8 (int8 weights,
     dynamic-range activations) | int8 (full integer; needs `representative`, keeps
     float32 input/output so the model stays a drop-in for the fp32 one). int8 keeps in
-    float the ops whose int8 kernels `target_runtime` lacks (None: quantize everything);
+    float the resizes at the graph's edges and the ops whose int8 kernels `target_runtime`
+    lacks (None: no runtime limit);
     whether the result runs there is the caller's check (`model_min_runtime`).
     """
     import tensorflow as tf
@@ -270,8 +362,8 @@ def convert(keras_model, *, precision: str, representative=None,
     with captured_output() as log, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # converter UserWarnings join the log, not the console
         try:
-            if precision == "int8" and target_runtime:
-                flatbuffer = _quantize_for_runtime(converter, target_runtime)
+            if precision == "int8":
+                flatbuffer = _quantize(converter, target_runtime)
             else:
                 flatbuffer = converter.convert()
         except Exception as err:  # ConverterError and friends; details are in the log

@@ -134,6 +134,34 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class StepBudget(keras.callbacks.Callback):
+    """Stops, mid-epoch if need be, before a training step that would end past `budget_s`
+    seconds of training steps (validation and checkpoints are not counted): the same
+    wall-clock budget for models whose steps differ 100-fold (bench/pareto.py). The cut
+    epoch still ends as usual: validated, checkpointed."""
+
+    def __init__(self, budget_s: float, log):
+        super().__init__()
+        self.budget_s, self.log = budget_s, log
+        self.spent = self.last = self.started = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.last = time.perf_counter() - self.started
+        self.spent += self.last
+        if self.spent + self.last > self.budget_s:  # the next step, as long as this one, would not fit
+            self.log(f"budget of {self.budget_s:.0f} s of training steps spent ({self.spent:.0f} s); stopping")
+            self.model.stop_training = True
+
+
+def optimizer_steps(model) -> int:
+    """Steps the optimizer took; read as a tensor because under tf.distribute the counter is a
+    MirroredVariable, which int() refuses."""
+    return int(tf.convert_to_tensor(model.optimizer.iterations.value).numpy())
+
+
 def make_strategy(name: str):
     """tf.distribute strategy from train.strategy.
 
@@ -268,8 +296,12 @@ def train(params: Params, **kwargs) -> dict:
 
 def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.PathLike,
           ckpt_dir: str | os.PathLike, history_csv: str | os.PathLike, fingerprint: str,
-          time_budget_s: float | None = None, log=print) -> dict:
-    """Train (or resume) and save the best core model to `model_out`. Returns summary metrics."""
+          time_budget_s: float | None = None, step_budget_s: float | None = None, log=print) -> dict:
+    """Train (or resume) and save the best core model to `model_out`. Returns summary metrics.
+
+    time_budget_s stops after the epoch in which it ran out (whole epochs, resumable);
+    step_budget_s counts training steps only and stops mid-epoch (StepBudget; for benches,
+    a run cut mid-epoch does not resume bit for bit)."""
     cfg, seed = params.train, params.base.seed
     ckpt_dir, history_csv = Path(ckpt_dir), Path(history_csv)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -330,6 +362,8 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
                                                                      select_best=params.data.val == VAL_BLOCKS)]
         if time_budget_s:
             callbacks.append(TimeBudget(time_budget_s, log))
+        if step_budget_s:
+            callbacks.append(StepBudget(step_budget_s, log))
         model.fit(train_ds, epochs=cfg.epochs, initial_epoch=start,
                   steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=2)
     elif not history_csv.exists():
@@ -347,7 +381,8 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
         "epochs": len(state["history"]), "best_epoch": state["best_epoch"], "best_val_si_rmse": state["best"],
         "final_loss": last.get("loss"), "final_val_si_rmse": last.get(MONITOR),
         "params": int(final.count_params()), "train_images": len(train_rows), "val_images": len(val_rows),
-        "steps_per_epoch": steps, "batch_size": batch, "replicas": replicas,
+        "steps_per_epoch": steps, "steps": optimizer_steps(model), "batch_size": batch,
+        "replicas": replicas,
         # what the fact sheet reports as training time and hardware (a resumed run sums all epochs)
         "train_seconds": round(sum(row.get("seconds", 0.0) for row in state["history"]), 1),
         "hardware": describe_hardware(),

@@ -1,11 +1,12 @@
-"""Compare tracked runs per validation data set: table (CSV + markdown, printed) and a
-si-RMSE vs latency Pareto plot with the challenge score's iso-lines.
+"""Compare tracked runs per validation data set: table (CSV + markdown, printed), the Pareto
+fronts of si-RMSE against the local latency and against the est. Pi 4 latency, plotted with
+the challenge score's iso-lines, and the best challenge score.
 
     python -m stages.compare [--experiment NAME] [--out reports/compare]
 
 si-RMSE from different data is not comparable: runs are grouped by the digest of their
-validation split, with one table, Pareto front and plot per group. Each plot is also
-logged to the best run of its group (artifacts compare/), to open in the MLflow UI.
+validation split, with one table, two Pareto fronts and a plot per group. Each plot is also
+logged to the best-score run of its group (artifacts compare/), to open in the MLflow UI.
 Not a DVC stage (it reads the MLflow store, which DVC does not track); run it after a few
 `dvc exp run`s, or via `make compare`.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from pipeline.cli import run_stage, stage_parser
 from pipeline.config import load_params
-from pipeline.report import count_runs, data_groups, load_runs, log_plots, runs_table, write_report
+from pipeline.report import (SPEEDS, count_runs, data_groups, describe_best, load_runs, log_plots, runs_table,
+                             write_report)
 from pipeline.tracking import tracking_uri
 
 
@@ -37,8 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     groups = data_groups(table)
     print(f"{count_runs(len(table))} of {experiment!r} in {len(groups)} data group(s), never ranked across groups:")
     for label, rows in groups:
-        front = ", ".join(rows.loc[rows["pareto"], "run"]) or "none (no run has both si-RMSE and latency)"
-        print(f"- {label}: {count_runs(len(rows))}; Pareto front: {front}; plot {paths['plots'][label]}"
+        fronts = [", ".join(rows.loc[rows[front], "run"]) or "none" for _, _, front, _ in SPEEDS]
+        print(f"- {label}: {count_runs(len(rows))}; Pareto front: {fronts[0]}; est. Pi 4 front: {fronts[1]}; "
+              f"{describe_best(rows)}; plot {paths['plots'][label]}"
               + (f" (also in run {logged[label][:8]}, artifacts compare/)" if label in logged else ""))
     print(f"wrote {paths['csv']}, {paths['markdown']}")
 

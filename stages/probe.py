@@ -5,8 +5,9 @@
 
 Builds each architecture as `-S train.arch=NAME` would (params.yaml's train section, its
 `auto` values resolved for that arch; encoder weights none), wraps it for the 480x640
-device input, converts it and times it in a fresh process; prints one table row per
-architecture, with the calibrated Raspberry Pi 4 estimate (an estimate, not a
+device input (export.output_resize), converts it and times it in a fresh process; prints one
+table row per architecture, with how many XNNPACK partitions it runs in and the ops XNNPACK
+leaves to the builtin kernels, with the calibrated Raspberry Pi 4 estimate (an estimate, not a
 measurement; see pipeline/rpi4.py) and the four ratios it rests on. Writes nothing but
 the calibration cache.
 """
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             train = load_params(args.params, overrides={"train": {"arch": arch}}).train
             rows.append(probe(train, precision=precision, threads=threads, warmup=warmup, runs=runs,
-                              height=e.height, width=e.width))
+                              height=e.height, width=e.width, output_resize=e.output_resize))
         except (PipelineError, ValueError) as err:  # one architecture failing does not stop the rest
             failed.append(arch)
             print(f"error: {arch}: {err}", file=sys.stderr)

@@ -186,11 +186,30 @@ def test_probe_real_arch_small(tmp_path):
     row = probe(train, precision="int8", threads=1, warmup=0, runs=2, height=96, width=128)
     assert row["arch"] == "mai_baseline_unet" and row["precision"] == "int8"
     assert row["min_runtime"] == "2.2.0"  # int8 runs on the challenge-era runtime (export.target_runtime)
+    assert (row["delegate_partitions"], row["not_delegated"]) == (1, {})  # XNNPACK runs all of it, in int8 too
     assert row["params"] > 1000 and row["gmacs"] > 0 and row["size_mb"] > 0
     assert row["median_ms"] > 0 and row["init_ms"] > 0 and row["peak_rss_mb"] > 0
     assert row["est_rpi4_ms"] == pytest.approx(4.5 * row["median_ms"], abs=0.06)  # conftest's fake calibration
     table = format_table([row])
     assert "mai_baseline_unet" in table and "median ms" in table.splitlines()[0]
+
+
+def test_paired_ratio_takes_turns_and_keeps_the_direction():
+    """fp32 vs int8 in one process each time, each first in turn. Whichever runs second is
+    slowed here by 10%: two turns nearly cancel it; three lean to the order run twice."""
+    from pipeline.probe import paired_ratio
+
+    true_ms = {"fp32.tflite": 4.0, "int8.tflite": 2.0}
+    calls = []
+
+    def timer(first, *, threads, warmup, runs, references):
+        calls.append((first, references["second"], threads))
+        return {"median_ms": true_ms[first], "references": {"second": {"median_ms": 1.1 * true_ms[references["second"]]}}}
+
+    ratio = paired_ratio("fp32.tflite", "int8.tflite", threads=2, repeats=3, timer=timer)
+    assert [c[0] for c in calls] == ["fp32.tflite", "int8.tflite", "fp32.tflite"] and calls[0][2] == 2
+    assert ratio == pytest.approx(0.5 * 1.1)  # turns 0.55, 0.4545, 0.55: the median of an odd count
+    assert paired_ratio("fp32.tflite", "int8.tflite", threads=2, repeats=2, timer=timer) == pytest.approx(0.5, rel=0.01)
 
 
 # ------------------------------------------------------------- the Pi 4 estimate

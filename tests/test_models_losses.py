@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.config import ARCHS, LossConfig, TrainConfig
-from pipeline.losses import berhu_loss, gradient_loss, l1_loss, make_loss, silog_loss
+from pipeline.config import ARCHS, OUTPUT_RESIZES, LossConfig, TrainConfig
+from pipeline.losses import berhu_loss, gradient_loss, l1_loss, make_loss, rmse_loss, silog_loss
 from pipeline.models import arch_names, build_model, wrap_for_device
-from pipeline.tflite import convert, op_summary
+from pipeline.probe import random_device_model
+from pipeline.tflite import convert, delegation, op_summary
 
 
 def tiny_cfg(arch: str) -> TrainConfig:
@@ -46,9 +47,23 @@ def test_arch_trains_one_step_and_converts_with_builtin_ops(arch):
         assert (pred >= cfg.min_depth * 0.999).all() and (pred <= cfg.max_depth * 1.001).all()
 
     device = wrap_for_device(model, height=96, width=128)
-    summary = op_summary(convert(device, precision="fp32"))
+    flatbuffer = convert(device, precision="fp32")
+    summary = op_summary(flatbuffer)
     assert summary["non_builtin"] == []
     assert summary["n_ops"] > 10
+    # XNNPACK runs it whole: every op delegated, one partition (counted as the timing runner does)
+    assert delegation(flatbuffer) == {"partitions": 1, "nodes": summary["n_ops"], "not_delegated": {}}
+
+
+# mai_baseline_unet's int8 partitions: tests/test_benchmark.py's probe test, which converts it anyway.
+@pytest.mark.parametrize("arch", [arch for arch in ARCHS if arch != "mai_baseline_unet"])
+def test_arch_int8_runs_in_one_xnnpack_partition(arch):
+    """Full-integer export leaves no op to the builtin kernels: nearest upsampling without
+    TILE (fastdepth), MobileNetV3's hard-swish and the exp head in float (litedepth, all), the
+    device resizes in float, batch norms fitted so that int8 scales are a trained model's."""
+    _, device, images = random_device_model(tiny_cfg(arch), height=96, width=128)
+    report = delegation(convert(device, precision="int8", representative=images))
+    assert (report["partitions"], report["not_delegated"]) == (1, {})
 
 
 def conv_macs(model) -> int:
@@ -109,6 +124,7 @@ LOSSES = {
     "gradient": gradient_loss,
     "l1": l1_loss,
     "berhu": berhu_loss,
+    "rmse": rmse_loss,
 }
 
 
@@ -157,11 +173,23 @@ def test_loss_weights_combine_terms():
         make_loss(LossConfig(silog_weight=0, grad_weight=0, l1_weight=0, berhu_weight=0))
 
 
-def test_device_graph_computes_what_training_computed():
+def test_rmse_loss_is_the_per_image_rmse_of_valid_pixels():
+    """The organizers' baseline loss (presets/organizers.yaml): RMSE per image, then the mean."""
+    gt, pred = _pair(4)
+    g, p = gt.numpy(), pred.numpy()
+    per_image = [np.sqrt(np.mean((pi[gi > 0] - gi[gi > 0]) ** 2)) for gi, pi in zip(g, p)]
+    assert float(rmse_loss(gt, pred)) == pytest.approx(np.mean(per_image), rel=1e-4)
+    only = make_loss(LossConfig(silog_weight=0, grad_weight=0, rmse_weight=1.0))
+    assert float(only(gt, pred)) == pytest.approx(float(rmse_loss(gt, pred)), rel=1e-6)
+
+
+@pytest.mark.parametrize("output_resize", OUTPUT_RESIZES)
+def test_device_graph_computes_what_training_computed(output_resize):
     """The 480x640 device model = resize the image like the training pipeline, run the core
     at its working size, resize the depth back bilinearly; in Keras and in TFLite. On a
     non-square working size, so swapped height/width or another interpolation shows here
-    and not only as a worse score."""
+    and not only as a worse score. export.output_resize=separable gives the same values
+    with other ops: two 1-axis resizes around TRANSPOSEs, all in XNNPACK."""
     import keras
 
     from pipeline.synthetic import render_scene
@@ -180,7 +208,12 @@ def test_device_graph_computes_what_training_computed():
     expected = tf.image.resize(core(work_rgb[None]), (480, 640), method="bilinear").numpy()
     assert expected.std() > 0.05  # metres: an image-dependent output, so a misplaced pixel shows
 
-    device = wrap_for_device(core, height=480, width=640)
+    device = wrap_for_device(core, height=480, width=640, output_resize=output_resize)
     image = rgb[None].astype(np.float32)
     np.testing.assert_allclose(device(image).numpy(), expected, atol=1e-5)
-    np.testing.assert_allclose(run_tflite(convert(device, precision="fp32"), image), expected, atol=1e-4)
+    flatbuffer = convert(device, precision="fp32")
+    np.testing.assert_allclose(run_tflite(flatbuffer, image), expected, atol=1e-4)
+    ops = op_summary(flatbuffer)["ops"]
+    # in, in the core, out (separable: out by columns, then by rows)
+    assert (ops["RESIZE_BILINEAR"], ops.get("TRANSPOSE", 0)) == {"bilinear": (3, 0), "separable": (4, 2)}[output_resize]
+    assert delegation(flatbuffer)["partitions"] == 1

@@ -148,6 +148,10 @@ def test_device_size_480x640_int8_with_registry_wrapper(model, images):
     assert summary["outputs"][0] == {"shape": [1, 480, 640, 1], "dtype": "float32"}
     out = tflite.run_tflite(flatbuffer, rep)
     assert out.shape == (1, 480, 640, 1) and np.isfinite(out).all()
+    # the wrapper's resizes stay float: one QUANTIZE after the input resize, one DEQUANTIZE before
+    # the output resize (not 480x640 values each way), and XNNPACK runs all of it
+    assert (summary["ops"]["QUANTIZE"], summary["ops"]["DEQUANTIZE"]) == (1, 1)
+    assert tflite.delegation(flatbuffer) == {"partitions": 1, "nodes": summary["n_ops"], "not_delegated": {}}
 
 
 def test_export_model_report_on_real_images(model, tmp_path):

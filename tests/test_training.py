@@ -293,3 +293,22 @@ def test_multi_worker_roles_from_tf_config(monkeypatch):
     assert not is_chief()
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "chief", "index": 0}}))
     assert is_chief()
+
+
+def test_step_budget_stops_before_a_step_that_would_not_fit(monkeypatch):
+    """bench/pareto.py's equal wall-clock budget: training steps counted (not what happens
+    between them, such as validation), and a step is started only if one as long still fits."""
+    from types import SimpleNamespace
+
+    from pipeline import training
+
+    clock = iter([0.0, 4.0, 100.0, 103.0, 104.0, 107.5])  # steps of 4, 3 and 3.5 s; a 96 s pause
+    monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
+    said = []
+    budget = training.StepBudget(11.0, said.append)
+    budget.set_model(SimpleNamespace(stop_training=False))
+    for step, stop in enumerate([False, False, True]):
+        budget.on_train_batch_begin(step)
+        budget.on_train_batch_end(step)
+        assert budget.model.stop_training is stop, step  # 7 + 3 fits in 11, 10.5 + 3.5 does not
+    assert said == ["budget of 11 s of training steps spent (10 s); stopping"]

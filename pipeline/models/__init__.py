@@ -10,7 +10,7 @@ convert to TFLite builtin ops.
 
 from __future__ import annotations
 
-from pipeline.config import ARCH_STRIDES, TrainConfig
+from pipeline.config import ARCH_STRIDES, OUTPUT_RESIZES, TrainConfig
 from pipeline.errors import DataError
 from pipeline.models.registry import BUILDERS
 
@@ -53,10 +53,43 @@ def set_batchnorm_momentum(model, momentum: float) -> None:
             layer.momentum = momentum
 
 
-def wrap_for_device(core, *, height: int = 480, width: int = 640):
-    """1xHxWx3 RGB 0..255 -> resize to the core's working size -> core -> resize back to HxW."""
+def fit_batchnorm_statistics(model, images) -> None:
+    """Set every BatchNormalization's moving mean and variance to those of `images` (one
+    forward pass in training mode), for random-weight models that are converted and timed.
+
+    Fresh moving statistics (0 and 1) leave each layer's output at the scale of its random
+    weights: through a deep encoder activations shrink ~1e8-fold, and int8 calibration then
+    gives scales no trained model has (XNNPACK refuses an int8 ADD whose input and output
+    scales differ by more than 1024x, splitting the graph). Trained models are normalized.
+    """
     import keras
 
+    norms = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        return
+    saved = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0  # the new statistics replace the old ones
+    try:
+        model(images, training=True)
+    finally:
+        for layer, momentum in zip(norms, saved):
+            layer.momentum = momentum
+
+
+def wrap_for_device(core, *, height: int = 480, width: int = 640, output_resize: str = "bilinear"):
+    """1xHxWx3 RGB 0..255 -> resize to the core's working size -> core -> resize back to HxW.
+
+    output_resize (export.output_resize): bilinear, one RESIZE_BILINEAR; separable, the same
+    bilinear values columns then rows (`layers.separable_resize`), cheaper in XNNPACK.
+    """
+    import keras
+
+    from pipeline.models.layers import separable_resize
+
+    if output_resize not in OUTPUT_RESIZES:
+        raise ValueError(f"unknown output_resize {output_resize!r}; known: {', '.join(OUTPUT_RESIZES)}")
     _, work_h, work_w, _ = core.input_shape
     rgb = keras.Input((height, width, 3), batch_size=1, name="rgb")
     x = rgb
@@ -64,7 +97,10 @@ def wrap_for_device(core, *, height: int = 480, width: int = 640):
         x = keras.layers.Resizing(work_h, work_w, interpolation="bilinear", name="to_working_size")(x)
     depth = core(x)
     if (work_h, work_w) != (height, width):
-        depth = keras.layers.Resizing(height, width, interpolation="bilinear", name="to_device_size")(depth)
+        if output_resize == "separable":
+            depth = separable_resize(depth, height, width, name="to_device_size")
+        else:
+            depth = keras.layers.Resizing(height, width, interpolation="bilinear", name="to_device_size")(depth)
     return keras.Model(rgb, depth, name=f"{core.name}_device")
 
 
