@@ -11,11 +11,11 @@ the same threads, one model after another at the end, with the calibrated Pi 4 e
 (pipeline.rpi4). Learning-rate schedules are sized to the budget: the number of steps
 comes from a step time measured on random batches before training.
 
+  baseline-organizers   mai_baseline_unet at its own size (the organizers' U-Net) with their
+                        recipe: presets/organizers.yaml (RMSE loss, Adam 2e-5, batch 32)
+  baseline-ours         the same network with our recipe (params.yaml)
   default               params.yaml as it is (mobile_unet)
   fastdepth, litedepth  params.yaml with that train.arch, at its own (auto) size
-  baseline-ours         mai_baseline_unet at its own size (the organizers' U-Net), our recipe
-  baseline-organizers   the same with their recipe: presets/organizers.yaml (RMSE loss,
-                        Adam 2e-5, batch 32)
 
 Ratios are to the stronger baseline (the lower si-RMSE of the two that did not fail). A model
 whose outputs are all 0, not finite or constant is reported as collapsed, one whose outputs
@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -45,13 +47,14 @@ SHARED = REPO.parent / "shared" / "data"
 SOURCES = {"tum": SHARED / "tum_fr1_xyz", "hololens": SHARED / "hololens2_office"}
 ORGANIZERS = REPO / "presets" / "organizers.yaml"
 BASELINE = "mai_baseline_unet"
-# label -> (preset files, train overrides); trained in this order
+# label -> (preset files, train overrides); trained in this order, the heaviest first, while
+# the process holds the least memory (batch 32 of the baseline takes ~10 GB)
 MODELS = {
+    "baseline-organizers": ((ORGANIZERS,), {}),
+    "baseline-ours": ((), {"arch": BASELINE}),
     "default": ((), {}),
     "fastdepth": ((), {"arch": "fastdepth"}),
     "litedepth": ((), {"arch": "litedepth"}),
-    "baseline-ours": ((), {"arch": BASELINE}),
-    "baseline-organizers": ((ORGANIZERS,), {}),
 }
 DEFAULT = "default"
 PLAN_SHARE = 0.9  # of the budget planned for steps: random batches leave out the input pipeline
@@ -59,6 +62,7 @@ MAX_EPOCHS = 3  # validation passes per model (one per epoch); the baseline's co
 MIN_STEPS_PER_EPOCH = 50
 FASTEST_STEP_S = 0.01  # a constant learning rate needs no plan: enough steps for any budget
 DIVERGED_M = 1000.0  # a median prediction past this is no indoor depth
+RESULT = "result.json"  # a finished model's row, reused by a later run with the same --keep and setup
 # The issue's targets for the default model (#17)
 TARGET_RPI4_MS, TARGET_RPI4_RATIO, TARGET_SCORE_RATIO = 37.0, 0.05, 10.0
 
@@ -162,6 +166,7 @@ def train_and_score(label: str, presets, overrides: dict, work: Path, split_csv:
                          overrides={**base, "train": {**overrides, **sizing}})
     t = params.train
     folder = work / label
+    shutil.rmtree(folder, ignore_errors=True)  # what a killed run left
     folder.mkdir(parents=True)
     print(f"\n== {label}: {t.arch} x{t.width_multiplier} at {t.height}x{t.width}, batch {t.batch_size}, "
           f"lr {t.learning_rate:g}" + (f", {step_s:.2f} s/step measured -> {t.epochs} x {t.steps_per_epoch} steps"
@@ -188,12 +193,30 @@ def train_and_score(label: str, presets, overrides: dict, work: Path, split_csv:
     print(f"{label}: {summary['steps']} steps x batch {summary['batch_size']} in {train_min:.1f} min "
           f"(with validation), si-RMSE {result['si_rmse']:.4f} vs constant {result['baseline_si_rmse']:.4f}"
           + (f"; {note}" if note else ""), flush=True)
-    return {"label": label, "arch": t.arch, "size": f"{t.height}x{t.width}", "width": t.width_multiplier,
-            "batch": summary["batch_size"], "lr": t.learning_rate, "steps": summary["steps"],
-            "step_s": step_s, "train_min": train_min, "params": summary["params"], "gmacs": report["macs"] / 1e9,
-            "tflite": folder / "model.tflite", "si_rmse": result["si_rmse"],
-            "constant": result["baseline_si_rmse"], "ratio_const": result["ratio_to_constant"],
-            "sources": result["sources"], "note": note, "zeros": zeros}
+    row = {"label": label, "arch": t.arch, "size": f"{t.height}x{t.width}", "width": t.width_multiplier,
+           "batch": summary["batch_size"], "lr": t.learning_rate, "steps": summary["steps"],
+           "step_s": step_s, "train_min": train_min, "params": summary["params"], "gmacs": report["macs"] / 1e9,
+           "tflite": str(folder / "model.tflite"), "si_rmse": result["si_rmse"],
+           "constant": result["baseline_si_rmse"], "ratio_const": result["ratio_to_constant"],
+           "sources": result["sources"], "note": note, "zeros": zeros, "setup": setup(args)}
+    (folder / RESULT).write_text(json.dumps(row))
+    return row
+
+
+def setup(args) -> dict:
+    return {"sources": args.sources, "val": args.val, "minutes": args.minutes}
+
+
+def finished(folder: Path, args) -> dict | None:
+    """The row of a model an earlier run with the same setup finished in `folder` (--keep)."""
+    try:
+        row = json.loads((folder / RESULT).read_text())
+    except (OSError, ValueError):
+        return None
+    if row.get("setup") != setup(args) or not Path(row["tflite"]).is_file():
+        return None
+    print(f"{row['label']}: finished by an earlier run in {folder.parent}; reused", flush=True)
+    return row
 
 
 def time_all(rows: list[dict], params, rounds: int) -> None:
@@ -291,7 +314,8 @@ def main() -> None:
     parser.add_argument("--val", default=VAL_BLOCKS, help="blocks (the last block of every source) or a "
                         "source name held out whole")
     parser.add_argument("--only", nargs="*", choices=list(MODELS), help="train only these")
-    parser.add_argument("--keep", type=Path, help="keep models and histories in this folder")
+    parser.add_argument("--keep", type=Path, help="keep models and results in this folder; a later run with the "
+                        "same folder and setup reuses the models finished there (a killed run goes on)")
     parser.add_argument("--timing-rounds", type=int, default=2, help="passes over all models; each keeps its fastest")
     args = parser.parse_args()
     args.sources = dict(args.sources or {name: str(path) for name, path in SOURCES.items()})
@@ -305,7 +329,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         split_csv = work / "split.csv"
         write_split(split_csv, rows)
-        results = [train_and_score(label, presets, overrides, work, split_csv, args)
+        results = [finished(work / label, args) or train_and_score(label, presets, overrides, work, split_csv, args)
                    for label, (presets, overrides) in MODELS.items() if not args.only or label in args.only]
         print(f"\ntiming every model, one after another, {args.timing_rounds} rounds ...", flush=True)
         time_all(results, params, args.timing_rounds)

@@ -116,7 +116,7 @@ def export_model(core, split_csv: str | os.PathLike, *, cfg) -> tuple[bytes, dic
     rows = read_split(split_csv)
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "val"]
-    device_model = wrap_for_device(core, height=cfg.height, width=cfg.width)
+    device_model = wrap_for_device(core, height=cfg.height, width=cfg.width, output_resize=cfg.output_resize)
 
     representative = None
     rep_rows = _spread(train_rows, cfg.representative_images)
@@ -144,6 +144,7 @@ def export_model(core, split_csv: str | os.PathLike, *, cfg) -> tuple[bytes, dic
         "precision": cfg.precision,
         "height": cfg.height,
         "width": cfg.width,
+        "output_resize": cfg.output_resize,
         "size_bytes": len(flatbuffer),
         "size_mb": round(len(flatbuffer) / 1e6, 4),
         "convert_s": round(convert_s, 2),

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import rpi4, timing
+from pipeline.config import OUTPUT_RESIZE
 
 COLUMNS = (  # (title, row key, format); a callable format gets the whole row
     ("arch", "arch", "{}"),
@@ -47,7 +48,7 @@ def random_images(n: int, *, height: int, width: int, seed: int = 0) -> np.ndarr
     return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.float32)
 
 
-def random_device_model(train_cfg, *, height: int = 480, width: int = 640, output_resize: str = "bilinear",
+def random_device_model(train_cfg, *, height: int = 480, width: int = 640, output_resize: str = OUTPUT_RESIZE,
                         seed: int = 0):
     """(core, device model, 4 random height x width images): train_cfg's architecture with
     fresh weights for `seed` (encoder weights none), batch norms fitted to the images
@@ -67,7 +68,7 @@ def random_device_model(train_cfg, *, height: int = 480, width: int = 640, outpu
 
 
 def probe(train_cfg, *, precision: str = "fp32", threads: int = 4, warmup: int = 2,
-          runs: int = 10, height: int = 480, width: int = 640, output_resize: str = "bilinear",
+          runs: int = 10, height: int = 480, width: int = 640, output_resize: str = OUTPUT_RESIZE,
           representative=None, seed: int = 0, estimate=rpi4.time_local, keep_dir=None) -> dict:
     """Build train_cfg.arch with random weights, wrap for the device, convert, time it in a
     fresh process with the Pi 4 estimate. For another arch with its own `auto` values, load
@@ -128,15 +129,14 @@ def format_table(rows: list[dict]) -> str:
 
 def paired_ratio(base, other, *, threads: int, warmup: int = 3, runs: int = 20, repeats: int = 2,
                  timer=timing.time_local) -> float:
-    """Median over `repeats` of other's median latency / base's, both timed in one fresh
-    process (the runner's --reference), taking turns at running first: on shared cores the
-    load changes between processes, so a ratio of two processes' timings is noise-prone."""
+    """Median over `repeats` fresh processes of other's median latency / base's, the two
+    invoked in turns within each (the runner's --interleave): on shared cores the load
+    changes between processes and over seconds, so timings apart make noise-prone ratios."""
     ratios = []
-    for turn in range(repeats):
-        first, second = (base, other) if turn % 2 == 0 else (other, base)
-        result = timer(first, threads=threads, warmup=warmup, runs=runs, references={"second": second})
-        ratio = result["references"]["second"]["median_ms"] / result["median_ms"]
-        ratios.append(ratio if first == base else 1 / ratio)
+    for _ in range(repeats):
+        result = timer(base, threads=threads, warmup=warmup, runs=runs, references={"other": other},
+                       interleave=True)
+        ratios.append(result["references"]["other"]["median_ms"] / result["interleaved"]["median_ms"])
     return float(np.median(ratios))
 
 
@@ -151,8 +151,8 @@ def resize_share(train_cfg, *, precision: str = "fp32", threads: int = 4, warmup
     at the working size, the input resize alone and the output resize alone (one
     RESIZE_BILINEAR, and `separable`), and the device graph with the separable resize.
 
-    All are converted from one random-weight model and timed in one fresh process per repeat
-    (the device graph first, the rest as the runner's references); medians over `repeats`.
+    All are converted from one random-weight model and timed in one fresh process per repeat,
+    invoked in turns (the runner's --interleave: all see the same load); medians over `repeats`.
     The resize graphs are converted in float: int8 export keeps the device graph's resizes in
     float too (`tflite.edge_nodes`). Returns {"ms": {name: median}, "share": {name: of device}}.
     """
@@ -189,8 +189,8 @@ def resize_share(train_cfg, *, precision: str = "fp32", threads: int = 4, warmup
             paths[name].write_bytes(tflite.convert(model, precision=prec, representative=rep))
         for _ in range(repeats):
             result = timer(paths["device"], threads=threads, warmup=warmup, runs=runs,
-                           references={name: paths[name] for name in SHARE_PARTS})
-            times["device"].append(result["median_ms"])
+                           references={name: paths[name] for name in SHARE_PARTS}, interleave=True)
+            times["device"].append(result["interleaved"]["median_ms"])
             for name in SHARE_PARTS:
                 times[name].append(result["references"][name]["median_ms"])
     ms = {name: float(np.median(values)) for name, values in times.items()}

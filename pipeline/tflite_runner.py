@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time one .tflite model the way the AI Benchmark app does; print ONE JSON line.
 
-    python tflite_runner.py MODEL [--threads 4] [--warmup 2] [--runs 10] [--reference NAME=PATH ...]
+    python tflite_runner.py MODEL [--threads 4] [--warmup 2] [--runs 10] [--reference NAME=PATH ...] [--interleave]
 
 Self-contained on purpose (stdlib + numpy + ai_edge_litert or tflite_runtime): it is
 copied as-is to a device (e.g. a Raspberry Pi) and run there, so it must not import the
@@ -13,6 +13,9 @@ input of the model's own shape, latency stats, the process's peak RSS (and the R
 before the model was loaded, so the model's share is visible), runtime and machine.
 `--reference` models are timed after MODEL, in this process, with the same runtime and
 threads (`references`: median per name); MODEL's figures, RSS included, come first.
+`--interleave` times the references round-robin with MODEL instead, one invoke of each per
+round, so that all see the same load (shared cores): MODEL's median in those rounds is
+`interleaved`, to compare the references with.
 Exit codes: 0 ok, 2 bad arguments/model, 3 no TFLite runtime installed.
 """
 
@@ -155,7 +158,34 @@ def _time_references(mod, np, references, threads, warmup, runs):
     return out
 
 
-def run(model_path, threads, warmup, runs, references=()):
+def _time_interleaved(mod, np, model_interp, references, threads, warmup, runs):
+    """({median_ms, min_ms, runs} of MODEL, {name: the same}) from round-robin invokes."""
+    warmup, runs = max(warmup, REFERENCE_MIN_WARMUP), max(runs, REFERENCE_MIN_RUNS)
+    interps = [("", model_interp)]
+    for name, path in references:
+        interp = mod.Interpreter(model_path=path, num_threads=threads)
+        interp.allocate_tensors()
+        for detail in interp.get_input_details():
+            interp.set_tensor(detail["index"], _random_input(detail, np))
+        interps.append((name, interp))
+    for _ in range(warmup):
+        for _, interp in interps:
+            interp.invoke()
+    times = dict((name, []) for name, _ in interps)
+    for _ in range(runs):
+        for name, interp in interps:
+            t = time.perf_counter()
+            interp.invoke()
+            times[name].append((time.perf_counter() - t) * 1000.0)
+    stats = {}
+    for name, values in times.items():
+        ordered = sorted(values)
+        stats[name] = {"median_ms": round(_percentile(ordered, 50), 3), "min_ms": round(ordered[0], 3), "runs": runs}
+    model = stats.pop("")
+    return model, stats
+
+
+def run(model_path, threads, warmup, runs, references=(), interleave=False):
     baseline_peak_mb, baseline_now_mb = _rss_mb()
     baseline_mb = baseline_now_mb if baseline_now_mb is not None else baseline_peak_mb
     mod, runtime_name, runtime_version = _load_runtime()
@@ -225,7 +255,10 @@ def run(model_path, threads, warmup, runs, references=()):
         "cpu_count": os.cpu_count(),
         "cpus_usable": cpus,
     }
-    if references:
+    if references and interleave:
+        result["interleaved"], result["references"] = _time_interleaved(
+            mod, np, interp, references, threads_used, warmup, runs)
+    elif references:
         del interp  # its memory is measured above; the references need their own
         result["references"] = _time_references(mod, np, references, threads_used, warmup, runs)
     return result
@@ -246,6 +279,8 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--reference", type=_reference, action="append", default=[], metavar="NAME=PATH",
                     help="also time this model after MODEL, in this process (repeatable)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="time the references round-robin with MODEL (its median there: `interleaved`)")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.warmup < 0 or args.runs < 1:
         ap.error("need --threads >= 1, --warmup >= 0, --runs >= 1")
@@ -254,7 +289,7 @@ def main(argv=None):
             sys.stderr.write("tflite_runner: %s: model file not found\n" % path)
             return 2
     try:
-        result = run(args.model, args.threads, args.warmup, args.runs, args.reference)
+        result = run(args.model, args.threads, args.warmup, args.runs, args.reference, args.interleave)
     except (ValueError, RuntimeError) as err:
         msg = str(err).strip().splitlines()
         sys.stderr.write("tflite_runner: %s: cannot run model (%s)\n" % (args.model, msg[0] if msg else err))

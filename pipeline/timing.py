@@ -52,12 +52,14 @@ def capped_threads(threads: int) -> int:
 
 
 def time_local(model_path, *, threads: int, warmup: int, runs: int, timeout_s: float = 900,
-               references: Mapping[str, str | os.PathLike] | None = None) -> dict:
+               references: Mapping[str, str | os.PathLike] | None = None, interleave: bool = False) -> dict:
     """Time `model_path` here in a fresh `sys.executable` process; the runner's JSON dict.
 
     threads is capped at the usable core count (`capped_threads`); the result carries
     threads_requested, threads and threads_capped. `references` (name -> .tflite) are timed
-    after the model in the same process; their medians come back under `references`.
+    after the model in the same process; their medians come back under `references`. With
+    `interleave`, round-robin with the model instead, whose median in those rounds is
+    `interleaved` (compare the references with that one: the same load over the same time).
     """
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -67,6 +69,8 @@ def time_local(model_path, *, threads: int, warmup: int, runs: int, timeout_s: f
            "--warmup", str(warmup), "--runs", str(runs)]
     for name, path in (references or {}).items():
         cmd += ["--reference", f"{name}={path}"]
+    if interleave:
+        cmd.append("--interleave")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)

@@ -194,22 +194,31 @@ def test_probe_real_arch_small(tmp_path):
     assert "mai_baseline_unet" in table and "median ms" in table.splitlines()[0]
 
 
-def test_paired_ratio_takes_turns_and_keeps_the_direction():
-    """fp32 vs int8 in one process each time, each first in turn. Whichever runs second is
-    slowed here by 10%: two turns nearly cancel it; three lean to the order run twice."""
+def test_paired_ratio_is_the_median_of_interleaved_ratios():
+    """fp32 vs int8 invoked in turns in one process (the runner's --interleave), again in a
+    fresh process per repeat; the median of the per-process ratios."""
     from pipeline.probe import paired_ratio
 
-    true_ms = {"fp32.tflite": 4.0, "int8.tflite": 2.0}
+    loads = iter([1.0, 3.0, 1.2])  # the machine's load differs between processes, not within one
     calls = []
 
-    def timer(first, *, threads, warmup, runs, references):
-        calls.append((first, references["second"], threads))
-        return {"median_ms": true_ms[first], "references": {"second": {"median_ms": 1.1 * true_ms[references["second"]]}}}
+    def timer(base, *, threads, warmup, runs, references, interleave):
+        calls.append((base, references, threads, interleave))
+        load, jitter = next(loads), 1 + 0.01 * len(calls)  # int8 / fp32 = 0.505, 0.51, 0.515
+        return {"median_ms": 99.0, "interleaved": {"median_ms": 4.0 * load},
+                "references": {"other": {"median_ms": 2.0 * load * jitter}}}
 
     ratio = paired_ratio("fp32.tflite", "int8.tflite", threads=2, repeats=3, timer=timer)
-    assert [c[0] for c in calls] == ["fp32.tflite", "int8.tflite", "fp32.tflite"] and calls[0][2] == 2
-    assert ratio == pytest.approx(0.5 * 1.1)  # turns 0.55, 0.4545, 0.55: the median of an odd count
-    assert paired_ratio("fp32.tflite", "int8.tflite", threads=2, repeats=2, timer=timer) == pytest.approx(0.5, rel=0.01)
+    assert calls[0] == ("fp32.tflite", {"other": "int8.tflite"}, 2, True) and len(calls) == 3
+    assert ratio == pytest.approx(0.51)
+
+
+def test_runner_interleaves_the_references_with_the_model(model_path):
+    result = timing.time_local(model_path, threads=1, warmup=0, runs=2, references={"again": model_path},
+                               interleave=True)
+    assert result["runs"] == 2 and len(result["times_ms"]) == 2  # the model's own figures, timed alone first
+    assert result["interleaved"]["runs"] == result["references"]["again"]["runs"] == 20  # then 20 rounds
+    assert 0 < result["interleaved"]["min_ms"] <= result["interleaved"]["median_ms"]
 
 
 # ------------------------------------------------------------- the Pi 4 estimate

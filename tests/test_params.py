@@ -50,6 +50,7 @@ def load_with(overrides: dict):
     ({"export": {"precision": "int4"}}, ["export.precision='int4'", "int8"]),
     ({"export": {"target_runtime": "v2.4"}}, ["export.target_runtime='v2.4'", "dotted version like 2.4.0"]),
     ({"export": {"target_runtime": 2.4}}, ["export.target_runtime must be str", "2.4"]),
+    ({"export": {"output_resize": "nearest"}}, ["export.output_resize='nearest'", "separable"]),
     ({"train": {"min_depth": 10.0, "max_depth": 10.0}}, ["train.min_depth=10.0", "train.max_depth=10.0"]),
     ({"train": {"min_depth": 0.0}}, ["train.min_depth=0.0", "must be > 0"]),
     ({"package": {"extra_data": 2}}, ["package.extra_data=2"]),

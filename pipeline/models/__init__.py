@@ -10,7 +10,7 @@ convert to TFLite builtin ops.
 
 from __future__ import annotations
 
-from pipeline.config import ARCH_STRIDES, OUTPUT_RESIZES, TrainConfig
+from pipeline.config import ARCH_STRIDES, OUTPUT_RESIZE, OUTPUT_RESIZES, TrainConfig
 from pipeline.errors import DataError
 from pipeline.models.registry import BUILDERS
 
@@ -78,7 +78,7 @@ def fit_batchnorm_statistics(model, images) -> None:
             layer.momentum = momentum
 
 
-def wrap_for_device(core, *, height: int = 480, width: int = 640, output_resize: str = "bilinear"):
+def wrap_for_device(core, *, height: int = 480, width: int = 640, output_resize: str = OUTPUT_RESIZE):
     """1xHxWx3 RGB 0..255 -> resize to the core's working size -> core -> resize back to HxW.
 
     output_resize (export.output_resize): bilinear, one RESIZE_BILINEAR; separable, the same
