@@ -76,7 +76,7 @@ def main() -> None:
 
     in_memory = tf.data.Dataset.from_tensor_slices((tf.concat([b[0] for b in batches], 0),
                                                     tf.concat([b[1] for b in batches], 0))).batch(cfg.batch_size)
-    print(f"{cfg.arch} at {cfg.height}x{cfg.width}, batch {cfg.batch_size}, {len(train_names)} train images "
+    print(f"{cfg.arch} at {cfg.height}x{cfg.width}, batch {cfg.batch_size}, {len(train_rows)} train images "
           f"({'cached in RAM' if pairs.cached else 'decoded per step'}), {args.steps} timed steps after {args.warmup}")
     t_mem = timed_fit(in_memory, "in-memory tensors")
     t_pipe = timed_fit(ds, "tf.data pipeline (decode+augment)")

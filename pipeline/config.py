@@ -81,6 +81,9 @@ class DataConfig:
     # dvc exp run -S '+data.sources.tum.path=../shared/data/tum_fr1_xyz'
     sources: dict[str, SourceConfig] = field(
         default_factory=lambda: {"synthetic": SourceConfig(path=SYNTHETIC_SOURCE)})
+    # name -> folder of RGB only (rgb/NAME.png): images that train on the teacher's depth alone
+    # (needs teacher.model); the teacher stage depends on each through `unlabeled@NAME`.
+    unlabeled: dict[str, SourceConfig] = field(default_factory=dict)
     val: str = VAL_BLOCKS
     val_fraction: float = knob(0.2, lo=0.0, hi=0.9, lo_open=True)
     # Images of another aspect ratio than the device input (4:3): crop their centre to it, as
@@ -99,6 +102,8 @@ class LossConfig:
     l1_weight: float = knob(0.0, lo=0.0)
     berhu_weight: float = knob(0.0, lo=0.0)
     rmse_weight: float = knob(0.0, lo=0.0)  # the organizers' baseline loss (presets/organizers.yaml)
+    # Scale-invariant log loss to the teacher's depth over all its pixels (needs teacher.model).
+    distill_weight: float = knob(0.0, lo=0.0)
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,12 @@ TARGET_RUNTIME = "2.4.0"
 OUTPUT_RESIZES = ("separable", "bilinear")
 OUTPUT_RESIZE = OUTPUT_RESIZES[0]
 
+# train.mixed_precision, a Keras dtype policy: float32 (bit-identical to runs before the knob),
+# mixed_float16 (GPUs), mixed_bfloat16 (CPUs and TPUs with bfloat16 units), or auto =
+# mixed_float16 when a GPU is visible, else float32. (Not "off": YAML reads that as false.)
+PRECISION_AUTO = "auto"
+MIXED_PRECISIONS = ("float32", PRECISION_AUTO, "mixed_float16", "mixed_bfloat16")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -164,6 +175,9 @@ class TrainConfig:
     steps_per_epoch: int = knob(0, lo=0)  # 0 = one pass over the train split
     cache_max_mb: int = knob(2048, lo=0)  # decoded train + val images kept in RAM, else decoded per epoch
     strategy: str = knob("default", choices=("default", "mirrored", "multi_worker"))
+    # Keras dtype policy of training; the saved model and its export are float32 whatever it is.
+    mixed_precision: str = knob("float32", choices=MIXED_PRECISIONS)
+    jit_compile: bool = False  # XLA-compile the train step (model.compile(jit_compile=...))
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -175,6 +189,31 @@ class TrainConfig:
         for key, value in ARCH_DEFAULTS.get(self.arch, {}).items():
             if getattr(self, key) == AUTO:
                 object.__setattr__(self, key, value)
+
+
+# teacher.output: what the teacher model predicts. metric: depth in metres, used as is;
+# inverse_relative: inverse depth up to an unknown scale and shift (MiDaS, DPT, Depth
+# Anything), aligned to the ground truth per image (pipeline/teacher.py).
+TEACHER_OUTPUTS = ("metric", "inverse_relative")
+# teacher.normalize: what the teacher's input expects. none: RGB 0..255 (this pipeline's own
+# models); unit: 0..1; imagenet: (x/255 - mean) / std; half: x/127.5 - 1 (DPT).
+TEACHER_NORMALIZE = ("none", "unit", "imagenet", "half")
+TEACHER_SUFFIXES = (".tflite", ".keras", ".onnx")
+# Teacher files live here: dvc.yaml's teacher stage depends on the folder (a param-named file
+# cannot be a dep while the default names none).
+TEACHER_DIR = "models/teacher"
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    model: str = ""  # a file under models/teacher/ (.tflite, .keras or .onnx); "" = no teacher
+    output: str = knob("metric", choices=TEACHER_OUTPUTS)
+    height: int = knob(0, lo=0)  # the teacher's input size; 0 = the model's own (fixed) input size
+    width: int = knob(0, lo=0)
+    normalize: str = knob("none", choices=TEACHER_NORMALIZE)
+    # A map whose RMS log error to the ground truth (after alignment) exceeds this is dropped.
+    max_residual: float = knob(0.3, lo=0.0, lo_open=True)
+    fill_invalid: bool = False  # ground-truth holes take the teacher's depth in the training losses
 
 
 @dataclass(frozen=True)
@@ -209,7 +248,11 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class PackageConfig:
     inputs: str = ""  # empty = the val split's RGB; else a folder of RGB PNGs
-    extra_data: int = knob(0, choices=(0, 1))
+    extra_data: int = knob(0, choices=(0, 1))  # 1 forces Extra Data; else it follows what trained the model
+    # data.sources that are the challenge's own training set (the embedded synthetic set stands
+    # in for it by default); any other source, a teacher, unlabeled data or pretrained or
+    # initial weights make the readme say Extra Data 1 (pipeline/submission.py extra_data_used).
+    challenge_sources: tuple[str, ...] = ("synthetic",)
     description: str = ""
 
 
@@ -224,6 +267,7 @@ class Params:
     base: BaseConfig = field(default_factory=BaseConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -289,6 +333,7 @@ MOVED_KEYS = {
                     "-S '~data.sources.synthetic' -S '+data.sources.NAME.path=FOLDER'"),
 }
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+MAY_BE_EMPTY = ("data.unlabeled",)  # name mappings whose default is no entry at all
 
 
 def _check_value(key: str, value, rule: dict) -> None:
@@ -319,12 +364,18 @@ def _coerce(key: str, value, typ):
         return _build(typ, value, key)
     if typing.get_origin(typ) is dict:  # name -> section, e.g. data.sources
         item_type = typing.get_args(typ)[1]
-        if not isinstance(value, dict) or not value:
+        if value is None and key in MAY_BE_EMPTY:
+            value = {}
+        if not isinstance(value, dict) or (not value and key not in MAY_BE_EMPTY):
             raise ConfigError(f"params: {key} must be a mapping of names to {{path: ...}}, got {value!r}")
         for name in value:
             if not isinstance(name, str) or not SOURCE_NAME.fullmatch(name):
                 raise ConfigError(f"params: {key}.{name} is not a valid name (letters, digits, '_', '-')")
         return {name: _build(item_type, item, f"{key}.{name}") for name, item in value.items()}
+    if typing.get_origin(typ) is tuple:  # a YAML list of names, e.g. package.challenge_sources
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"params: {key} must be a list of names, got {value!r}")
+        return tuple(value)
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -457,6 +508,7 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS, *, presets=(), overrid
                               f"({', '.join(d.sources)})")
         if len(d.sources) < 2:
             raise ConfigError(f"params: data.val={d.val!r} holds out the only source; add a source to train on")
+    _check_teacher(params)
     stride = ARCH_STRIDES[t.arch]
     for key, size in (("train.height", t.height), ("train.width", t.width)):
         if size % stride:
@@ -469,6 +521,28 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS, *, presets=(), overrid
         parse_device(params.benchmark.device)
         validate_python(params.benchmark.ssh_python)
     return params
+
+
+def _check_teacher(params: Params) -> None:
+    """What needs a teacher has one, and the teacher's file is where dvc.yaml looks."""
+    d, tc = params.data, params.teacher
+    both = sorted(set(d.unlabeled) & set(d.sources))
+    if both:
+        raise ConfigError(f"params: data.unlabeled.{both[0]} has the name of a data.sources entry; use another name")
+    if not tc.model:
+        needs = [key for key, used in (("data.unlabeled", bool(d.unlabeled)),
+                                       ("train.loss.distill_weight", params.train.loss.distill_weight > 0),
+                                       ("teacher.fill_invalid", tc.fill_invalid)) if used]
+        if needs:
+            raise ConfigError(f"params: {needs[0]} needs a teacher; set teacher.model to a file under {TEACHER_DIR}/")
+        return
+    if Path(tc.model).suffix not in TEACHER_SUFFIXES:
+        raise ConfigError(f"params: teacher.model={tc.model!r} must end in {', '.join(TEACHER_SUFFIXES)}")
+    if Path(TEACHER_DIR) not in Path(os.path.normpath(tc.model)).parents:
+        raise ConfigError(f"params: teacher.model={tc.model!r} must be a file under {TEACHER_DIR}/ "
+                          "(the folder the teacher stage depends on)")
+    if (tc.height == 0) != (tc.width == 0):
+        raise ConfigError(f"params: teacher.height={tc.height} and teacher.width={tc.width}: set both, or 0 for both")
 
 
 def as_flat_dict(params: Params) -> dict[str, object]:

@@ -133,11 +133,12 @@ def bad_files_error(errors: list[DataError], shown: int = MAX_ERRORS_SHOWN) -> D
 
 
 def validate_source(source: str | os.PathLike, *, max_images: int = 0, skip_empty_depth: bool = True,
-                    progress=None, workers: int = 2) -> DataReport:
+                    progress=None, workers: int | None = None) -> DataReport:
     """Check every pair of a challenge-layout folder; raise one DataError naming the bad files.
 
     Every pair is decoded before giving up, so one run lists all the damaged files of a
-    large set (the first few by name, the rest counted), not one per run.
+    large set (the first few by name, the rest counted), not one per run. workers: decoding
+    threads (default: one per usable core).
     """
     source = Path(source)
     names, ignored = list_pairs(source)
@@ -148,8 +149,8 @@ def validate_source(source: str | os.PathLike, *, max_images: int = 0, skip_empt
         shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
         report.warnings.append(f"{source}: ignored {len(ignored)} non-PNG entries: {shown}")
     medians, invalid, errors = [], [], []
-    # PNG decoding releases the GIL, so threads overlap the zlib work.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    # PNG decoding releases the GIL, so threads overlap the zlib work (2 threads: 2x on 2 cores).
+    with ThreadPoolExecutor(max_workers=workers or len(os.sched_getaffinity(0))) as pool:
         for i, result in enumerate(pool.map(lambda n: _check_pair_or_error(source, n), names), start=1):
             if progress:
                 progress(i, len(names))
@@ -294,3 +295,64 @@ def aspect_crop_box(height: int, width: int, target_height: int, target_width: i
         return (height - h) // 2, 0, h, width
     w = max(1, round(height * target_width / target_height))
     return 0, (width - w) // 2, height, w
+
+
+# ----------------------------------------------------------------------------- unlabeled RGB and teacher maps
+# One row per image of an unlabeled folder (data/prepared/sources/unlabeled/NAME.csv, the
+# unlabeled stage): RGB only; a depth/ folder beside it, if any, is never read.
+UNLABELED_COLUMNS = ("name", "rgb", "width", "height", "digest")
+# One row per image the teacher ran on (data/teacher/alignment.csv, the teacher stage): the
+# map it wrote ("" when dropped), the scale and shift that made its output metres, and the
+# RMS log error of that depth to the ground truth (blank for unlabeled images).
+TEACHER_COLUMNS = ("source", "name", "kind", "rgb", "teacher", "scale", "shift", "residual", "kept")
+
+
+def _unlabeled_row(rgb_path: Path) -> dict:
+    rgb = read_rgb(rgb_path)
+    digest = hashlib.sha1(rgb_path.read_bytes()).hexdigest()[:16]
+    return {"name": rgb_path.name, "rgb": str(rgb_path), "width": rgb.shape[1], "height": rgb.shape[0],
+            "digest": digest}
+
+
+def list_unlabeled(folder: str | os.PathLike, *, max_images: int = 0) -> list[dict]:
+    """UNLABELED_COLUMNS rows of FOLDER/rgb/*.png, sorted by name, each decoded once."""
+    folder = Path(folder)
+    rgb_dir = folder / "rgb"
+    if not rgb_dir.is_dir():
+        raise DataError(f"{folder}: unlabeled folder needs rgb/NAME.png (data.unlabeled); no rgb/ found")
+    names = sorted(e.name for e in os.scandir(rgb_dir)
+                   if e.is_file() and e.name.lower().endswith(".png") and not e.name.startswith("."))
+    if not names:
+        raise DataError(f"{rgb_dir}: no PNG images")
+    if max_images:
+        names = names[:max_images]
+    rows, errors = [], []
+    for name in names:
+        try:
+            rows.append(_unlabeled_row(rgb_dir / name))
+        except DataError as err:
+            errors.append(err)
+    if errors:
+        raise bad_files_error(errors)
+    return rows
+
+
+def write_unlabeled(path: str | os.PathLike, rows: list[dict]) -> None:
+    _write_csv(path, UNLABELED_COLUMNS, rows)
+
+
+def read_unlabeled(path: str | os.PathLike) -> list[dict[str, str]]:
+    return _read_csv(Path(path), UNLABELED_COLUMNS, "unlabeled index not found (run `dvc repro`)")
+
+
+def write_teacher_index(path: str | os.PathLike, rows: list[dict]) -> None:
+    _write_csv(path, TEACHER_COLUMNS, rows)
+
+
+def read_teacher_index(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Rows of the teacher stage's alignment.csv; every kept map must still exist."""
+    rows = _read_csv(Path(path), TEACHER_COLUMNS, "teacher maps not found (run the teacher stage: `dvc repro`)")
+    missing = [r["teacher"] for r in rows if r["teacher"] and not os.path.isfile(r["teacher"])]
+    if missing:
+        raise DataError(f"{missing[0]}: teacher map not found ({len(missing)} missing); rerun `dvc repro`")
+    return rows

@@ -89,8 +89,14 @@ def _mean_over_valid_images(per_image, count):
     return tf.reduce_sum(per_image * has) / tf.maximum(tf.reduce_sum(has), 1.0)
 
 
-def make_loss(cfg: LossConfig):
-    """The weighted sum named in params, as a Keras loss function (y_true, y_pred)."""
+def make_loss(cfg: LossConfig, *, fill_invalid: bool = False):
+    """The weighted sum named in params, as a Keras loss function (y_true, y_pred).
+
+    y_true is N x H x W x 1 ground truth, or N x H x W x 2 with the teacher's depth as the
+    second channel (0 = no map): then distill_weight adds the scale-invariant log loss to
+    the teacher over its pixels, and fill_invalid lets the teacher's depth stand in where
+    the ground truth has a hole. An image without ground truth (unlabeled) trains on the
+    teacher alone: every ground-truth term gives it weight 0."""
     terms = [
         (cfg.silog_weight, lambda gt, pred: silog_loss(gt, pred, lam=cfg.silog_lambda)),
         (cfg.grad_weight, gradient_loss),
@@ -99,11 +105,21 @@ def make_loss(cfg: LossConfig):
         (cfg.rmse_weight, rmse_loss),
     ]
     terms = [(w, fn) for w, fn in terms if w > 0]
-    if not terms:
+    if not terms and cfg.distill_weight <= 0:
         raise ValueError("params: train.loss has no term with a positive weight")
 
     def depth_loss(y_true, y_pred):
         y_pred = tf.cast(y_pred, tf.float32)
-        return tf.add_n([w * fn(y_true, y_pred) for w, fn in terms])
+        if y_true.shape[-1] != 2:  # ground truth alone: validation, or training without a teacher
+            if not terms:  # distillation alone has nothing to say about ground truth
+                return tf.zeros([])
+            return tf.add_n([w * fn(y_true, y_pred) for w, fn in terms])
+        gt, teacher = y_true[..., :1], y_true[..., 1:]
+        if fill_invalid:
+            gt = tf.where(gt > 0, gt, teacher)
+        parts = [w * fn(gt, y_pred) for w, fn in terms]
+        if cfg.distill_weight > 0:
+            parts.append(cfg.distill_weight * silog_loss(teacher, y_pred, lam=cfg.silog_lambda))
+        return tf.add_n(parts)
 
     return depth_loss

@@ -47,8 +47,8 @@ MAX_TOTAL_BYTES = 16 << 30  # 16 GiB declared uncompressed in all
 MAX_RATIO = 100.0  # uncompressed / compressed, checked for members above RATIO_MIN_BYTES
 RATIO_MIN_BYTES = 1 << 20
 MAX_README_BYTES = 64 << 10
-ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
-MODEL_SECTIONS = ("base", "data", "train", "export")  # params that shape model.tflite  # the earliest a ZIP can store
+ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a ZIP can store
+MODEL_SECTIONS = ("base", "data", "train", "teacher", "export")  # params that shape model.tflite
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -386,6 +386,27 @@ def validate_submission(zip_path: str | os.PathLike, inputs_dir: str | os.PathLi
 
 
 # ----------------------------------------------------------------------------- packaging
+def extra_data_used(params) -> list[str]:
+    """What trained the model besides the challenge's own training set (package.challenge_sources):
+    each makes the readme say Extra Data 1 and is named in its description."""
+    t, d = params.train, params.data
+    used = [f"source {name} ({src.path})" for name, src in d.sources.items()
+            if name not in params.package.challenge_sources]
+    used += [f"unlabeled {name} ({src.path})" for name, src in d.unlabeled.items()]
+    if params.teacher.model:
+        used.append(f"teacher {Path(params.teacher.model).name} ({params.teacher.output})")
+    if t.encoder_weights != "none":
+        used.append(f"{t.encoder_weights} encoder weights")
+    if t.init_from:
+        used.append(f"initial weights {Path(t.init_from).name}")
+    return used
+
+
+def extra_data_flag(params) -> int:
+    """The readme's Extra Data flag: package.extra_data: 1 forces it; else 1 when extra_data_used."""
+    return int(params.package.extra_data == 1 or bool(extra_data_used(params)))
+
+
 def describe_run(params, benchmark: Mapping | None = None, *, extra: str = "", min_runtime: str = "") -> str:
     """Auto description for readme.txt: model, resolution, precision, minimum TFLite runtime
     (`min_runtime`, read from model.tflite), params hash, timing.
@@ -407,6 +428,8 @@ def describe_run(params, benchmark: Mapping | None = None, *, extra: str = "", m
         f"encoder weights {t.encoder_weights}",
         f"model params hash {params_hash(params, MODEL_SECTIONS)}",
     ]
+    if extra_data_used(params):
+        parts.append("extra data: " + ", ".join(extra_data_used(params)))
     if benchmark:
         # benchmark.json (stages/benchmark.py): `device` is local or ssh://..., `machine` the CPU arch
         timing = [str(benchmark[k]) for k in ("device", "machine") if benchmark.get(k)]

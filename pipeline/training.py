@@ -25,8 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import VAL_BLOCKS, Params, params_hash
-from pipeline.data import read_split
+from pipeline.config import PRECISION_AUTO, VAL_BLOCKS, Params, params_hash
+from pipeline.data import read_split, read_teacher_index
 from pipeline.errors import DataError
 from pipeline.files import atomic_path, read_depth_mm, read_rgb, write_json
 from pipeline.losses import make_loss
@@ -156,6 +156,29 @@ class StepBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def training_policy(name: str, log=print) -> str:
+    """The Keras dtype policy train.mixed_precision names: `auto` is mixed_float16 when a GPU
+    is visible, else float32 with a one-line note (float16 math on a CPU is emulated: slower)."""
+    if name != PRECISION_AUTO:
+        return name
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    log("note: train.mixed_precision auto: no GPU visible, training in float32")
+    return "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Models built inside compute in `name` (variables stay float32); the global policy is
+    restored after, so the model saved for export is built, and converts, in float32."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def optimizer_steps(model) -> int:
     """Steps the optimizer took; read as a tensor because under tf.distribute the counter is a
     MirroredVariable, which int() refuses."""
@@ -200,7 +223,8 @@ def write_history(path: Path, rows: list[dict]) -> None:
             writer.writerows(rows)
 
 
-def resume_fingerprint(params: Params, split_csv: str | os.PathLike, code_files: list[Path]) -> str:
+def resume_fingerprint(params: Params, split_csv: str | os.PathLike, code_files: list[Path],
+                       teacher_csv: str | os.PathLike | None = None) -> str:
     """What a checkpoint must match to be resumed.
 
     The base/train params (and the data geometry and weights), the split, the bytes of
@@ -216,6 +240,9 @@ def resume_fingerprint(params: Params, split_csv: str | os.PathLike, code_files:
     if params.train.init_from and Path(params.train.init_from).is_file():  # the starting weights' bytes
         digest.update(Path(params.train.init_from).read_bytes())
     digest.update(Path(split_csv).read_bytes())
+    if params.teacher.model and teacher_csv:  # the teacher's maps and what trains on them
+        digest.update(Path(teacher_csv).read_bytes() + json.dumps([params.teacher.fill_invalid, sorted(
+            (name, src.path, src.weight) for name, src in params.data.unlabeled.items())]).encode())
     for path in code_files:
         digest.update(f"\0{path}\0".encode() + Path(path).read_bytes())
     for row in rows:
@@ -273,6 +300,19 @@ def describe_hardware() -> str:
     return f"CPU ({model}), {len(os.sched_getaffinity(0))} cores"
 
 
+def with_teacher(train_rows: list[dict], teacher_rows: list[dict], teacher_csv, unlabeled=()) -> list[dict]:
+    """Train rows with their teacher map ("" where it was dropped), then every image of the
+    `unlabeled` folders (data.unlabeled names): no ground truth (depth ""), the teacher's map alone."""
+    maps = {r["rgb"]: r["teacher"] for r in teacher_rows if r["kind"] == "labelled"}
+    missing = [r["rgb"] for r in train_rows if r["rgb"] not in maps]
+    if missing:
+        raise DataError(f"{teacher_csv}: no teacher entry for {missing[0]} ({len(missing)} train images); "
+                        "the split changed after the teacher stage: rerun `dvc repro`")
+    rows = [{**r, "teacher": maps[r["rgb"]]} for r in train_rows]
+    return rows + [{"name": r["name"], "source": r["source"], "rgb": r["rgb"], "depth": "", "teacher": r["teacher"]}
+                   for r in teacher_rows if r["kind"] == "unlabeled" and r["source"] in unlabeled]
+
+
 def _first_unreadable(rows: list[dict]) -> str | None:
     """The one-line DataError message of the first pair that fails to decode, if any."""
     for row in rows:
@@ -296,12 +336,15 @@ def train(params: Params, **kwargs) -> dict:
 
 def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.PathLike,
           ckpt_dir: str | os.PathLike, history_csv: str | os.PathLike, fingerprint: str,
-          time_budget_s: float | None = None, step_budget_s: float | None = None, log=print) -> dict:
+          time_budget_s: float | None = None, step_budget_s: float | None = None,
+          teacher_csv: str | os.PathLike | None = None, extra_callbacks=(), log=print) -> dict:
     """Train (or resume) and save the best core model to `model_out`. Returns summary metrics.
 
     time_budget_s stops after the epoch in which it ran out (whole epochs, resumable);
     step_budget_s counts training steps only and stops mid-epoch (StepBudget; for benches,
-    a run cut mid-epoch does not resume bit for bit)."""
+    a run cut mid-epoch does not resume bit for bit). teacher_csv: the teacher stage's
+    alignment.csv, read when teacher.model is set (with_teacher). extra_callbacks: more
+    Keras callbacks for fit (benches time the steps with one)."""
     cfg, seed = params.train, params.base.seed
     ckpt_dir, history_csv = Path(ckpt_dir), Path(history_csv)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -310,10 +353,16 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
     train_rows, val_rows = read_split(split_csv, "train"), read_split(split_csv, "val")
     if not train_rows or not val_rows:
         raise DataError(f"{split_csv}: needs both train and val rows (train={len(train_rows)}, val={len(val_rows)})")
+    teacher = bool(params.teacher.model)
+    if teacher:
+        if teacher_csv is None:
+            raise DataError("teacher.model is set but training was given no teacher maps (teacher_csv)")
+        train_rows = with_teacher(train_rows, read_teacher_index(teacher_csv), teacher_csv, params.data.unlabeled)
+    weights = {n: s.weight for sources in (params.data.sources, params.data.unlabeled) for n, s in sources.items()}
     # Every pair is first brought to the device input's geometry (any source size, even mixed).
     train_src, val_src = split_sources(
         train_rows, val_rows, cache_max_mb=cfg.cache_max_mb, size=(params.export.height, params.export.width),
-        aspect=params.data.aspect, source_weights={n: s.weight for n, s in params.data.sources.items()})
+        aspect=params.data.aspect, source_weights=weights, teacher=teacher)
     strategy = make_strategy(cfg.strategy)
     replicas = strategy.num_replicas_in_sync
     # train.batch_size is per replica; the global batch and the learning rate grow with the
@@ -327,7 +376,8 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
     start = state["epoch"]
     total_steps = cfg.epochs * steps
     warmup = min(int(cfg.warmup_epochs * steps), total_steps - 1)
-    with strategy.scope():
+    policy = training_policy(cfg.mixed_precision, log)
+    with strategy.scope(), dtype_policy(policy):
         model = build_model(cfg)
         if cfg.init_from and not start:
             init_weights(model, cfg.init_from)
@@ -338,8 +388,10 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
             warmup_target=learning_rate if warmup else None, warmup_steps=warmup,
         )
         optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
-        loss_fn = make_loss(cfg.loss)
-        model.compile(optimizer=optimizer, loss=loss_fn)
+        loss_fn = make_loss(cfg.loss, fill_invalid=params.teacher.fill_invalid)
+        # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer (Keras's
+        # auto_scale_loss); the loss itself is computed in float32 (pipeline.losses).
+        model.compile(optimizer=optimizer, loss=loss_fn, jit_compile=cfg.jit_compile)
         if start:
             optimizer.build(model.trainable_variables)  # slots must exist before loading them
             model.load_weights(ckpt_dir / "last.weights.h5")
@@ -349,7 +401,9 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
 
     log(f"train: {cfg.arch} at {cfg.height}x{cfg.width}, {len(train_rows)} train / {len(val_rows)} val images, "
         f"{steps} steps x batch {batch}, epochs {start + 1}..{cfg.epochs}, "
-        f"cache {_cache_mode(train_src.cached, val_src.cached)}")
+        f"cache {_cache_mode(train_src.cached, val_src.cached)}"
+        + (f", teacher maps for {sum(bool(r['teacher']) for r in train_rows)} of them" if teacher else "")
+        + (f", {policy}" if policy != "float32" else "") + (", XLA" if cfg.jit_compile else ""))
     val_ds = eval_dataset(val_src, batch_size=batch, height=cfg.height, width=cfg.width)
     # Non-chief workers keep their (identical) copy of the state out of the chief's way.
     state_dir = ckpt_dir if is_chief() or start >= cfg.epochs else Path(tempfile.mkdtemp(prefix="worker_ckpt_"))
@@ -364,13 +418,15 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
             callbacks.append(TimeBudget(time_budget_s, log))
         if step_budget_s:
             callbacks.append(StepBudget(step_budget_s, log))
+        callbacks += list(extra_callbacks)
         model.fit(train_ds, epochs=cfg.epochs, initial_epoch=start,
                   steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=2)
     elif not history_csv.exists():
         write_history(history_csv, state["history"])
 
     model.load_weights(state_dir / "best.weights.h5")
-    # A fresh, uncompiled copy: the saved model carries no optimizer or custom loss.
+    # A fresh, uncompiled copy: the saved model carries no optimizer or custom loss, and it is
+    # float32 (built outside dtype_policy) whatever train.mixed_precision trained it in.
     final = build_model(cfg)
     final.set_weights(model.get_weights())
     if is_chief():

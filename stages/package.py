@@ -18,7 +18,8 @@ from pipeline.errors import DataError
 from pipeline.files import read_json
 from pipeline.metrics import BENCHMARK_RUNTIME_KEY, runtime_s_from_benchmark
 from pipeline.paths import SPLIT_CSV, SUBMISSION_ZIP, TFLITE_MODEL, metrics_json
-from pipeline.submission import describe_run, list_input_images, model_min_runtime, package_submission
+from pipeline.submission import (describe_run, extra_data_flag, list_input_images, model_min_runtime,
+                                 package_submission)
 
 BENCHMARK_JSON = metrics_json("benchmark")
 CPU_FLAG = 1  # TFLite on the CPU, as timed by the organizers on the Raspberry Pi 4
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     readme = {
         "runtime_s": runtime_s,
         "cpu": CPU_FLAG,
-        "extra_data": params.package.extra_data,
+        "extra_data": extra_data_flag(params),
         "description": describe_run(params, benchmark, extra=params.package.description,
                                     min_runtime=model_min_runtime(TFLITE_MODEL)),
     }

@@ -7,7 +7,7 @@ import sys
 from pipeline.cli import run_stage, stage_code_files, stage_parser
 from pipeline.config import load_params
 from pipeline.files import write_json
-from pipeline.paths import CHECKPOINTS, HISTORY_CSV, KERAS_MODEL, SPLIT_CSV, metrics_json
+from pipeline.paths import CHECKPOINTS, HISTORY_CSV, KERAS_MODEL, SPLIT_CSV, TEACHER_INDEX, metrics_json
 
 METRICS = metrics_json("train")
 
@@ -18,9 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     # TensorFlow loads only after the params are known to be good.
     from pipeline.training import resume_fingerprint, train
 
-    fingerprint = resume_fingerprint(params, SPLIT_CSV, stage_code_files("train"))
+    fingerprint = resume_fingerprint(params, SPLIT_CSV, stage_code_files("train"), teacher_csv=TEACHER_INDEX)
     summary = train(params, split_csv=SPLIT_CSV, model_out=KERAS_MODEL, ckpt_dir=CHECKPOINTS,
-                    history_csv=HISTORY_CSV, fingerprint=fingerprint)
+                    history_csv=HISTORY_CSV, fingerprint=fingerprint, teacher_csv=TEACHER_INDEX)
     write_json(METRICS, summary)
     print(f"train: best val si-RMSE {summary['best_val_si_rmse']:.4f} at epoch {summary['best_epoch']} -> {KERAS_MODEL}")
 

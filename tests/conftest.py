@@ -137,6 +137,9 @@ def make_project(root: Path, overrides: dict | None = None, *, git: bool = True)
     for name in ("pipeline", "stages", "presets"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / "models/teacher").mkdir(parents=True)  # the teacher stage's dep, as a clone has it (README only)
+    for name in ("README.md", ".gitignore"):
+        shutil.copy(REPO / "models/teacher" / name, root / "models/teacher" / name)
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
     params = merge(params, overrides or {})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

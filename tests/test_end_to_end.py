@@ -15,7 +15,8 @@ from PIL import Image
 
 from conftest import dvc_bin, run
 
-STAGES = ("synthesize", "index@synthetic", "prepare", "train", "export", "benchmark", "evaluate", "package", "track")
+STAGES = ("synthesize", "index@synthetic", "prepare", "teacher", "train", "export", "benchmark", "evaluate", "package",
+          "track")
 
 
 def ran_stages(log: str) -> list[str]:

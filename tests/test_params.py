@@ -51,9 +51,28 @@ def load_with(overrides: dict):
     ({"export": {"target_runtime": "v2.4"}}, ["export.target_runtime='v2.4'", "dotted version like 2.4.0"]),
     ({"export": {"target_runtime": 2.4}}, ["export.target_runtime must be str", "2.4"]),
     ({"export": {"output_resize": "nearest"}}, ["export.output_resize='nearest'", "separable"]),
+    ({"train": {"mixed_precision": "float16"}}, ["train.mixed_precision='float16'", "mixed_float16"]),
+    ({"train": {"mixed_precision": False}}, ["train.mixed_precision must be str", "False"]),  # YAML's `off`
+    ({"train": {"jit_compile": "xla"}}, ["train.jit_compile must be bool", "'xla'"]),
     ({"train": {"min_depth": 10.0, "max_depth": 10.0}}, ["train.min_depth=10.0", "train.max_depth=10.0"]),
     ({"train": {"min_depth": 0.0}}, ["train.min_depth=0.0", "must be > 0"]),
     ({"package": {"extra_data": 2}}, ["package.extra_data=2"]),
+    # teacher and unlabeled data (README "Learning from a teacher")
+    ({"teacher": {"output": "disparity"}}, ["teacher.output='disparity'", "inverse_relative"]),
+    ({"teacher": {"normalize": "zscore"}}, ["teacher.normalize='zscore'", "imagenet"]),
+    ({"teacher": {"max_residual": 0}}, ["teacher.max_residual=0.0", "must be > 0"]),
+    ({"teacher": {"height": -1}}, ["teacher.height=-1", "must be >= 0"]),
+    ({"teacher": {"model": "models/teacher/t.pt"}}, ["teacher.model='models/teacher/t.pt'", ".onnx"]),
+    ({"teacher": {"model": "/tmp/t.onnx"}}, ["teacher.model='/tmp/t.onnx'", "under models/teacher/"]),
+    ({"teacher": {"model": "models/teacher/../t.onnx"}}, ["under models/teacher/"]),
+    ({"teacher": {"model": "models/teacher/t.onnx", "height": 256}}, ["teacher.height=256", "set both"]),
+    ({"train": {"loss": {"distill_weight": 1.0}}}, ["train.loss.distill_weight needs a teacher", "teacher.model"]),
+    ({"teacher": {"fill_invalid": True}}, ["teacher.fill_invalid needs a teacher"]),
+    ({"data": {"unlabeled": {"extra": {"path": "x"}}}}, ["data.unlabeled needs a teacher"]),
+    ({"data": {"unlabeled": {"synthetic": {"path": "x"}}}}, ["data.unlabeled.synthetic", "data.sources"]),
+    ({"data": {"unlabeled": {"bad name": {"path": "x"}}}}, ["data.unlabeled.bad name is not a valid name"]),
+    ({"data": {"unlabeled": ["x"]}}, ["data.unlabeled must be a mapping"]),
+    ({"package": {"challenge_sources": "synthetic"}}, ["package.challenge_sources must be a list of names"]),
     ({"benchmark": {"device": "raspberrypi"}}, ["benchmark.device='raspberrypi'", "ssh://"]),
     ({"benchmark": {"device": "ssh://pi@pi4", "ssh_python": "python3; rm -rf ~"}}, ["benchmark.ssh_python"]),
 ])
@@ -70,6 +89,15 @@ def test_valid_params_load():
     p = load_with({"train": {"learning_rate": 1, "augment": {"flip": False}}, "benchmark": {"device": "ssh://pi@pi4:22"}})
     assert p.train.learning_rate == 1.0 and isinstance(p.train.learning_rate, float)
     assert p.train.augment.flip is False and p.benchmark.device == "ssh://pi@pi4:22"
+
+
+def test_teacher_params_load():
+    p = load_with({"teacher": {"model": "models/teacher/t.onnx", "output": "inverse_relative", "height": 256,
+                               "width": 320}, "data": {"unlabeled": {"extra": {"path": "x"}}},
+                   "package": {"challenge_sources": ["synthetic", "mai"]}})
+    assert (p.teacher.height, p.data.unlabeled["extra"].path, p.data.unlabeled["extra"].weight) == (256, "x", 1.0)
+    assert p.package.challenge_sources == ("synthetic", "mai")
+    assert load_with({"data": {"unlabeled": None}}).data.unlabeled == {}  # `unlabeled:` left empty
 
 
 def test_auto_sizes_are_each_archs_own():
@@ -145,7 +173,8 @@ def test_bad_preset_names_the_preset_key(tmp_path):
 
 
 # ------------------------------------------------ the stages, as subprocesses
-STAGES = ("synthesize", "index", "prepare", "train", "export", "benchmark", "evaluate", "package", "track")
+STAGES = ("synthesize", "index", "unlabeled", "prepare", "teacher", "train", "export", "benchmark", "evaluate",
+          "package", "track")
 OUTPUT_DIRS = ("data", "models", "metrics", "reports", "submission")
 # Runs a stage as `python -m` would and reports at exit whether TensorFlow was imported.
 PROBE = ("import atexit, runpy, sys; "
@@ -181,7 +210,11 @@ def assert_stopped_early(project: Path, proc, seconds: float, *needles: str) -> 
         assert needle in lines[0], (needle, lines[0])
     assert "TF_NOT_IMPORTED" in proc.stdout  # params are checked before TensorFlow loads
     assert seconds < 10
-    assert not [d for d in OUTPUT_DIRS if (project / d).exists()]
+    made = [d for d in OUTPUT_DIRS if (project / d).exists()]
+    # models/teacher/ (its README) comes with the project; anything else in models/ is an output
+    if "models" in made and [p.name for p in (project / "models").iterdir()] == ["teacher"]:
+        made.remove("models")
+    assert not made
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -116,7 +116,7 @@ def test_describe_run():
     assert f"working resolution {t.height}x{t.width}" in text
     assert f"precision {params.export.precision}" in text
     assert "timed on local, 2 threads" in text
-    assert f"model params hash {params_hash(params, ('base', 'data', 'train', 'export'))}" in text
+    assert f"model params hash {params_hash(params, ('base', 'data', 'train', 'teacher', 'export'))}" in text
     changed = dataclasses.replace(params, track=dataclasses.replace(params.track, experiment="other"))
     assert describe_run(changed, None) == describe_run(params, None)  # tracking params do not matter
     assert text.endswith("reproduce: dvc repro; my note") and "\n" not in text

@@ -1,0 +1,52 @@
+"""Stage teacher: run the teacher model once over the training RGB and the unlabeled images.
+
+Writes data/teacher/SOURCE/depth/NAME.png (uint16 mm, the challenge layout) for every kept
+map and data/teacher/alignment.csv (scale, shift, residual, kept per image), plus
+metrics/teacher.json. The maps are a DVC output: retraining the student never reruns the
+teacher. With teacher.model "" (the default) it writes an empty alignment.csv and nothing else.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pipeline.cli import Progress, run_stage, stage_parser
+from pipeline.config import load_params
+from pipeline.data import read_split, read_unlabeled, write_teacher_index
+from pipeline.files import atomic_dir, write_json
+from pipeline.paths import SPLIT_CSV, TEACHER_INDEX, TEACHER_MAPS, UNLABELED_DIR, metrics_json
+
+METRICS = metrics_json("teacher")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = stage_parser("teacher", __doc__).parse_args(argv)
+    params = load_params(args.params)
+    cfg = params.teacher
+    index = Path(TEACHER_INDEX).relative_to(TEACHER_MAPS)
+    if not cfg.model:
+        with atomic_dir(TEACHER_MAPS) as tmp:
+            write_teacher_index(tmp / index, [])
+        write_json(METRICS, {"model": ""})
+        print(f"teacher: none configured (teacher.model is empty) -> empty {TEACHER_MAPS}")
+        return
+    from pipeline.teacher import run_teacher, summarize  # loads TensorFlow / onnxruntime
+
+    labelled = read_split(SPLIT_CSV, "train")  # never the val split: it stays unseen
+    unlabeled = [{**row, "source": name} for name in params.data.unlabeled
+                 for row in read_unlabeled(f"{UNLABELED_DIR}/{name}.csv")]
+    print(f"teacher: {cfg.model} ({cfg.output}) on {len(labelled)} train + {len(unlabeled)} unlabeled images",
+          flush=True)
+    with atomic_dir(TEACHER_MAPS) as tmp:
+        rows = run_teacher(cfg, labelled=labelled, unlabeled=unlabeled, write_dir=tmp, final_dir=TEACHER_MAPS,
+                           progress=Progress("teacher: image"))
+        write_teacher_index(tmp / index, rows)
+    summary = summarize(rows, cfg)
+    write_json(METRICS, summary)
+    print(f"teacher: median residual {summary['median_residual']} (RMS log error to the ground truth), "
+          f"dropped {summary['dropped']}/{summary['labelled_images']} maps above {cfg.max_residual} -> {TEACHER_MAPS}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))
