@@ -17,7 +17,7 @@ from pipeline.errors import DataError
 from pipeline.litert import load_interpreter
 
 
-def _resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize of HxWx3 uint8 or HxW float32 with PIL; a no-op at the same size."""
     if arr.shape[:2] == (height, width):
         return arr
@@ -68,7 +68,7 @@ class TFLiteDepthModel:
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"predict needs an HxWx3 uint8 RGB image, got {rgb.dtype} {rgb.shape}")
         h, w = self.input_size
-        x = _resize(rgb, h, w).astype(np.float32)[None]
+        x = resize(rgb, h, w).astype(np.float32)[None]
         self._interp.set_tensor(self._in["index"], self._quantize(x))
         self._interp.invoke()
         y = self._dequantize(self._interp.get_tensor(self._out["index"]))
@@ -76,4 +76,4 @@ class TFLiteDepthModel:
         if y.shape != (h, w):
             raise DataError(f"{self.path}: output shape {list(self._out['shape'])} is not 1x{h}x{w}x1")
         out_h, out_w = out_size or rgb.shape[:2]
-        return _resize(np.ascontiguousarray(y, dtype=np.float32), out_h, out_w)
+        return resize(np.ascontiguousarray(y, dtype=np.float32), out_h, out_w)

@@ -17,11 +17,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from pipeline.config import TeacherConfig
 from pipeline.errors import DataError
 from pipeline.files import read_depth_m, read_rgb, write_depth_png
+from pipeline.predict import resize
 
 # Inverse depth below 1 / this (or negative, past "infinity" after the shift) becomes this;
 # 65 m is the deepest a uint16 mm PNG holds.
@@ -44,16 +44,6 @@ def normalize(rgb: np.ndarray, how: str) -> np.ndarray:
     if how == "half":
         return rgb / 127.5 - 1.0
     return (rgb / 255.0 - IMAGENET_MEAN) / IMAGENET_STD  # imagenet
-
-
-def resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of HxWx3 uint8 or HxW float32; a no-op at the same size."""
-    if arr.shape[:2] == (height, width):
-        return arr
-    if arr.ndim == 2:
-        img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32))
-        return np.asarray(img.resize((width, height), Image.BILINEAR), dtype=np.float32)
-    return np.asarray(Image.fromarray(arr).resize((width, height), Image.BILINEAR))
 
 
 def _input_size(path: Path, dims, cfg: TeacherConfig) -> tuple[int, int]:
@@ -209,15 +199,15 @@ def run_teacher(cfg: TeacherConfig, *, labelled: list[dict], unlabeled: list[dic
     for row in labelled:  # first: the unlabeled images take the median of these fits
         raw, gt = model.predict(read_rgb(row["rgb"])), read_depth_m(row["depth"])
         fit = (1.0, 0.0) if cfg.output == "metric" else fit_inverse_depth(raw, gt)
-        residual = math.inf if fit is None else log_residual(to_depth(raw, output=cfg.output, scale=fit[0],
-                                                                        shift=fit[1]), gt)
+        depth = None if fit is None else to_depth(raw, output=cfg.output, scale=fit[0], shift=fit[1])
+        residual = math.inf if depth is None else log_residual(depth, gt)
         kept = residual <= cfg.max_residual
         out = {"source": row["source"], "name": row["name"], "kind": "labelled", "rgb": row["rgb"], "teacher": "",
                "scale": "" if fit is None else f"{fit[0]:.8g}", "shift": "" if fit is None else f"{fit[1]:.8g}",
                "residual": f"{residual:.6f}", "kept": int(kept)}
         if kept:
             fits.append(fit)
-            out["teacher"] = write(row, to_depth(raw, output=cfg.output, scale=fit[0], shift=fit[1]))
+            out["teacher"] = write(row, depth)
         rows.append(out)
         done += 1
         if progress:
