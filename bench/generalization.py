@@ -1,6 +1,7 @@
 """Does the default model beat a constant on a scene it never saw? Each lever at one budget.
 
-    .venv/bin/python bench/generalization.py [--epochs 15] [--steps-per-epoch 20]
+    .venv/bin/python bench/generalization.py [--epochs 15] [--steps-per-epoch 20] [--seeds 3]
+        [--set train.ema=0.99 ...]
 
 Every run trains the default model (params.yaml's train section) for the same number of
 optimizer steps, exports it to TFLite and scores it with the official metrics through
@@ -12,13 +13,17 @@ si-RMSE (std of ln depth) and the ratio of the two:
                                   procedural scenes (train.init_from; its budget is extra)
   ... +synthetic-mix              the same, with the procedural scenes as a second
                                   training source (same budget, nothing forgotten)
+  ... +synthetic-both             pretrained, then the procedural scenes mixed in as well
   synthetic-only                  the pretrained model alone, scored on each real scene
   ... +imagenet                   encoder_weights: imagenet, when keras has the weights
                                   cached (this machine is offline: otherwise skipped)
   tum+hololens                    both scenes mixed, validated on the last block of each
 
 With a held-out source as validation, training ships the last epoch (never the best on
-the scene it reports). Nothing here is tuned on the held-out scenes.
+the scene it reports). Nothing here is tuned on the held-out scenes. One training run is
+noisy (a few hundred steps on one scene): --seeds K trains every row K times (base.seed,
++1, ...) and prints the mean and the range of the ratio. --set KEY=VALUE overrides a param
+for every run (a lever to compare with a run without it).
 """
 
 from __future__ import annotations
@@ -47,7 +52,49 @@ def imagenet_weights_cached(alpha: float) -> bool:
     return any((Path(keras_home()) / "models").glob(f"mobilenet_v2_weights_*_{float(alpha)}_*_no_top.h5"))
 
 
-def train_and_score(label: str, work: Path, *, sources: dict[str, str], val: str, args, train=None) -> dict:
+def parse_set(items: list[str]) -> dict:
+    """['train.ema=0.99', ...] -> nested overrides, values read as YAML (numbers, bools)."""
+    import yaml
+
+    from pipeline.config import merge
+
+    overrides: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. train.ema=0.99")
+        node = yaml.safe_load(text)
+        for part in reversed(key.split(".")):
+            node = {part: node}
+        overrides = merge(overrides, node)
+    return overrides
+
+
+def render_synthetic(args, default) -> Path:
+    """The procedural scenes of --synthetic-count/--synthetic-size, rendered into
+    --synthetic-dir unless a finished earlier render of the same ones is there."""
+    from pipeline.synthetic import write_dataset
+
+    height, width = (int(n) for n in args.synthetic_size.split("x"))
+    folder, stamp = args.synthetic_dir, f"{args.synthetic_count} {height}x{width} seed {default.base.seed}"
+    done = folder / "rendered.txt"  # written last: a killed render is redone
+    if done.is_file() and done.read_text() == stamp:
+        print(f"reusing the {stamp} synthetic scenes in {folder}", flush=True)
+        return folder
+    if folder.exists() and any(folder.iterdir()):
+        raise SystemExit(f"--synthetic-dir {folder}: holds something other than the {stamp} scenes; "
+                         "give an empty or new folder")
+    start = time.time()
+    write_dataset(folder, count=args.synthetic_count, seed=default.base.seed, height=height, width=width,
+                  invalid_fraction=default.data.synthetic.invalid_fraction)
+    done.write_text(stamp)
+    print(f"rendered {args.synthetic_count} synthetic scenes of {width}x{height} in {time.time() - start:.0f} s",
+          flush=True)
+    return folder
+
+
+def train_and_score(label: str, work: Path, *, sources: dict[str, str], val: str, args, train=None,
+                    seed: int | None = None) -> dict:
     """Train one configuration, export fp32 TFLite, evaluate per validation source."""
     import keras
 
@@ -56,13 +103,15 @@ def train_and_score(label: str, work: Path, *, sources: dict[str, str], val: str
     from pipeline.predict import TFLiteDepthModel
     from pipeline.training import train as fit
 
-    folder = work / label.replace(">", "").replace("+", "_")
+    from pipeline.config import merge
+
+    folder = work / (label.replace(">", "").replace("+", "_") + ("" if seed is None else f"_seed{seed}"))
     folder.mkdir(parents=True)
-    params = load_params(REPO / "params.yaml", overrides={
-        "base": {"deterministic": False},  # many trainings in one process: op order cannot be pinned
+    params = load_params(REPO / "params.yaml", overrides=merge(args.overrides, {
+        "base": {} if seed is None else {"seed": seed},
         "data": {"sources": {name: {"path": path} for name, path in sources.items()}, "val": val},
         "train": {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, **(train or {})},
-    })
+    }))
     rows = build_split({n: s.path for n, s in params.data.sources.items()}, val=params.data.val,
                        val_fraction=params.data.val_fraction)
     split_csv = folder / "split.csv"
@@ -80,8 +129,8 @@ def train_and_score(label: str, work: Path, *, sources: dict[str, str], val: str
     result, _ = evaluate_model(model, val_rows, aspect=params.data.aspect)
     print(f"{label}: {summary['epochs']} epochs x {params.train.steps_per_epoch} steps in {minutes:.1f} min, "
           f"epoch shipped {summary['best_epoch']}", flush=True)
-    return {"label": label, "minutes": minutes, "model": folder / "model.keras", "tflite": folder / "model.tflite",
-            "sources": result["sources"]}
+    return {"label": label, "seed": params.base.seed, "minutes": minutes, "model": folder / "model.keras",
+            "tflite": folder / "model.tflite", "sources": result["sources"]}
 
 
 def score_zero_shot(label: str, tflite: Path, held_out: str) -> dict:
@@ -99,64 +148,92 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--steps-per-epoch", type=int, default=20)
+    parser.add_argument("--seeds", type=int, default=1, help="train every row this many times (seeds "
+                        "base.seed, +1, ...): mean and range of the ratio")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a param override for every run, e.g. train.ema=0.99 (repeatable)")
     parser.add_argument("--synthetic-count", type=int, default=400, help="procedural scenes to pretrain on")
     parser.add_argument("--synthetic-size", default="240x320", help="HxW the scenes are rendered at (the model "
                         "works at params.yaml's train size; rendering at 480x640 costs 4x the time)")
     parser.add_argument("--pretrain-epochs", type=int, default=30, help="epochs of the synthetic pretraining "
                         "(a one-off cost, not part of the per-run budget)")
+    parser.add_argument("--synthetic-dir", type=Path, help="render the scenes into this folder and keep them; "
+                        "a later run with the same count, size and seed reuses them (default: a temporary folder)")
     parser.add_argument("--only", nargs="*", help="run only these labels (and what they need)")
     args = parser.parse_args()
-    from pipeline.synthetic import write_dataset
+    args.overrides = parse_set(args.set)
+    import tensorflow as tf
 
-    default = load_params(REPO / "params.yaml")
+    # One op at a time, as base.deterministic asks of every training (it must be set before
+    # TensorFlow runs an op, so here, once): reruns give the same figures, and on 2 cores
+    # the steps are ~2x faster than with concurrent ops competing for them.
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+    default = load_params(REPO / "params.yaml", overrides=args.overrides)
+    seeds = [default.base.seed + k for k in range(args.seeds)]
     wanted = (lambda label: not args.only or label in args.only)
     results = []
+
+    def runs(label, **kwargs):  # one row of the table: the same run under every seed
+        return [train_and_score(label, work, args=args, seed=seed, **kwargs) for seed in seeds]
+
     with tempfile.TemporaryDirectory(prefix="generalization_") as tmp:
         work = Path(tmp)
+        args.synthetic_dir = args.synthetic_dir or work / "synthetic"
         directions = (("tum", "hololens"), ("hololens", "tum"))
         for train_on, held_out in directions:
             if wanted(f"{train_on}->{held_out}"):
-                results.append(train_and_score(f"{train_on}->{held_out}", work, sources=REAL, val=held_out, args=args))
-        if any(wanted(f"{a}->{b}+synthetic{kind}") for a, b in directions for kind in ("", "-mix")) \
+                results += runs(f"{train_on}->{held_out}", sources=REAL, val=held_out)
+        if any(wanted(f"{a}->{b}+synthetic{kind}") for a, b in directions for kind in ("", "-mix", "-both")) \
                 or wanted("synthetic-only"):
-            start = time.time()
-            height, width = (int(n) for n in args.synthetic_size.split("x"))
-            write_dataset(work / "synthetic", count=args.synthetic_count, seed=default.base.seed, height=height,
-                          width=width, invalid_fraction=default.data.synthetic.invalid_fraction)
-            print(f"rendered {args.synthetic_count} synthetic scenes of {width}x{height} in "
-                  f"{time.time() - start:.0f} s", flush=True)
-        if any(wanted(f"{a}->{b}+synthetic") for a, b in directions) or wanted("synthetic-only"):
-            pre = train_and_score("pretrain-synthetic", work, sources={"synthetic": str(work / "synthetic")},
+            synthetic = render_synthetic(args, default)
+        if any(wanted(f"{a}->{b}+synthetic{kind}") for a, b in directions for kind in ("", "-both")) \
+                or wanted("synthetic-only"):
+            pre = train_and_score("pretrain-synthetic", work, sources={"synthetic": str(synthetic)},
                                   val="blocks", args=args, train={"epochs": args.pretrain_epochs})
             if wanted("synthetic-only"):  # what the procedural scenes alone teach about real ones
                 results += [score_zero_shot("synthetic-only", pre["tflite"], held_out) for held_out in REAL]
         for train_on, held_out in directions:
             label = f"{train_on}->{held_out}+synthetic"
             if wanted(label):
-                results.append(train_and_score(label, work, sources=REAL, val=held_out, args=args,
-                                               train={"init_from": str(pre["model"])}))
+                results += runs(label, sources=REAL, val=held_out, train={"init_from": str(pre["model"])})
             if wanted(label + "-mix"):
-                mixed = {**REAL, "synthetic": str(work / "synthetic")}
-                results.append(train_and_score(label + "-mix", work, sources=mixed, val=held_out, args=args))
+                results += runs(label + "-mix", sources={**REAL, "synthetic": str(synthetic)}, val=held_out)
+            if wanted(label + "-both"):
+                results += runs(label + "-both", sources={**REAL, "synthetic": str(synthetic)}, val=held_out,
+                                train={"init_from": str(pre["model"])})
         imagenet_ok = imagenet_weights_cached(default.train.width_multiplier)
         for train_on, held_out in directions:
             label = f"{train_on}->{held_out}+imagenet"
             if wanted(label) and imagenet_ok:
-                results.append(train_and_score(label, work, sources=REAL, val=held_out, args=args,
-                                               train={"encoder_weights": "imagenet"}))
+                results += runs(label, sources=REAL, val=held_out, train={"encoder_weights": "imagenet"})
         if wanted("tum+hololens"):
-            results.append(train_and_score("tum+hololens", work, sources=REAL, val="blocks", args=args))
+            results += runs("tum+hololens", sources=REAL, val="blocks")
 
     print(f"\nmodel: {default.train.arch} x{default.train.width_multiplier} at {default.train.height}x"
           f"{default.train.width}; budget {args.epochs} x {args.steps_per_epoch} steps of batch "
-          f"{default.train.batch_size} per run; official metrics of the fp32 TFLite model")
+          f"{default.train.batch_size} per run; seeds {', '.join(map(str, seeds))}; official metrics of the "
+          f"fp32 TFLite model" + (f"; --set {' '.join(args.set)}" if args.set else ""))
     if not imagenet_ok:
         print("imagenet: skipped, no cached keras.applications MobileNetV2 weights (they download from the internet)")
-    print(f"{'run':<28} {'held-out scene':<15} {'images':>6} {'si-RMSE':>8} {'constant':>8} {'ratio':>6} {'min':>5}")
+    print_table(results)
+
+
+def print_table(results: list[dict]) -> None:
+    """One line per (run, held-out scene): means over the seeds, and the ratio's range."""
+    rows: dict[tuple[str, str], list] = {}
     for r in results:
         for source, m in r["sources"].items():
-            print(f"{r['label']:<28} {source:<15} {m['n_images']:>6} {m['si_rmse']:>8.4f} "
-                  f"{m['baseline_si_rmse']:>8.4f} {m['ratio_to_constant']:>6.2f} {r['minutes']:>5.1f}")
+            rows.setdefault((r["label"], source), []).append((m, r["minutes"]))
+    print(f"{'run':<28} {'held-out scene':<15} {'images':>6} {'runs':>4} {'si-RMSE':>8} {'constant':>8} "
+          f"{'ratio':>6} {'range':>11} {'min':>5}")
+    for (label, source), group in rows.items():
+        ratios = [m["ratio_to_constant"] for m, _ in group]
+        spread = f"{min(ratios):.2f}..{max(ratios):.2f}" if len(ratios) > 1 else ""
+        m = group[0][0]
+        print(f"{label:<28} {source:<15} {m['n_images']:>6} {len(group):>4} "
+              f"{sum(g['si_rmse'] for g, _ in group) / len(group):>8.4f} {m['baseline_si_rmse']:>8.4f} "
+              f"{sum(ratios) / len(ratios):>6.2f} {spread:>11} {sum(t for _, t in group) / len(group):>5.1f}")
 
 
 if __name__ == "__main__":

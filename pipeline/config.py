@@ -172,6 +172,9 @@ class TrainConfig:
     weight_decay: float = knob(1e-4, lo=0.0)
     warmup_epochs: float = knob(1.0, lo=0.0)
     min_lr_ratio: float = knob(0.05, lo=0.0, hi=1.0)
+    # Weight averaging (Polyak): validate, select and ship an exponential moving average of
+    # the weights with this momentum (Keras's optimizer use_ema); 0 = off.
+    ema: float = knob(0.0, lo=0.0, hi=0.9999)
     steps_per_epoch: int = knob(0, lo=0)  # 0 = one pass over the train split
     cache_max_mb: int = knob(2048, lo=0)  # decoded train + val images kept in RAM, else decoded per epoch
     strategy: str = knob("default", choices=("default", "mirrored", "multi_worker"))

@@ -132,7 +132,8 @@ def render(run, stages: dict[str, dict]) -> str:
         f"- Augmentation: {', '.join(augment) or 'none'}",
         f"- AdamW, learning rate {p.get('train.learning_rate')} (warmup {p.get('train.warmup_epochs')} epochs, cosine to "
         f"x{p.get('train.min_lr_ratio')}), weight decay {p.get('train.weight_decay')}, batch {_fmt(train.get('batch_size'))} "
-        f"on {_fmt(train.get('replicas'))} replica(s)",
+        f"on {_fmt(train.get('replicas'))} replica(s)"
+        + (f"; weights averaged (EMA, momentum {p['train.ema']})" if float(p.get("train.ema", 0) or 0) > 0 else ""),
         f"- {_fmt(train.get('epochs'))} epochs; shipped weights from epoch {_fmt(train.get('best_epoch'))} "
         f"(best val si-RMSE {_fmt(train.get('best_val_si_rmse'), '.4f')} at working resolution)",
         f"- Training time {_fmt(train.get('train_seconds'), '.0f', ' s')} on {train.get('hardware', 'n/a')}; "

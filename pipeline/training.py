@@ -70,12 +70,18 @@ class ValidationMetrics(keras.callbacks.Callback):
     def __init__(self, val_ds, loss_fn):
         super().__init__()
         self.val_ds, self.loss_fn = val_ds, loss_fn
+        self.predict = None
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.predict is None:  # a graph, not eager op by op: several times faster on small batches
+            def predict(rgb, depth):
+                pred = self.model(rgb, training=False)
+                return pred, self.loss_fn(depth, pred)
+            self.predict = tf.function(predict, reduce_retracing=True)
         per_image, losses, sizes = [], [], []
         for rgb, depth in self.val_ds:
-            pred = self.model(rgb, training=False)
-            losses.append(float(self.loss_fn(depth, pred)))
+            pred, loss = self.predict(rgb, depth)
+            losses.append(float(loss))
             sizes.append(int(rgb.shape[0]))
             per_image += [image_metrics(pred=p, gt=g) for p, g in zip(pred.numpy(), depth.numpy())]
         summary = average_metrics(per_image)  # the official definitions, at working resolution
@@ -119,6 +125,18 @@ class TrainingState(keras.callbacks.Callback):
     def _save_weights(self, name):
         with atomic_path(self.ckpt_dir / name, suffix=".weights.h5") as tmp:
             self.model.save_weights(tmp)
+
+
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Puts the optimizer's moving average of the weights (train.ema) into the model at the
+    end of every epoch, before the callbacks after it validate and checkpoint, and the raw
+    weights back before the next epoch trains. A checkpoint therefore holds the swapped pair
+    (average in the model, raw weights in the optimizer's slots): `resumed` says that the
+    weights just loaded are in that state, so the first epoch swaps them back."""
+
+    def __init__(self, resumed: bool):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = resumed
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -387,7 +405,9 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
             decay_steps=max(total_steps - warmup, 1), alpha=cfg.min_lr_ratio,
             warmup_target=learning_rate if warmup else None, warmup_steps=warmup,
         )
-        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+        # train.ema 0 = off (the momentum is then unused; 0.99 is Keras's default).
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay,
+                                           use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99)
         loss_fn = make_loss(cfg.loss, fill_invalid=params.teacher.fill_invalid)
         # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer (Keras's
         # auto_scale_loss); the loss itself is computed in float32 (pipeline.losses).
@@ -412,7 +432,8 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
                                  steps_per_epoch=steps, batch_size=batch, height=cfg.height,
                                  width=cfg.width, augment_cfg=cfg.augment)
         history_out = history_csv if is_chief() else state_dir / "history.csv"
-        callbacks = [ValidationMetrics(val_ds, loss_fn), TrainingState(state_dir, history_out, state, fingerprint,
+        callbacks = [AveragedWeights(resumed=start > 0)] if cfg.ema else []  # first: the others see the average
+        callbacks += [ValidationMetrics(val_ds, loss_fn), TrainingState(state_dir, history_out, state, fingerprint,
                                                                      select_best=params.data.val == VAL_BLOCKS)]
         if time_budget_s:
             callbacks.append(TimeBudget(time_budget_s, log))

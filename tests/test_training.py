@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,7 +162,6 @@ def test_fingerprint_follows_params_split_data_and_training_code(tmp_path, monke
     """A checkpoint resumes only the same run: a change to any of these starts over."""
     import dataclasses
     import os
-    import shutil
 
     from pipeline.cli import stage_code_files
     from pipeline.config import load_params
@@ -206,7 +206,6 @@ def test_fingerprint_follows_params_split_data_and_training_code(tmp_path, monke
 
 
 def test_stage_code_files_without_the_stage_in_dvc_yaml(tmp_path, monkeypatch):
-    import shutil
 
     from pipeline.cli import stage_code_files
 
@@ -261,6 +260,51 @@ def test_mirrored_strategy_on_two_cpu_devices(tmp_path):
     assert "FIRST_EPOCHS 1" in proc.stdout and "resuming from models/checkpoints after epoch 1/4" in proc.stdout
     losses = [float(line.split(",")[1]) for line in (project / "reports/history.csv").read_text().splitlines()[1:]]
     assert len(losses) == 4 and losses[-1] < losses[0], losses
+
+
+EMA_RUN = textwrap.dedent("""
+    import sys
+    from pipeline.config import load_params
+    from pipeline.training import train
+    ema, out, cut = float(sys.argv[1]), sys.argv[2], sys.argv[3] == "cut"
+    params = load_params(overrides={"train": {"ema": ema}})
+    paths = dict(split_csv="data/prepared/split.csv", model_out=f"{out}/model.keras", ckpt_dir=f"{out}/ckpt",
+                 history_csv=f"{out}/history.csv", fingerprint="ema")
+    if cut:  # stopped after the first epoch (the budget runs out at once), then resumed
+        train(params, time_budget_s=1e-6, **paths)
+    train(params, **paths)
+""")
+
+
+def test_weight_average_is_shipped_and_resumes_exactly(straight, tmp_path):
+    """train.ema validates and ships the moving average of the weights: with momentum ~0 the
+    first epoch scores as without it (later epochs drift in the last bits of the swaps), with
+    0.9 the shipped model is far from the plain run's; a run stopped after epoch 1 and
+    resumed ends bit-identical (a checkpoint holds the average and the raw weights swapped)."""
+    import keras
+
+    project = tmp_path / "p"
+    shutil.copytree(straight, project, ignore=lambda folder, names: [  # the run's outputs, not pipeline/models
+        n for n in names if Path(folder) == straight and n in ("models", "reports", "metrics")])
+
+    def shipped(ema: float, name: str, cut: bool = False) -> tuple[list[np.ndarray], list[float]]:
+        proc = subprocess.run([sys.executable, "-c", EMA_RUN, str(ema), name, "cut" if cut else "straight"],
+                              cwd=project, env=project_env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ("resuming from" in proc.stdout) is cut
+        with open(project / name / "history.csv") as f:
+            scores = [float(row["val_si_rmse"]) for row in csv.DictReader(f)]
+        return keras.models.load_model(project / name / "model.keras", compile=False).get_weights(), scores
+
+    def distance(a, b):
+        return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+
+    plain = _weights(straight), [row["val_si_rmse"] for row in _history(straight)]
+    near_plain, averaged, resumed = shipped(1e-6, "near"), shipped(0.9, "averaged"), shipped(0.9, "resumed", cut=True)
+    assert near_plain[1][0] == pytest.approx(plain[1][0], rel=1e-5)
+    assert abs(averaged[1][0] - plain[1][0]) > 1e-4
+    assert distance(plain[0], averaged[0]) > 20 * distance(plain[0], near_plain[0])
+    assert all(np.array_equal(a, b) for a, b in zip(averaged[0], resumed[0])) and averaged[1] == resumed[1]
 
 
 def test_file_damaged_after_prepare_is_named_not_a_traceback(tmp_path):
