@@ -1,7 +1,10 @@
 """The synthetic generator's geometry: depth is the camera z of a pinhole camera (what depth
-sensors report), and the requested share of pixels is knocked out as invalid."""
+sensors report), the requested share of pixels is knocked out as invalid, and any number of
+rendering processes writes the same files."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -44,3 +47,19 @@ def test_invalid_fraction_is_honoured(fraction):
     assert (holed == 0).mean() == pytest.approx(fraction, abs=0.005)
     kept = holed > 0
     np.testing.assert_array_equal(holed[kept], full[kept])  # knocked out, nothing else changed
+
+
+def test_parallel_rendering_writes_the_same_files(tmp_path):
+    from pipeline.synthetic import write_dataset
+
+    seen, environment = [], dict(os.environ)
+    for workers in (1, 2):
+        out = tmp_path / str(workers)
+        names = write_dataset(out, count=3, seed=5, height=H, width=W, workers=workers,
+                              progress=lambda done, total: seen.append((done, total)))
+        assert names == ["000000.png", "000001.png", "000002.png"]
+    assert seen == [(1, 3), (2, 3), (3, 3)] * 2  # in order, whatever finishes first
+    assert dict(os.environ) == environment  # the workers' one BLAS thread is theirs alone
+    for kind in ("rgb", "depth"):
+        for name in names:
+            assert (tmp_path / "1" / kind / name).read_bytes() == (tmp_path / "2" / kind / name).read_bytes()
