@@ -93,7 +93,7 @@ def render_synthetic(args, default) -> Path:
     return folder
 
 
-def train_and_score(label: str, work: Path, *, sources: dict[str, str], val: str, args, train=None,
+def train_and_score(label: str, work: Path, *, sources: dict[str, str | dict], val: str, args, train=None,
                     seed: int | None = None) -> dict:
     """Train one configuration, export fp32 TFLite, evaluate per validation source."""
     import keras
@@ -109,7 +109,8 @@ def train_and_score(label: str, work: Path, *, sources: dict[str, str], val: str
     folder.mkdir(parents=True)
     params = load_params(REPO / "params.yaml", overrides=merge(args.overrides, {
         "base": {} if seed is None else {"seed": seed},
-        "data": {"sources": {name: {"path": path} for name, path in sources.items()}, "val": val},
+        "data": {"sources": {name: src if isinstance(src, dict) else {"path": src} for name, src in sources.items()},
+                 "val": val},
         "train": {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, **(train or {})},
     }))
     rows = build_split({n: s.path for n, s in params.data.sources.items()}, val=params.data.val,
@@ -159,6 +160,8 @@ def main() -> None:
                         "(a one-off cost, not part of the per-run budget)")
     parser.add_argument("--synthetic-dir", type=Path, help="render the scenes into this folder and keep them; "
                         "a later run with the same count, size and seed reuses them (default: a temporary folder)")
+    parser.add_argument("--synthetic-weight", type=float, default=1.0, help="sampling weight of each procedural "
+                        "scene when mixed in with real ones (its data.sources weight; a real image's is 1)")
     parser.add_argument("--only", nargs="*", help="run only these labels (and what they need)")
     args = parser.parse_args()
     args.overrides = parse_set(args.set)
@@ -187,6 +190,7 @@ def main() -> None:
         if any(wanted(f"{a}->{b}+synthetic{kind}") for a, b in directions for kind in ("", "-mix", "-both")) \
                 or wanted("synthetic-only"):
             synthetic = render_synthetic(args, default)
+            mixed = {"path": str(synthetic), "weight": args.synthetic_weight}
         if any(wanted(f"{a}->{b}+synthetic{kind}") for a, b in directions for kind in ("", "-both")) \
                 or wanted("synthetic-only"):
             pre = train_and_score("pretrain-synthetic", work, sources={"synthetic": str(synthetic)},
@@ -198,9 +202,9 @@ def main() -> None:
             if wanted(label):
                 results += runs(label, sources=REAL, val=held_out, train={"init_from": str(pre["model"])})
             if wanted(label + "-mix"):
-                results += runs(label + "-mix", sources={**REAL, "synthetic": str(synthetic)}, val=held_out)
+                results += runs(label + "-mix", sources={**REAL, "synthetic": mixed}, val=held_out)
             if wanted(label + "-both"):
-                results += runs(label + "-both", sources={**REAL, "synthetic": str(synthetic)}, val=held_out,
+                results += runs(label + "-both", sources={**REAL, "synthetic": mixed}, val=held_out,
                                 train={"init_from": str(pre["model"])})
         imagenet_ok = imagenet_weights_cached(default.train.width_multiplier)
         for train_on, held_out in directions:
@@ -213,7 +217,8 @@ def main() -> None:
     print(f"\nmodel: {default.train.arch} x{default.train.width_multiplier} at {default.train.height}x"
           f"{default.train.width}; budget {args.epochs} x {args.steps_per_epoch} steps of batch "
           f"{default.train.batch_size} per run; seeds {', '.join(map(str, seeds))}; official metrics of the "
-          f"fp32 TFLite model" + (f"; --set {' '.join(args.set)}" if args.set else ""))
+          f"fp32 TFLite model" + (f"; --set {' '.join(args.set)}" if args.set else "")
+          + (f"; --synthetic-weight {args.synthetic_weight}" if args.synthetic_weight != 1.0 else ""))
     if not imagenet_ok:
         print("imagenet: skipped, no cached keras.applications MobileNetV2 weights (they download from the internet)")
     print_table(results)
