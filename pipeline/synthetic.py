@@ -29,8 +29,8 @@ import numpy as np
 from pipeline.files import write_depth_png, write_rgb_png
 
 SENSOR_MAX_M = 10.0
-NOISE_CELLS = 256
-BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # what numpy's BLAS may read  # lattice of the value noise; coordinates wrap around it
+NOISE_CELLS = 256  # lattice of the value noise; coordinates wrap around it
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # what numpy's BLAS may read
 
 
 def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
