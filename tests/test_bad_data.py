@@ -189,21 +189,14 @@ def test_empty_depth_is_an_error_when_not_skipped(tmp_path):
 
 
 # ------------------------------------------------------------ accepted, maybe warned
-def test_rgba_rgb_is_converted(tmp_path):
+@pytest.mark.parametrize("mode", ["RGBA", "L"])
+def test_rgba_or_grayscale_rgb_is_converted(tmp_path, mode):
     src = make_source(tmp_path / "src", 4)
-    rgba = np.dstack([rgb_image(1), np.full((H, W), 128, np.uint8)])
-    save(src / "rgb" / "0001.png", rgba)
-    assert Image.open(src / "rgb" / "0001.png").mode == "RGBA"
-    proc, project = prepare(tmp_path, src)
-    metrics = assert_ok(proc, project)
-    assert metrics["train_images"] + metrics["val_images"] == 4
-    assert proc.stderr == ""
-
-
-def test_grayscale_rgb_is_converted(tmp_path):
-    src = make_source(tmp_path / "src", 4)
-    save(src / "rgb" / "0002.png", rgb_image(2), mode="L")
-    assert Image.open(src / "rgb" / "0002.png").mode == "L"
+    if mode == "RGBA":  # a half-transparent alpha channel
+        save(src / "rgb" / "0001.png", np.dstack([rgb_image(1), np.full((H, W), 128, np.uint8)]))
+    else:
+        save(src / "rgb" / "0001.png", rgb_image(1), mode="L")
+    assert Image.open(src / "rgb" / "0001.png").mode == mode
     proc, project = prepare(tmp_path, src)
     metrics = assert_ok(proc, project)
     assert metrics["train_images"] + metrics["val_images"] == 4
