@@ -101,7 +101,6 @@ def train_and_score(label: str, work: Path, *, sources: dict[str, str | dict], v
     from pipeline.evaluation import evaluate_model
     from pipeline.export import export_model, write_tflite
     from pipeline.predict import TFLiteDepthModel
-    from pipeline.timing import usable_cpus
     from pipeline.training import train as fit
 
     from pipeline.config import merge
@@ -126,7 +125,7 @@ def train_and_score(label: str, work: Path, *, sources: dict[str, str | dict], v
     core = keras.saving.load_model(folder / "model.keras", compile=False)
     flatbuffer, _ = export_model(core, split_csv, cfg=params.export)
     write_tflite(folder / "model.tflite", flatbuffer)
-    model = TFLiteDepthModel(folder / "model.tflite", num_threads=usable_cpus())
+    model = TFLiteDepthModel(folder / "model.tflite", num_threads=len(os.sched_getaffinity(0)))
     val_rows = [r for r in rows if r["split"] == "val"]
     result, _ = evaluate_model(model, val_rows, aspect=params.data.aspect)
     print(f"{label}: {summary['epochs']} epochs x {params.train.steps_per_epoch} steps in {minutes:.1f} min, "
@@ -139,10 +138,9 @@ def score_zero_shot(label: str, tflite: Path, held_out: str) -> dict:
     """A trained model scored on all of one real scene, with no training on real data at all."""
     from pipeline.evaluation import evaluate_model
     from pipeline.predict import TFLiteDepthModel
-    from pipeline.timing import usable_cpus
 
     rows = [r for r in build_split(REAL, val=held_out, val_fraction=0.2) if r["split"] == "val"]
-    model = TFLiteDepthModel(tflite, num_threads=usable_cpus())
+    model = TFLiteDepthModel(tflite, num_threads=len(os.sched_getaffinity(0)))
     result, _ = evaluate_model(model, rows, aspect=load_params(REPO / "params.yaml").data.aspect)
     return {"label": label, "minutes": 0.0, "sources": result["sources"]}
 

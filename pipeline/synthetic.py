@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.files import write_depth_png, write_rgb_png
-from pipeline.timing import usable_cpus
 
 SENSOR_MAX_M = 10.0
 NOISE_CELLS = 256  # lattice of the value noise; coordinates wrap around it
@@ -385,7 +384,7 @@ def write_dataset(out_dir: str | Path, *, count: int, seed: int, height: int = 4
     `workers` processes (default: every core this process may use). Each scene depends on
     its seed alone, so the files are the same for any number of workers."""
     out_dir = Path(out_dir)
-    workers = min(workers or usable_cpus(), count) or 1
+    workers = min(workers or len(os.sched_getaffinity(0)), count) or 1
     scene = partial(_write_scene, out_dir, seed=seed, height=height, width=width, invalid_fraction=invalid_fraction)
     names = []
     with ExitStack() as stack:
