@@ -25,7 +25,7 @@ test: $(INSTALLED)
 # A params preset as one DVC experiment: make exp PRESET=presets/tum.yaml
 PRESET ?= presets/tum.yaml
 exp: $(INSTALLED)
-	$(BIN)/dvc exp run $$($(BIN)/python -m pipeline.config set-args $(PRESET))
+	$(BIN)/dvc exp run $$($(BIN)/python -m pipeline.core.config set-args $(PRESET))
 
 # A grid of DVC experiments, one per combination, queued and started (defaults in the grid
 # file, sweeps/default.yaml): make sweep [GRID=sweeps/x.yaml] [JOBS=2] [DRY=1] [WAIT=1] [FORCE=1]
@@ -46,7 +46,7 @@ bench: $(INSTALLED)
 UI_PORT ?= 5000
 MLFLOW_ENV = MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 ui: $(INSTALLED)
-	-@$(BIN)/python -m pipeline.tracking ui-link --port $(UI_PORT)
+	-@$(BIN)/python -m pipeline.tracking.runs ui-link --port $(UI_PORT)
 	$(MLFLOW_ENV) $(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlartifacts --no-serve-artifacts \
 	  --workers 1 --host 127.0.0.1 --port $(UI_PORT)

@@ -20,9 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def main() -> int:
-    from pipeline import tflite
-    from pipeline.config import ARCHS, OUTPUT_RESIZES, load_params
-    from pipeline.probe import describe_ops, random_device_model
+    from pipeline.device import tflite
+    from pipeline.core.config import ARCHS, OUTPUT_RESIZES, load_params
+    from pipeline.device.probe import describe_ops, random_device_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", action="append", choices=ARCHS, help="repeatable; default: all")

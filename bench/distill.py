@@ -11,7 +11,7 @@ it either.
 
 1. teacher: mobile_unet at width 1.0 and 256x320, trained on TUM alone (validated on
    TUM's last block), exported to TFLite: the "your own teacher" route of the README. It
-   is run once over TUM and the unlabeled half (pipeline/teacher.py) and scored itself.
+   is run once over TUM and the unlabeled half (pipeline/teacher/labels.py) and scored itself.
 2. students, the default model (params.yaml's train section) for the same number of
    optimizer steps each, fp32 TFLite, official metrics on the validation half:
      student                  ground truth alone (today's pipeline)
@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.config import load_params  # noqa: E402
-from pipeline.data import build_split, list_unlabeled, write_split, write_teacher_index  # noqa: E402
+from pipeline.core.config import load_params  # noqa: E402
+from pipeline.data.dataset import build_split, list_unlabeled, write_split, write_teacher_index  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 TUM, HOLOLENS = SHARED / "tum_fr1_xyz", SHARED / "hololens2_office"
@@ -61,10 +61,10 @@ def train_and_score(label: str, work: Path, overrides: dict, *, export_to: Path 
     """Train one configuration (in-process), export fp32 TFLite, evaluate on its val rows."""
     import keras
 
-    from pipeline.evaluation import evaluate_model
-    from pipeline.export import export_model, write_tflite
-    from pipeline.predict import TFLiteDepthModel
-    from pipeline.training import train as fit
+    from pipeline.results.evaluation import evaluate_model
+    from pipeline.device.export import export_model, write_tflite
+    from pipeline.device.predict import TFLiteDepthModel
+    from pipeline.model.training import train as fit
 
     folder = work / "runs" / label
     folder.mkdir(parents=True)
@@ -92,8 +92,8 @@ def train_and_score(label: str, work: Path, overrides: dict, *, export_to: Path 
 
 def score_teacher(work: Path, val: Path) -> dict:
     """The teacher's own figures on the validation half, as the students are scored."""
-    from pipeline.evaluation import evaluate_model
-    from pipeline.predict import TFLiteDepthModel
+    from pipeline.results.evaluation import evaluate_model
+    from pipeline.device.predict import TFLiteDepthModel
 
     rows = [r for r in build_split({"tum": str(TUM), "hololens_val": str(val)}, val="hololens_val")
             if r["split"] == "val"]
@@ -112,8 +112,8 @@ def main() -> None:
     parser.add_argument("--max-residual", type=float, default=0.5, help="teacher.max_residual: a briefly trained "
                         "metric teacher is off in scale by itself; drop only its gross failures")
     args = parser.parse_args()
-    from pipeline.cli import Progress
-    from pipeline.teacher import run_teacher, summarize
+    from pipeline.core.cli import Progress
+    from pipeline.teacher.labels import run_teacher, summarize
 
     default = load_params(REPO / "params.yaml")
     results = []

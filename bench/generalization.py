@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.config import load_params  # noqa: E402
-from pipeline.data import build_split, write_split  # noqa: E402
+from pipeline.core.config import load_params  # noqa: E402
+from pipeline.data.dataset import build_split, write_split  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 REAL = {"tum": str(SHARED / "tum_fr1_xyz"), "hololens": str(SHARED / "hololens2_office")}
@@ -56,7 +56,7 @@ def parse_set(items: list[str]) -> dict:
     """['train.ema=0.99', ...] -> nested overrides, values read as YAML (numbers, bools)."""
     import yaml
 
-    from pipeline.config import merge
+    from pipeline.core.config import merge
 
     overrides: dict = {}
     for item in items:
@@ -73,7 +73,7 @@ def parse_set(items: list[str]) -> dict:
 def render_synthetic(args, default) -> Path:
     """The procedural scenes of --synthetic-count/--synthetic-size, rendered into
     --synthetic-dir unless a finished earlier render of the same ones is there."""
-    from pipeline.synthetic import write_dataset
+    from pipeline.data.synthetic import write_dataset
 
     height, width = (int(n) for n in args.synthetic_size.split("x"))
     folder, stamp = args.synthetic_dir, f"{args.synthetic_count} {height}x{width} seed {default.base.seed}"
@@ -98,12 +98,12 @@ def train_and_score(label: str, work: Path, *, sources: dict[str, str | dict], v
     """Train one configuration, export fp32 TFLite, evaluate per validation source."""
     import keras
 
-    from pipeline.evaluation import evaluate_model
-    from pipeline.export import export_model, write_tflite
-    from pipeline.predict import TFLiteDepthModel
-    from pipeline.training import train as fit
+    from pipeline.results.evaluation import evaluate_model
+    from pipeline.device.export import export_model, write_tflite
+    from pipeline.device.predict import TFLiteDepthModel
+    from pipeline.model.training import train as fit
 
-    from pipeline.config import merge
+    from pipeline.core.config import merge
 
     folder = work / (label.replace(">", "").replace("+", "_") + ("" if seed is None else f"_seed{seed}"))
     folder.mkdir(parents=True)
@@ -136,8 +136,8 @@ def train_and_score(label: str, work: Path, *, sources: dict[str, str | dict], v
 
 def score_zero_shot(label: str, tflite: Path, held_out: str) -> dict:
     """A trained model scored on all of one real scene, with no training on real data at all."""
-    from pipeline.evaluation import evaluate_model
-    from pipeline.predict import TFLiteDepthModel
+    from pipeline.results.evaluation import evaluate_model
+    from pipeline.device.predict import TFLiteDepthModel
 
     rows = [r for r in build_split(REAL, val=held_out, val_fraction=0.2) if r["split"] == "val"]
     model = TFLiteDepthModel(tflite, num_threads=len(os.sched_getaffinity(0)))

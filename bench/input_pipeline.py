@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.config import load_params  # noqa: E402
-from pipeline.data import build_split  # noqa: E402
+from pipeline.core.config import load_params  # noqa: E402
+from pipeline.data.dataset import build_split  # noqa: E402
 
 
 class StepTimer:
@@ -45,9 +45,9 @@ def main() -> None:
     import keras
     import numpy as np
 
-    from pipeline.losses import make_loss
-    from pipeline.models import build_model
-    from pipeline.tfdata import PairSource, train_dataset
+    from pipeline.model.losses import make_loss
+    from pipeline.model.networks import build_model
+    from pipeline.data.tfdata import PairSource, train_dataset
 
     params = load_params(presets=[args.preset])
     cfg = params.train

@@ -26,10 +26,10 @@ MIN_SPEEDUP = 1.3
 
 
 def main() -> int:
-    from pipeline import rpi4
-    from pipeline.config import ARCHS, OUTPUT_RESIZES, load_params
-    from pipeline.probe import describe_ops, format_table, paired_ratio, probe
-    from pipeline.tflite import version_key
+    from pipeline.device import rpi4
+    from pipeline.core.config import ARCHS, OUTPUT_RESIZES, load_params
+    from pipeline.device.probe import describe_ops, format_table, paired_ratio, probe
+    from pipeline.device.tflite import version_key
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=None, help="default: benchmark.threads, capped")

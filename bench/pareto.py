@@ -5,10 +5,10 @@
 Each model trains on the same split (default: TUM fr1_xyz + HoloLens office mixed, validated
 on the last block of each), for `--minutes` of wall-clock in its training steps, the first one's graph tracing
 included (validation passes and the step-time probe are not counted;
-pipeline.training.StepBudget stops before a step that would not fit), is exported to TFLite by the export stage's code,
+pipeline.model.training.StepBudget stops before a step that would not fit), is exported to TFLite by the export stage's code,
 scored with the official metrics by the evaluate stage's code, and timed at 480x640 with
 the same threads, one model after another at the end, with the calibrated Pi 4 estimate
-(pipeline.rpi4). Learning-rate schedules are sized to the budget: the number of steps
+(pipeline.device.rpi4). Learning-rate schedules are sized to the budget: the number of steps
 comes from a step time measured on random batches before training.
 
   baseline-organizers   mai_baseline_unet at its own size (the organizers' U-Net) with their
@@ -40,8 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.config import VAL_BLOCKS, load_params  # noqa: E402
-from pipeline.data import build_split, write_split  # noqa: E402
+from pipeline.core.config import VAL_BLOCKS, load_params  # noqa: E402
+from pipeline.data.dataset import build_split, write_split  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 SOURCES = {"tum": SHARED / "tum_fr1_xyz", "hololens": SHARED / "hololens2_office"}
@@ -84,8 +84,8 @@ def measure_step_s(params) -> tuple[float, float]:
     import keras
     import numpy as np
 
-    from pipeline.losses import make_loss
-    from pipeline.models import build_model
+    from pipeline.model.losses import make_loss
+    from pipeline.model.networks import build_model
 
     cfg = params.train
     keras.backend.clear_session()
@@ -125,7 +125,7 @@ def outputs(model, rows, n: int = 4):
     """The TFLite model's depth maps of n val images spread over the split (small size)."""
     import numpy as np
 
-    from pipeline.files import read_rgb
+    from pipeline.core.files import read_rgb
 
     picks = [rows[int(i * len(rows) / n)] for i in range(min(n, len(rows)))]
     return np.stack([model.predict(read_rgb(r["rgb"]), out_size=(120, 160)) for r in picks])
@@ -150,12 +150,12 @@ def failure(preds) -> str:
 def train_and_score(label: str, presets, overrides: dict, work: Path, split_csv: Path, args) -> dict:
     import keras
 
-    from pipeline.data import read_split
-    from pipeline.evaluation import evaluate_model
-    from pipeline.export import export_model, write_tflite
-    from pipeline.models import load_keras_model
-    from pipeline.predict import TFLiteDepthModel
-    from pipeline.training import train
+    from pipeline.data.dataset import read_split
+    from pipeline.results.evaluation import evaluate_model
+    from pipeline.device.export import export_model, write_tflite
+    from pipeline.model.networks import load_keras_model
+    from pipeline.device.predict import TFLiteDepthModel
+    from pipeline.model.training import train
 
     data = {"sources": {name: {"path": path} for name, path in args.sources.items()}, "val": args.val}
     base = {"base": {"deterministic": False}, "data": data}  # many trainings in one process
@@ -222,8 +222,8 @@ def finished(folder: Path, args) -> dict | None:
 def time_all(rows: list[dict], params, rounds: int) -> None:
     """Local median and est. Pi 4 ms of every model, after all training: `rounds` passes over
     all models, each keeping its fastest pass (other jobs on shared cores only slow a timing)."""
-    from pipeline import rpi4
-    from pipeline.metrics import challenge_score
+    from pipeline.device import rpi4
+    from pipeline.core.metrics import challenge_score
 
     b = params.benchmark
     for _ in range(rounds):
@@ -334,7 +334,7 @@ def main() -> None:
         print(f"\ntiming every model, one after another, {args.timing_rounds} rounds ...", flush=True)
         time_all(results, params, args.timing_rounds)
 
-    from pipeline import rpi4
+    from pipeline.device import rpi4
 
     ref = reference(results)
     print(f"\ndata: {', '.join(f'{n} ({p})' for n, p in args.sources.items())}; val {args.val}: "

@@ -4,7 +4,7 @@ and what export.output_resize=separable buys, in latency and in accuracy.
     .venv/bin/python bench/resize_share.py [--precision fp32] [--threads N] [--repeats 3]
                                            [--model models/model.keras] [--data ../shared/data/tum_fr1_xyz]
 
-Latency (random weights, `pipeline.probe.resize_share`): the device graph, its core alone at
+Latency (random weights, `pipeline.device.probe.resize_share`): the device graph, its core alone at
 the working size, the input resize (480x640x3 -> working size, bilinear) alone and the output
 resize (working size -> 480x640) alone, as one RESIZE_BILINEAR and separable, and the device
 graph with the separable resize; all in one fresh process per repeat, medians over repeats.
@@ -40,12 +40,12 @@ LABELS = {
 def accuracy(model_path: Path, data: Path, export_cfg) -> list[tuple[str, dict, dict]]:
     """(output_resize, evaluate summary, export parity) of the trained model per output_resize,
     exported with export_cfg otherwise."""
-    from pipeline.config import OUTPUT_RESIZES
-    from pipeline.data import build_split, read_split, write_split
-    from pipeline.evaluation import evaluate_model
-    from pipeline.export import export_model, write_tflite
-    from pipeline.models import load_keras_model
-    from pipeline.predict import TFLiteDepthModel
+    from pipeline.core.config import OUTPUT_RESIZES
+    from pipeline.data.dataset import build_split, read_split, write_split
+    from pipeline.results.evaluation import evaluate_model
+    from pipeline.device.export import export_model, write_tflite
+    from pipeline.model.networks import load_keras_model
+    from pipeline.device.predict import TFLiteDepthModel
 
     core = load_keras_model(model_path)
     results = []
@@ -64,8 +64,8 @@ def accuracy(model_path: Path, data: Path, export_cfg) -> list[tuple[str, dict, 
 
 
 def main() -> int:
-    from pipeline.config import load_params
-    from pipeline.probe import resize_share
+    from pipeline.core.config import load_params
+    from pipeline.device.probe import resize_share
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--precision", choices=("fp32", "int8"), default=None, help="default: export.precision")

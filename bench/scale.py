@@ -49,7 +49,7 @@ stage = sys.argv[1]
 steps = []
 if stage == "train":
     import keras
-    from pipeline import training
+    from pipeline.model import training
 
     class StepTimer(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
@@ -60,7 +60,7 @@ if stage == "train":
 
     original = training._train
     training._train = lambda params, **kw: original(params, extra_callbacks=[StepTimer()], **kw)
-from pipeline.cli import run_stage
+from pipeline.core.cli import run_stage
 start = time.perf_counter()
 code = run_stage(importlib.import_module("stages." + stage).main, sys.argv[2:])
 wall = time.perf_counter() - start

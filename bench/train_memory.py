@@ -28,7 +28,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import merge  # noqa: E402
+from pipeline.core.config import merge  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tum_fr1_xyz"
 

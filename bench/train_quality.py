@@ -20,10 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.config import AUTO, load_params  # noqa: E402
-from pipeline.data import build_split, read_split, write_split  # noqa: E402
-from pipeline.files import read_depth_m, read_rgb  # noqa: E402
-from pipeline.metrics import average_metrics, constant_baseline_si_rmse, image_metrics  # noqa: E402
+from pipeline.core.config import AUTO, load_params  # noqa: E402
+from pipeline.data.dataset import build_split, read_split, write_split  # noqa: E402
+from pipeline.core.files import read_depth_m, read_rgb  # noqa: E402
+from pipeline.core.metrics import average_metrics, constant_baseline_si_rmse, image_metrics  # noqa: E402
 
 # The organizers' baseline: its own (`auto`) values are their U-Net, 64 base filters at 240x320,
 # whatever size the preset gives the default model.
@@ -33,7 +33,7 @@ BASELINE_OVERRIDES = {"arch": "mai_baseline_unet", "width_multiplier": AUTO, "he
 def evaluate_full_res(core, rows) -> dict:
     import numpy as np
 
-    from pipeline.models import wrap_for_device
+    from pipeline.model.networks import wrap_for_device
 
     device = wrap_for_device(core)
     per_image = []
@@ -45,7 +45,7 @@ def evaluate_full_res(core, rows) -> dict:
 
 
 def run(arch_overrides: dict, args, work: Path) -> dict:
-    from pipeline.training import train
+    from pipeline.model.training import train
 
     params = load_params(presets=[args.preset], overrides={"train": arch_overrides})
     split_csv = work / "split.csv"

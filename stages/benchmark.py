@@ -5,7 +5,7 @@ ssh://user@host[:port]` (key-based ssh; MAI_SSH_IDENTITY / MAI_SSH_CONFIG pick t
 or an ssh config). Writes metrics/benchmark.json; `runtime_s` (median) is the value
 that goes into the submission readme. Always measures: never restore it from a cache.
 A local timing also gets `est_rpi4_ms` (with est_rpi4_ms_lo/hi and the four ratios): an
-estimate of the Raspberry Pi 4 latency, calibrated on four MobileNets (pipeline/rpi4.py);
+estimate of the Raspberry Pi 4 latency, calibrated on four MobileNets (pipeline/device/rpi4.py);
 a device timed over SSH is measured itself and gets none.
 """
 
@@ -14,11 +14,11 @@ from __future__ import annotations
 import platform
 import sys
 
-from pipeline import remote, rpi4
-from pipeline.cli import run_stage, stage_parser
-from pipeline.config import load_params
-from pipeline.files import write_json
-from pipeline.paths import TFLITE_MODEL, metrics_json
+from pipeline.device import remote, rpi4
+from pipeline.core.cli import run_stage, stage_parser
+from pipeline.core.config import load_params
+from pipeline.core.files import write_json
+from pipeline.core.paths import TFLITE_MODEL, metrics_json
 
 METRICS = metrics_json("benchmark")
 KEYS = ("threads_requested", "threads", "threads_capped", "init_ms", "first_run_ms", "mean_ms",

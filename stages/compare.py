@@ -16,11 +16,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.cli import run_stage, stage_parser
-from pipeline.config import load_params
-from pipeline.report import (SPEEDS, count_runs, data_groups, describe_best, load_runs, log_plots, runs_table,
+from pipeline.core.cli import run_stage, stage_parser
+from pipeline.core.config import load_params
+from pipeline.tracking.compare import (SPEEDS, count_runs, data_groups, describe_best, load_runs, log_plots, runs_table,
                              write_report)
-from pipeline.tracking import tracking_uri
+from pipeline.tracking.runs import tracking_uri
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,15 +11,15 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.cli import Progress, run_stage, stage_parser
-from pipeline.config import load_params
-from pipeline.data import read_split
-from pipeline.errors import DataError
-from pipeline.evaluation import add_score, evaluate_model, write_panels, write_per_image_csv
-from pipeline.files import read_json, write_json
-from pipeline.metrics import BENCHMARK_RUNTIME_KEY, runtime_s_from_benchmark
-from pipeline.paths import PANELS_DIR, PER_IMAGE_CSV, SPLIT_CSV, TFLITE_MODEL, metrics_json
-from pipeline.predict import TFLiteDepthModel
+from pipeline.core.cli import Progress, run_stage, stage_parser
+from pipeline.core.config import load_params
+from pipeline.data.dataset import read_split
+from pipeline.core.errors import DataError
+from pipeline.results.evaluation import add_score, evaluate_model, write_panels, write_per_image_csv
+from pipeline.core.files import read_json, write_json
+from pipeline.core.metrics import BENCHMARK_RUNTIME_KEY, runtime_s_from_benchmark
+from pipeline.core.paths import PANELS_DIR, PER_IMAGE_CSV, SPLIT_CSV, TFLITE_MODEL, metrics_json
+from pipeline.device.predict import TFLiteDepthModel
 
 BENCHMARK_JSON, METRICS = metrics_json("benchmark"), metrics_json("evaluate")
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli import run_stage, stage_parser
-from pipeline.config import load_params
-from pipeline.export import export_file, write_tflite
-from pipeline.files import write_json
-from pipeline.paths import KERAS_MODEL, SPLIT_CSV, TFLITE_MODEL, metrics_json
+from pipeline.core.cli import run_stage, stage_parser
+from pipeline.core.config import load_params
+from pipeline.device.export import export_file, write_tflite
+from pipeline.core.files import write_json
+from pipeline.core.paths import KERAS_MODEL, SPLIT_CSV, TFLITE_MODEL, metrics_json
 
 METRICS = metrics_json("export")
 

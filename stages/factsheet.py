@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.cli import run_stage, stage_parser
-from pipeline.config import load_params
-from pipeline.factsheet import load_run, render
-from pipeline.files import atomic_path
-from pipeline.tracking import tracking_uri
+from pipeline.core.cli import run_stage, stage_parser
+from pipeline.core.config import load_params
+from pipeline.tracking.factsheet import load_run, render
+from pipeline.core.files import atomic_path
+from pipeline.tracking.runs import tracking_uri
 
 OUT = "reports/factsheet.md"
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli import Progress, run_stage, stage_parser
-from pipeline.config import load_params
-from pipeline.data import validate_source, write_index
-from pipeline.errors import ConfigError
-from pipeline.files import write_json
-from pipeline.paths import SOURCES_DIR
+from pipeline.core.cli import Progress, run_stage, stage_parser
+from pipeline.core.config import load_params
+from pipeline.data.dataset import validate_source, write_index
+from pipeline.core.errors import ConfigError
+from pipeline.core.files import write_json
+from pipeline.core.paths import SOURCES_DIR
 
 
 

@@ -11,14 +11,14 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.cli import Progress, run_stage, stage_parser
-from pipeline.config import load_params
-from pipeline.data import read_split
-from pipeline.errors import DataError
-from pipeline.files import read_json
-from pipeline.metrics import BENCHMARK_RUNTIME_KEY, runtime_s_from_benchmark
-from pipeline.paths import SPLIT_CSV, SUBMISSION_ZIP, TFLITE_MODEL, metrics_json
-from pipeline.submission import (describe_run, extra_data_flag, list_input_images, model_min_runtime,
+from pipeline.core.cli import Progress, run_stage, stage_parser
+from pipeline.core.config import load_params
+from pipeline.data.dataset import read_split
+from pipeline.core.errors import DataError
+from pipeline.core.files import read_json
+from pipeline.core.metrics import BENCHMARK_RUNTIME_KEY, runtime_s_from_benchmark
+from pipeline.core.paths import SPLIT_CSV, SUBMISSION_ZIP, TFLITE_MODEL, metrics_json
+from pipeline.results.submission import (describe_run, extra_data_flag, list_input_images, model_min_runtime,
                                  package_submission)
 
 BENCHMARK_JSON = metrics_json("benchmark")

@@ -11,11 +11,11 @@ import sys
 
 import numpy as np
 
-from pipeline.cli import run_stage, stage_parser
-from pipeline.config import load_params
-from pipeline.data import read_index, split_over_sources, write_split
-from pipeline.files import read_json, write_json
-from pipeline.paths import SOURCES_DIR, SPLIT_CSV, metrics_json
+from pipeline.core.cli import run_stage, stage_parser
+from pipeline.core.config import load_params
+from pipeline.data.dataset import read_index, split_over_sources, write_split
+from pipeline.core.files import read_json, write_json
+from pipeline.core.paths import SOURCES_DIR, SPLIT_CSV, metrics_json
 
 METRICS = metrics_json("prepare")
 

@@ -8,7 +8,7 @@ Builds each architecture as `-S train.arch=NAME` would (params.yaml's train sect
 device input (export.output_resize), converts it and times it in a fresh process; prints one
 table row per architecture, with how many XNNPACK partitions it runs in and the ops XNNPACK
 leaves to the builtin kernels, with the calibrated Raspberry Pi 4 estimate (an estimate, not a
-measurement; see pipeline/rpi4.py) and the four ratios it rests on. Writes nothing but
+measurement; see pipeline/device/rpi4.py) and the four ratios it rests on. Writes nothing but
 the calibration cache.
 """
 
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import sys
 
-from pipeline import rpi4
-from pipeline.cli import run_stage, stage_parser
-from pipeline.config import ARCHS, PRECISIONS, load_params
-from pipeline.errors import PipelineError
-from pipeline.probe import format_table, probe
+from pipeline.device import rpi4
+from pipeline.core.cli import run_stage, stage_parser
+from pipeline.core.config import ARCHS, PRECISIONS, load_params
+from pipeline.core.errors import PipelineError
+from pipeline.device.probe import format_table, probe
 
 
 class ProbeFailed(PipelineError):

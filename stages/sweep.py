@@ -2,7 +2,7 @@
 
     python -m stages.sweep [GRID] [--jobs N] [--dry-run] [--wait]     (make sweep)
 
-Every combination is checked against the params first (pipeline/sweep.py: invalid ones are
+Every combination is checked against the params first (pipeline/tracking/sweep.py: invalid ones are
 skipped with one line, a value invalid everywhere stops it), then queued with
 `dvc exp run --queue -n NAME -S key=value ...`, and `dvc queue start -j JOBS` runs them in
 the background (the grid's `jobs`, default 1). Follow with `dvc queue status`; each finished
@@ -16,9 +16,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from pipeline import sweep
-from pipeline.cli import run_stage, stage_parser
-from pipeline.errors import PipelineError
+from pipeline.tracking import sweep
+from pipeline.core.cli import run_stage, stage_parser
+from pipeline.core.errors import PipelineError
 
 
 def main(argv: list[str] | None = None) -> None:

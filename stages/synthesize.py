@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli import Progress, run_stage, stage_parser
-from pipeline.config import SYNTHETIC_SOURCE, load_params
-from pipeline.files import atomic_dir
-from pipeline.synthetic import write_dataset
+from pipeline.core.cli import Progress, run_stage, stage_parser
+from pipeline.core.config import SYNTHETIC_SOURCE, load_params
+from pipeline.core.files import atomic_dir
+from pipeline.data.synthetic import write_dataset
 
 OUT = SYNTHETIC_SOURCE
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.cli import Progress, run_stage, stage_parser
-from pipeline.config import load_params
-from pipeline.data import read_split, read_unlabeled, write_teacher_index
-from pipeline.files import atomic_dir, write_json
-from pipeline.paths import SPLIT_CSV, TEACHER_INDEX, TEACHER_MAPS, UNLABELED_DIR, metrics_json
+from pipeline.core.cli import Progress, run_stage, stage_parser
+from pipeline.core.config import load_params
+from pipeline.data.dataset import read_split, read_unlabeled, write_teacher_index
+from pipeline.core.files import atomic_dir, write_json
+from pipeline.core.paths import SPLIT_CSV, TEACHER_INDEX, TEACHER_MAPS, UNLABELED_DIR, metrics_json
 
 METRICS = metrics_json("teacher")
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         write_json(METRICS, {"model": ""})
         print(f"teacher: none configured (teacher.model is empty) -> empty {TEACHER_MAPS}")
         return
-    from pipeline.teacher import run_teacher, summarize  # loads TensorFlow / onnxruntime
+    from pipeline.teacher.labels import run_teacher, summarize  # loads TensorFlow / onnxruntime
 
     labelled = read_split(SPLIT_CSV, "train")  # never the val split: it stays unseen
     unlabeled = [{**row, "source": name} for name in params.data.unlabeled

@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.cli import run_stage, stage_parser
-from pipeline.config import load_params
-from pipeline.tracking import (
+from pipeline.core.cli import run_stage, stage_parser
+from pipeline.core.config import load_params
+from pipeline.tracking.runs import (
     find_experiment_id,
     find_tracked_run,
     log_pipeline_run,

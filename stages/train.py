@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli import run_stage, stage_code_files, stage_parser
-from pipeline.config import load_params
-from pipeline.files import write_json
-from pipeline.paths import CHECKPOINTS, HISTORY_CSV, KERAS_MODEL, SPLIT_CSV, TEACHER_INDEX, metrics_json
+from pipeline.core.cli import run_stage, stage_code_files, stage_parser
+from pipeline.core.config import load_params
+from pipeline.core.files import write_json
+from pipeline.core.paths import CHECKPOINTS, HISTORY_CSV, KERAS_MODEL, SPLIT_CSV, TEACHER_INDEX, metrics_json
 
 METRICS = metrics_json("train")
 
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     args = stage_parser("train", __doc__).parse_args(argv)
     params = load_params(args.params)
     # TensorFlow loads only after the params are known to be good.
-    from pipeline.training import resume_fingerprint, train
+    from pipeline.model.training import resume_fingerprint, train
 
     fingerprint = resume_fingerprint(params, SPLIT_CSV, stage_code_files("train"), teacher_csv=TEACHER_INDEX)
     summary = train(params, split_csv=SPLIT_CSV, model_out=KERAS_MODEL, ckpt_dir=CHECKPOINTS,

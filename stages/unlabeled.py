@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli import run_stage, stage_parser
-from pipeline.config import load_params
-from pipeline.data import list_unlabeled, write_unlabeled
-from pipeline.errors import ConfigError
-from pipeline.paths import UNLABELED_DIR
+from pipeline.core.cli import run_stage, stage_parser
+from pipeline.core.config import load_params
+from pipeline.data.dataset import list_unlabeled, write_unlabeled
+from pipeline.core.errors import ConfigError
+from pipeline.core.paths import UNLABELED_DIR
 
 
 def main(argv: list[str] | None = None) -> None:

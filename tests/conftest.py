@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # bench/ scripts import these helpers from outside the repo root
     sys.path.insert(0, str(REPO))
 
-from pipeline.config import merge  # noqa: E402
+from pipeline.core.config import merge  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data" / "tum_fr1_xyz"
 # Tests that need a system program (sshd, chromium) skip without it, unless required:
@@ -99,8 +99,8 @@ def fake_rpi4_calibration(tmp_path_factory):
     MobileNets built, converted and timed) or writes to the user's cache. Without the
     reference .tflite files there, the cached calibration is used as is (no anchor check).
     test_benchmark.py covers the calibration itself with injected timers."""
-    from pipeline import rpi4, timing
-    from pipeline.files import write_json
+    from pipeline.device import rpi4, timing
+    from pipeline.core.files import write_json
 
     directory = tmp_path_factory.mktemp("mai-cache")
     for threads in range(1, timing.usable_cpus() + 1):
@@ -171,9 +171,9 @@ def dvc_bin() -> str:
 
 
 def split_csv(rows, source: str = "src") -> str:
-    """split.csv text (pipeline.data.SPLIT_COLUMNS) from (name, split, rgb, depth) tuples;
+    """split.csv text (pipeline.data.dataset.SPLIT_COLUMNS) from (name, split, rgb, depth) tuples;
     sizes and digests are not read by the stages under test, so they stay blank."""
-    from pipeline.data import SPLIT_COLUMNS
+    from pipeline.data.dataset import SPLIT_COLUMNS
 
     lines = [",".join(SPLIT_COLUMNS)]
     lines += [f"{name},{split},{source},{rgb},{depth},,," for name, split, rgb, depth in rows]

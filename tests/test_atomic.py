@@ -24,13 +24,13 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, project_env
-from pipeline import files
-from pipeline.files import atomic_dir, atomic_path, read_depth_m, write_depth_png, write_json
+from pipeline.core import files
+from pipeline.core.files import atomic_dir, atomic_path, read_depth_m, write_depth_png, write_json
 
 # A child that starts a real write, signals readiness half-way, then waits to be killed.
 CHILD = r'''
 import io, os, pathlib, sys, time
-from pipeline import files
+from pipeline.core import files
 mode, target, marker = sys.argv[1:4]
 
 def stall():

@@ -287,7 +287,7 @@ def test_single_pair_cannot_be_split(tmp_path):
 
 
 def test_split_leaves_at_least_one_pair_on_each_side():
-    from pipeline.data import split_names
+    from pipeline.data.dataset import split_names
 
     for n, fraction, n_val in ((2, 0.9, 1), (5, 0.9, 4), (10, 0.2, 2), (132, 0.2, 27), (6, 0.01, 1)):
         splits = split_names([f"{i:03d}.png" for i in range(n)], fraction)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import FAKE_RPI4_LOCAL_MS
-from pipeline import rpi4, timing
+from pipeline.device import rpi4, timing
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "pipeline" / "tflite_runner.py"
@@ -33,7 +33,7 @@ DOCUMENTED_KEYS = {
 def model_path(tmp_path_factory) -> Path:
     import keras
 
-    from pipeline import tflite
+    from pipeline.device import tflite
 
     inp = keras.Input((48, 64, 3), batch_size=1)
     x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inp)
@@ -56,7 +56,7 @@ def assert_summary_of_times(result: dict) -> None:
 def test_runner_percentiles_are_numpys():
     """The runner has no numpy on some devices; its own percentile must agree. Times of a
     tiny model are too alike for the check above to tell two definitions apart."""
-    from pipeline.tflite_runner import _percentile
+    from pipeline.device.tflite_runner import _percentile
 
     rng = np.random.default_rng(0)
     for n in (1, 2, 3, 4, 7, 10):
@@ -179,8 +179,8 @@ def test_benchmark_stage_missing_model(tmp_path, model_path):
 
 
 def test_probe_real_arch_small(tmp_path):
-    from pipeline.config import load_params
-    from pipeline.probe import format_table, probe
+    from pipeline.core.config import load_params
+    from pipeline.device.probe import format_table, probe
 
     train = dataclasses.replace(load_params(ROOT / "params.yaml").train, arch="mai_baseline_unet", height=64, width=96)
     row = probe(train, precision="int8", threads=1, warmup=0, runs=2, height=96, width=128)
@@ -197,7 +197,7 @@ def test_probe_real_arch_small(tmp_path):
 def test_paired_ratio_is_the_median_of_interleaved_ratios():
     """fp32 vs int8 invoked in turns in one process (the runner's --interleave), again in a
     fresh process per repeat; the median of the per-process ratios."""
-    from pipeline.probe import paired_ratio
+    from pipeline.device.probe import paired_ratio
 
     loads = iter([1.0, 3.0, 1.2])  # the machine's load differs between processes, not within one
     calls = []
@@ -292,7 +292,7 @@ def test_calibration_is_measured_once_then_read_from_the_cache(tmp_path):
 
 def test_probe_cli_prints_the_estimate_and_its_ratios(tmp_path, capsys):
     import stages.probe
-    from pipeline.cli import run_stage
+    from pipeline.core.cli import run_stage
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"].update(height=64, width=64, width_multiplier=0.125)  # a tiny U-Net, 8 base filters

@@ -28,13 +28,13 @@ PREDICTION_MB = 480 * 640 * 4 / 2**20  # one kept float32 depth map
 STAGE_RSS = """
 import os, sys
 if os.environ.get("HOARD") == "1":
-    from pipeline import predict
+    from pipeline.device import predict
     kept, original = [], predict.TFLiteDepthModel.predict
     def hoarding(self, *args, **kwargs):
         kept.append(original(self, *args, **kwargs))
         return kept[-1]
     predict.TFLiteDepthModel.predict = hoarding
-from pipeline.cli import run_stage
+from pipeline.core.cli import run_stage
 import importlib
 stage = importlib.import_module("stages." + sys.argv[1])
 code = run_stage(stage.main, [])
@@ -47,7 +47,7 @@ sys.exit(code)
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     """LARGE pairs of 640x480 under their own names, hard links to one noisy pair (no copies)."""
-    from pipeline.files import write_depth_png, write_rgb_png
+    from pipeline.core.files import write_depth_png, write_rgb_png
 
     root = tmp_path_factory.mktemp("many")
     rng = np.random.default_rng(0)
@@ -120,8 +120,8 @@ CACHE_READ = """
 import os, sys
 from pathlib import Path
 import tensorflow as tf
-from pipeline import tfdata
-from pipeline.config import AugmentConfig
+from pipeline.data import tfdata
+from pipeline.core.config import AugmentConfig
 tf.config.experimental.enable_op_determinism()
 def rss_mb():
     line = next(line for line in open("/proc/self/status") if line.startswith("VmRSS:"))

@@ -1,4 +1,4 @@
-"""pipeline.report + stages.compare: table and Pareto plot of tracked runs."""
+"""pipeline.tracking.compare + stages.compare: table and Pareto plot of tracked runs."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.cli import run_stage
-from pipeline.config import load_params
-from pipeline.metrics import challenge_score
-from pipeline.report import best_score, describe_best, pareto_front, runs_table, to_markdown
-from pipeline.tracking import log_pipeline_run
+from pipeline.core.cli import run_stage
+from pipeline.core.config import load_params
+from pipeline.core.metrics import challenge_score
+from pipeline.tracking.compare import best_score, describe_best, pareto_front, runs_table, to_markdown
+from pipeline.tracking.runs import log_pipeline_run
 from stages import compare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ RUNS = {  # run name -> (arch, precision, evaluate.json, benchmark.json, export.
 
 @pytest.fixture
 def tracked(tmp_path, monkeypatch):
-    """Four runs logged through pipeline.tracking into <tmp>/store/mlflow.db."""
+    """Four runs logged through pipeline.tracking.runs into <tmp>/store/mlflow.db."""
     store = tmp_path / "store"
     store.mkdir()
     uri = f"sqlite:///{store}/mlflow.db"

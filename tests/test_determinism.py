@@ -73,7 +73,7 @@ def test_two_runs_from_scratch_agree(tmp_path):
 SET_DETERMINISM = textwrap.dedent("""
     import sys
     import tensorflow as tf
-    from pipeline.training import set_determinism
+    from pipeline.model.training import set_determinism
     if sys.argv[1] == "started":
         tf.constant(1.0) + 1.0  # an op has run: the runtime's thread pools exist
     set_determinism(7, sys.argv[1] != "off", log=lambda msg: print("LOG", msg))

@@ -29,9 +29,9 @@ def test_full_repro_produces_zip_metrics_and_mlflow_run(tiny_repro):
 
     evaluation = json.loads((root / "metrics/evaluate.json").read_text())
     assert evaluation["rmse"] > 0
-    from pipeline.files import read_depth_m, read_rgb
-    from pipeline.metrics import image_metrics
-    from pipeline.predict import TFLiteDepthModel
+    from pipeline.core.files import read_depth_m, read_rgb
+    from pipeline.core.metrics import image_metrics
+    from pipeline.device.predict import TFLiteDepthModel
 
     with open(root / "reports/eval_per_image.csv") as f:
         scored = [row for row in csv.DictReader(f) if int(row["n_valid"]) > 0]

@@ -244,8 +244,8 @@ def test_data_source_resolution_in_queued_temp_copies(queue):
 RACE_WORKER = """
 import sys, time
 from pathlib import Path
-from pipeline.config import load_params
-from pipeline.tracking import log_pipeline_run
+from pipeline.core.config import load_params
+from pipeline.tracking.runs import log_pipeline_run
 import mlflow
 project, me, other = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 me.touch()

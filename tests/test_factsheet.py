@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import run_stage
-from pipeline.config import SourceConfig, as_flat_dict, load_params
-from pipeline.factsheet import reproduce_overrides
-from pipeline.tracking import log_pipeline_run
+from pipeline.core.cli import run_stage
+from pipeline.core.config import SourceConfig, as_flat_dict, load_params
+from pipeline.tracking.factsheet import reproduce_overrides
+from pipeline.tracking.runs import log_pipeline_run
 from stages import factsheet
 
 REPO = Path(__file__).resolve().parents[1]

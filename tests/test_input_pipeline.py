@@ -10,8 +10,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.config import AugmentConfig  # noqa: E402
-from pipeline.files import write_depth_png, write_rgb_png  # noqa: E402
+from pipeline.core.config import AugmentConfig  # noqa: E402
+from pipeline.core.files import write_depth_png, write_rgb_png  # noqa: E402
 
 H, W = 48, 64  # source size
 N = 6
@@ -32,13 +32,13 @@ def pairs(tmp_path):
 
 
 def source(pairs, cache_max_mb):
-    from pipeline.tfdata import PairSource
+    from pipeline.data.tfdata import PairSource
 
     return PairSource(*pairs, cache_max_mb=cache_max_mb, size=(H, W))
 
 
 def train_batches(src, first_epoch, epochs=3, augment=AugmentConfig(), height=32, width=32):
-    from pipeline.tfdata import train_dataset
+    from pipeline.data.tfdata import train_dataset
 
     ds = train_dataset(src, seed=5, first_epoch=first_epoch, epochs=epochs, steps_per_epoch=2, batch_size=2,
                        height=height, width=width, augment_cfg=augment)
@@ -50,7 +50,7 @@ def test_cache_budget_decides_ram_or_disk(pairs):
     the next one. Within the budget both passes come from RAM."""
     import tensorflow as tf
 
-    from pipeline.tfdata import eval_dataset
+    from pipeline.data.tfdata import eval_dataset
 
     decoded_mb = N * H * W * 5 / 2**20
     in_ram, on_disk = source(pairs, cache_max_mb=1), source(pairs, cache_max_mb=0)
@@ -104,7 +104,7 @@ def test_augmented_depth_keeps_its_values_and_units(pairs):
     (0.0, False, False),
 ])
 def test_train_and_val_share_one_cache_budget(pairs, budget_mb, train_cached, val_cached):
-    from pipeline.tfdata import split_sources
+    from pipeline.data.tfdata import split_sources
 
     rows = [{"rgb": r, "depth": d} for r, d in zip(*pairs)]
     train, val = split_sources(rows[:4], rows[4:], cache_max_mb=budget_mb, size=(H, W))

@@ -13,11 +13,13 @@ import pytest
 import yaml
 
 from conftest import REPO
-from pipeline.cli import run_stage
-from pipeline.config import Params, as_flat_dict, flatten_overrides, load_params
-from pipeline.errors import ConfigError, DataError, ExportError, ReportError, TimingError, TrackingError
+from pipeline import LAYERS
+from pipeline.core.cli import run_stage
+from pipeline.core.config import Params, as_flat_dict, flatten_overrides, load_params
+from pipeline.core.errors import ConfigError, DataError, ExportError, ReportError, TimingError, TrackingError
 
 PACKAGES = ("pipeline", "stages")
+DOC_ONLY_PACKAGES = (Path("pipeline"), *(Path("pipeline") / group for group in LAYERS))
 
 
 def module_files() -> dict[str, Path]:
@@ -35,7 +37,7 @@ def module_files() -> dict[str, Path]:
 def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
     """Project modules `path` imports anywhere (top level or inside functions), plus the
     project scripts it runs by file name (`tflite_runner.py`, started in a subprocess)."""
-    by_file = {p.name: name for name, p in modules.items() if p.parent.name == "pipeline"}
+    by_file = {p.name: name for name, p in modules.items() if name.startswith("pipeline.") and p.name != "__init__.py"}
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -78,6 +80,44 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if node not in state and (cycle := visit(node)):
             return cycle
     return None
+
+
+def group_of(module: str) -> str | None:
+    """pipeline.GROUP.x -> GROUP; None for stages and the top-level package."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "pipeline" and len(parts) > 1 else None
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports against the groups' order (pipeline.LAYERS): a group uses only itself and those before it."""
+    rank = {group: i for i, group in enumerate(LAYERS)}
+    return [f"{module} imports {dep} ({group_of(module)} may not use {group_of(dep)})"
+            for module, deps in sorted(graph.items()) for dep in sorted(deps)
+            if group_of(module) and group_of(dep) and rank[group_of(dep)] > rank[group_of(module)]]
+
+
+def test_every_pipeline_module_lives_in_a_group():
+    stray = [name for name, path in module_files().items()
+             if name.startswith("pipeline.") and group_of(name) not in LAYERS]
+    assert stray == [], f"modules outside pipeline.LAYERS' groups: {stray}"
+
+
+def test_groups_import_only_themselves_and_groups_before_them():
+    assert upward_imports(import_graph()) == []
+
+
+def test_an_upward_import_is_caught():
+    graph = import_graph()
+    graph["pipeline.core.files"] = graph["pipeline.core.files"] | {"pipeline.results.submission"}
+    assert upward_imports(graph) == [
+        "pipeline.core.files imports pipeline.results.submission (core may not use results)"]
+
+
+def test_group_packages_only_document():
+    for package in DOC_ONLY_PACKAGES:
+        body = ast.parse((REPO / package / "__init__.py").read_text()).body
+        code = [n for n in body[1:] if not (isinstance(n, ast.Assign) and package == Path("pipeline"))]
+        assert isinstance(body[0], ast.Expr) and not code, f"{package}/__init__.py: a docstring only"
 
 
 def test_no_module_imports_another_that_imports_it_back():
@@ -170,7 +210,8 @@ def missing_and_stale_deps(dvc_yaml: dict) -> list[str]:
         spec = spec.get("do", spec)  # a foreach stage's template
         deps = [Path(d) for d in spec.get("deps", []) if "${" not in d]
         needed = {files[m].relative_to(REPO) for m in code_closure(f"stages.{stage}", graph)}
-        needed = {p for p in needed if p.parts[-1] != "__init__.py" or len(p.parts) > 2}
+        # A package's __init__ that only documents (the top level, each group) is no code dep.
+        needed = {p for p in needed if p.parts[-1] != "__init__.py" or p.parent not in DOC_ONLY_PACKAGES}
 
         def covered(path, deps=deps):
             return any(path == d or d in path.parents for d in deps)
@@ -190,11 +231,11 @@ def test_every_stage_lists_the_code_it_imports_in_dvc_yaml():
 
 def test_a_dep_removed_from_dvc_yaml_is_caught():
     dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    dvc_yaml["stages"]["train"]["deps"].remove("pipeline/config.py")
-    dvc_yaml["stages"]["evaluate"]["deps"].append("pipeline/training.py")
+    dvc_yaml["stages"]["train"]["deps"].remove("pipeline/core/config.py")
+    dvc_yaml["stages"]["evaluate"]["deps"].append("pipeline/model/training.py")
     assert missing_and_stale_deps(dvc_yaml) == [
-        "train: imports pipeline/config.py but dvc.yaml does not list it",
-        "evaluate: lists pipeline/training.py but never imports it",
+        "train: imports pipeline/core/config.py but dvc.yaml does not list it",
+        "evaluate: lists pipeline/model/training.py but never imports it",
     ]
 
 
@@ -231,13 +272,13 @@ def test_a_key_missing_from_params_yaml_is_caught(tmp_path):
 
 
 def test_precisions_and_archs_have_one_source():
-    import pipeline.tflite
-    from pipeline import config
+    import pipeline.device.tflite
+    from pipeline.core import config
 
-    assert pipeline.tflite.PRECISIONS is config.PRECISIONS
+    assert pipeline.device.tflite.PRECISIONS is config.PRECISIONS
     fields = {f.name: f for f in dataclasses.fields(config.ExportConfig)}
     assert fields["precision"].metadata["check"]["choices"] is config.PRECISIONS
     for path in (REPO / "pipeline").rglob("*.py"):
         assert '"dynamic_int8", "int8")' not in path.read_text() or path.name == "config.py", path
     assert '"dynamic_int8", "int8")' not in (REPO / "stages" / "probe.py").read_text()
-    assert sys.modules["pipeline.config"].ARCHS == tuple(config.ARCH_STRIDES)
+    assert sys.modules["pipeline.core.config"].ARCHS == tuple(config.ARCH_STRIDES)

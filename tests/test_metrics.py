@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.metrics import (
+from pipeline.core.metrics import (
     average_metrics,
     challenge_score,
     constant_baseline_si_rmse,

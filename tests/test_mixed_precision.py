@@ -40,12 +40,12 @@ def test_mixed_precision_trains_and_exports_float32_within_parity(prepared, poli
     import keras
     from ai_edge_litert.interpreter import Interpreter
 
-    from pipeline.config import load_params
-    from pipeline.export import load_rgb_batch
-    from pipeline.data import read_split
-    from pipeline.metrics import image_metrics
-    from pipeline.models import build_model
-    from pipeline.training import dtype_policy
+    from pipeline.core.config import load_params
+    from pipeline.device.export import load_rgb_batch
+    from pipeline.data.dataset import read_split
+    from pipeline.core.metrics import image_metrics
+    from pipeline.model.networks import build_model
+    from pipeline.model.training import dtype_policy
 
     _set_policy(prepared, policy)
     proc = run_stage("train", prepared)
@@ -85,7 +85,7 @@ def test_mixed_precision_trains_and_exports_float32_within_parity(prepared, poli
 def test_auto_is_mixed_float16_on_a_gpu_else_float32_with_a_note():
     import tensorflow as tf
 
-    from pipeline.training import training_policy
+    from pipeline.model.training import training_policy
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
     notes = []
@@ -98,10 +98,10 @@ def test_auto_is_mixed_float16_on_a_gpu_else_float32_with_a_note():
 def test_mixed_bfloat16_trains_a_step_with_a_float32_head_and_loss():
     import keras
 
-    from pipeline.config import TrainConfig
-    from pipeline.losses import make_loss
-    from pipeline.models import build_model
-    from pipeline.training import dtype_policy
+    from pipeline.core.config import TrainConfig
+    from pipeline.model.losses import make_loss
+    from pipeline.model.networks import build_model
+    from pipeline.model.training import dtype_policy
 
     cfg = TrainConfig(height=64, width=96)
     keras.utils.set_random_seed(0)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, serving
-from pipeline.config import load_params
-from pipeline.tracking import TrackingError, log_pipeline_run
+from pipeline.core.config import load_params
+from pipeline.tracking.runs import TrackingError, log_pipeline_run
 
 REPO = Path(__file__).resolve().parents[1]
 

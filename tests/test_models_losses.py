@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.config import ARCHS, OUTPUT_RESIZES, LossConfig, TrainConfig
-from pipeline.losses import berhu_loss, gradient_loss, l1_loss, make_loss, rmse_loss, silog_loss
-from pipeline.models import arch_names, build_model, wrap_for_device
-from pipeline.probe import random_device_model
-from pipeline.tflite import convert, delegation, op_summary
+from pipeline.core.config import ARCHS, OUTPUT_RESIZES, LossConfig, TrainConfig
+from pipeline.model.losses import berhu_loss, gradient_loss, l1_loss, make_loss, rmse_loss, silog_loss
+from pipeline.model.networks import arch_names, build_model, wrap_for_device
+from pipeline.device.probe import random_device_model
+from pipeline.device.tflite import convert, delegation, op_summary
 
 
 def tiny_cfg(arch: str) -> TrainConfig:
@@ -192,9 +192,9 @@ def test_device_graph_computes_what_training_computed(output_resize):
     with other ops: two 1-axis resizes around TRANSPOSEs, all in XNNPACK."""
     import keras
 
-    from pipeline.synthetic import render_scene
-    from pipeline.tfdata import to_working
-    from pipeline.tflite import run_tflite
+    from pipeline.data.synthetic import render_scene
+    from pipeline.data.tfdata import to_working
+    from pipeline.device.tflite import run_tflite
 
     # A small core (RGB 0..255 -> metres at 64x96, strided like the real ones): the
     # wrapper only reads its input shape, and it converts in a second, not fifteen.

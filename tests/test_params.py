@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import REPO, make_project, run
-from pipeline.config import ARCH_DEFAULTS, ARCHS, ConfigError, TrainConfig, as_flat_dict, load_params
+from pipeline.core.config import ARCH_DEFAULTS, ARCHS, ConfigError, TrainConfig, as_flat_dict, load_params
 
 PARAMS = REPO / "params.yaml"
 

@@ -15,11 +15,11 @@ import yaml
 from PIL import Image
 
 from conftest import split_csv
-from pipeline.cli import run_stage
-from pipeline.config import load_params, params_hash
-from pipeline.files import DataError, read_depth_mm, write_depth_png, write_rgb_png
-from pipeline.predict import TFLiteDepthModel
-from pipeline.submission import describe_run, model_min_runtime, package_submission, parse_readme, validate_submission
+from pipeline.core.cli import run_stage
+from pipeline.core.config import load_params, params_hash
+from pipeline.core.files import DataError, read_depth_mm, write_depth_png, write_rgb_png
+from pipeline.device.predict import TFLiteDepthModel
+from pipeline.results.submission import describe_run, model_min_runtime, package_submission, parse_readme, validate_submission
 
 ROOT = Path(__file__).resolve().parents[1]
 README = {"runtime_s": 0.05, "cpu": 1, "extra_data": 0, "description": "test"}
@@ -71,7 +71,7 @@ def test_predict_rejects_bad_images_and_models(models, tmp_path):
 def test_predict_does_not_import_tensorflow(models):
     code = (
         "import sys, numpy as np\n"
-        "from pipeline.predict import TFLiteDepthModel\n"
+        "from pipeline.device.predict import TFLiteDepthModel\n"
         f"d = TFLiteDepthModel({str(models['good'])!r}).predict(np.zeros((10, 20, 3), np.uint8))\n"
         "assert d.shape == (10, 20)\n"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
@@ -239,7 +239,7 @@ def test_package_stage_defaults_to_val_split(models, tmp_path, monkeypatch):
 
 
 def test_colorize_shares_range_and_grays_out_invalid():
-    from pipeline.visualize import INVALID_RGB, colorize_depth, depth_range
+    from pipeline.results.visualize import INVALID_RGB, colorize_depth, depth_range
 
     gt = np.array([[0.0, 1.0], [2.0, 3.0]])
     vmin, vmax = depth_range(gt)

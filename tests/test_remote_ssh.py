@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, require_program
-from pipeline import remote
-from pipeline.config import ConfigError
+from pipeline.device import remote
+from pipeline.core.config import ConfigError
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/bin/sshd", "/usr/local/sbin/sshd")
 SFTP_CANDIDATES = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
@@ -38,7 +38,7 @@ def _keygen(path: Path) -> None:
 def tiny_model(tmp_path_factory) -> Path:
     import keras
 
-    from pipeline import tflite
+    from pipeline.device import tflite
 
     inp = keras.Input((16, 20, 3), batch_size=1)
     out = keras.layers.Conv2D(1, 3, padding="same", activation="relu")(inp)

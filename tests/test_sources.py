@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from conftest import REPO, SHARED_DATA, dvc_bin, make_project, project_env, run
-from pipeline.config import ConfigError, load_params
-from pipeline.data import aspect_crop_box, build_split
-from pipeline.errors import DataError
-from pipeline.files import write_depth_png, write_rgb_png
+from pipeline.core.config import ConfigError, load_params
+from pipeline.data.dataset import aspect_crop_box, build_split
+from pipeline.core.errors import DataError
+from pipeline.core.files import write_depth_png, write_rgb_png
 
 HOLOLENS = SHARED_DATA.parent / "hololens2_office"  # 540x360, another sensor and scene
 
@@ -54,7 +54,7 @@ def test_sources_params_and_the_migration_message(tmp_path):
 def test_a_preset_replaces_the_sources_and_set_args_says_so():
     p = load_params(REPO / "params.yaml", presets=[REPO / "presets/tum.yaml"])
     assert list(p.data.sources) == ["tum"]
-    out = subprocess.run([sys.executable, "-m", "pipeline.config", "set-args", "presets/tum.yaml"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "pipeline.core.config", "set-args", "presets/tum.yaml"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     assert out.startswith("-S '~data.sources.synthetic' -S +data.sources.tum.path=../shared/data/tum_fr1_xyz ")
 
@@ -86,7 +86,7 @@ def test_mixed_sizes_reach_the_device_geometry_aligned(tmp_path, aspect):
     """Pairs of three sizes (4:3, 3:2, portrait) in one source: cached and uncached,
     every pair comes out at the device size, and depth still matches the RGB's encoded
     position; crop keeps the centre at the 4:3 aspect, stretch keeps the whole frame."""
-    from pipeline.tfdata import PairSource
+    from pipeline.data.tfdata import PairSource
 
     sizes = [(48, 64), (36, 54), (50, 40)]
     for i, (h, w) in enumerate(sizes):
@@ -110,7 +110,7 @@ def test_mixed_sizes_reach_the_device_geometry_aligned(tmp_path, aspect):
 
 
 def test_weights_draw_a_source_more_often():
-    from pipeline.tfdata import epoch_order
+    from pipeline.data.tfdata import epoch_order
 
     weights = [1.0] * 50 + [3.0] * 50
     order = epoch_order(100, seed=1, epoch=0, count=40_000, weights=weights)
@@ -126,7 +126,7 @@ def test_weights_draw_a_source_more_often():
 def saved_model(tmp_path_factory):
     import keras
 
-    from pipeline.models import build_model
+    from pipeline.model.networks import build_model
 
     cfg = load_params(REPO / "params.yaml", overrides={"train": {"height": 64, "width": 64, "decoder_channels": 8}}).train
     keras.utils.set_random_seed(3)
@@ -141,8 +141,8 @@ def test_init_from_copies_every_weight(saved_model):
 
     import keras
 
-    from pipeline.models import build_model
-    from pipeline.training import init_weights
+    from pipeline.model.networks import build_model
+    from pipeline.model.training import init_weights
 
     path, cfg = saved_model
     keras.utils.set_random_seed(4)
@@ -156,8 +156,8 @@ def test_init_from_copies_every_weight(saved_model):
 def test_init_from_another_architecture_is_a_one_line_error(saved_model, tmp_path):
     import dataclasses
 
-    from pipeline.models import build_model
-    from pipeline.training import init_weights
+    from pipeline.model.networks import build_model
+    from pipeline.model.training import init_weights
 
     path, cfg = saved_model
     other = build_model(dataclasses.replace(cfg, arch="fastdepth"))
@@ -170,8 +170,8 @@ def test_init_from_another_architecture_is_a_one_line_error(saved_model, tmp_pat
 
 IMAGENET_CHECK = """
 import os, sys, numpy as np, keras
-from pipeline.config import load_params
-from pipeline.models import build_model
+from pipeline.core.config import load_params
+from pipeline.model.networks import build_model
 cfg = load_params('params.yaml', overrides={'train': {'encoder_weights': 'imagenet', 'height': 96, 'width': 128}}).train
 # where keras.applications looks first: $KERAS_HOME/models/<file>; a random model of the
 # same shape stands in for the real weights (no internet here)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.files import DataError, write_rgb_png
-from pipeline.submission import (
+from pipeline.core.files import DataError, write_rgb_png
+from pipeline.results.submission import (
     format_readme,
     main,
     parse_readme,

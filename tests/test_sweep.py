@@ -1,4 +1,4 @@
-"""pipeline.sweep + stages.sweep: a grid file -> checked combinations -> queued DVC experiments.
+"""pipeline.tracking.sweep + stages.sweep: a grid file -> checked combinations -> queued DVC experiments.
 
 No training and no real queue here (tests/test_experiments.py runs DVC's queue): a fake
 `dvc` on PATH records what the sweep asks of it.
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from pipeline import sweep
-from pipeline.cli import run_stage
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.tracking import sweep
+from pipeline.core.cli import run_stage
+from pipeline.core.errors import ConfigError, PipelineError
 from stages import sweep as sweep_stage
 
 

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.synthetic import SENSOR_MAX_M, render_scene
+from pipeline.data.synthetic import SENSOR_MAX_M, render_scene
 
 H, W = 60, 80  # small: the geometry is the same at any size, and a pixel step spans more angle
 
@@ -50,7 +50,7 @@ def test_invalid_fraction_is_honoured(fraction):
 
 
 def test_parallel_rendering_writes_the_same_files(tmp_path):
-    from pipeline.synthetic import write_dataset
+    from pipeline.data.synthetic import write_dataset
 
     seen, environment = [], dict(os.environ)
     for workers in (1, 2):

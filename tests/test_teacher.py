@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from conftest import dvc_bin, run
-from pipeline.config import TeacherConfig, load_params
-from pipeline.data import read_teacher_index
-from pipeline.errors import DataError
-from pipeline.files import read_depth_m, read_depth_mm, read_rgb, write_depth_png, write_rgb_png
+from pipeline.core.config import TeacherConfig, load_params
+from pipeline.data.dataset import read_teacher_index
+from pipeline.core.errors import DataError
+from pipeline.core.files import read_depth_m, read_depth_mm, read_rgb, write_depth_png, write_rgb_png
 
 # The ONNX teacher below: inverse depth = A * red + B, red in 0..1 (teacher.normalize unit).
 A, B = 3.0, 0.5
@@ -69,7 +69,7 @@ def scene(folder, name, seed, *, height=48, width=64, outliers=0.05, wrong=False
 
 
 def test_alignment_recovers_scale_and_shift_of_an_onnx_inverse_depth_teacher(tmp_path, monkeypatch):
-    from pipeline.teacher import run_teacher, summarize
+    from pipeline.teacher.labels import run_teacher, summarize
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models/teacher").mkdir(parents=True)
@@ -100,7 +100,7 @@ def test_alignment_recovers_scale_and_shift_of_an_onnx_inverse_depth_teacher(tmp
 
 
 def test_onnx_teacher_with_a_dynamic_size_runs_at_the_params_size(tmp_path):
-    from pipeline.teacher import TeacherModel
+    from pipeline.teacher.labels import TeacherModel
 
     path = onnx_teacher(tmp_path / "dyn.onnx", height=None, width=None)
     with pytest.raises(DataError, match=r"dyn.onnx: the model's input size is not fixed.*set teacher.height"):
@@ -121,7 +121,7 @@ def test_onnx_teacher_with_a_dynamic_size_runs_at_the_params_size(tmp_path):
 
 
 def test_fit_ignores_outliers_and_refuses_too_few_pixels():
-    from pipeline.teacher import fit_inverse_depth, log_residual, to_depth
+    from pipeline.teacher.labels import fit_inverse_depth, log_residual, to_depth
 
     rng = np.random.default_rng(0)
     raw = rng.uniform(0.0, 1.0, (60, 80))
@@ -143,8 +143,8 @@ def test_teacher_channel_moves_exactly_like_the_ground_truth(tmp_path):
     ground truth stay what training without a teacher sees."""
     import tensorflow as tf
 
-    from pipeline.config import AugmentConfig
-    from pipeline.tfdata import PairSource, train_dataset
+    from pipeline.core.config import AugmentConfig
+    from pipeline.data.tfdata import PairSource, train_dataset
 
     rows = [scene(tmp_path / "src", f"{i}.png", i, height=60, width=90) for i in range(3)]
     rgb, depth = [r["rgb"] for r in rows], [r["depth"] for r in rows]
@@ -170,8 +170,8 @@ def test_teacher_channel_moves_exactly_like_the_ground_truth(tmp_path):
 def test_distill_and_fill_invalid_losses():
     import tensorflow as tf
 
-    from pipeline.config import LossConfig
-    from pipeline.losses import make_loss, silog_loss
+    from pipeline.core.config import LossConfig
+    from pipeline.model.losses import make_loss, silog_loss
 
     rng = np.random.default_rng(1)
     gt = rng.uniform(1.0, 4.0, (2, 8, 8, 1)).astype(np.float32)
@@ -193,7 +193,7 @@ def test_distill_and_fill_invalid_losses():
 
 
 def test_extra_data_follows_what_trained_the_model():
-    from pipeline.submission import describe_run, extra_data_flag, extra_data_used
+    from pipeline.results.submission import describe_run, extra_data_flag, extra_data_used
 
     params = load_params()
     assert extra_data_used(params) == [] and extra_data_flag(params) == 0
@@ -268,7 +268,7 @@ def test_repro_with_pipeline_made_teachers_reruns_only_the_student(tiny_repro, t
 
 
 def test_with_teacher_joins_maps_and_adds_only_the_configured_unlabeled_images():
-    from pipeline.training import with_teacher
+    from pipeline.model.training import with_teacher
 
     train = [{"name": "a.png", "source": "tum", "rgb": "tum/rgb/a.png", "depth": "tum/depth/a.png"},
              {"name": "b.png", "source": "tum", "rgb": "tum/rgb/b.png", "depth": "tum/depth/b.png"}]
@@ -285,7 +285,7 @@ def test_with_teacher_joins_maps_and_adds_only_the_configured_unlabeled_images()
 
 
 def test_unlabeled_folders_list_rgb_only_and_name_what_is_wrong(tmp_path):
-    from pipeline.data import list_unlabeled
+    from pipeline.data.dataset import list_unlabeled
 
     folder = tmp_path / "web"
     with pytest.raises(DataError, match=r"web: unlabeled folder needs rgb/NAME.png .* no rgb/ found"):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import split_csv
-from pipeline import export, tflite
-from pipeline.config import ExportConfig
+from pipeline.device import export, tflite
+from pipeline.core.config import ExportConfig
 
 TUM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tum_fr1_xyz"
 H, W = 64, 80
@@ -138,7 +138,7 @@ def test_macs_of_a_single_conv():
 
 
 def test_device_size_480x640_int8_with_registry_wrapper(model, images):
-    from pipeline.models import wrap_for_device
+    from pipeline.model.networks import wrap_for_device
 
     device = wrap_for_device(model, height=480, width=640)
     rep = [np.resize(images[0], (480, 640, 3))]
@@ -171,7 +171,7 @@ def test_export_model_report_on_real_images(model, tmp_path):
 
 
 def test_export_model_without_val_rows_is_a_data_error(model, tmp_path):
-    from pipeline.files import DataError
+    from pipeline.core.files import DataError
 
     split = tmp_path / "split.csv"
     split.write_text(split_csv([("a", "train", f"{TUM}/rgb/000000.png", f"{TUM}/depth/000000.png")]))
@@ -194,7 +194,7 @@ def test_export_fails_when_tflite_scores_worse_than_keras(tmp_path, calibration)
     """int8 calibrated on images alike the val ones costs ~0.004 si-RMSE; calibrated on
     black images it clips every real input, costs ~0.35, and the export stops instead of
     shipping it."""
-    from pipeline.files import write_depth_png, write_rgb_png
+    from pipeline.core.files import write_depth_png, write_rgb_png
 
     h, w = 48, 64
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""pipeline.tracking: one complete MLflow run from a project's outputs, absolute store paths."""
+"""pipeline.tracking.runs: one complete MLflow run from a project's outputs, absolute store paths."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from conftest import free_port
-from pipeline.cli import run_stage
-from pipeline.config import load_params
-from pipeline.tracking import (
+from pipeline.core.cli import run_stage
+from pipeline.core.config import load_params
+from pipeline.tracking.runs import (
     NOTE_TAG,
     PIPELINE_KEY_TAG,
     VAL_DIGEST_TAG,
@@ -222,7 +222,7 @@ def test_tracking_uri_mapping(tmp_path, monkeypatch):
 
 
 def test_corrupt_metrics_json_is_a_one_line_error(tmp_path):
-    from pipeline.files import DataError
+    from pipeline.core.files import DataError
 
     project = make_project(tmp_path / "p")
     (project / "metrics" / "export.json").write_text("{not json")
@@ -314,7 +314,7 @@ def test_ui_link_names_the_experiment_in_the_store(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def ui_link():
-        return subprocess.run([sys.executable, "-m", "pipeline.tracking", "ui-link", "--port", "5123"], cwd=project,
+        return subprocess.run([sys.executable, "-m", "pipeline.tracking.runs", "ui-link", "--port", "5123"], cwd=project,
                               env=env, capture_output=True, text=True, timeout=60, check=True).stdout
 
     assert ui_link() == "MLflow UI: http://127.0.0.1:5123  (no run of experiment 'mai-depth' yet: run `make repro` first)\n"

@@ -38,7 +38,7 @@ def _prepared_project(root: Path, overrides=None) -> Path:
 def _weights(project: Path) -> list[np.ndarray]:
     import keras
 
-    import pipeline.models  # noqa: F401  (registers nothing custom, but mirrors the stages)
+    import pipeline.model.networks  # noqa: F401  (registers nothing custom, but mirrors the stages)
 
     return keras.models.load_model(project / "models/model.keras", compile=False).get_weights()
 
@@ -68,7 +68,7 @@ def expected_lr(step: int, *, peak: float, warmup_steps: int, total_steps: int, 
 def assert_lr_history(project: Path, *, replicas: int, steps_per_epoch: int) -> None:
     """reports/history.csv's lr is the rate after each epoch's last step; the peak is
     train.learning_rate x replicas (linear scaling rule)."""
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
 
     cfg = load_params(project / "params.yaml").train
     expected = [expected_lr(epoch * steps_per_epoch, peak=cfg.learning_rate * replicas,
@@ -91,10 +91,10 @@ def test_shipped_model_is_the_best_epoch(straight, monkeypatch):
     si-RMSE, recomputed at working resolution as training computes it, is that epoch's."""
     import keras
 
-    from pipeline.config import load_params
-    from pipeline.data import read_split
-    from pipeline.metrics import average_metrics, image_metrics
-    from pipeline.tfdata import eval_dataset, split_sources
+    from pipeline.core.config import load_params
+    from pipeline.data.dataset import read_split
+    from pipeline.core.metrics import average_metrics, image_metrics
+    from pipeline.data.tfdata import eval_dataset, split_sources
 
     scores = [row["val_si_rmse"] for row in _history(straight)]
     best = int(np.argmin(scores)) + 1
@@ -149,7 +149,7 @@ def test_kill_and_resume_matches_uninterrupted_run(straight, tmp_path):
 
 
 def test_checkpoint_of_other_params_is_not_resumed(tmp_path):
-    from pipeline.training import STATE_FILE, _load_state
+    from pipeline.model.training import STATE_FILE, _load_state
 
     (tmp_path / STATE_FILE).write_text(json.dumps({"epoch": 2, "history": [{}, {}], "fingerprint": "old"}))
     messages = []
@@ -163,9 +163,9 @@ def test_fingerprint_follows_params_split_data_and_training_code(tmp_path, monke
     import dataclasses
     import os
 
-    from pipeline.cli import stage_code_files
-    from pipeline.config import load_params
-    from pipeline.training import resume_fingerprint
+    from pipeline.core.cli import stage_code_files
+    from pipeline.core.config import load_params
+    from pipeline.model.training import resume_fingerprint
 
     monkeypatch.chdir(tmp_path)
     for name in ("pipeline", "stages"):
@@ -178,8 +178,8 @@ def test_fingerprint_follows_params_split_data_and_training_code(tmp_path, monke
     split.write_text(split_csv([("a.png", "train", "rgb/a.png", "depth/a.png")]))
     params = load_params(REPO / "params.yaml")
     code = stage_code_files("train")
-    assert Path("pipeline/training.py") in code and Path("pipeline/models/mobile_unet.py") in code
-    assert Path("pipeline/evaluation.py") not in code  # not a dep of the train stage
+    assert Path("pipeline/model/training.py") in code and Path("pipeline/model/networks/mobile_unet.py") in code
+    assert Path("pipeline/results/evaluation.py") not in code  # not a dep of the train stage
 
     def fingerprint(p=params):
         return resume_fingerprint(p, split, stage_code_files("train"))
@@ -189,11 +189,11 @@ def test_fingerprint_follows_params_split_data_and_training_code(tmp_path, monke
     assert fingerprint(dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=99))) != base
     # Params of later stages and code the train stage does not use keep the checkpoint.
     assert fingerprint(dataclasses.replace(params, export=dataclasses.replace(params.export, precision="int8"))) == base
-    with open("pipeline/evaluation.py", "a") as f:
+    with open("pipeline/results/evaluation.py", "a") as f:
         f.write("# edited\n")
     assert fingerprint() == base
     # Training code edited (even a model file): the old checkpoint is another run.
-    with open("pipeline/models/mobile_unet.py", "a") as f:
+    with open("pipeline/model/networks/mobile_unet.py", "a") as f:
         f.write("# edited\n")
     edited = fingerprint()
     assert edited != base
@@ -207,14 +207,14 @@ def test_fingerprint_follows_params_split_data_and_training_code(tmp_path, monke
 
 def test_stage_code_files_without_the_stage_in_dvc_yaml(tmp_path, monkeypatch):
 
-    from pipeline.cli import stage_code_files
+    from pipeline.core.cli import stage_code_files
 
     monkeypatch.chdir(tmp_path)
     shutil.copytree(REPO / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "stages").mkdir()
     (tmp_path / "stages/train.py").write_text("")
     files = stage_code_files("train")
-    assert Path("stages/train.py") in files and Path("pipeline/evaluation.py") in files
+    assert Path("stages/train.py") in files and Path("pipeline/results/evaluation.py") in files
     (tmp_path / "dvc.yaml").write_text("stages:\n  other:\n    cmd: true\n")
     assert stage_code_files("train") == files
 
@@ -224,11 +224,11 @@ MIRRORED = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from pipeline.config import load_params
-    from pipeline.training import train
-    from pipeline.models import load_keras_model
-    from pipeline.tflite import convert, op_summary
-    from pipeline.models import wrap_for_device
+    from pipeline.core.config import load_params
+    from pipeline.model.training import train
+    from pipeline.model.networks import load_keras_model
+    from pipeline.device.tflite import convert, op_summary
+    from pipeline.model.networks import wrap_for_device
     params = load_params()
     paths = dict(split_csv="data/prepared/split.csv", model_out="models/model.keras",
                  ckpt_dir="models/checkpoints", history_csv="reports/history.csv", fingerprint="m")
@@ -264,8 +264,8 @@ def test_mirrored_strategy_on_two_cpu_devices(tmp_path):
 
 EMA_RUN = textwrap.dedent("""
     import sys
-    from pipeline.config import load_params
-    from pipeline.training import train
+    from pipeline.core.config import load_params
+    from pipeline.model.training import train
     ema, out, cut = float(sys.argv[1]), sys.argv[2], sys.argv[3] == "cut"
     params = load_params(overrides={"train": {"ema": ema}})
     paths = dict(split_csv="data/prepared/split.csv", model_out=f"{out}/model.keras", ckpt_dir=f"{out}/ckpt",
@@ -284,7 +284,7 @@ def test_weight_average_is_shipped_and_resumes_exactly(straight, tmp_path):
     import keras
 
     project = tmp_path / "p"
-    shutil.copytree(straight, project, ignore=lambda folder, names: [  # the run's outputs, not pipeline/models
+    shutil.copytree(straight, project, ignore=lambda folder, names: [  # the run's outputs, not pipeline/model/networks
         n for n in names if Path(folder) == straight and n in ("models", "reports", "metrics")])
 
     def shipped(ema: float, name: str, cut: bool = False) -> tuple[list[np.ndarray], list[float]]:
@@ -321,8 +321,8 @@ def test_file_damaged_after_prepare_is_named_not_a_traceback(tmp_path):
 
 
 def test_multi_worker_roles_from_tf_config(monkeypatch):
-    from pipeline.files import DataError
-    from pipeline.training import is_chief, make_strategy
+    from pipeline.core.files import DataError
+    from pipeline.model.training import is_chief, make_strategy
 
     cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
     monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -344,7 +344,7 @@ def test_step_budget_stops_before_a_step_that_would_not_fit(monkeypatch):
     between them, such as validation), and a step is started only if one as long still fits."""
     from types import SimpleNamespace
 
-    from pipeline import training
+    from pipeline.model import training
 
     clock = iter([0.0, 4.0, 100.0, 103.0, 104.0, 107.5])  # steps of 4, 3 and 3.5 s; a 96 s pause
     monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))

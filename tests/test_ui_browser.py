@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, free_port, require_program, serving, system_tests_required
-from pipeline.cli import run_stage
-from pipeline.config import load_params
-from pipeline.tracking import log_pipeline_run
+from pipeline.core.cli import run_stage
+from pipeline.core.config import load_params
+from pipeline.tracking.runs import log_pipeline_run
 from stages import compare
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")

@@ -1,0 +1,4 @@
+"""The model and its training: networks (one file per architecture plus a registry), depth
+losses, and Keras training with validation, checkpoints and resume.
+
+May import: core, data."""

@@ -1,0 +1,173 @@
+"""The challenge fact sheet of one tracked run, as markdown.
+
+The organizers ask every entrant for a fact sheet that describes the method. Everything
+here comes from the MLflow run that `track` logged (params, metrics, tags and the
+metrics/*.json artifacts), so the sheet describes what ran, not what params.yaml says now.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import tempfile
+from pathlib import Path
+
+from pipeline.core.config import SYNTHETIC_SOURCE, VAL_BLOCKS, Params, SourceConfig, as_flat_dict
+from pipeline.core.errors import ReportError
+from pipeline.tracking.compare import require_store
+from pipeline.tracking.runs import mlflow_errors
+
+# metrics/<stage>.json files the sheet reads from the run's artifacts
+STAGE_FILES = ("prepare", "train", "export", "benchmark", "evaluate")
+SYNTHETIC_NOTE = "procedural indoor scenes with exact depth, rendered by the pipeline (no external data)"
+
+
+def load_run(*, tracking_uri: str, experiment: str, run_id: str | None = None):
+    """(run, {stage: metrics dict}) of `run_id`, or of the newest finished run of `experiment`."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small JSON files
+    import mlflow
+    from mlflow import MlflowClient
+
+    require_store(tracking_uri)
+    with mlflow_errors(tracking_uri):
+        client = MlflowClient(tracking_uri=tracking_uri)
+        if run_id is None:
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                raise ReportError(f"no MLflow experiment {experiment!r} at {tracking_uri}; run the pipeline first")
+            runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+            if not runs:
+                raise ReportError(f"experiment {experiment!r} at {tracking_uri} has no finished runs yet")
+            run = runs[0]
+        else:
+            run = client.get_run(run_id)
+        stage_metrics = {}
+        with tempfile.TemporaryDirectory(prefix="factsheet-") as tmp:
+            folder = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="metrics",
+                                                              dst_path=tmp, tracking_uri=tracking_uri))
+            for stage in STAGE_FILES:
+                path = folder / f"{stage}.json"
+                stage_metrics[stage] = json.loads(path.read_text()) if path.is_file() else {}
+    return run, stage_metrics
+
+
+def reproduce_overrides(run_params: dict[str, str]) -> list[str]:
+    """`dvc exp run -S` arguments that turn the code defaults (= params.yaml) into the run's
+    params: `key=value` for a changed value, `~data.sources.NAME` for a default source the
+    run did not use and `+data.sources.NAME.path=...` for one it added (DVC's hydra syntax)."""
+    defaults = {k: str(v) for k, v in as_flat_dict(Params()).items()}
+    source_defaults = {f.name: str(f.default) for f in dataclasses.fields(SourceConfig)
+                       if f.default is not dataclasses.MISSING}
+    dropped = dict.fromkeys(k.split(".")[2] for k in defaults if k.startswith("data.sources.") and k not in run_params)
+    args = [f"~data.sources.{name}" for name in dropped]
+    args += [f"{key}={run_params[key]}" for key in defaults if key in run_params and run_params[key] != defaults[key]]
+    for key in sorted(set(run_params) - set(defaults)):
+        if key.startswith("data.sources.") and source_defaults.get(key.split(".")[-1]) != run_params[key]:
+            args.append(f"+{key}={run_params[key]}")
+    return args
+
+
+def _fmt(value, spec: str = "", unit: str = "") -> str:
+    if value is None or value == "":
+        return "n/a"
+    return f"{value:{spec}}{unit}" if spec else f"{value}{unit}"
+
+
+def render(run, stages: dict[str, dict]) -> str:
+    """The fact sheet of one run, as markdown."""
+    p, tags = run.data.params, run.data.tags
+    prep, train, export, bench, ev = (stages.get(s, {}) for s in STAGE_FILES)
+    arch = p.get("train.arch", "?")
+    encoder = (f", encoder {p.get('train.encoder')} x{p.get('train.width_multiplier')} "
+               f"({'ImageNet weights' if p.get('train.encoder_weights') == 'imagenet' else 'from scratch'})"
+               if arch == "mobile_unet" else "")
+    baseline_unet = arch == "mai_baseline_unet"  # the organizers' U-Net: no decoder knob, a ReLU output
+    decoder = (f"the organizers' U-Net, 64 x {p.get('train.width_multiplier')} base filters" if baseline_unet
+               else f"decoder {p.get('train.decoder_channels', '?')} channels")
+    output = ("a plain ReLU, as the organizers'" if baseline_unet else
+              f"exp of a sigmoid-bounded log depth in [{p.get('train.min_depth')}, {p.get('train.max_depth')}] m")
+    losses = [f"{name} x{p[f'train.loss.{name}_weight']}" for name in ("silog", "grad", "l1", "berhu")
+              if float(p.get(f"train.loss.{name}_weight", 0) or 0) > 0]
+    if "train.loss.silog_lambda" in p:
+        losses = [f"{item} (lambda {p['train.loss.silog_lambda']})" if item.startswith("silog") else item
+                  for item in losses]
+    augment = []
+    if p.get("train.augment.flip") == "True":
+        augment.append("horizontal flip")
+    if float(p.get("train.augment.crop_prob", 0) or 0) > 0 and float(p.get("train.augment.crop_min_scale", 1)) < 1:
+        augment.append(f"crop-and-resize (p {p['train.augment.crop_prob']}, scale >= {p['train.augment.crop_min_scale']})")
+    jitter = [k for k in ("brightness", "contrast", "saturation", "hue") if float(p.get(f"train.augment.{k}", 0) or 0) > 0]
+    if jitter:
+        augment.append("colour jitter (" + ", ".join(f"{k} {p[f'train.augment.{k}']}" for k in jitter) + ")")
+    sources = sorted({k.split(".")[2] for k in p if k.startswith("data.sources.")})
+    data_line = "; ".join(
+        f"{name} `{p.get(f'data.sources.{name}.path')}` (weight {p.get(f'data.sources.{name}.weight')})"
+        + (f": {SYNTHETIC_NOTE}" if p.get(f"data.sources.{name}.path") == SYNTHETIC_SOURCE else "")
+        for name in sources) or "n/a"
+    validation = ("the last " + f"{float(p.get('data.val_fraction', 0)):.0%} of every source"
+                  if p.get("data.val", VAL_BLOCKS) == VAL_BLOCKS else f"source {p.get('data.val')} held out whole")
+    par = export.get("parity", {})
+    baseline = ev.get("baseline_si_rmse")
+    ratio = f" ({ev['si_rmse'] / baseline:.2f}x the constant prediction's {baseline:.4f})" if ev.get("si_rmse") and baseline else ""
+    overrides = reproduce_overrides(p)
+    exp_run = "dvc exp run" + "".join(f" -S {shlex.quote(o)}" for o in overrides)
+    commit = tags.get("git.commit", "unknown")
+    dirty = " (with uncommitted changes)" if tags.get("git.dirty") == "true" else ""
+    lines = [
+        f"# Fact sheet: {run.info.run_name}",
+        "",
+        "## Model",
+        f"- Architecture: `{arch}`{encoder}, {decoder}",
+        f"- Parameters: {_fmt(train.get('params'), ',')}; {_fmt(export.get('macs', 0) / 1e9 if export.get('macs') else None, '.3f')} GMACs "
+        f"at the device resolution",
+        f"- Working resolution {p.get('train.height')}x{p.get('train.width')} inside a "
+        f"{p.get('export.height')}x{p.get('export.width')} device graph (bilinear resize in and out of the graph)",
+        f"- Output: depth in metres, {output}",
+        "",
+        "## Training",
+        f"- Losses (masked by valid depth): {', '.join(losses) or 'none'}",
+        f"- Augmentation: {', '.join(augment) or 'none'}",
+        f"- AdamW, learning rate {p.get('train.learning_rate')} (warmup {p.get('train.warmup_epochs')} epochs, cosine to "
+        f"x{p.get('train.min_lr_ratio')}), weight decay {p.get('train.weight_decay')}, batch {_fmt(train.get('batch_size'))} "
+        f"on {_fmt(train.get('replicas'))} replica(s)"
+        + (f"; weights averaged (EMA, momentum {p['train.ema']})" if float(p.get("train.ema", 0) or 0) > 0 else ""),
+        f"- {_fmt(train.get('epochs'))} epochs; shipped weights from epoch {_fmt(train.get('best_epoch'))} "
+        f"(best val si-RMSE {_fmt(train.get('best_val_si_rmse'), '.4f')} at working resolution)",
+        f"- Training time {_fmt(train.get('train_seconds'), '.0f', ' s')} on {train.get('hardware', 'n/a')}; "
+        f"seed {p.get('base.seed')}, deterministic {p.get('base.deterministic')}",
+        "",
+        "## Data",
+        f"- Sources: {data_line}",
+        f"- {_fmt(prep.get('train_images'))} train / {_fmt(prep.get('val_images'))} validation images; "
+        f"validation: {validation}; other aspect ratios: {p.get('data.aspect', 'stretch')} to 4:3",
+        f"- Extra data: {p.get('package.extra_data', '0')}",
+        "",
+        "## Export and runtime",
+        f"- TFLite {p.get('export.precision')}, {_fmt(export.get('size_mb'), '.2f', ' MB')}, {_fmt(export.get('n_ops'))} ops, "
+        f"builtin ops only; Keras vs TFLite si-RMSE {_fmt(par.get('si_rmse_keras'), '.4f')} -> {_fmt(par.get('si_rmse_tflite'), '.4f')}",
+        f"- Runtime (measured): median {_fmt(bench.get('median_ms'), '.2f', ' ms')}, p90 {_fmt(bench.get('p90_ms'), '.2f', ' ms')}, "
+        f"init {_fmt(bench.get('init_ms'), '.1f', ' ms')}, peak RAM {_fmt(bench.get('peak_rss_mb'), '.0f', ' MB')}",
+        f"- Timed on {bench.get('device', 'n/a')} with {_fmt(bench.get('threads'))} thread(s)"
+        + (f" (asked for {bench['threads_requested']}, capped at the local cores)" if bench.get("threads_capped") else "")
+        + f", {bench.get('runtime', 'n/a')} {bench.get('runtime_version', '')} with {bench.get('delegate', 'n/a')}",
+        "",
+        "## Results (official metrics, validation split)",
+        f"- si-RMSE {_fmt(ev.get('si_rmse'), '.4f')}{ratio}",
+        f"- RMSE {_fmt(ev.get('rmse'), '.3f', ' m')}, log10 {_fmt(ev.get('log10'), '.4f')}, rel {_fmt(ev.get('rel'), '.4f')}, "
+        f"delta1 {_fmt(ev.get('delta1'), '.3f')} over {_fmt(ev.get('n_images'))} images",
+        f"- Challenge score {_fmt(ev.get('score'), '.4g')} at the measured runtime",
+        "",
+        "## Reproduce",
+        f"- Code: git commit `{commit}`{dirty}; `dvc.lock` sha256 `{tags.get('dvc.lock_sha256', 'missing')}`",
+        f"- MLflow run `{run.info.run_id}`" + (f", DVC experiment `{tags['dvc.exp_name']}`" if tags.get("dvc.exp_name") else ""),
+        "",
+        "```bash",
+        f"git checkout {commit}",
+        exp_run,
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
