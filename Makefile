@@ -38,7 +38,7 @@ probe: $(INSTALLED)
 	$(BIN)/python -m stages.probe --arch all
 
 bench: $(INSTALLED)
-	$(BIN)/python bench/latency.py
+	$(BIN)/python -m bench.latency
 
 # Lean local MLflow UI on the project's absolute sqlite store (one worker, no job runner).
 # Artifacts stay file-based, so `track` can keep logging to mlflow.db while it runs.

@@ -1,8 +1,8 @@
 """Which ops XNNPACK leaves out, per architecture and precision: converts each (random weights,
 no timing) and prints its XNNPACK partitions and the ops that run on the builtin kernels.
 
-    .venv/bin/python bench/delegation.py [--arch fastdepth] [--precision int8] [--size 480x640]
-                                         [--output-resize separable] [--params params.yaml]
+    .venv/bin/python -m bench.delegation [--arch fastdepth] [--precision int8] [--size 480x640]
+                                          [--output-resize separable] [--params params.yaml]
 
 One partition and no op left out is the target (issue #17): each op XNNPACK does not take
 splits the graph, and the builtin kernels it runs on are slower, often single-threaded.
@@ -11,12 +11,9 @@ splits the graph, and the builtin kernels it runs on are slower, often single-th
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from bench.common import PARAMS
 
 
 def main() -> int:
@@ -30,7 +27,7 @@ def main() -> int:
                         help="repeatable; default: fp32 and int8")
     parser.add_argument("--size", default=None, help="device input HxW; default: export.height x export.width")
     parser.add_argument("--output-resize", choices=OUTPUT_RESIZES, help="default: export.output_resize")
-    parser.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
+    parser.add_argument("--params", default=str(PARAMS))
     args = parser.parse_args()
     params = load_params(args.params)
     height, width = ((int(v) for v in args.size.lower().split("x")) if args.size

@@ -1,6 +1,6 @@
 """Reproducibility and cost of base.deterministic: two training runs from scratch per setting.
 
-    .venv/bin/python bench/determinism.py [--data ../shared/data/tum_fr1_xyz] [--epochs 3]
+    .venv/bin/python -m bench.determinism [--data ../shared/data/tum_fr1_xyz] [--epochs 3]
 
 In a throw-away copy of the project (params.yaml + presets/tum.yaml, epochs reduced) it
 runs `python -m stages.index` and `stages.prepare` once, then `python -m stages.train` four times, each a
@@ -19,11 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the weight-file reader
-
-from conftest import weight_arrays  # noqa: E402
-from train_memory import (bench_arg_parser, bench_params, epoch_seconds, make_workspace, merge,
-                          train_once)  # noqa: E402
+from bench.train_memory import (bench_arg_parser, epoch_seconds, make_workspace, merge, train_once,
+                                workspace_params)
+from tests.conftest import weight_arrays  # the weight-file reader
 
 
 def max_weight_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
@@ -34,7 +32,7 @@ def max_weight_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float
 
 def main() -> int:
     args = bench_arg_parser(__doc__.split("\n")[0], epochs=3).parse_args()
-    params = bench_params(args)
+    params = workspace_params(args)
     root = Path(tempfile.mkdtemp(prefix="determinism."))
     try:
         make_workspace(root, params)

@@ -1,6 +1,6 @@
 """Does a teacher make the default student better on a scene it never saw? One budget for all.
 
-    .venv/bin/python bench/distill.py [--epochs 12] [--steps-per-epoch 20]
+    .venv/bin/python -m bench.distill [--epochs 12] [--steps-per-epoch 20]
 
 Data: TUM (../shared/data/tum_fr1_xyz) is the labelled set. HoloLens
 (../shared/data/hololens2_office) is split by sorted name in two: the first half is used
@@ -24,20 +24,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from bench.common import (HOLOLENS, TUM, bench_params, print_table, score_tflite, source_entries,
+                          train_and_score, val_rows)
+from pipeline.data.dataset import build_split, list_unlabeled, write_teacher_index
 
-from pipeline.core.config import load_params  # noqa: E402
-from pipeline.data.dataset import build_split, list_unlabeled, write_split, write_teacher_index  # noqa: E402
-
-SHARED = REPO.parent / "shared" / "data"
-TUM, HOLOLENS = SHARED / "tum_fr1_xyz", SHARED / "hololens2_office"
 TEACHER_FILE = "models/teacher/teacher.tflite"  # relative to the work folder (teacher.model must be under it)
 
 
@@ -57,49 +51,13 @@ def split_hololens(work: Path) -> tuple[Path, Path]:
     return unlabeled, val
 
 
-def train_and_score(label: str, work: Path, overrides: dict, *, export_to: Path | None = None) -> dict:
-    """Train one configuration (in-process), export fp32 TFLite, evaluate on its val rows."""
-    import keras
-
-    from pipeline.results.evaluation import evaluate_model
-    from pipeline.device.export import export_model, write_tflite
-    from pipeline.device.predict import TFLiteDepthModel
-    from pipeline.model.training import train as fit
-
+def run(label: str, work: Path, overrides: dict, *, tflite: Path | None = None) -> dict:
+    """One configuration through the shared chain, many in this process (not deterministic)."""
     folder = work / "runs" / label
-    folder.mkdir(parents=True)
-    params = load_params(REPO / "params.yaml", overrides={"base": {"deterministic": False}, **overrides})
-    rows = build_split({n: s.path for n, s in params.data.sources.items()}, val=params.data.val,
-                       val_fraction=params.data.val_fraction)
-    write_split(folder / "split.csv", rows)
-    keras.backend.clear_session()
-    start = time.time()
-    summary = fit(params, split_csv=folder / "split.csv", model_out=folder / "model.keras", ckpt_dir=folder / "ckpt",
-                  history_csv=folder / "history.csv", fingerprint=label, teacher_csv=work / "teacher/alignment.csv",
-                  log=lambda *a: None)
-    minutes = (time.time() - start) / 60
-    core = keras.saving.load_model(folder / "model.keras", compile=False)
-    flatbuffer, _ = export_model(core, folder / "split.csv", cfg=params.export)
-    tflite = export_to or folder / "model.tflite"
-    write_tflite(tflite, flatbuffer)
-    model = TFLiteDepthModel(tflite, num_threads=len(os.sched_getaffinity(0)))
-    result, _ = evaluate_model(model, [r for r in rows if r["split"] == "val"], aspect=params.data.aspect)
-    print(f"{label}: {summary['train_images']} train images, {summary['epochs']} epochs x "
-          f"{summary['steps_per_epoch']} steps of batch {summary['batch_size']} in {minutes:.1f} min "
-          f"(epoch shipped {summary['best_epoch']})", flush=True)
-    return {"label": label, "minutes": minutes, "sources": result["sources"], "rows": rows}
-
-
-def score_teacher(work: Path, val: Path) -> dict:
-    """The teacher's own figures on the validation half, as the students are scored."""
-    from pipeline.results.evaluation import evaluate_model
-    from pipeline.device.predict import TFLiteDepthModel
-
-    rows = [r for r in build_split({"tum": str(TUM), "hololens_val": str(val)}, val="hololens_val")
-            if r["split"] == "val"]
-    model = TFLiteDepthModel(work / TEACHER_FILE, num_threads=len(os.sched_getaffinity(0)))
-    result, _ = evaluate_model(model, rows, aspect=load_params(REPO / "params.yaml").data.aspect)
-    return {"label": "teacher (reference)", "minutes": 0.0, "sources": result["sources"]}
+    folder.mkdir(parents=True)  # a label run twice would mix its files
+    params = bench_params({"base": {"deterministic": False}}, overrides)
+    return train_and_score(label, folder, params, teacher_csv=work / "teacher/alignment.csv",
+                           tflite=tflite)
 
 
 def main() -> None:
@@ -115,7 +73,7 @@ def main() -> None:
     from pipeline.core.cli import Progress
     from pipeline.teacher.labels import run_teacher, summarize
 
-    default = load_params(REPO / "params.yaml")
+    default = bench_params()
     results = []
     with tempfile.TemporaryDirectory(prefix="distill_") as tmp:
         work = Path(tmp)
@@ -126,13 +84,17 @@ def main() -> None:
         # 1. the teacher: bigger, trained on the labelled data alone, exported to TFLite
         teacher_train = {"arch": "mobile_unet", "width_multiplier": 1.0, "height": 256, "width": 320,
                          "epochs": args.teacher_epochs, "steps_per_epoch": args.teacher_steps_per_epoch}
-        train_and_score("teacher-training", work, {"data": {"sources": {"tum": {"path": str(TUM)}}, "val": "blocks"},
-                                                   "train": teacher_train}, export_to=work / TEACHER_FILE)
-        results.append(score_teacher(work, val_dir))
-        teacher_cfg = load_params(REPO / "params.yaml", overrides={"teacher": {
-            "model": TEACHER_FILE, "max_residual": args.max_residual}}).teacher
+        teacher_data = {"sources": source_entries({"tum": TUM}), "val": "blocks"}
+        run("teacher-training", work, {"data": teacher_data, "train": teacher_train},
+            tflite=work / TEACHER_FILE)
+        # the teacher's own figures on the validation half, as the students are scored
+        students = {"tum": str(TUM), "hololens_val": str(val_dir)}  # val: the second half
+        results.append(score_tflite("teacher (reference)", work / TEACHER_FILE,
+                                    val_rows(students, "hololens_val")))
+        teacher_cfg = bench_params({"teacher": {"model": TEACHER_FILE,
+                                                "max_residual": args.max_residual}}).teacher
         start = time.time()
-        labelled = [r for r in build_split({"tum": str(TUM), "hololens_val": str(val_dir)}, val="hololens_val")
+        labelled = [r for r in build_split(students, val="hololens_val")
                     if r["split"] == "train"]  # exactly the students' train rows
         unlabeled = [{**r, "source": "hololens_unlabeled"} for r in list_unlabeled(unlabeled_dir)]
         maps = run_teacher(teacher_cfg, labelled=labelled, unlabeled=unlabeled, write_dir=work / "teacher",
@@ -144,13 +106,13 @@ def main() -> None:
               f"ground truth), dropped {stats['dropped']} above {stats['max_residual']}", flush=True)
 
         # 2. the students, one budget
-        data = {"sources": {"tum": {"path": str(TUM)}, "hololens_val": {"path": str(val_dir)}}, "val": "hololens_val"}
+        data = {"sources": source_entries(students), "val": "hololens_val"}
         budget = {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch}
         with_teacher = {"teacher": {"model": TEACHER_FILE, "fill_invalid": True, "max_residual": args.max_residual},
                         "train": {**budget, "loss": {"distill_weight": args.distill_weight}}}
-        results.append(train_and_score("student", work, {"data": data, "train": budget}))
-        results.append(train_and_score("student+teacher", work, {"data": data, **with_teacher}))
-        results.append(train_and_score("student+teacher+unlabeled", work, {
+        results.append(run("student", work, {"data": data, "train": budget}))
+        results.append(run("student+teacher", work, {"data": data, **with_teacher}))
+        results.append(run("student+teacher+unlabeled", work, {
             "data": {**data, "unlabeled": {"hololens_unlabeled": {"path": str(unlabeled_dir)}}}, **with_teacher}))
 
     t = default.train
@@ -158,11 +120,7 @@ def main() -> None:
           f"steps of batch {t.batch_size} per run; teacher: mobile_unet x1.0 at 256x320, {args.teacher_epochs} x "
           f"{args.teacher_steps_per_epoch} steps on TUM; distill_weight {args.distill_weight}, fill_invalid on; "
           "official metrics of the fp32 TFLite models on the second half of HoloLens")
-    print(f"{'run':<28} {'val scene':<14} {'images':>6} {'si-RMSE':>8} {'constant':>8} {'ratio':>6} {'min':>5}")
-    for r in results:
-        for source, m in r["sources"].items():
-            print(f"{r['label']:<28} {source:<14} {m['n_images']:>6} {m['si_rmse']:>8.4f} "
-                  f"{m['baseline_si_rmse']:>8.4f} {m['ratio_to_constant']:>6.2f} {r['minutes']:>5.1f}")
+    print_table(results, scene="val scene")
 
 
 if __name__ == "__main__":

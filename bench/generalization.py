@@ -1,6 +1,6 @@
 """Does the default model beat a constant on a scene it never saw? Each lever at one budget.
 
-    .venv/bin/python bench/generalization.py [--epochs 15] [--steps-per-epoch 20] [--seeds 3]
+    .venv/bin/python -m bench.generalization [--epochs 15] [--steps-per-epoch 20] [--seeds 3]
         [--set train.ema=0.99 ...]
 
 Every run trains the default model (params.yaml's train section) for the same number of
@@ -29,45 +29,18 @@ for every run (a lever to compare with a run without it).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from pipeline.core.config import load_params  # noqa: E402
-from pipeline.data.dataset import build_split, write_split  # noqa: E402
-
-SHARED = REPO.parent / "shared" / "data"
-REAL = {"tum": str(SHARED / "tum_fr1_xyz"), "hololens": str(SHARED / "hololens2_office")}
+from bench.common import (REAL, bench_params, parse_set, print_table, score_tflite, source_entries,
+                          train_and_score, val_rows)
 
 
 def imagenet_weights_cached(alpha: float) -> bool:
     from keras.src.backend.config import keras_home
 
     return any((Path(keras_home()) / "models").glob(f"mobilenet_v2_weights_*_{float(alpha)}_*_no_top.h5"))
-
-
-def parse_set(items: list[str]) -> dict:
-    """['train.ema=0.99', ...] -> nested overrides, values read as YAML (numbers, bools)."""
-    import yaml
-
-    from pipeline.core.config import merge
-
-    overrides: dict = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. train.ema=0.99")
-        node = yaml.safe_load(text)
-        for part in reversed(key.split(".")):
-            node = {part: node}
-        overrides = merge(overrides, node)
-    return overrides
 
 
 def render_synthetic(args, default) -> Path:
@@ -93,56 +66,19 @@ def render_synthetic(args, default) -> Path:
     return folder
 
 
-def train_and_score(label: str, work: Path, *, sources: dict[str, str | dict], val: str, args, train=None,
-                    seed: int | None = None) -> dict:
-    """Train one configuration, export fp32 TFLite, evaluate per validation source."""
-    import keras
-
-    from pipeline.results.evaluation import evaluate_model
-    from pipeline.device.export import export_model, write_tflite
-    from pipeline.device.predict import TFLiteDepthModel
-    from pipeline.model.training import train as fit
-
-    from pipeline.core.config import merge
-
+def run(label: str, work: Path, *, sources: dict[str, str | dict], val: str, args, train=None,
+        seed: int | None = None, overrides: dict | None = None,
+        teacher_csv: Path | None = None) -> dict:
+    """One configuration at the bench's budget through the shared chain: `train` overrides
+    on top of the budget, then any other params `overrides` (data.unlabeled, teacher, ...)."""
     folder = work / (label.replace(">", "").replace("+", "_") + ("" if seed is None else f"_seed{seed}"))
-    folder.mkdir(parents=True)
-    params = load_params(REPO / "params.yaml", overrides=merge(args.overrides, {
+    folder.mkdir(parents=True)  # a label run twice would mix its files
+    params = bench_params(args.overrides, {
         "base": {} if seed is None else {"seed": seed},
-        "data": {"sources": {name: src if isinstance(src, dict) else {"path": src} for name, src in sources.items()},
-                 "val": val},
+        "data": {"sources": source_entries(sources), "val": val},
         "train": {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, **(train or {})},
-    }))
-    rows = build_split({n: s.path for n, s in params.data.sources.items()}, val=params.data.val,
-                       val_fraction=params.data.val_fraction)
-    split_csv = folder / "split.csv"
-    write_split(split_csv, rows)
-    keras.backend.clear_session()
-    start = time.time()
-    summary = fit(params, split_csv=split_csv, model_out=folder / "model.keras", ckpt_dir=folder / "ckpt",
-                  history_csv=folder / "history.csv", fingerprint=label, log=lambda *a: None)
-    minutes = (time.time() - start) / 60
-    core = keras.saving.load_model(folder / "model.keras", compile=False)
-    flatbuffer, _ = export_model(core, split_csv, cfg=params.export)
-    write_tflite(folder / "model.tflite", flatbuffer)
-    model = TFLiteDepthModel(folder / "model.tflite", num_threads=len(os.sched_getaffinity(0)))
-    val_rows = [r for r in rows if r["split"] == "val"]
-    result, _ = evaluate_model(model, val_rows, aspect=params.data.aspect)
-    print(f"{label}: {summary['epochs']} epochs x {params.train.steps_per_epoch} steps in {minutes:.1f} min, "
-          f"epoch shipped {summary['best_epoch']}", flush=True)
-    return {"label": label, "seed": params.base.seed, "minutes": minutes, "model": folder / "model.keras",
-            "tflite": folder / "model.tflite", "sources": result["sources"]}
-
-
-def score_zero_shot(label: str, tflite: Path, held_out: str) -> dict:
-    """A trained model scored on all of one real scene, with no training on real data at all."""
-    from pipeline.results.evaluation import evaluate_model
-    from pipeline.device.predict import TFLiteDepthModel
-
-    rows = [r for r in build_split(REAL, val=held_out, val_fraction=0.2) if r["split"] == "val"]
-    model = TFLiteDepthModel(tflite, num_threads=len(os.sched_getaffinity(0)))
-    result, _ = evaluate_model(model, rows, aspect=load_params(REPO / "params.yaml").data.aspect)
-    return {"label": label, "minutes": 0.0, "sources": result["sources"]}
+    }, overrides)
+    return train_and_score(label, folder, params, teacher_csv=teacher_csv)
 
 
 def main() -> None:
@@ -172,13 +108,13 @@ def main() -> None:
     # the steps are ~2x faster than with concurrent ops competing for them.
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
-    default = load_params(REPO / "params.yaml", overrides=args.overrides)
+    default = bench_params(args.overrides)
     seeds = [default.base.seed + k for k in range(args.seeds)]
     wanted = (lambda label: not args.only or label in args.only)
     results = []
 
     def runs(label, **kwargs):  # one row of the table: the same run under every seed
-        return [train_and_score(label, work, args=args, seed=seed, **kwargs) for seed in seeds]
+        return [run(label, work, args=args, seed=seed, **kwargs) for seed in seeds]
 
     with tempfile.TemporaryDirectory(prefix="generalization_") as tmp:
         work = Path(tmp)
@@ -193,10 +129,11 @@ def main() -> None:
             mixed = {"path": str(synthetic), "weight": args.synthetic_weight}
         if any(wanted(f"{a}->{b}+synthetic{kind}") for a, b in directions for kind in ("", "-both")) \
                 or wanted("synthetic-only"):
-            pre = train_and_score("pretrain-synthetic", work, sources={"synthetic": str(synthetic)},
-                                  val="blocks", args=args, train={"epochs": args.pretrain_epochs})
+            pre = run("pretrain-synthetic", work, sources={"synthetic": str(synthetic)},
+                      val="blocks", args=args, train={"epochs": args.pretrain_epochs})
             if wanted("synthetic-only"):  # what the procedural scenes alone teach about real ones
-                results += [score_zero_shot("synthetic-only", pre["tflite"], held_out) for held_out in REAL]
+                results += [score_tflite("synthetic-only", pre["tflite"], val_rows(REAL, held_out))
+                            for held_out in REAL]
         for train_on, held_out in directions:
             label = f"{train_on}->{held_out}+synthetic"
             if wanted(label):
@@ -222,23 +159,6 @@ def main() -> None:
     if not imagenet_ok:
         print("imagenet: skipped, no cached keras.applications MobileNetV2 weights (they download from the internet)")
     print_table(results)
-
-
-def print_table(results: list[dict]) -> None:
-    """One line per (run, held-out scene): means over the seeds, and the ratio's range."""
-    rows: dict[tuple[str, str], list] = {}
-    for r in results:
-        for source, m in r["sources"].items():
-            rows.setdefault((r["label"], source), []).append((m, r["minutes"]))
-    print(f"{'run':<28} {'held-out scene':<15} {'images':>6} {'runs':>4} {'si-RMSE':>8} {'constant':>8} "
-          f"{'ratio':>6} {'range':>11} {'min':>5}")
-    for (label, source), group in rows.items():
-        ratios = [m["ratio_to_constant"] for m, _ in group]
-        spread = f"{min(ratios):.2f}..{max(ratios):.2f}" if len(ratios) > 1 else ""
-        m = group[0][0]
-        print(f"{label:<28} {source:<15} {m['n_images']:>6} {len(group):>4} "
-              f"{sum(g['si_rmse'] for g, _ in group) / len(group):>8.4f} {m['baseline_si_rmse']:>8.4f} "
-              f"{sum(ratios) / len(ratios):>6.2f} {spread:>11} {sum(t for _, t in group) / len(group):>5.1f}")
 
 
 if __name__ == "__main__":

@@ -2,22 +2,16 @@
 cache, stateless augmentation, prefetch) vs the same model fed from tensors already in
 memory, in one run. Target: ratio <= 1.1.
 
-    .venv/bin/python bench/input_pipeline.py [--preset presets/tum.yaml] [--steps 20]
+    .venv/bin/python -m bench.input_pipeline [--preset presets/tum.yaml] [--steps 20]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from pipeline.core.config import load_params  # noqa: E402
-from pipeline.data.dataset import build_split  # noqa: E402
+from pipeline.core.config import load_params
+from pipeline.data.dataset import build_split
 
 
 class StepTimer:

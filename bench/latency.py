@@ -1,7 +1,7 @@
 """Latency at 480x640 of every architecture in fp32 and int8, the int8/fp32 ratio, the XNNPACK
 partitions of each model, and the oldest TFLite runtime each runs on next to export.target_runtime.
 
-    .venv/bin/python bench/latency.py [--threads N] [--runs N] [--output-resize separable] [--params params.yaml]
+    .venv/bin/python -m bench.latency [--threads N] [--runs N] [--output-resize separable] [--params params.yaml]
 
 Random weights (timing does not depend on them; batch norms fitted to random images so that
 int8 calibrates like a trained model). Each model runs in a fresh process; the int8 speed-up
@@ -14,13 +14,10 @@ model that misses one is marked MISS and listed at the end.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from bench.common import PARAMS
 
 MIN_SPEEDUP = 1.3
 
@@ -38,7 +35,7 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=2, help="fp32+int8 processes per arch for the speed-up")
     parser.add_argument("--output-resize", choices=OUTPUT_RESIZES, help="default: export.output_resize")
     parser.add_argument("--arch", action="append", choices=ARCHS, help="repeatable; default: all")
-    parser.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
+    parser.add_argument("--params", default=str(PARAMS))
     args = parser.parse_args()
     params = load_params(args.params)
     threads = args.threads or params.benchmark.threads

@@ -1,6 +1,6 @@
 """The organizers' baseline against our models at the same wall-clock training budget.
 
-    .venv/bin/python bench/pareto.py [--minutes 3] [--source NAME=PATH ...] [--val blocks|NAME]
+    .venv/bin/python -m bench.pareto [--minutes 3] [--source NAME=PATH ...] [--val blocks|NAME]
 
 Each model trains on the same split (default: TUM fr1_xyz + HoloLens office mixed, validated
 on the last block of each), for `--minutes` of wall-clock in its training steps, the first one's graph tracing
@@ -28,23 +28,16 @@ import argparse
 import gc
 import json
 import math
-import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from bench.common import REAL, REPO, bench_params, source_entries, split_rows, train_and_score
+from pipeline.core.config import VAL_BLOCKS
+from pipeline.data.dataset import write_split
 
-from pipeline.core.config import VAL_BLOCKS, load_params  # noqa: E402
-from pipeline.data.dataset import build_split, write_split  # noqa: E402
-
-SHARED = REPO.parent / "shared" / "data"
-SOURCES = {"tum": SHARED / "tum_fr1_xyz", "hololens": SHARED / "hololens2_office"}
 ORGANIZERS = REPO / "presets" / "organizers.yaml"
 BASELINE = "mai_baseline_unet"
 # label -> (preset files, train overrides); trained in this order, the heaviest first, while
@@ -147,56 +140,40 @@ def failure(preds) -> str:
     return ""
 
 
-def train_and_score(label: str, presets, overrides: dict, work: Path, split_csv: Path, args) -> dict:
-    import keras
-
-    from pipeline.data.dataset import read_split
-    from pipeline.results.evaluation import evaluate_model
-    from pipeline.device.export import export_model, write_tflite
-    from pipeline.model.networks import load_keras_model
+def run(label: str, presets, overrides: dict, work: Path, split_csv: Path, args) -> dict:
+    """One model: its steps planned for the budget, then the shared chain (train within the
+    budget, TFLite, official metrics), then a look at its outputs; its row of the table."""
     from pipeline.device.predict import TFLiteDepthModel
-    from pipeline.model.training import train
+    from pipeline.device.timing import usable_cpus
 
-    data = {"sources": {name: {"path": path} for name, path in args.sources.items()}, "val": args.val}
-    base = {"base": {"deterministic": False}, "data": data}  # many trainings in one process
-    params = load_params(REPO / "params.yaml", presets=presets, overrides={**base, "train": overrides})
+    base = {"base": {"deterministic": False},  # many trainings in one process
+            "data": {"sources": source_entries(args.sources), "val": args.val}}
+    params = bench_params(base, {"train": overrides}, presets=presets)
     budget_s = args.minutes * 60
     sizing, step_s = plan(params, budget_s)
-    params = load_params(REPO / "params.yaml", presets=presets,
-                         overrides={**base, "train": {**overrides, **sizing}})
+    params = bench_params(base, {"train": {**overrides, **sizing}}, presets=presets)
     t = params.train
     folder = work / label
     shutil.rmtree(folder, ignore_errors=True)  # what a killed run left
-    folder.mkdir(parents=True)
     print(f"\n== {label}: {t.arch} x{t.width_multiplier} at {t.height}x{t.width}, batch {t.batch_size}, "
           f"lr {t.learning_rate:g}" + (f", {step_s:.2f} s/step measured -> {t.epochs} x {t.steps_per_epoch} steps"
                                        if step_s else ", constant lr: steps until the budget"), flush=True)
-    keras.backend.clear_session()
-    start = time.time()
-    summary = train(params, split_csv=split_csv, model_out=folder / "model.keras", ckpt_dir=folder / "ckpt",
-                    history_csv=folder / "history.csv", fingerprint=label, step_budget_s=budget_s)
-    train_min = (time.time() - start) / 60
-    core = load_keras_model(folder / "model.keras")
-    flatbuffer, report = export_model(core, split_csv, cfg=params.export)
-    write_tflite(folder / "model.tflite", flatbuffer)
-    del core
-    keras.backend.clear_session()
-    gc.collect()
-    model = TFLiteDepthModel(folder / "model.tflite", num_threads=len(os.sched_getaffinity(0)))
-    val_rows = read_split(split_csv, "val")
-    result, _ = evaluate_model(model, val_rows, aspect=params.data.aspect)
-    preds = outputs(model, val_rows)
+    done = train_and_score(label, folder, params, split_csv=split_csv, step_budget_s=budget_s, log=print,
+                           announce=False)
+    summary, result = done["summary"], done["result"]
+    preds = outputs(TFLiteDepthModel(done["tflite"], num_threads=usable_cpus()),
+                    [r for r in done["rows"] if r["split"] == "val"])
     note = failure(preds)
     if not math.isfinite(summary.get("final_loss") or math.nan):
         note = "; ".join(filter(None, [note, "training loss not finite"]))
     zeros = float((preds <= 0).mean())  # a ReLU head's dead pixels: scored as 1 mm
-    print(f"{label}: {summary['steps']} steps x batch {summary['batch_size']} in {train_min:.1f} min "
+    print(f"{label}: {summary['steps']} steps x batch {summary['batch_size']} in {done['minutes']:.1f} min "
           f"(with validation), si-RMSE {result['si_rmse']:.4f} vs constant {result['baseline_si_rmse']:.4f}"
           + (f"; {note}" if note else ""), flush=True)
     row = {"label": label, "arch": t.arch, "size": f"{t.height}x{t.width}", "width": t.width_multiplier,
            "batch": summary["batch_size"], "lr": t.learning_rate, "steps": summary["steps"],
-           "step_s": step_s, "train_min": train_min, "params": summary["params"], "gmacs": report["macs"] / 1e9,
-           "tflite": str(folder / "model.tflite"), "si_rmse": result["si_rmse"],
+           "step_s": step_s, "train_min": done["minutes"], "params": summary["params"],
+           "gmacs": done["export"]["macs"] / 1e9, "tflite": str(done["tflite"]), "si_rmse": result["si_rmse"],
            "constant": result["baseline_si_rmse"], "ratio_const": result["ratio_to_constant"],
            "sources": result["sources"], "note": note, "zeros": zeros, "setup": setup(args)}
     (folder / RESULT).write_text(json.dumps(row))
@@ -276,7 +253,8 @@ def cell(row: dict, key, fmt, ref: dict | None, compare: bool) -> str:
     return text
 
 
-def print_table(rows: list[dict], ref: dict | None) -> None:
+def print_comparison(rows: list[dict], ref: dict | None) -> None:
+    """One column per model, one line per figure (ROWS), each with its ratio to `ref`."""
     titles = [title for title, *_ in ROWS]
     columns = [[r["label"], *(cell(r, key, fmt, ref, cmp) for _, key, fmt, cmp in ROWS)] for r in rows]
     first = max(map(len, ["", *titles]))
@@ -318,18 +296,16 @@ def main() -> None:
                         "same folder and setup reuses the models finished there (a killed run goes on)")
     parser.add_argument("--timing-rounds", type=int, default=2, help="passes over all models; each keeps its fastest")
     args = parser.parse_args()
-    args.sources = dict(args.sources or {name: str(path) for name, path in SOURCES.items()})
-    params = load_params(REPO / "params.yaml", overrides={"data": {
-        "sources": {n: {"path": p} for n, p in args.sources.items()}, "val": args.val}})
-    rows = build_split({n: s.path for n, s in params.data.sources.items()}, val=params.data.val,
-                       val_fraction=params.data.val_fraction)
+    args.sources = dict(args.sources or REAL)
+    params = bench_params({"data": {"sources": source_entries(args.sources), "val": args.val}})
+    rows = split_rows(params)
     n_train = sum(r["split"] == "train" for r in rows)
     with tempfile.TemporaryDirectory(prefix="pareto_") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         split_csv = work / "split.csv"
         write_split(split_csv, rows)
-        results = [finished(work / label, args) or train_and_score(label, presets, overrides, work, split_csv, args)
+        results = [finished(work / label, args) or run(label, presets, overrides, work, split_csv, args)
                    for label, (presets, overrides) in MODELS.items() if not args.only or label in args.only]
         print(f"\ntiming every model, one after another, {args.timing_rounds} rounds ...", flush=True)
         time_all(results, params, args.timing_rounds)
@@ -344,7 +320,7 @@ def main() -> None:
           f"{results[0]['threads']} threads, median of {params.benchmark.runs} (fastest of {args.timing_rounds} "
           f"rounds); score = 2^(-20 si-RMSE) / "
           f"(100 s), ratios (xN) to {ref['label'] if ref else 'no baseline'}")
-    print_table(results, ref)
+    print_comparison(results, ref)
     for line in rpi4.describe_rows([{**r, "precision": "fp32"} for r in results]):
         print(f"# {line}")
     for r in results:

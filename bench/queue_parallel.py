@@ -1,6 +1,6 @@
 """Wall time of a DVC experiment queue with one worker vs several, on this machine.
 
-    .venv/bin/python bench/queue_parallel.py [--archs mobile_unet litedepth] [--jobs 1 2] [--epochs 1]
+    .venv/bin/python -m bench.queue_parallel [--archs mobile_unet litedepth] [--jobs 1 2] [--epochs 1]
 
 For each -j value: a fresh tiny project (the test configuration, tests/conftest.py), one
 queued `dvc exp run` per architecture, then `dvc queue start -j N`, timed until every task
@@ -18,10 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny project helpers
-
-from conftest import dvc_bin, make_project, run  # noqa: E402
-from test_experiments import queue_logs, start_queue, wait_for_queue  # noqa: E402
+from tests.conftest import dvc_bin, make_project, queue_logs, run, start_queue, wait_for_queue
 
 
 def cpu_seconds() -> dict[str, float]:

@@ -1,8 +1,8 @@
 """Where the default model's time goes at 480x640: the in-graph resizes versus the network,
 and what export.output_resize=separable buys, in latency and in accuracy.
 
-    .venv/bin/python bench/resize_share.py [--precision fp32] [--threads N] [--repeats 3]
-                                           [--model models/model.keras] [--data ../shared/data/tum_fr1_xyz]
+    .venv/bin/python -m bench.resize_share [--precision fp32] [--threads N] [--repeats 3]
+                                            [--model models/model.keras] [--data ../shared/data/tum_fr1_xyz]
 
 Latency (random weights, `pipeline.device.probe.resize_share`): the device graph, its core alone at
 the working size, the input resize (480x640x3 -> working size, bilinear) alone and the output
@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a script from anywhere
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from bench.common import PARAMS, REPO, TUM
 
 LABELS = {
     "device": "device graph (output_resize bilinear)",
@@ -74,8 +71,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default=str(REPO / "models" / "model.keras"))
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "tum_fr1_xyz"))
-    parser.add_argument("--params", default=str(REPO / "params.yaml"))
+    parser.add_argument("--data", default=str(TUM))
+    parser.add_argument("--params", default=str(PARAMS))
     args = parser.parse_args()
     params = load_params(args.params)
     precision = args.precision or params.export.precision

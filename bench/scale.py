@@ -1,8 +1,8 @@
 """Scale: what prepare, train, evaluate and package cost as the data grows from 1K to 8K pairs
 (the challenge's training set is ~8,300 pairs of 640x480).
 
-    .venv/bin/python bench/scale.py [--sizes 1000,2000,4000,8000] [--steps 40] [--batches 8,16]
-                                    [--cache-mb 2048] [--eval-images 1000] [--keep]
+    .venv/bin/python -m bench.scale [--sizes 1000,2000,4000,8000] [--steps 40] [--batches 8,16]
+                                     [--cache-mb 2048] [--eval-images 1000] [--keep]
 
 Each data set of N pairs is built without copying a byte: hard links (symlinks across file
 systems) to the shared TUM (640x480) and HoloLens (540x360) pairs under new names, the two
@@ -29,14 +29,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
-SOURCES = (SHARED / "tum_fr1_xyz", SHARED / "hololens2_office")
+from bench.common import HOLOLENS, PARAMS, REPO, TUM
+
+SOURCES = (TUM, HOLOLENS)
 WARMUP_STEPS = 5  # the first steps trace the graph (15-20 s on 2 cores)
 PREPARE_TARGET_S, RATIO_TARGET = 120.0, 1.2
 
@@ -104,7 +103,7 @@ def workspace(root: Path, data: Path) -> Path:
     """The code and params.yaml (the defaults, on `data`, one epoch) in `root`."""
     for name in ("pipeline", "stages"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     params["data"]["sources"] = {"scale": {"path": str(data), "weight": 1.0}}
     params["train"]["epochs"] = 1
     write_params(root, params)

@@ -1,6 +1,6 @@
 """Peak RAM of the train stage on real data, with the in-RAM cache on and forced off.
 
-    .venv/bin/python bench/train_memory.py [--data ../shared/data/tum_fr1_xyz] [--epochs 1]
+    .venv/bin/python -m bench.train_memory [--data ../shared/data/tum_fr1_xyz] [--epochs 1]
 
 Runs `python -m stages.index` and `stages.prepare` once and then `python -m stages.train` in a throw-away
 copy of the project (params.yaml + presets/tum.yaml, epochs reduced), each train run a
@@ -25,12 +25,8 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipeline.core.config import merge  # noqa: E402
-
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "tum_fr1_xyz"
+from bench.common import PARAMS, REPO, TUM
+from pipeline.core.config import merge
 
 
 def make_workspace(root: Path, params: dict) -> None:
@@ -90,15 +86,15 @@ def epoch_seconds(history: list[dict]) -> float:
 def bench_arg_parser(description: str, *, epochs: int) -> argparse.ArgumentParser:
     """--data, --preset and --epochs, shared by the training benches."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="a folder in the challenge layout")
+    parser.add_argument("--data", default=str(TUM), help="a folder in the challenge layout")
     parser.add_argument("--preset", default=str(REPO / "presets" / "tum.yaml"))
     parser.add_argument("--epochs", type=int, default=epochs)
     return parser
 
 
-def bench_params(args: argparse.Namespace) -> dict:
+def workspace_params(args: argparse.Namespace) -> dict:
     """params.yaml + the preset, on the given data, with the given number of epochs."""
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(Path(args.preset).read_text()))
+    params = merge(yaml.safe_load(PARAMS.read_text()), yaml.safe_load(Path(args.preset).read_text()))
     return merge(params, {"data": {"sources": {"data": {"path": str(Path(args.data).resolve())}}},
                           "train": {"epochs": args.epochs}})
 
@@ -108,7 +104,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp workspace")
     args = parser.parse_args()
 
-    params = bench_params(args)
+    params = workspace_params(args)
     root = Path(tempfile.mkdtemp(prefix="train_memory."))
     try:
         make_workspace(root, params)

@@ -2,7 +2,7 @@
 val si-RMSE next to the constant-prediction baseline, for the default model and the
 organizers' baseline U-Net, in one run.
 
-    .venv/bin/python bench/train_quality.py [--preset presets/tum.yaml] [--budget-min 9]
+    .venv/bin/python -m bench.train_quality [--preset presets/tum.yaml] [--budget-min 9]
 
 Validation is the official metric at full 480x640 resolution (device model, per image
 then averaged). Target: default model <= 0.6x the constant baseline.
@@ -11,19 +11,15 @@ then averaged). Target: default model <= 0.6x the constant baseline.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from pipeline.core.config import AUTO, load_params  # noqa: E402
-from pipeline.data.dataset import build_split, read_split, write_split  # noqa: E402
-from pipeline.core.files import read_depth_m, read_rgb  # noqa: E402
-from pipeline.core.metrics import average_metrics, constant_baseline_si_rmse, image_metrics  # noqa: E402
+from bench.common import bench_params, split_rows
+from pipeline.core.config import AUTO
+from pipeline.core.files import read_depth_m, read_rgb
+from pipeline.core.metrics import average_metrics, constant_baseline_si_rmse, image_metrics
+from pipeline.data.dataset import read_split, write_split
 
 # The organizers' baseline: its own (`auto`) values are their U-Net, 64 base filters at 240x320,
 # whatever size the preset gives the default model.
@@ -47,7 +43,7 @@ def evaluate_full_res(core, rows) -> dict:
 def run(arch_overrides: dict, args, work: Path) -> dict:
     from pipeline.model.training import train
 
-    params = load_params(presets=[args.preset], overrides={"train": arch_overrides})
+    params = bench_params({"train": arch_overrides}, presets=[args.preset])
     split_csv = work / "split.csv"
     if not split_csv.exists():
         write_split(split_csv, split_rows(params))
@@ -72,7 +68,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("default", "baseline"), help="train just one of the two")
     args = parser.parse_args()
 
-    params = load_params(presets=[args.preset])
+    params = bench_params(presets=[args.preset])
     val = read_split_rows(params)
     baseline = sum(constant_baseline_si_rmse(read_depth_m(r["depth"])) for r in val) / len(val)
     runs = [("default", {}), ("baseline", BASELINE_OVERRIDES)]
@@ -91,11 +87,6 @@ def main() -> None:
         print(f"{r['arch']:<20} {r['res']:>8} {r['params']:>9,} {r['epochs']:>6} {r['minutes']:>5.1f} "
               f"{r['si_rmse']:>8.4f} {r['si_rmse'] / baseline:>7.2f} {r['rmse']:>7.3f} {r['rel']:>6.3f} "
               f"{r['delta1']:>6.3f}")
-
-
-def split_rows(params) -> list[dict]:
-    return build_split({name: src.path for name, src in params.data.sources.items()}, val=params.data.val,
-                       val_fraction=params.data.val_fraction)
 
 
 def read_split_rows(params):

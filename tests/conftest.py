@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # bench/ scripts import these helpers from outside the repo root
+if str(REPO) not in sys.path:  # pytest puts tests/ on sys.path, not the root with pipeline/
     sys.path.insert(0, str(REPO))
 
 from pipeline.core.config import merge  # noqa: E402
@@ -189,6 +189,56 @@ def run(cmd, cwd: Path, *, check: bool = True, timeout: float = 900) -> subproce
 
 def run_stage(name: str, cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", f"stages.{name}", *args], cwd, check=check)
+
+
+# `dvc queue` of a tiny project (tests/test_experiments.py, bench/queue_parallel.py)
+FINAL = ("Success", "Failed")
+QUEUE_TIMEOUT_S = 1200  # two tiny pipelines take ~3-5 min on 2 shared cores
+POLL_S = 5.0
+
+
+def queue_status(root: Path, names) -> dict[str, str]:
+    """{exp name: Queued | Running | Success | Failed} from `dvc queue status`."""
+    proc = run([dvc_bin(), "queue", "status"], root, check=False, timeout=120)
+    statuses = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()  # Task  Name  Created (2 words)  Status
+        if len(parts) >= 4 and parts[1] in names:
+            statuses[parts[1]] = parts[-1]
+    return statuses
+
+
+def wait_for_queue(root: Path, names, *, timeout: float = QUEUE_TIMEOUT_S, poll: float = POLL_S):
+    """Poll until every named task has finished; returns (statuses, running sets seen).
+
+    `dvc queue start` returns at once: its workers are detached processes that run the
+    tasks in temp copies and exit by themselves ~10 s after the queue is empty.
+    """
+    names = set(names)
+    deadline = time.monotonic() + timeout
+    running_seen: list[set[str]] = []
+    statuses: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        statuses = queue_status(root, names)
+        running_seen.append({n for n, s in statuses.items() if s == "Running"})
+        if set(statuses) == names and all(s in FINAL for s in statuses.values()):
+            return statuses, running_seen
+        time.sleep(poll)
+    raise AssertionError(f"queue not done after {timeout:.0f} s: {statuses}")
+
+
+def start_queue(root: Path, jobs: int) -> None:
+    """`dvc queue start -j JOBS`, output to a file: the detached workers inherit the
+    command's stdout/stderr, and a pipe would keep a captured run blocked until they exit."""
+    with open(root / ".dvc/tmp/queue_start.log", "w") as log:
+        proc = subprocess.run([dvc_bin(), "queue", "start", "-j", str(jobs)], cwd=root, env=project_env(),
+                              stdout=log, stderr=subprocess.STDOUT, timeout=120)
+    assert proc.returncode == 0, (root / ".dvc/tmp/queue_start.log").read_text()
+
+
+def queue_logs(root: Path, name: str) -> str:
+    proc = run([dvc_bin(), "queue", "logs", name], root, check=False, timeout=120)
+    return proc.stdout + proc.stderr
 
 
 def tiny_tflite(path, height, width):

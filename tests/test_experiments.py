@@ -24,60 +24,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO, SHARED_DATA, dvc_bin, make_project, project_env, run
+from conftest import (REPO, SHARED_DATA, dvc_bin, make_project, project_env, queue_logs, run,
+                      start_queue, wait_for_queue)
 
 EPOCHS = 2  # two history steps per run, at little extra cost over one
 FULL = {"q-mobile-unet": "mobile_unet", "q-litedepth": "litedepth"}  # exp name -> train.arch
 SOURCES = ("src-absolute", "src-dvc-tracked", "src-relative-outside")
 N_FRAMES = 6
-FINAL = ("Success", "Failed")
-QUEUE_TIMEOUT_S = 1200  # two tiny pipelines take ~3-5 min on 2 shared cores
-POLL_S = 5.0
 EXPERIMENT = "mai-depth"  # params.yaml track.experiment
-
-
-def queue_status(root: Path, names) -> dict[str, str]:
-    """{exp name: Queued | Running | Success | Failed} from `dvc queue status`."""
-    proc = run([dvc_bin(), "queue", "status"], root, check=False, timeout=120)
-    statuses = {}
-    for line in proc.stdout.splitlines():
-        parts = line.split()  # Task  Name  Created (2 words)  Status
-        if len(parts) >= 4 and parts[1] in names:
-            statuses[parts[1]] = parts[-1]
-    return statuses
-
-
-def wait_for_queue(root: Path, names, *, timeout: float = QUEUE_TIMEOUT_S, poll: float = POLL_S):
-    """Poll until every named task has finished; returns (statuses, running sets seen).
-
-    `dvc queue start` returns at once: its workers are detached processes that run the
-    tasks in temp copies and exit by themselves ~10 s after the queue is empty.
-    """
-    names = set(names)
-    deadline = time.monotonic() + timeout
-    running_seen: list[set[str]] = []
-    statuses: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        statuses = queue_status(root, names)
-        running_seen.append({n for n, s in statuses.items() if s == "Running"})
-        if set(statuses) == names and all(s in FINAL for s in statuses.values()):
-            return statuses, running_seen
-        time.sleep(poll)
-    raise AssertionError(f"queue not done after {timeout:.0f} s: {statuses}")
-
-
-def start_queue(root: Path, jobs: int) -> None:
-    """`dvc queue start -j JOBS`, output to a file: the detached workers inherit the
-    command's stdout/stderr, and a pipe would keep a captured run blocked until they exit."""
-    with open(root / ".dvc/tmp/queue_start.log", "w") as log:
-        proc = subprocess.run([dvc_bin(), "queue", "start", "-j", str(jobs)], cwd=root, env=project_env(),
-                              stdout=log, stderr=subprocess.STDOUT, timeout=120)
-    assert proc.returncode == 0, (root / ".dvc/tmp/queue_start.log").read_text()
-
-
-def queue_logs(root: Path, name: str) -> str:
-    proc = run([dvc_bin(), "queue", "logs", name], root, check=False, timeout=120)
-    return proc.stdout + proc.stderr
 
 
 def experiments_by_name(show: list) -> dict[str, dict]:

@@ -1,0 +1,151 @@
+"""What the benches share: the shared data sets, params with overrides, the one chain
+train -> TFLite export -> official metrics per validation source, and its results table.
+
+Every run's setup is a dict of params overrides (data.sources, data.val, data.unlabeled,
+teacher, train, ...) merged over params.yaml, so a new kind of row needs no new code here.
+No TensorFlow at import: the chain imports it when it runs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pipeline.core.config import Params, load_params, merge
+from pipeline.data.dataset import build_split, write_split
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = REPO / "params.yaml"
+SHARED = REPO.parent / "shared" / "data"  # read-only, next to the checkout
+TUM, HOLOLENS = SHARED / "tum_fr1_xyz", SHARED / "hololens2_office"
+REAL = {"tum": str(TUM), "hololens": str(HOLOLENS)}  # the two real scenes by source name
+
+
+def parse_set(items: list[str]) -> dict:
+    """['train.ema=0.99', ...] -> nested overrides, values read as YAML (numbers, bools)."""
+    import yaml
+
+    overrides: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. train.ema=0.99")
+        node = yaml.safe_load(text)
+        for part in reversed(key.split(".")):
+            node = {part: node}
+        overrides = merge(overrides, node)
+    return overrides
+
+
+def source_entries(sources: dict[str, str | Path | dict]) -> dict[str, dict]:
+    """{name: folder, or a whole data.sources entry such as {"path", "weight"}} -> entries."""
+    return {name: dict(src) if isinstance(src, dict) else {"path": str(src)}
+            for name, src in sources.items()}
+
+
+def bench_params(*overrides: dict | None, presets=()) -> Params:
+    """params.yaml, then the preset files, then each override dict in order (later ones win)."""
+    merged: dict = {}
+    for override in overrides:
+        merged = merge(merged, override or {})
+    return load_params(PARAMS, presets=presets, overrides=merged)
+
+
+def split_rows(params: Params) -> list[dict]:
+    """The split rows of params.data (sources, val, val_fraction), as the prepare stage makes."""
+    return build_split({name: src.path for name, src in params.data.sources.items()},
+                       val=params.data.val, val_fraction=params.data.val_fraction)
+
+
+def silent(*_args) -> None:
+    """A training log that prints nothing (the benches print one line per run instead)."""
+
+
+def train_and_score(label: str, folder: Path, params: Params, *, split_csv: Path | None = None,
+                    teacher_csv: Path | None = None, tflite: Path | None = None,
+                    step_budget_s: float | None = None, log=silent, announce: bool = True) -> dict:
+    """Train `params` in this process, export it to TFLite by the export stage's code
+    (params.export: fp32 unless overridden), score it with the official metrics by the
+    evaluate stage's code on the split's val rows, per source.
+
+    folder: the run's files (created); split_csv: the split to use, else params.data's is
+    written there; teacher_csv: the teacher maps a run with params.teacher.model trains on;
+    tflite: where the model goes (default folder/model.tflite); step_budget_s: the training
+    steps' wall-clock budget. Returns the label, seed, minutes of training, the training
+    summary, the params, the paths of the model files, the split rows, the whole evaluation
+    ("result") and its per-source part ("sources").
+    """
+    import gc
+
+    import keras
+
+    from pipeline.data.dataset import read_split
+    from pipeline.device.export import export_model, write_tflite
+    from pipeline.model.networks import load_keras_model
+    from pipeline.model.training import train
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if split_csv is None:
+        split_csv = folder / "split.csv"
+        write_split(split_csv, split_rows(params))
+    rows = read_split(split_csv)
+    keras.backend.clear_session()
+    start = time.time()
+    summary = train(params, split_csv=split_csv, model_out=folder / "model.keras",
+                    ckpt_dir=folder / "ckpt", history_csv=folder / "history.csv", fingerprint=label,
+                    teacher_csv=teacher_csv, step_budget_s=step_budget_s, log=log)
+    minutes = (time.time() - start) / 60
+    core = load_keras_model(folder / "model.keras")
+    flatbuffer, report = export_model(core, split_csv, cfg=params.export)
+    tflite = tflite or folder / "model.tflite"
+    write_tflite(tflite, flatbuffer)
+    del core  # the next run's graph should not share memory with this one's
+    keras.backend.clear_session()
+    gc.collect()
+    val = [r for r in rows if r["split"] == "val"]
+    scored = score_tflite(label, tflite, val, aspect=params.data.aspect)
+    if announce:
+        print(f"{label}: {summary['train_images']} train images, {summary['epochs']} epochs x "
+              f"{summary['steps_per_epoch']} steps of batch {summary['batch_size']} in "
+              f"{minutes:.1f} min (epoch shipped {summary['best_epoch']})", flush=True)
+    return {**scored, "seed": params.base.seed, "minutes": minutes, "summary": summary,
+            "params": params, "model": folder / "model.keras", "tflite": tflite, "export": report,
+            "rows": rows}
+
+
+def score_tflite(label: str, tflite: Path, rows: list[dict], *, aspect: str | None = None) -> dict:
+    """A TFLite model scored on split rows with the official metrics (the evaluate stage's
+    code), all cores; aspect: params.data.aspect unless given."""
+    from pipeline.device.predict import TFLiteDepthModel
+    from pipeline.device.timing import usable_cpus
+    from pipeline.results.evaluation import evaluate_model
+
+    model = TFLiteDepthModel(tflite, num_threads=usable_cpus())
+    result, _ = evaluate_model(model, rows, aspect=aspect or load_params(PARAMS).data.aspect)
+    return {"label": label, "minutes": 0.0, "result": result, "sources": result["sources"]}
+
+
+def val_rows(sources: dict[str, str], held_out: str) -> list[dict]:
+    """Every image of the held-out source, as a val split of `sources` holds them."""
+    return [r for r in build_split(sources, val=held_out) if r["split"] == "val"]
+
+
+def print_table(results: list[dict], *, scene: str = "held-out scene") -> None:
+    """One line per (run label, validation source): the number of runs (seeds), mean si-RMSE,
+    the constant prediction's si-RMSE, the mean ratio of the two (< 1 beats the constant),
+    the ratio's range when there are several runs, and mean minutes of training."""
+    rows: dict[tuple[str, str], list] = {}
+    for r in results:
+        for source, m in r["sources"].items():
+            rows.setdefault((r["label"], source), []).append((m, r["minutes"]))
+    print(f"{'run':<28} {scene:<15} {'images':>6} {'runs':>4} {'si-RMSE':>8} {'constant':>8} "
+          f"{'ratio':>6} {'range':>11} {'min':>5}")
+    for (label, source), group in rows.items():
+        ratios = [m["ratio_to_constant"] for m, _ in group]
+        spread = f"{min(ratios):.2f}..{max(ratios):.2f}" if len(ratios) > 1 else ""
+        m = group[0][0]
+        si_rmse = sum(g["si_rmse"] for g, _ in group) / len(group)
+        minutes = sum(t for _, t in group) / len(group)
+        print(f"{label:<28} {source:<15} {m['n_images']:>6} {len(group):>4} {si_rmse:>8.4f} "
+              f"{m['baseline_si_rmse']:>8.4f} {sum(ratios) / len(ratios):>6.2f} {spread:>11} "
+              f"{minutes:>5.1f}")
