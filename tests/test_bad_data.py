@@ -177,7 +177,15 @@ def test_wrong_layout_without_rgb_subfolder(tmp_path):
 def test_folder_does_not_exist(tmp_path):
     src = tmp_path / "no_such_folder"
     proc, project = prepare(tmp_path, src)
-    assert_one_line_error(proc, project, str(src), "not found")
+    line = assert_one_line_error(proc, project, str(src), "not found", "data.sources")
+    assert "data.source " not in line  # the key's old name
+
+
+def test_file_instead_of_a_folder(tmp_path):
+    src = tmp_path / "pairs.zip"
+    src.write_bytes(b"PK")
+    proc, project = prepare(tmp_path, src)
+    assert_one_line_error(proc, project, str(src), "is a file", "data.sources", "rgb/ and depth/")
 
 
 def test_empty_depth_is_an_error_when_not_skipped(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, SHARED_DATA, dvc_bin, make_project, project_env, run
+from conftest import (REPO, SHARED_DATA, dvc_bin, make_project, project_env, run, run_stage,
+                      split_csv)
 from pipeline.core.config import ConfigError, load_params
 from pipeline.data.dataset import aspect_crop_box, build_split
 from pipeline.core.errors import DataError
@@ -166,6 +168,33 @@ def test_init_from_another_architecture_is_a_one_line_error(saved_model, tmp_pat
     assert "\n" not in str(err.value)
     with pytest.raises(DataError, match="train.init_from model not found"):
         init_weights(other, tmp_path / "missing.keras")
+
+
+@pytest.mark.parametrize("content, needle", [(b"", "is empty (0 bytes)"),
+                                              (b"not a zip", "a .keras file is a zip archive")])
+def test_an_unreadable_keras_file_is_named_with_what_is_wrong(tmp_path, content, needle):
+    """Keras reports any file it cannot open as a zip as "File not found"."""
+    from pipeline.model.networks import load_keras_model
+
+    bad = tmp_path / "model.keras"
+    bad.write_bytes(content)
+    with pytest.raises(DataError, match=re.escape(needle)) as err:
+        load_keras_model(bad, missing="train.init_from model not found")
+    assert str(err.value).startswith(f"{bad}: ") and "not found" not in str(err.value)
+
+
+def test_an_empty_keras_teacher_is_reported_empty_by_the_teacher_stage(tmp_path):
+    project = make_project(tmp_path / "proj", {"teacher": {"model": "models/teacher/t.keras"}},
+                           git=False)
+    (project / "models/teacher/t.keras").write_bytes(b"")
+    split = project / "data/prepared/split.csv"
+    split.parent.mkdir(parents=True)
+    coordinate_pair(project / "src", "a.png", 24, 32)
+    split.write_text(split_csv([("a.png", "train", "src/rgb/a.png", "src/depth/a.png")]))
+    proc = run_stage("teacher", project, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr
+    assert errors == ["error: models/teacher/t.keras: the Keras model file is empty (0 bytes)"]
 
 
 IMAGENET_CHECK = """

@@ -63,9 +63,11 @@ def list_pairs(source: str | os.PathLike) -> tuple[list[str], list[str]]:
     """Names present in both rgb/ and depth/, plus the non-PNG files that were ignored."""
     source = Path(source)
     if not source.exists():
-        raise DataError(f"{source}: data folder not found (check data.source in params.yaml)")
+        raise DataError(f"{source}: data folder not found "
+                        "(check its path under data.sources in params.yaml)")
     if not source.is_dir():
-        raise DataError(f"{source}: data.source is a file, expected a folder with rgb/ and depth/")
+        raise DataError(f"{source}: is a file; a path under data.sources must be a folder "
+                        "with rgb/ and depth/")
     rgb_dir, depth_dir = source / "rgb", source / "depth"
     if not any(source.iterdir()):
         raise DataError(f"{source}: data folder is empty (expected rgb/NAME.png and depth/NAME.png)")

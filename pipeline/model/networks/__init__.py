@@ -107,6 +107,7 @@ def wrap_for_device(core, *, height: int = 480, width: int = 640, output_resize:
 def load_keras_model(path, missing: str = "model file not found (run the train stage first)"):
     """A saved .keras model without its training config (custom losses are not needed);
     a missing or unreadable file is a one-line DataError naming it."""
+    import zipfile
     from pathlib import Path
 
     import keras
@@ -114,6 +115,11 @@ def load_keras_model(path, missing: str = "model file not found (run the train s
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {missing}")
+    # Keras says "File not found" for any file it cannot open as a zip: say what is wrong.
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the Keras model file is empty (0 bytes)")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a Keras model (a .keras file is a zip archive; this is not one)")
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as err:  # keras raises many types for a bad archive
