@@ -7,10 +7,10 @@ Writes metrics/evaluate.json, reports/eval_per_image.csv and reports/eval_panels
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
+from pipeline.core import host
 from pipeline.core.cli import Progress, run_stage, stage_parser
 from pipeline.core.config import load_params
 from pipeline.data.dataset import read_split
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = read_split(SPLIT_CSV, "val")
     if not rows:
         raise DataError(f"{SPLIT_CSV}: no val rows to evaluate")
-    model = TFLiteDepthModel(TFLITE_MODEL, num_threads=len(os.sched_getaffinity(0)))
+    model = TFLiteDepthModel(TFLITE_MODEL, num_threads=host.usable_cpus())
     print(f"evaluate: {TFLITE_MODEL} (input {model.input_size[0]}x{model.input_size[1]}) "
           f"on {len(rows)} val images", flush=True)
     aspect = params.data.aspect

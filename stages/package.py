@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.core import host
 from pipeline.core.cli import Progress, run_stage, stage_parser
 from pipeline.core.config import load_params
 from pipeline.data.dataset import read_split
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(f"package: {len(inputs)} images from {where}", flush=True)
     count = package_submission(SUBMISSION_ZIP, model_path=TFLITE_MODEL, input_files=inputs, readme=readme,
-                               num_threads=len(os.sched_getaffinity(0)), progress=Progress("package: image"))
+                               num_threads=host.usable_cpus(), progress=Progress("package: image"))
 
     size_mb = os.path.getsize(SUBMISSION_ZIP) / 1e6
     print(f"wrote {SUBMISSION_ZIP} ({count} depth PNGs, {size_mb:.1f} MB), validated OK")

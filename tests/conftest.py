@@ -99,11 +99,12 @@ def fake_rpi4_calibration(tmp_path_factory):
     MobileNets built, converted and timed) or writes to the user's cache. Without the
     reference .tflite files there, the cached calibration is used as is (no anchor check).
     test_benchmark.py covers the calibration itself with injected timers."""
-    from pipeline.device import rpi4, timing
+    from pipeline.core import host
+    from pipeline.device import rpi4
     from pipeline.core.files import write_json
 
     directory = tmp_path_factory.mktemp("mai-cache")
-    for threads in range(1, timing.usable_cpus() + 1):
+    for threads in range(1, host.usable_cpus() + 1):
         key = rpi4.calibration_key(threads)
         write_json(rpi4.calibration_path(key, directory), {"key": key, "local_ms": FAKE_RPI4_LOCAL_MS})
     patch = pytest.MonkeyPatch()

@@ -17,10 +17,11 @@ import pytest
 import yaml
 
 from conftest import FAKE_RPI4_LOCAL_MS
+from pipeline.core import host
 from pipeline.device import rpi4, timing
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNNER = ROOT / "pipeline" / "tflite_runner.py"
+RUNNER = timing.RUNNER
 DOCUMENTED_KEYS = {
     "init_ms", "first_run_ms", "mean_ms", "median_ms", "p90_ms", "min_ms", "max_ms", "times_ms",
     "peak_rss_mb", "baseline_rss_mb", "model_rss_mb", "runtime", "runtime_version", "python",
@@ -107,7 +108,7 @@ def test_runner_errors(model_path, tmp_path):
 
 
 def test_threads_are_capped_and_reported(model_path):
-    cores = timing.usable_cpus()
+    cores = host.usable_cpus()
     capped = timing.time_local(model_path, threads=cores + 3, warmup=0, runs=2)
     assert capped["threads_requested"] == cores + 3
     assert capped["threads"] == cores and capped["threads_capped"] is True

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core import host
 from pipeline.core.config import VAL_BLOCKS
 from pipeline.core.errors import DataError
 from pipeline.core.files import atomic_path, read_depth_mm, read_rgb
@@ -152,7 +153,7 @@ def validate_source(source: str | os.PathLike, *, max_images: int = 0, skip_empt
         report.warnings.append(f"{source}: ignored {len(ignored)} non-PNG entries: {shown}")
     medians, invalid, errors = [], [], []
     # PNG decoding releases the GIL, so threads overlap the zlib work (2 threads: 2x on 2 cores).
-    with ThreadPoolExecutor(max_workers=workers or len(os.sched_getaffinity(0))) as pool:
+    with ThreadPoolExecutor(max_workers=workers or host.usable_cpus()) as pool:
         for i, result in enumerate(pool.map(lambda n: _check_pair_or_error(source, n), names), start=1):
             if progress:
                 progress(i, len(names))

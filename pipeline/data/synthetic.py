@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core import host
 from pipeline.core.files import write_depth_png, write_rgb_png
 
 SENSOR_MAX_M = 10.0
@@ -384,7 +385,7 @@ def write_dataset(out_dir: str | Path, *, count: int, seed: int, height: int = 4
     `workers` processes (default: every core this process may use). Each scene depends on
     its seed alone, so the files are the same for any number of workers."""
     out_dir = Path(out_dir)
-    workers = min(workers or len(os.sched_getaffinity(0)), count) or 1
+    workers = min(workers or host.usable_cpus(), count) or 1
     scene = partial(_write_scene, out_dir, seed=seed, height=height, width=width, invalid_fraction=invalid_fraction)
     names = []
     with ExitStack() as stack:

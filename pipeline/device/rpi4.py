@@ -24,10 +24,10 @@ import platform
 import re
 import statistics
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, Mapping
 
+from pipeline.core import host
 from pipeline.device import timing
 from pipeline.core.errors import TimingError
 from pipeline.core.files import atomic_path, write_json
@@ -62,37 +62,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mai-depth"
 
 
-def _version(*distributions: str) -> str:
-    for name in distributions:
-        try:
-            return f"{name} {metadata.version(name)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return "none"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def calibration_key(threads: int) -> dict:
     """What a calibration holds for; read without importing the runtime or TensorFlow."""
     return {
         "version": CALIBRATION_VERSION,
-        "cpu": cpu_model(),
+        "cpu": host.cpu_model(),
         "machine": platform.machine(),
-        "cores": timing.usable_cpus(),
+        "cores": host.usable_cpus(),
         "threads": timing.capped_threads(threads),
-        "runtime": _version("ai-edge-litert", "tflite-runtime"),  # the runner's preference order
-        "converter": _version("tensorflow", "tensorflow-cpu"),  # made the reference .tflite files
+        "runtime": host.installed("ai-edge-litert", "tflite-runtime"),  # the runner's preference order
+        "converter": host.installed(*host.FRAMEWORKS["tensorflow"]),  # made the reference .tflite files
     }
 
 
@@ -165,7 +144,7 @@ def read_calibration(path: Path, key: Mapping) -> dict | None:
 def reference_paths(directory: Path) -> dict[str, Path]:
     """Where the four reference .tflite files live: one set per converter version."""
     folder = Path(directory) / "references" / re.sub(r"[^A-Za-z0-9_.-]+", "-",
-                                                      _version("tensorflow", "tensorflow-cpu"))
+                                                      host.installed(*host.FRAMEWORKS["tensorflow"]))
     return {name: folder / f"{name}.tflite" for name in PUBLISHED_RPI4_MS}
 
 

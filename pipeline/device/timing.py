@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
+from pipeline.core import host
+from pipeline.core.host import usable_cpus  # noqa: F401  (older callers import it from here)
 from pipeline.core.errors import TimingError
 
 RUNNER = Path(__file__).with_name("tflite_runner.py")
@@ -39,16 +41,9 @@ def runner_error(stderr: str, returncode: int, *, where: str) -> str:
     return f"{where}: benchmark failed ({detail[:300]})"
 
 
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def capped_threads(threads: int) -> int:
     """The threads a local timing uses: more threads than cores only adds contention."""
-    return max(1, min(int(threads), usable_cpus()))
+    return max(1, min(int(threads), host.usable_cpus()))
 
 
 def time_local(model_path, *, threads: int, warmup: int, runs: int, timeout_s: float = 900,

@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.core import host
 from pipeline.core.config import PRECISION_AUTO, VAL_BLOCKS, Params, params_hash
 from pipeline.data.dataset import read_split, read_teacher_index
 from pipeline.core.errors import DataError
@@ -306,16 +306,16 @@ def init_weights(model, path: str | os.PathLike) -> None:
 def describe_hardware() -> str:
     """`2 x GPU (NVIDIA H100 ...)` or `CPU (<model name>), 2 cores`: where training ran."""
     gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        names = {tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus}
-        return f"{len(gpus)} x GPU ({', '.join(sorted(names))})"
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"CPU ({model}), {len(os.sched_getaffinity(0))} cores"
+    return host.hardware([tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus])
+
+
+def determinism_in_force() -> dict:
+    """Whether op determinism is on and how many ops may run at once, as TensorFlow has them
+    now (an in-process caller may have started TensorFlow before set_determinism)."""
+    from tensorflow.python.framework import config as tf_config  # TF 2.21 has no public getter
+
+    return {"op_determinism": bool(tf_config.is_op_determinism_enabled()),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
 
 
 def with_teacher(train_rows: list[dict], teacher_rows: list[dict], teacher_csv, unlabeled=()) -> list[dict]:
@@ -463,4 +463,8 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
         # what the fact sheet reports as training time and hardware (a resumed run sums all epochs)
         "train_seconds": round(sum(row.get("seconds", 0.0) for row in state["history"]), 1),
         "hardware": describe_hardware(),
+        # where and how it was made: two CPUs' vector paths train different weights
+        # (docs/reproducibility.md), so every result says which one made it
+        "host": host.facts(),
+        **determinism_in_force(),
     }

@@ -1,0 +1,146 @@
+"""Facts about the machine a stage runs on: usable cores, CPU model and vector extensions,
+the framework versions and a one-line hardware string.
+
+Nothing here imports TensorFlow: the versions come from the installed distributions, so
+the benchmark's calibration key and the dataset code stay light. The stand-alone device
+runner (pipeline/device/tflite_runner.py) keeps its own copy of `usable_cpus`, because it
+runs on devices that have no copy of the project.
+
+Two machines with the same code, params and data can train different weights: TensorFlow's
+oneDNN kernels pick their code path (AVX2, AVX-512, AMX) at run time, and the rounding
+differs between paths. `vector_extensions` names what the CPU offers, `ONEDNN_ISA_ENV` what
+oneDNN was capped to (docs/reproducibility.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import subprocess
+from importlib import metadata
+
+CPUINFO = "/proc/cpuinfo"
+# oneDNN's ISA cap, e.g. ONEDNN_MAX_CPU_ISA=AVX2 runs an AVX-512 machine on the AVX2 path.
+ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
+# (label, flag) in the order they are reported: the x86 flags of /proc/cpuinfo (Linux) or of
+# sysctl machdep.cpu (macOS, read in lower case), the Arm features of /proc/cpuinfo.
+VECTOR_EXTENSIONS = (
+    ("AVX2", "avx2"),
+    ("FMA", "fma"),
+    ("AVX-512", "avx512f"),
+    ("AVX-512 VNNI", "avx512_vnni"),
+    ("AVX-512 BF16", "avx512_bf16"),
+    ("AMX", "amx_tile"),
+    ("NEON", "asimd"),  # AArch64; 32-bit Arm kernels call it neon (NEON_FLAGS)
+    ("SVE", "sve"),
+)
+NEON_FLAGS = ("asimd", "neon")
+ARM64_MACHINES = ("arm64", "aarch64")  # NEON is part of every ARMv8-A core
+# CPU model keys of /proc/cpuinfo, best first: x86 `model name`, Raspberry Pi `Model`, `Hardware`.
+MODEL_KEYS = ("model name", "Model", "Hardware")
+FLAG_KEYS = ("flags", "Features")
+# The distributions that provide each framework, in the order they are looked up.
+FRAMEWORKS = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "keras": ("keras",)}
+NONE = "none"  # an absent version, extension list or cap
+
+
+def usable_cpus() -> int:
+    """Cores this process may run on (respects taskset and container limits); the machine's
+    count where the affinity call does not exist (macOS, Windows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
+    """(CPU model, lower-case flags) of /proc/cpuinfo text; ("", {}) for what is missing.
+    The model is the first of MODEL_KEYS present (a Pi lists `Hardware` before `Model`)."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and value.strip():
+            fields.setdefault(key.strip(), value.strip())  # the first core's, like every core's
+    model = next((fields[key] for key in MODEL_KEYS if key in fields), "")
+    flags = next((fields[key] for key in FLAG_KEYS if key in fields), "")
+    return model, frozenset(flags.lower().split())
+
+
+def _sysctl(*names: str) -> str:
+    """macOS: the values of sysctl names joined by spaces; "" where the call fails."""
+    try:
+        proc = subprocess.run(["sysctl", "-n", *names], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return " ".join(proc.stdout.split()) if proc.returncode == 0 else ""
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu() -> tuple[str, frozenset[str]]:
+    try:
+        with open(CPUINFO) as f:
+            model, flags = parse_cpuinfo(f.read())
+    except OSError:
+        model, flags = "", frozenset()
+    if platform.system() == "Darwin":
+        model = model or _sysctl("machdep.cpu.brand_string")
+        flags = flags or frozenset(_sysctl("machdep.cpu.features", "machdep.cpu.leaf7_features").lower().split())
+    return model or platform.processor() or platform.machine() or "unknown", flags
+
+
+def cpu_model() -> str:
+    """`AMD EPYC 9454`, `Intel(R) Xeon(R) Processor`, `Raspberry Pi 4 Model B Rev 1.4`, ..."""
+    return _cpu()[0]
+
+
+def extensions_from_flags(flags: frozenset[str], machine: str) -> tuple[str, ...]:
+    """The VECTOR_EXTENSIONS labels that `flags` (or the architecture itself) provide."""
+    found = [label for label, flag in VECTOR_EXTENSIONS
+             if flag in flags or (flag == "asimd" and (flags & set(NEON_FLAGS) or machine in ARM64_MACHINES))]
+    return tuple(found)
+
+
+def vector_extensions() -> tuple[str, ...]:
+    """The CPU's vector extensions among VECTOR_EXTENSIONS, e.g. ("AVX2", "FMA", "AVX-512")."""
+    return extensions_from_flags(_cpu()[1], platform.machine().lower())
+
+
+def isa_cap() -> str:
+    """The oneDNN ISA cap in force (ONEDNN_MAX_CPU_ISA), "" when oneDNN may use every extension."""
+    return os.environ.get(ONEDNN_ISA_ENV, "").strip()
+
+
+def installed(*distributions: str) -> str:
+    """`name version` of the first installed distribution of `distributions`, else NONE."""
+    for name in distributions:
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return NONE
+
+
+def framework_versions() -> dict[str, str]:
+    """{"tensorflow": "2.21.0", "keras": "3.15.1"}, read without importing either."""
+    return {name: installed(*dists).rpartition(" ")[2] for name, dists in FRAMEWORKS.items()}
+
+
+def hardware(gpus: tuple[str, ...] | list[str] = ()) -> str:
+    """`2 x GPU (NVIDIA H100 ...)` for the given GPU names, else `CPU (<model>), 2 cores`."""
+    if gpus:
+        return f"{len(gpus)} x GPU ({', '.join(sorted(set(gpus)))})"
+    return f"CPU ({cpu_model()}), {usable_cpus()} cores"
+
+
+def facts() -> dict:
+    """What a result records about where it was made (metrics/train.json `host`): the CPU
+    and its vector extensions, the oneDNN cap, cores, architecture, framework versions."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_extensions": ", ".join(vector_extensions()) or NONE,
+        "onednn_max_cpu_isa": isa_cap() or NONE,
+        "cores": usable_cpus(),
+        "machine": platform.machine(),
+        **framework_versions(),
+    }
