@@ -117,7 +117,7 @@ def score_tflite(label: str, tflite: Path, rows: list[dict], *, aspect: str | No
     """A TFLite model scored on split rows with the official metrics (the evaluate stage's
     code), all cores; aspect: params.data.aspect unless given."""
     from pipeline.device.predict import TFLiteDepthModel
-    from pipeline.device.timing import usable_cpus
+    from pipeline.core.host import usable_cpus
     from pipeline.results.evaluation import evaluate_model
 
     model = TFLiteDepthModel(tflite, num_threads=usable_cpus())

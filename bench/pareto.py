@@ -144,7 +144,7 @@ def run(label: str, presets, overrides: dict, work: Path, split_csv: Path, args)
     """One model: its steps planned for the budget, then the shared chain (train within the
     budget, TFLite, official metrics), then a look at its outputs; its row of the table."""
     from pipeline.device.predict import TFLiteDepthModel
-    from pipeline.device.timing import usable_cpus
+    from pipeline.core.host import usable_cpus
 
     base = {"base": {"deterministic": False},  # many trainings in one process
             "data": {"sources": source_entries(args.sources), "val": args.val}}

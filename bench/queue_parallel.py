@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.core import host
 from tests.conftest import dvc_bin, make_project, queue_logs, run, start_queue, wait_for_queue
 
 
@@ -58,7 +59,7 @@ def main() -> int:
     args = parser.parse_args()
 
     print(f"{len(args.archs)} queued tiny experiments ({', '.join(args.archs)}, {args.epochs} epoch(s)), "
-          f"{os.cpu_count()} CPU cores")
+          f"{host.usable_cpus()} CPU cores")
     results = []
     with tempfile.TemporaryDirectory(prefix="queue_parallel_") as tmp:
         for jobs in args.jobs:

@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import HOLOLENS, PARAMS, REPO, TUM
+from pipeline.core import host
 
 SOURCES = (TUM, HOLOLENS)
 WARMUP_STEPS = 5  # the first steps trace the graph (15-20 s on 2 cores)
@@ -181,7 +182,7 @@ def main() -> int:
         sys.exit(f"error: --steps must be more than the {WARMUP_STEPS} warm-up steps")
 
     load = os.getloadavg()[0]
-    cores = len(os.sched_getaffinity(0))
+    cores = host.usable_cpus()
     gpu = "no GPU" if not shutil.which("nvidia-smi") else "an NVIDIA GPU (see nvidia-smi)"
     print(f"machine: {cores} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, "
           f"{gpu}; load average {load:.1f} at the start (other jobs share the cores)")

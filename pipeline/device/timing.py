@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Mapping
 
 from pipeline.core import host
-from pipeline.core.host import usable_cpus  # noqa: F401  (older callers import it from here)
 from pipeline.core.errors import TimingError
 
 RUNNER = Path(__file__).with_name("tflite_runner.py")
