@@ -16,11 +16,14 @@ Tests call `run_stage(stage.main, [...])` in-process and get the exit status bac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import yaml
 
@@ -37,11 +40,87 @@ QUIET_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
 }
 
+# MAI_VERBOSE=1: every line TensorFlow and LiteRT print, unfiltered (README, "When things go
+# wrong"). Any other non-empty value but 0 counts as 1.
+VERBOSE_ENV = "MAI_VERBOSE"
+
+# Lines the C++ runtimes write straight to fd 2 that the user can do nothing about.
+# TF_CPP_MIN_LOG_LEVEL hides cpu_feature_guard's, but not oneDNN's: TensorFlow 2.21 logs that
+# one through absl before it reads the variable (twice, from two libraries), so no setting of
+# the environment reaches it. Only the log lines go; oneDNN itself stays as it is.
+RUNTIME_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
+    r"|[IW]\d{4} [\d:.]+ +\d+ (port|cpu_feature_guard)\.cc:\d+\] "
+    r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$")
+
+# The filter, a separate process: what a crashing stage wrote last (an abort message) still
+# gets through after the stage died, which a thread in the stage would lose.
+_FILTER = """
+import re, sys
+noise = re.compile(sys.argv[1].encode())
+out = sys.stdout.buffer
+for line in sys.stdin.buffer:
+    if not noise.match(line):
+        out.write(line)
+        out.flush()
+"""
+FILTER_EXIT_WAIT_S = 10  # a grandchild still holding fd 2 must not hold the stage up
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
 
 def quiet_environment() -> None:
-    """Hide TF's C++ start-up chatter and MLflow's telemetry; a user's own setting wins."""
+    """Hide TF's C++ start-up chatter and MLflow's telemetry; a user's own setting wins.
+    MAI_VERBOSE=1 lowers TensorFlow's log threshold to 0 whatever it was."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    if verbose():
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+
+
+def _start_filter(noise: re.Pattern) -> tuple[subprocess.Popen, int] | None:
+    """Start the filter and point fd 2 at it: (the filter, a copy of the old fd 2), or None
+    where fd 2 is unusable (closed) and the stage runs unfiltered."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        return None
+    read, write = os.pipe()
+    try:
+        # Its own session: Ctrl-C stops the stage, not the filter, which drains to the end.
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _FILTER, noise.pattern],
+                                stdin=read, stdout=saved, start_new_session=True)
+    except OSError:
+        os.close(write)
+        os.close(saved)
+        return None
+    finally:
+        os.close(read)
+    os.dup2(write, 2)
+    os.close(write)
+    return proc, saved
+
+
+@contextlib.contextmanager
+def filtered_stderr(noise: re.Pattern = RUNTIME_NOISE) -> Iterator[None]:
+    """Within the block, fd 2 (C++ libraries, child processes and sys.stderr alike) goes
+    through a filter process that drops whole lines matching `noise`; the rest passes
+    unchanged and in order, all of it before the block ends."""
+    sys.stderr.flush()
+    started = _start_filter(noise)
+    try:
+        yield
+    finally:
+        if started:
+            proc, saved = started
+            sys.stderr.flush()
+            os.dup2(saved, 2)  # closes the pipe's last write end here: the filter reads to EOF
+            os.close(saved)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=FILTER_EXIT_WAIT_S)
 
 
 def stage_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
@@ -60,7 +139,8 @@ def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None =
     """
     quiet_environment()
     try:
-        main(argv)
+        with contextlib.nullcontext() if verbose() else filtered_stderr():
+            main(argv)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
