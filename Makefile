@@ -22,10 +22,12 @@ repro: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/python -m pytest tests -q -rs
 
-# A params preset as one DVC experiment: make exp PRESET=presets/tum.yaml
+# A params preset as one DVC experiment: make exp PRESET=presets/tum.yaml [EXP_ARGS="-n tum"]
+# (EXP_ARGS: more `dvc exp run` arguments). stages/exp.py checks the params, then hands DVC
+# the preset's -S arguments as a list: no shell quoting between a value and DVC.
 PRESET ?= presets/tum.yaml
 exp: $(INSTALLED)
-	$(BIN)/dvc exp run $$($(BIN)/python -m pipeline.core.config set-args $(PRESET))
+	$(BIN)/python -m stages.exp $(PRESET) $(EXP_ARGS)
 
 # A grid of DVC experiments, one per combination, queued and started (defaults in the grid
 # file, sweeps/default.yaml): make sweep [GRID=sweeps/x.yaml] [JOBS=2] [DRY=1] [WAIT=1] [FORCE=1]

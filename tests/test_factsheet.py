@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.core.cli import run_stage
+from pipeline.core.errors import ReportError
 from pipeline.core.config import SourceConfig, as_flat_dict, load_params
-from pipeline.tracking.factsheet import reproduce_overrides
+from pipeline.tracking.factsheet import reproduce_overrides, run_params
 from pipeline.tracking.runs import log_pipeline_run
 from stages import factsheet
 
@@ -31,7 +30,9 @@ def tracked_run(tmp_path, monkeypatch):
     proj = tmp_path / "proj"
     shutil.copytree(REPO / "metrics", proj / "metrics")
     train = json.loads((proj / "metrics" / "train.json").read_text())
-    train.update(train_seconds=123.4, hardware="CPU (Test CPU), 2 cores")
+    train.update(train_seconds=123.4, hardware="CPU (Test CPU), 2 cores", op_determinism=True,
+                 host={"cpu": "Test CPU", "cpu_extensions": "AVX2, FMA, AVX-512", "onednn_max_cpu_isa": "AVX2",
+                       "cores": 2, "machine": "x86_64", "tensorflow": "2.21.0", "keras": "3.15.1"})
     (proj / "metrics" / "train.json").write_text(json.dumps(train))
     (proj / "dvc.lock").write_text("schema: '2.0'\n")
     base = load_params(REPO / "params.yaml")
@@ -57,6 +58,8 @@ def test_factsheet_describes_the_run_from_its_tracked_records(tracked_run, capsy
         "silog x1.0 (lambda 0.85), grad x0.5",
         "horizontal flip, crop-and-resize (p 0.5, scale >= 0.7), colour jitter (brightness 0.2",
         "Training time 123 s on CPU (Test CPU), 2 cores",
+        "Trained on Test CPU (AVX2, FMA, AVX-512), oneDNN capped at AVX2; TensorFlow 2.21.0, Keras 3.15.1; "
+        "op determinism on",
         f"Sources: tum `{TUM}` (weight 1.0)",
         "TFLite int8",
         f"median {metrics['benchmark']['median_ms']:.2f} ms",
@@ -71,26 +74,32 @@ def test_factsheet_describes_the_run_from_its_tracked_records(tracked_run, capsy
 
 
 def test_the_reproduce_line_gives_back_the_runs_params(tracked_run, tmp_path):
+    from dvc.utils.hydra import apply_overrides
     from mlflow import MlflowClient
 
     run_id, params, uri = tracked_run
     logged = MlflowClient(tracking_uri=uri).get_run(run_id).data.params
-    overrides = reproduce_overrides(logged)
-    assert overrides == ["~data.sources.synthetic", "export.precision=int8", f"+data.sources.tum.path={TUM}"]
-    # applied as DVC does: ~ deletes, + adds, plain sets; the value is YAML; on params.yaml
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for item in shlex.split(" ".join(f"-S {shlex.quote(o)}" for o in overrides))[1::2]:
-        key, _, value = item.lstrip("~+").partition("=")
-        *parents, last = key.split(".")
-        node = raw
-        for part in parents:
-            node = node.setdefault(part, {})
-        if item.startswith("~"):
-            del node[last]
-        else:
-            node[last] = yaml.safe_load(value)
-    (tmp_path / "applied.yaml").write_text(yaml.safe_dump(raw))
+    assert run_params(logged) == params  # typed again from MLflow's strings
+    overrides = reproduce_overrides(run_params(logged))
+    assert overrides == ["~data.sources.synthetic", "export.precision=int8", f"+data.sources.tum.path={TUM}",
+                         "+data.sources.tum.weight=1.0"]
+    shutil.copy(REPO / "params.yaml", tmp_path / "applied.yaml")
+    apply_overrides(tmp_path / "applied.yaml", overrides)  # what `dvc exp run -S ...` does to params.yaml
     assert as_flat_dict(load_params(tmp_path / "applied.yaml")) == as_flat_dict(params)
+
+
+def test_a_runs_own_auto_sizes_stay_auto_in_the_reproduce_line():
+    for overrides, expected in (({"arch": "mai_baseline_unet"}, ["train.arch=mai_baseline_unet"]),
+                                ({"arch": "mai_baseline_unet", "height": 256},
+                                 ["train.arch=mai_baseline_unet", "train.height=256"])):
+        params = load_params(REPO / "params.yaml", overrides={"train": overrides})
+        assert reproduce_overrides(params) == expected
+
+
+def test_params_of_a_run_that_no_longer_load_are_one_line():
+    with pytest.raises(ReportError, match=r"^the run's params do not load with this code \(params: train.arch="):
+        run_params({"train.arch": "gone_net"})
+    assert run_params({"train.epochs": "3", "old.key": "x"}).train.epochs == 3  # unknown keys left out
 
 
 def test_factsheet_without_runs_is_a_one_line_error(tmp_path, monkeypatch, capsys):

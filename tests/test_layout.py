@@ -17,9 +17,9 @@ import yaml
 from conftest import REPO
 from pipeline import LAYERS
 from pipeline.core.cli import run_stage
-from pipeline.core.config import (ExportConfig, Params, TeacherConfig, as_flat_dict, flatten_overrides,
-                                  load_params)
+from pipeline.core.config import ExportConfig, Params, TeacherConfig, as_flat_dict, load_params
 from pipeline.core.errors import ConfigError, DataError, ExportError, ReportError, TimingError, TrackingError
+from pipeline.core.overrides import flatten
 
 PACKAGES = ("pipeline", "stages")
 DOC_ONLY_PACKAGES = (Path("pipeline"), *(Path("pipeline") / group for group in LAYERS))
@@ -717,7 +717,7 @@ def default_drift(params_file: Path, defaults: Params | None = None) -> list[str
     """Keys whose code default differs from the file, and keys the file leaves out."""
     code = as_flat_dict(defaults or Params())
     filed = as_flat_dict(load_params(params_file))
-    listed = set(flatten_overrides(yaml.safe_load(params_file.read_text())))
+    listed = set(flatten(yaml.safe_load(params_file.read_text())))
     return ([f"{k}: code default {code[k]!r}, {params_file.name} {filed[k]!r}" for k in code if code[k] != filed[k]]
             + [f"{k}: not in {params_file.name}" for k in code if k not in listed])
 

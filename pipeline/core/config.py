@@ -20,8 +20,6 @@ import json
 import math
 import os
 import re
-import shlex
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.overrides import apply, merge
 
 DEFAULT_PARAMS = "params.yaml"
 # The embedded procedural set, rendered by the `synthesize` stage.
@@ -465,41 +464,22 @@ def read_yaml(path: Path):
         raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
 
 
-# Name mappings that a preset replaces whole: a preset that names its sources means those.
-REPLACED_WHOLE = ("data.sources",)
-
-
-def merge(base: dict, override: dict, _prefix: str = "") -> dict:
-    """Nested dicts: `override` wins key by key (REPLACED_WHOLE keys as a whole); the
-    inputs are not changed."""
-    out = dict(base)
-    for key, value in override.items():
-        path = f"{_prefix}{key}"
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and path not in REPLACED_WHOLE:
-            out[key] = merge(out[key], value, f"{path}.")
-        else:
-            out[key] = value
-    return out
-
-
-def flatten_overrides(raw: dict, prefix: str = "") -> dict[str, object]:
-    """{'train': {'epochs': 3}} -> {'train.epochs': 3}: the keys `dvc exp run -S` takes."""
-    flat = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            flat.update(flatten_overrides(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def load_params(path: str | os.PathLike = DEFAULT_PARAMS, *, presets=(), overrides: dict | None = None) -> Params:
-    """params.yaml, then each preset file (partial params) and `overrides` merged on top."""
+def load_params(path: str | os.PathLike = DEFAULT_PARAMS, *, presets=(), overrides: dict | None = None,
+                args=()) -> Params:
+    """params.yaml, then each preset file (partial params) and `overrides` merged on top,
+    then `args`, `dvc exp run -S` arguments applied as DVC applies them."""
     raw = read_yaml(Path(path)) or {}
     for preset in presets:
         raw = merge(raw, read_yaml(Path(preset)) or {})
     if overrides:
         raw = merge(raw, overrides)
+    if args:
+        raw = apply(raw, args)
+    return build_params(raw)
+
+
+def build_params(raw: dict) -> Params:
+    """Nested params (as params.yaml holds them) -> Params, with every check of load_params."""
     params = _build(Params, raw, "")
     t = params.train
     if t.min_depth >= t.max_depth:
@@ -575,38 +555,3 @@ def params_hash(params: Params, sections: typing.Iterable[str] | None = None) ->
         sections = tuple(sections)
         flat = {k: v for k, v in flat.items() if k.split(".")[0] in sections}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
-
-
-
-def _set_args(preset: str) -> str:
-    """A preset file as `-S key=value` arguments for `dvc exp run`."""
-    raw = read_yaml(Path(preset)) or {}
-    load_params(presets=[preset])  # validate before handing it to DVC
-    base = read_yaml(Path(DEFAULT_PARAMS)) or {}
-    args = []
-    for whole in REPLACED_WHOLE:  # hydra syntax: ~key deletes an entry, +key adds one
-        new, old = _dig(raw, whole), _dig(base, whole) or {}
-        for gone in old if new is not None else ():
-            if gone not in new:
-                args += ["-S", shlex.quote(f"~{whole}.{gone}")]
-    for key, value in flatten_overrides(raw).items():
-        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
-        added = any(key.startswith(f"{whole}.") and key.split(".")[2] not in (_dig(base, whole) or {})
-                    for whole in REPLACED_WHOLE)
-        args += ["-S", shlex.quote(f"{'+' if added else ''}{key}={text}")]
-    return " ".join(args)
-
-
-def _dig(raw: dict, dotted: str):
-    for part in dotted.split("."):
-        raw = raw.get(part) if isinstance(raw, dict) else None
-    return raw
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "set-args":
-        sys.exit("usage: python -m pipeline.core.config set-args PRESET.yaml")
-    try:
-        print(_set_args(sys.argv[2]))
-    except ConfigError as err:
-        sys.exit(f"error: {err}")

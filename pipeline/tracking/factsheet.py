@@ -7,15 +7,19 @@ metrics/*.json artifacts), so the sheet describes what ran, not what params.yaml
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
 import shlex
 import tempfile
+import types
+import typing
 from pathlib import Path
 
-from pipeline.core.config import SYNTHETIC_SOURCE, VAL_BLOCKS, Params, SourceConfig, as_flat_dict
-from pipeline.core.errors import ReportError
+from pipeline.core.config import SYNTHETIC_SOURCE, VAL_BLOCKS, Params, TrainConfig, build_params
+from pipeline.core.errors import ConfigError, ReportError
+from pipeline.core.overrides import diff_args
 from pipeline.tracking.compare import require_store
 from pipeline.tracking.runs import mlflow_errors
 
@@ -54,26 +58,87 @@ def load_run(*, tracking_uri: str, experiment: str, run_id: str | None = None):
     return run, stage_metrics
 
 
-def reproduce_overrides(run_params: dict[str, str]) -> list[str]:
-    """`dvc exp run -S` arguments that turn the code defaults (= params.yaml) into the run's
-    params: `key=value` for a changed value, `~data.sources.NAME` for a default source the
-    run did not use and `+data.sources.NAME.path=...` for one it added (DVC's hydra syntax)."""
-    defaults = {k: str(v) for k, v in as_flat_dict(Params()).items()}
-    source_defaults = {f.name: str(f.default) for f in dataclasses.fields(SourceConfig)
-                       if f.default is not dataclasses.MISSING}
-    dropped = dict.fromkeys(k.split(".")[2] for k in defaults if k.startswith("data.sources.") and k not in run_params)
-    args = [f"~data.sources.{name}" for name in dropped]
-    args += [f"{key}={run_params[key]}" for key in defaults if key in run_params and run_params[key] != defaults[key]]
-    for key in sorted(set(run_params) - set(defaults)):
-        if key.startswith("data.sources.") and source_defaults.get(key.split(".")[-1]) != run_params[key]:
-            args.append(f"+{key}={run_params[key]}")
-    return args
+def run_params(logged: dict[str, str]) -> Params:
+    """A run's params, typed again from the strings MLflow keeps (str() of each value) by
+    the params schema; keys this code no longer has are left out, missing ones take their
+    defaults. A ReportError when they no longer make valid params."""
+    raw: dict = {}
+    for key, text in logged.items():
+        typ = _field_type(key)
+        if typ is None:
+            continue
+        *parents, last = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = _typed(text, typ)
+    try:
+        return build_params(raw)
+    except ConfigError as err:
+        raise ReportError(f"the run's params do not load with this code ({err})") from None
+
+
+def _field_type(key: str):
+    """The schema type of a flat key (data.sources.NAME.path included), None if unknown."""
+    typ, parts = Params, key.split(".")
+    while parts:
+        if not dataclasses.is_dataclass(typ):
+            return None
+        hints = typing.get_type_hints(typ)
+        if parts[0] not in hints:
+            return None
+        typ = hints[parts.pop(0)]
+        if typing.get_origin(typ) is dict:  # a name mapping: the next part is the entry's name
+            if not parts:
+                return None
+            parts.pop(0)
+            typ = typing.get_args(typ)[1]
+    return None if dataclasses.is_dataclass(typ) else typ
+
+
+def _typed(text: str, typ):
+    union = typing.get_origin(typ) in (typing.Union, types.UnionType)  # float | str: `auto` or a number
+    options = typing.get_args(typ) if union else (typ,)
+    for option in options:
+        try:
+            if option is bool:
+                return {"True": True, "False": False}[text]
+            if typing.get_origin(option) is tuple:
+                return tuple(ast.literal_eval(text))
+            return option(text)
+        except (KeyError, ValueError, SyntaxError, TypeError):
+            continue
+    return text  # as logged: load_params names the key and what is wrong
+
+
+def reproduce_overrides(params: Params) -> list[str]:
+    """`dvc exp run -S` arguments that turn params.yaml (= the code defaults) into `params`:
+    `key=value` for a changed value, `~data.sources.NAME` for a default source not used and
+    `+data.sources.NAME.path=...` for one added. `auto` sizes equal to the run's architecture's
+    own are left to `auto`."""
+    own = TrainConfig(arch=params.train.arch)  # the defaults with `auto` as the run's arch resolves it
+    defaults = Params(train=dataclasses.replace(own, arch=TrainConfig().arch))
+    return diff_args(dataclasses.asdict(defaults), dataclasses.asdict(params))
 
 
 def _fmt(value, spec: str = "", unit: str = "") -> str:
     if value is None or value == "":
         return "n/a"
     return f"{value:{spec}}{unit}" if spec else f"{value}{unit}"
+
+
+def made_on(train: dict) -> str:
+    """The fact sheet's line on where the weights were made (metrics/train.json `host`): the
+    CPU's vector path decides the last bits of every weight (docs/reproducibility.md)."""
+    host = train.get("host")
+    if not isinstance(host, dict):
+        return "not recorded (a run from before host facts were kept)"
+    cap = host.get("onednn_max_cpu_isa", "none")
+    determinism = train.get("op_determinism")
+    return (f"{host.get('cpu', 'n/a')} ({host.get('cpu_extensions', 'n/a')})"
+            + (f", oneDNN capped at {cap}" if cap != "none" else "")
+            + f"; TensorFlow {host.get('tensorflow', 'n/a')}, Keras {host.get('keras', 'n/a')}"
+            + ("" if determinism is None else f"; op determinism {'on' if determinism else 'off'}"))
 
 
 def render(run, stages: dict[str, dict]) -> str:
@@ -112,8 +177,7 @@ def render(run, stages: dict[str, dict]) -> str:
     par = export.get("parity", {})
     baseline = ev.get("baseline_si_rmse")
     ratio = f" ({ev['si_rmse'] / baseline:.2f}x the constant prediction's {baseline:.4f})" if ev.get("si_rmse") and baseline else ""
-    overrides = reproduce_overrides(p)
-    exp_run = "dvc exp run" + "".join(f" -S {shlex.quote(o)}" for o in overrides)
+    exp_run = shlex.join(["dvc", "exp", "run", *(a for o in reproduce_overrides(run_params(p)) for a in ("-S", o))])
     commit = tags.get("git.commit", "unknown")
     dirty = " (with uncommitted changes)" if tags.get("git.dirty") == "true" else ""
     lines = [
@@ -138,6 +202,7 @@ def render(run, stages: dict[str, dict]) -> str:
         f"(best val si-RMSE {_fmt(train.get('best_val_si_rmse'), '.4f')} at working resolution)",
         f"- Training time {_fmt(train.get('train_seconds'), '.0f', ' s')} on {train.get('hardware', 'n/a')}; "
         f"seed {p.get('base.seed')}, deterministic {p.get('base.deterministic')}",
+        f"- Trained on {made_on(train)}",
         "",
         "## Data",
         f"- Sources: {data_line}",

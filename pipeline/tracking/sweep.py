@@ -17,6 +17,9 @@ architecture's stride does not divide) is skipped with one line; a value that is
 every combination it is in (a typo) stops the sweep with one line, as does an empty grid.
 Queued experiments run in a temporary copy of the repo (docs/scale-out.md), where a relative
 path outside the repo does not resolve: a source path given that way is made absolute.
+
+A preset (presets/*.yaml, a partial params file) is one experiment: `preset_command` is the
+`dvc exp run` that applies it to params.yaml (`make exp`), checked the same way first.
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
-from pipeline.core.config import AUTO, DEFAULT_PARAMS, Params, load_params, merge, read_yaml
+from pipeline.core.config import AUTO, DEFAULT_PARAMS, load_params, read_yaml
 from pipeline.core.errors import ConfigError, PipelineError
+from pipeline.core.overrides import diff_args, format_arg, format_value, merge
 
 DEFAULT_GRID = "sweeps/default.yaml"
 DEFAULT_JOBS = 1
@@ -107,21 +110,9 @@ def expand(axes) -> list[dict]:
     return [point for _, point in _combinations(axes)]
 
 
-def nested(point: dict, base: Params) -> dict:
-    """{'a.b': 1} -> {'a': {'b': 1}}: load_params overrides with `-S` semantics (one key set,
-    the rest kept), also under data.sources, which a plain override replaces whole."""
-    out: dict = {}
-    for key, value in point.items():
-        *parents, last = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    sources = out.get("data", {}).get("sources")
-    if isinstance(sources, dict):
-        current = {name: dataclasses.asdict(src) for name, src in base.data.sources.items()}
-        out["data"]["sources"] = merge(current, sources)
-    return out
+def point_args(point: dict) -> list[str]:
+    """One combination as the `-S` arguments it is queued with (and checked with)."""
+    return [format_arg(key, value) for key, value in point.items()]
 
 
 def absolute_sources(point: dict, root: Path) -> dict:
@@ -140,13 +131,13 @@ def check(sweep: Sweep, *, params: str | os.PathLike = DEFAULT_PARAMS, root: Pat
     """`sweep` with its valid points and the skipped ones; a ConfigError when a value is
     invalid in every combination it is in, or when nothing is left."""
     root = Path(root or Path(params).resolve().parent)
-    base = load_params(params)
+    load_params(params)  # params.yaml itself first: its mistake is no combination's
     points, skipped, failed = [], [], {}  # failed: (axis, choice) -> first error
     combos = _combinations(sweep.axes)
     for combo, point in combos:
         point = absolute_sources(point, root)
         try:
-            load_params(params, overrides=nested(point, base))
+            load_params(params, args=point_args(point))  # as DVC will apply them
         except ConfigError as err:
             skipped.append((point, str(err)))
             for axis_choice in enumerate(combo):
@@ -158,14 +149,9 @@ def check(sweep: Sweep, *, params: str | os.PathLike = DEFAULT_PARAMS, root: Pat
     for (a, i), errors in failed.items():  # a value no combination accepts is a mistake, not a combination
         axis = sweep.axes[a]
         if len(errors) == len(combos) // len(axis.values):
-            shown = ", ".join(f"{k}={_text(v)}" for k, v in zip(axis.keys, axis.values[i]))
+            shown = ", ".join(format_arg(k, v) for k, v in zip(axis.keys, axis.values[i]))
             raise ConfigError(f"grid {sweep.name}: {shown} is invalid in every combination: {errors[0]}")
     return dataclasses.replace(sweep, points=tuple(points), skipped=tuple(skipped))
-
-
-def _text(value) -> str:
-    """A value as `-S key=VALUE` writes it (YAML flow style, like presets' set-args)."""
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
 
 
 def exp_name(sweep: Sweep, point: dict) -> str:
@@ -174,14 +160,46 @@ def exp_name(sweep: Sweep, point: dict) -> str:
     for axis in sweep.axes:
         if len(axis.values) > 1:
             values = [point[k] for k in axis.keys]
-            parts.append(AUTO if all(v == AUTO for v in values) else "x".join(_text(v) for v in values))
+            parts.append(AUTO if all(v == AUTO for v in values) else "x".join(format_value(v) for v in values))
     return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)).strip("._-")
 
 
 def queue_commands(sweep: Sweep, dvc: str = "dvc", force: bool = False) -> list[list[str]]:
     return [[dvc, "exp", "run", "--queue", *(["-f"] if force else []), "-n", exp_name(sweep, point),
-             *(arg for key, value in point.items() for arg in ("-S", f"{key}={_text(value)}"))]
+             *(arg for item in point_args(point) for arg in ("-S", item))]
             for point in sweep.points]
+
+
+SET_PARAM = ("-S", "--set-param")  # dvc exp run's flag for one override
+
+
+def preset_args(preset: str | os.PathLike, params: str | os.PathLike = DEFAULT_PARAMS) -> list[str]:
+    """The preset as `-S` arguments on top of `params`: only what it changes, `~` for a
+    source it drops (it replaces data.sources whole) and `+` for one it adds."""
+    base = read_yaml(Path(params)) or {}
+    return diff_args(base, merge(base, read_yaml(Path(preset)) or {}))
+
+
+def preset_command(preset: str | os.PathLike, *, params: str | os.PathLike = DEFAULT_PARAMS,
+                   extra: list[str] = (), dvc: str = "dvc") -> list[str]:
+    """`dvc exp run` with the preset's `-S` arguments, then `extra` (more `dvc exp run`
+    arguments: a later -S wins), as an argument list: no shell ever splits a value. The
+    params that result are checked first, so a mistake costs no DVC run."""
+    args = preset_args(preset, params)
+    given = [extra[i + 1] for i, arg in enumerate(extra[:-1]) if arg in SET_PARAM]
+    given += [arg.split("=", 1)[1] for arg in extra if arg.startswith("--set-param=")]
+    load_params(params, args=[*args, *given])
+    return [dvc, "exp", "run", *(item for arg in args for item in ("-S", arg)), *extra]
+
+
+def run_command(cmd: list[str], *, root: Path) -> None:
+    """Run a dvc command in the foreground, its output straight to the terminal."""
+    try:
+        code = subprocess.run(cmd, cwd=root, env=dvc_env()).returncode
+    except FileNotFoundError:
+        raise PipelineError(f"{cmd[0]}: not found (run through make, or with the venv's bin first on PATH)") from None
+    if code != 0:
+        raise PipelineError(f"`{' '.join(cmd[:3])}` failed (exit {code}; its error is above)")
 
 
 def start_command(jobs: int, dvc: str = "dvc") -> list[str]:
@@ -198,7 +216,7 @@ def dvc_env() -> dict[str, str]:
 def describe(sweep: Sweep) -> list[str]:
     lines = [f"grid {sweep.name}: {len(sweep.points) + len(sweep.skipped)} combinations, "
              f"{len(sweep.points)} to queue, {len(sweep.skipped)} skipped; dvc queue start -j {sweep.jobs}"]
-    lines += [f"skip {' '.join(f'{k}={_text(v)}' for k, v in point.items())}: {why}" for point, why in sweep.skipped]
+    lines += [f"skip {' '.join(point_args(point))}: {why}" for point, why in sweep.skipped]
     if sweep.jobs > 1:
         lines.append(f"note: {sweep.jobs} experiments at a time share the cores: their benchmark timings are not "
                      "comparable (docs/scale-out.md); time the front again alone")
