@@ -11,3 +11,5 @@ import os
 
 # Before any module of the package imports TensorFlow: its C++ start-up noise drowns the figures.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pipeline.model.archs  # noqa: E402, F401  (registers train.arch's choices)

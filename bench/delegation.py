@@ -18,7 +18,8 @@ from bench.common import PARAMS
 
 def main() -> int:
     from pipeline.device import tflite
-    from pipeline.core.config import ARCHS, OUTPUT_RESIZES, load_params
+    from pipeline.core.config import OUTPUT_RESIZES, load_params
+    from pipeline.model.archs import ARCHS
     from pipeline.device.probe import describe_ops, random_device_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

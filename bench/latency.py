@@ -24,7 +24,8 @@ MIN_SPEEDUP = 1.3
 
 def main() -> int:
     from pipeline.device import rpi4
-    from pipeline.core.config import ARCHS, OUTPUT_RESIZES, load_params
+    from pipeline.core.config import OUTPUT_RESIZES, load_params
+    from pipeline.model.archs import ARCHS
     from pipeline.device.probe import describe_ops, format_table, paired_ratio, probe
     from pipeline.device.tflite import version_key
 

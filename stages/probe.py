@@ -18,9 +18,10 @@ import sys
 
 from pipeline.device import rpi4
 from pipeline.core.cli import run_stage, stage_parser
-from pipeline.core.config import ARCHS, PRECISIONS, load_params
+from pipeline.core.config import PRECISIONS, load_params
 from pipeline.core.errors import PipelineError
 from pipeline.device.probe import format_table, probe
+from pipeline.model.archs import ARCHS
 
 
 class ProbeFailed(PipelineError):

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # pytest puts tests/ on sys.path, not the root with pipeline/
     sys.path.insert(0, str(REPO))
 
+import pipeline.model.archs  # noqa: E402, F401  (registers train.arch's choices)
 from pipeline.core.config import merge  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data" / "tum_fr1_xyz"

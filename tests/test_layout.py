@@ -7,6 +7,7 @@ import ast
 import dataclasses
 import re
 import shutil
+import subprocess
 import sys
 import typing
 from pathlib import Path
@@ -17,9 +18,10 @@ import yaml
 from conftest import REPO
 from pipeline import LAYERS
 from pipeline.core.cli import run_stage
-from pipeline.core.config import ExportConfig, Params, TeacherConfig, as_flat_dict, load_params
+from pipeline.core.config import AUTO, ExportConfig, Params, TeacherConfig, TrainConfig, as_flat_dict, load_params
 from pipeline.core.errors import ConfigError, DataError, ExportError, ReportError, TimingError, TrackingError
 from pipeline.core.overrides import flatten
+from pipeline.model import archs
 
 PACKAGES = ("pipeline", "stages")
 DOC_ONLY_PACKAGES = (Path("pipeline"), *(Path("pipeline") / group for group in LAYERS))
@@ -201,7 +203,7 @@ def code_closure(module: str, graph: dict[str, set[str]]) -> set[str]:
         seen.add(name)
         todo += graph.get(name, ())
         parent = name.rsplit(".", 1)[0]
-        if "." in name and parent not in PACKAGES:  # a subpackage's __init__ runs first
+        if "." in name:  # a package's __init__ runs first (stages/ registers the architectures)
             todo.append(parent)
     return seen
 
@@ -754,4 +756,74 @@ def test_precisions_and_archs_have_one_source():
     for path in (REPO / "pipeline").rglob("*.py"):
         assert '"dynamic_int8", "int8")' not in path.read_text() or path.name == "config.py", path
     assert '"dynamic_int8", "int8")' not in (REPO / "stages" / "probe.py").read_text()
-    assert sys.modules["pipeline.core.config"].ARCHS == tuple(config.ARCH_STRIDES)
+    # train.arch: the registry's names, read by the params check when it checks; no other list
+    arch = {f.name: f for f in dataclasses.fields(config.TrainConfig)}["arch"]
+    assert list(arch.metadata["check"]["choices"]) == list(archs.ARCHS)
+    assert not {"ARCHS", "ARCH_STRIDES", "ARCH_DEFAULTS"} & set(vars(config))
+    assert arch_name_lists(archs.ARCHS) == []
+
+
+def arch_name_lists(archs, paths=None) -> list[str]:
+    """Literal lists, tuples, sets and dict keys in the code naming every architecture: a
+    second list of the choices, which adding one to pipeline/model/archs.py would miss."""
+    found = []
+    if paths is None:
+        paths = [*(REPO / "pipeline").rglob("*.py"), *(REPO / "stages").glob("*.py"), *(REPO / "bench").glob("*.py")]
+        paths.remove(REPO / "pipeline/model/archs.py")
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            items = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", None) \
+                if isinstance(node, (ast.List, ast.Tuple, ast.Set)) else None
+            names = [n.value for n in items or () if isinstance(n, ast.Constant) and n.value in archs]
+            if set(names) >= set(archs):
+                found.append(f"{path.name}:{node.lineno}: {', '.join(names)}")
+    return found
+
+
+def test_a_second_list_of_architectures_is_caught(tmp_path):
+    code = tmp_path / "x.py"
+    names = list(archs.ARCHS)
+    code.write_text(f"CHOICES = {tuple(names)}\nSTRIDES = {dict.fromkeys(reversed(names), 32)}\n"
+                    f"SOME = {names[1:]}\n")  # a selection (a benchmark's default) is no copy
+    assert arch_name_lists(archs.ARCHS, [code]) == [f"x.py:1: {', '.join(names)}",
+                                                    f"x.py:2: {', '.join(reversed(names))}"]
+
+
+def test_an_architecture_is_its_module_and_one_registry_line():
+    """Every module of pipeline/model/networks/ with a build() is registered, every registered
+    module has one, and each arch says what `auto` means for every auto-able train key."""
+    folder = REPO / "pipeline/model/networks"
+    builders = {path.stem for path in folder.glob("*.py")
+                if any(isinstance(n, ast.FunctionDef) and n.name == "build" for n in ast.parse(path.read_text()).body)}
+    assert builders == {arch.module for arch in archs.ARCHS.values()}
+    auto = {f.name for f in dataclasses.fields(TrainConfig) if f.default == AUTO}
+    assert auto == {"width_multiplier", "height", "width"}
+    assert all(set(arch.auto) == auto for arch in archs.ARCHS.values())
+
+
+def test_a_registry_line_is_all_the_params_checks_need(monkeypatch):
+    from pipeline.core import config
+
+    monkeypatch.setattr(config, "_ARCHS", dict(config.arch_facts()))  # restored after the test
+    with pytest.raises(ConfigError, match=r"train.arch='tiny_net' is not one of \['mobile_unet', "):
+        load_params(REPO / "params.yaml", overrides={"train": {"arch": "tiny_net"}})
+    config.register_archs({**archs.ARCHS, "tiny_net": config.ArchFacts(
+        stride=8, auto={"width_multiplier": 0.5, "height": 72, "width": 96})})
+    train = load_params(REPO / "params.yaml", overrides={"train": {"arch": "tiny_net"}}).train
+    assert (train.width_multiplier, train.height, train.width) == (0.5, 72, 96)
+    with pytest.raises(ConfigError, match=r"train.height=100 must be divisible by 8 for tiny_net"):
+        load_params(REPO / "params.yaml", overrides={"train": {"arch": "tiny_net", "height": 100}})
+
+
+def test_params_import_no_tensorflow_and_need_the_registry():
+    """Stages that need no TensorFlow import the params and the registry; without the registry
+    (which stages/, bench/ and conftest import) loading params is a programmer's error."""
+    code = ("import sys\nfrom pipeline.core import config\n"
+            "try:\n    config.load_params()\nexcept RuntimeError as err:\n    print(err)\n"
+            "import {package}\nconfig.load_params()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n")
+    for package in ("stages", "bench", "pipeline.model.networks"):
+        out = subprocess.run([sys.executable, "-c", code.format(package=package)], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout
+        assert out == ("no architectures registered with pipeline.core.config: import "
+                       "pipeline.model.archs before loading params\n[]\n"), package

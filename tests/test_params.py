@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import REPO, make_project, run
-from pipeline.core.config import ARCH_DEFAULTS, ARCHS, ConfigError, TrainConfig, as_flat_dict, load_params
+from pipeline.core.config import ConfigError, TrainConfig, as_flat_dict, load_params
 
 PARAMS = REPO / "params.yaml"
 
@@ -101,7 +101,6 @@ def test_teacher_params_load():
 
 
 def test_auto_sizes_are_each_archs_own():
-    assert set(ARCH_DEFAULTS) == set(ARCHS)
     assert {yaml.safe_load(PARAMS.read_text())["train"][k] for k in ("width_multiplier", "height", "width")} == {"auto"}
     default = load_with({}).train
     assert (default.arch, default.width_multiplier, default.height, default.width) == ("mobile_unet", 0.35, 128, 160)

@@ -116,19 +116,49 @@ class AugmentConfig:
     crop_prob: float = knob(0.5, lo=0.0, hi=1.0)
 
 
-# Each architecture's total stride: the working resolution must be divisible by it.
-ARCH_STRIDES = {"mobile_unet": 32, "mai_baseline_unet": 16, "fastdepth": 32, "litedepth": 32}
-ARCHS = tuple(ARCH_STRIDES)
-# `auto` in train.width_multiplier / height / width = the architecture's own value below, so
+# `auto` in train.width_multiplier / height / width = the architecture's own value, so
 # `-S train.arch=mai_baseline_unet` alone gives the organizers' baseline: 64 base filters
-# (64 x width_multiplier) at 240x320. The others keep the values they always had.
+# (64 x width_multiplier) at 240x320.
 AUTO = "auto"
-ARCH_DEFAULTS = {
-    "mobile_unet": {"width_multiplier": 0.35, "height": 128, "width": 160},
-    "mai_baseline_unet": {"width_multiplier": 1.0, "height": 240, "width": 320},
-    "fastdepth": {"width_multiplier": 0.35, "height": 128, "width": 160},
-    "litedepth": {"width_multiplier": 0.35, "height": 128, "width": 160},
-}
+
+
+@dataclass(frozen=True)
+class ArchFacts:
+    """What the params checks know of an architecture. The architectures are the model
+    group's (pipeline/model/archs.py), which core may not import: archs.py hands them in
+    with register_archs() when it is imported, as stages/, bench/ and the tests do first."""
+
+    stride: int  # total stride: the working resolution must be divisible by it
+    auto: dict  # train key -> the value `auto` stands for (width_multiplier, height, width)
+
+
+_ARCHS: dict[str, ArchFacts] = {}
+
+
+def register_archs(archs: dict[str, ArchFacts]) -> None:
+    _ARCHS.clear()
+    _ARCHS.update(archs)
+
+
+def arch_facts() -> dict[str, ArchFacts]:
+    """The registered architectures; an error to the programmer when none are."""
+    if not _ARCHS:
+        raise RuntimeError("no architectures registered with pipeline.core.config: import "
+                           "pipeline.model.archs before loading params")
+    return _ARCHS
+
+
+class _ArchNames:
+    """train.arch's choices: the registered names, read when a value is checked."""
+
+    def __contains__(self, name) -> bool:
+        return name in arch_facts()
+
+    def __iter__(self):
+        return iter(arch_facts())
+
+
+ARCH_CHOICES = _ArchNames()
 # fp16: fp16 weights, fp32 compute; dynamic_int8: int8 weights; int8: full integer, float I/O.
 PRECISIONS = ("fp32", "fp16", "dynamic_int8", "int8")
 # export.target_runtime: a TFLite runtime version, compared number by number like TFLite's own
@@ -152,13 +182,13 @@ MIXED_PRECISIONS = ("float32", PRECISION_AUTO, "mixed_float16", "mixed_bfloat16"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    arch: str = knob("mobile_unet", choices=ARCHS)
+    arch: str = knob("mobile_unet", choices=ARCH_CHOICES)
     encoder: str = knob("mobilenet_v2", choices=("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"))
     encoder_weights: str = knob("none", choices=("none", "imagenet"))
     # A .keras model of the same architecture whose weights the run starts from (transfer:
     # pretrain on the synthetic scenes, fine-tune on real data); "" = fresh weights.
     init_from: str = ""
-    # Encoder alpha (mai_baseline_unet: base filters = 64 x this); auto = ARCH_DEFAULTS[arch].
+    # Encoder alpha (mai_baseline_unet: base filters = 64 x this); auto = the arch's own value.
     width_multiplier: float | str = knob(AUTO, lo=0.1, hi=2.0, lo_open=True)
     decoder_channels: int = knob(32, lo=4)
     height: int | str = knob(AUTO, lo=32)  # working resolution inside the graph; auto as above
@@ -188,7 +218,8 @@ class TrainConfig:
         # MLflow, hashes and readme see the values the model was built with. A
         # dataclasses.replace(cfg, arch=...) keeps these numbers; to get another arch's own
         # values, load the params with that arch (load_params(overrides=...)).
-        for key, value in ARCH_DEFAULTS.get(self.arch, {}).items():
+        facts = arch_facts().get(self.arch)  # an unknown name is the params check's to report
+        for key, value in (facts.auto if facts else {}).items():
             if getattr(self, key) == AUTO:
                 object.__setattr__(self, key, value)
 
@@ -492,7 +523,7 @@ def build_params(raw: dict) -> Params:
         if len(d.sources) < 2:
             raise ConfigError(f"params: data.val={d.val!r} holds out the only source; add a source to train on")
     _check_teacher(params)
-    stride = ARCH_STRIDES[t.arch]
+    stride = arch_facts()[t.arch].stride
     for key, size in (("train.height", t.height), ("train.width", t.width)):
         if size % stride:
             raise ConfigError(f"params: {key}={size} must be divisible by {stride} for {t.arch}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from pipeline.core.config import SYNTHETIC_SOURCE, VAL_BLOCKS, Params, TrainConfig, build_params
 from pipeline.core.errors import ConfigError, ReportError
 from pipeline.core.overrides import diff_args
+from pipeline.model import archs  # noqa: F401  (registers train.arch's choices)
 from pipeline.tracking.compare import require_store
 from pipeline.tracking.runs import mlflow_errors
 

@@ -44,6 +44,7 @@ from pipeline.core.config import DEFAULT_PARAMS, Params, as_flat_dict, load_para
 from pipeline.core.errors import PipelineError, TrackingError
 from pipeline.core.files import read_json
 from pipeline.core.paths import HISTORY_CSV, METRICS_DIR, SPLIT_CSV
+from pipeline.model import archs  # noqa: F401  (registers train.arch's choices)
 
 STORE_NAME = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"  # beside the store; already in .gitignore

@@ -39,6 +39,7 @@ from pathlib import Path
 from pipeline.core.config import AUTO, DEFAULT_PARAMS, load_params, read_yaml
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.overrides import diff_args, format_arg, format_value, merge
+from pipeline.model import archs  # noqa: F401  (registers train.arch's choices)
 
 DEFAULT_GRID = "sweeps/default.yaml"
 DEFAULT_JOBS = 1

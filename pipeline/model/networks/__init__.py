@@ -1,4 +1,5 @@
-"""Model registry: `train.arch` name -> builder(TrainConfig) -> keras.Model.
+"""The networks: `train.arch` name -> builder(TrainConfig) -> keras.Model (one module each,
+listed in pipeline/model/archs.py), and what wraps a built model for the device.
 
 Every core model takes N x H x W x 3 float32 RGB in 0..255 at the working resolution
 (train.height x train.width) and returns N x H x W x 1 float32 depth in metres. The
@@ -10,32 +11,24 @@ convert to TFLite builtin ops.
 
 from __future__ import annotations
 
-from pipeline.core.config import ARCH_STRIDES, OUTPUT_RESIZE, OUTPUT_RESIZES, TrainConfig
+import importlib
+
+from pipeline.core.config import OUTPUT_RESIZE, OUTPUT_RESIZES, TrainConfig
 from pipeline.core.errors import DataError
-from pipeline.model.networks.registry import BUILDERS
-
-
-def arch_names() -> list[str]:
-    _load_builders()
-    return sorted(BUILDERS)
-
-
-def _load_builders() -> None:
-    # Imported lazily: importing pipeline.model.networks must not import TensorFlow.
-    from pipeline.model.networks import baseline_unet, fastdepth, litedepth, mobile_unet  # noqa: F401
+from pipeline.model.archs import ARCHS
 
 
 def build_model(cfg: TrainConfig):
     """Build the core (working-resolution) model named by cfg.arch, with fresh weights."""
-    _load_builders()
-    if cfg.arch not in BUILDERS:
-        raise ValueError(f"unknown train.arch {cfg.arch!r}; known: {', '.join(sorted(BUILDERS))}")
-    stride = ARCH_STRIDES[cfg.arch]
-    if cfg.height % stride or cfg.width % stride:
+    arch = ARCHS.get(cfg.arch)
+    if arch is None:
+        raise ValueError(f"unknown train.arch {cfg.arch!r}; known: {', '.join(ARCHS)}")
+    if cfg.height % arch.stride or cfg.width % arch.stride:
         raise ValueError(
-            f"train.height/width {cfg.height}x{cfg.width} must be divisible by {stride} for {cfg.arch}"
+            f"train.height/width {cfg.height}x{cfg.width} must be divisible by {arch.stride} for {cfg.arch}"
         )
-    model = BUILDERS[cfg.arch](cfg)
+    # Imported here: importing pipeline.model.networks must not import TensorFlow.
+    model = importlib.import_module(f"{__name__}.{arch.module}").build(cfg)
     set_batchnorm_momentum(model, BN_MOMENTUM)
     return model
 

@@ -15,7 +15,6 @@ import keras
 from keras import layers
 
 from pipeline.core.config import TrainConfig
-from pipeline.model.networks.registry import register
 
 BASE_FILTERS = 64  # the organizers' base_filters; train.width_multiplier scales it
 
@@ -26,7 +25,6 @@ def double_conv(x, filters: int, name: str):
     return x
 
 
-@register("mai_baseline_unet")
 def build(cfg: TrainConfig) -> keras.Model:
     rgb = keras.Input((cfg.height, cfg.width, 3), name="rgb")
     x = layers.Rescaling(1 / 255.0, name="to_unit_range")(rgb)

@@ -8,11 +8,9 @@ import keras
 from keras import layers
 
 from pipeline.core.config import TrainConfig
-from pipeline.model.networks.registry import register
 from pipeline.model.networks.layers import conv_bn_relu, depth_head, keras_encoder, sepconv_bn_relu, upsample
 
 
-@register("litedepth")
 def build(cfg: TrainConfig) -> keras.Model:
     rgb = keras.Input((cfg.height, cfg.width, 3), name="rgb")
     skips = keras_encoder("mobilenet_v3_small", cfg, rgb)
