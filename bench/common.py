@@ -149,3 +149,107 @@ def print_table(results: list[dict], *, scene: str = "held-out scene") -> None:
         print(f"{label:<28} {source:<15} {m['n_images']:>6} {len(group):>4} {si_rmse:>8.4f} "
               f"{m['baseline_si_rmse']:>8.4f} {sum(ratios) / len(ratios):>6.2f} {spread:>11} "
               f"{minutes:>5.1f}")
+
+
+# ----------------------------------------------------------------------------- a teacher's maps
+TEACHER_PRESET = REPO / "presets" / "teacher.yaml"
+ROOMS = SHARED / "places365_rooms_unlabeled"  # 600 homes' rooms, RGB only
+
+
+def setup_teacher(teacher: Path, overrides: dict, work: Path) -> tuple[dict, object]:
+    """A published teacher file for the bench's runs: its settings and distill_weight from
+    presets/teacher.yaml, then `overrides` (--set, which win). teacher.model must be a path
+    under models/teacher/ of the project root, so the file is linked into `work` and the
+    process works from there. Returns the teacher runs' overrides and a CachedTeacher."""
+    import os
+
+    import yaml
+
+    from pipeline.core.config import TEACHER_DIR
+    from pipeline.teacher.model import TeacherModel
+
+    preset = yaml.safe_load(TEACHER_PRESET.read_text())
+    with_teacher = merge({"teacher": {**preset["teacher"], "model": f"{TEACHER_DIR}/{teacher.name}"},
+                          "train": {"loss": {"distill_weight": preset["train"]["loss"]["distill_weight"]}}},
+                         overrides)
+    (work / TEACHER_DIR).mkdir(parents=True, exist_ok=True)
+    (work / TEACHER_DIR / teacher.name).symlink_to(teacher.resolve())
+    os.chdir(work)
+    return with_teacher, CachedTeacher(TeacherModel(bench_params(with_teacher).teacher))
+
+
+class CachedTeacher:
+    """A TeacherModel whose predictions are kept by image content: both directions (and all
+    student sizes) label the same images, so the teacher runs once per image."""
+
+    def __init__(self, model):
+        self.model, self.cache, self.path, self.size, self.cfg = model, {}, model.path, model.size, model.cfg
+
+    def predict(self, rgb):
+        import hashlib
+
+        key = hashlib.sha1(rgb.tobytes()).digest() + bytes(str(rgb.shape), "ascii")
+        if key not in self.cache:
+            self.cache[key] = self.model.predict(rgb)
+        return self.cache[key]
+
+
+def split_scene(scene: Path, folder: Path) -> tuple[Path, Path]:
+    """Links: the first half of the scene's sorted names -> first/rgb only (its depth is never
+    read), the second half -> second/{rgb,depth}. Made once; a later call reuses them."""
+    first, second = folder / "first", folder / "second"
+    if second.is_dir():
+        return first, second
+    names = sorted(p.name for p in (scene / "rgb").glob("*.png"))
+    half = len(names) // 2
+    for sub in ("first/rgb", "second/rgb", "second/depth"):
+        (folder / sub).mkdir(parents=True)
+    for name in names[:half]:
+        (first / "rgb" / name).symlink_to(scene / "rgb" / name)
+    for name in names[half:]:
+        for sub in ("rgb", "depth"):
+            (second / sub / name).symlink_to(scene / sub / name)
+    return first, second
+
+
+def teacher_scores(model: CachedTeacher, rows: list[dict], label: str, source: str) -> dict:
+    """The teacher itself on labelled rows, aligned per image to their ground truth (the
+    teacher stage's figure): a result in the shape of train_and_score's, for print_table."""
+    from pipeline.teacher.labels import label_image
+
+    images = [label_image(model, model.cfg, r["rgb"], r["depth"]) for r in rows]
+    fitted = [i for i in images if i["fit"] is not None]
+    si = sum(i["si_rmse"] for i in fitted) / len(fitted)
+    constant = sum(i["constant"] for i in fitted) / len(fitted)
+    return {"label": label, "minutes": 0.0, "sources": {source: {
+        "n_images": len(fitted), "si_rmse": si, "baseline_si_rmse": constant, "ratio_to_constant": si / constant}}}
+
+
+def prepare_teacher(model: CachedTeacher, work: Path, train_on: str, held_out: str) -> dict:
+    """The teacher's maps for the direction train_on -> held_out, by the teacher stage's code:
+    labelled = train_on's images (fitted to their ground truth); unlabeled = the shared rooms
+    and the first half of held_out's names (RGB only), which take the median fit of
+    train_on's. Returns the maps' alignment.csv, the two halves of held_out, and the
+    teacher's own figures on held_out, whole and second half."""
+    from pipeline.core.cli import Progress
+    from pipeline.data.dataset import list_unlabeled, write_teacher_index
+    from pipeline.teacher.labels import run_teacher, summarize
+
+    first, second = split_scene(Path(REAL[held_out]), work / f"{held_out}_halves")
+    labelled = [r for r in split_rows(bench_params({"data": {"sources": source_entries(REAL), "val": held_out}}))
+                if r["split"] == "train"]  # exactly the train rows of the runs
+    unlabeled = [{**r, "source": name} for name, folder in (("rooms", ROOMS), (f"{held_out}_half", first))
+                 for r in list_unlabeled(folder)]
+    folder = work / f"teacher_{train_on}"
+    start = time.time()
+    rows = run_teacher(model.cfg, labelled=labelled, unlabeled=unlabeled, write_dir=folder, final_dir=folder,
+                       progress=Progress(f"teacher ({train_on}): image", every=100), model=model)
+    write_teacher_index(folder / "alignment.csv", rows)
+    stats = summarize(rows, model.cfg)
+    print(f"teacher maps for {train_on}: {stats['labelled_images']} labelled + {stats['unlabeled_images']} "
+          f"unlabeled in {time.time() - start:.0f} s; dropped {stats['dropped']} above "
+          f"{stats['max_residual']}; on {train_on} itself: {stats['sources'][train_on]}", flush=True)
+    return {"csv": folder / "alignment.csv", "first": first, "second": second, "scored": [
+        teacher_scores(model, val_rows(REAL, held_out), f"teacher on {held_out}", held_out),
+        teacher_scores(model, val_rows({f"{held_out}_2nd_half": str(second)}, f"{held_out}_2nd_half"),
+                       f"teacher on {held_out} 2nd half", f"{held_out}_2nd_half")]}

@@ -19,6 +19,18 @@ si-RMSE (std of ln depth) and the ratio of the two:
                                   cached (this machine is offline: otherwise skipped)
   tum+hololens                    both scenes mixed, validated on the last block of each
 
+With --teacher PATH (a published teacher, e.g. ../shared/teachers/pydnet_matterport/
+pydnet_matterport.tflite; its settings and distill_weight from presets/teacher.yaml unless
+--set says otherwise), per direction A->B, the teacher's maps made once by the teacher
+stage's code (labelled: A's images, aligned to A's ground truth; unlabeled: the median fit):
+  A->B+teacher                    distillation on A's images (train.loss.distill_weight)
+  A->B+teacher+rooms              + the shared unlabeled photographs (data.unlabeled), teacher
+                                  depth alone: still no image of B in training
+  A->B+teacher+half (sees B)      + the first half of B's names as unlabeled RGB; scored on
+                                  the second half only (B's own images, not its depth)
+  teacher on B                    the teacher itself, aligned per image to B's ground truth:
+                                  the anchor a student is compared to
+
 With a held-out source as validation, training ships the last epoch (never the best on
 the scene it reports). Nothing here is tuned on the held-out scenes. One training run is
 noisy (a few hundred steps on one scene): --seeds K trains every row K times (base.seed,
@@ -33,8 +45,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import (REAL, bench_params, parse_set, print_table, score_tflite, source_entries,
-                          train_and_score, val_rows)
+from bench.common import (REAL, ROOMS, bench_params, parse_set, prepare_teacher, print_table, score_tflite,
+                          setup_teacher, source_entries, train_and_score, val_rows)
+from pipeline.core.config import merge
 
 
 def imagenet_weights_cached(alpha: float) -> bool:
@@ -99,6 +112,8 @@ def main() -> None:
     parser.add_argument("--synthetic-weight", type=float, default=1.0, help="sampling weight of each procedural "
                         "scene when mixed in with real ones (its data.sources weight; a real image's is 1)")
     parser.add_argument("--only", nargs="*", help="run only these labels (and what they need)")
+    parser.add_argument("--teacher", type=Path, help="a teacher model file: adds the teacher rows (settings "
+                        "from presets/teacher.yaml's teacher section and distill_weight, then --set)")
     args = parser.parse_args()
     args.overrides = parse_set(args.set)
     import tensorflow as tf
@@ -123,6 +138,7 @@ def main() -> None:
         for train_on, held_out in directions:
             if wanted(f"{train_on}->{held_out}"):
                 results += runs(f"{train_on}->{held_out}", sources=REAL, val=held_out)
+                print_table(results)
         if any(wanted(f"{a}->{b}+synthetic{kind}") for a, b in directions for kind in ("", "-mix", "-both")) \
                 or wanted("synthetic-only"):
             synthetic = render_synthetic(args, default)
@@ -150,6 +166,8 @@ def main() -> None:
                 results += runs(label, sources=REAL, val=held_out, train={"encoder_weights": "imagenet"})
         if wanted("tum+hololens"):
             results += runs("tum+hololens", sources=REAL, val="blocks")
+        if args.teacher:
+            results += teacher_rows(args, work, runs, wanted, directions)
 
     print(f"\nmodel: {default.train.arch} x{default.train.width_multiplier} at {default.train.height}x"
           f"{default.train.width}; budget {args.epochs} x {args.steps_per_epoch} steps of batch "
@@ -158,7 +176,39 @@ def main() -> None:
           + (f"; --synthetic-weight {args.synthetic_weight}" if args.synthetic_weight != 1.0 else ""))
     if not imagenet_ok:
         print("imagenet: skipped, no cached keras.applications MobileNetV2 weights (they download from the internet)")
+    if args.teacher:
+        print(f"teacher: {args.teacher} ({args.teacher_cfg.output}, output {args.teacher_cfg.output_index}, "
+              f"normalize {args.teacher_cfg.normalize}); distill_weight {default.train.loss.distill_weight}")
     print_table(results)
+
+
+def teacher_rows(args, work: Path, runs, wanted, directions) -> list[dict]:
+    """The --teacher rows of both directions (see the docstring), the rows that see no image of
+    the held-out scene first."""
+    with_teacher, model = setup_teacher(args.teacher, args.overrides, work)
+    args.teacher_cfg = model.cfg
+    kinds = ("+rooms", "", "+half")
+    maps, results = {}, []
+    for train_on, held_out in directions:
+        if any(wanted(f"{train_on}->{held_out}+teacher{kind}") for kind in kinds):
+            maps[train_on] = prepare_teacher(model, work, train_on, held_out)
+            results += maps[train_on]["scored"]
+    for kind in kinds:
+        for train_on, held_out in directions:
+            label = f"{train_on}->{held_out}+teacher{kind}"
+            if not wanted(label):
+                continue
+            found = maps[train_on]
+            sources, val, unlabeled = REAL, held_out, {}
+            if kind == "+rooms":
+                unlabeled = {"rooms": {"path": str(ROOMS)}}
+            elif kind == "+half":  # sees B's images (not its depth): scored on the half it did not see
+                sources = {train_on: REAL[train_on], f"{held_out}_2nd_half": str(found["second"])}
+                val, unlabeled = f"{held_out}_2nd_half", {f"{held_out}_half": {"path": str(found["first"])}}
+            results += runs(label, sources=sources, val=val, teacher_csv=found["csv"],
+                            overrides=merge(with_teacher, {"data": {"unlabeled": unlabeled}}))
+            print_table(results)  # so far: a run cut short still leaves its figures
+    return results
 
 
 if __name__ == "__main__":

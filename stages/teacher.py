@@ -1,9 +1,9 @@
 """Stage teacher: run the teacher model once over the training RGB and the unlabeled images.
 
 Writes data/teacher/SOURCE/depth/NAME.png (uint16 mm, the challenge layout) for every kept
-map and data/teacher/alignment.csv (scale, shift, residual, kept per image), plus
-metrics/teacher.json. The maps are a DVC output: retraining the student never reruns the
-teacher. With teacher.model "" (the default) it writes an empty alignment.csv and nothing else.
+map and data/teacher/alignment.csv (scale, shift, residual, kept, si-RMSE per image), plus
+metrics/teacher.json (per source: the teacher's own si-RMSE, a constant's, the ratio). The
+maps are a DVC output: retraining the student never reruns the teacher. With teacher.model "" (the default) it writes an empty alignment.csv and nothing else.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> None:
         write_teacher_index(tmp / index, rows)
     summary = summarize(rows, cfg)
     write_json(METRICS, summary)
+    for source, m in summary["sources"].items():  # the anchor a student on that source is compared to
+        if m["n_images"]:
+            print(f"teacher: {source}: si-RMSE {m['si_rmse']:.4f} on {m['n_images']} images "
+                  f"(constant {m['baseline_si_rmse']:.4f}, ratio {m['ratio_to_constant']:.2f})")
     print(f"teacher: median residual {summary['median_residual']} (RMS log error to the ground truth), "
           f"dropped {summary['dropped']}/{summary['labelled_images']} maps above {cfg.max_residual} -> {TEACHER_MAPS}")
 

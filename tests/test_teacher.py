@@ -100,7 +100,7 @@ def test_alignment_recovers_scale_and_shift_of_an_onnx_inverse_depth_teacher(tmp
 
 
 def test_onnx_teacher_with_a_dynamic_size_runs_at_the_params_size(tmp_path):
-    from pipeline.teacher.labels import TeacherModel
+    from pipeline.teacher.model import TeacherModel
 
     path = onnx_teacher(tmp_path / "dyn.onnx", height=None, width=None)
     with pytest.raises(DataError, match=r"dyn.onnx: the model's input size is not fixed.*set teacher.height"):
@@ -121,7 +121,7 @@ def test_onnx_teacher_with_a_dynamic_size_runs_at_the_params_size(tmp_path):
 
 
 def test_fit_ignores_outliers_and_refuses_too_few_pixels():
-    from pipeline.teacher.labels import fit_inverse_depth, log_residual, to_depth
+    from pipeline.teacher.alignment import fit_inverse_depth, log_residual, to_depth
 
     rng = np.random.default_rng(0)
     raw = rng.uniform(0.0, 1.0, (60, 80))
@@ -302,3 +302,127 @@ def test_unlabeled_folders_list_rgb_only_and_name_what_is_wrong(tmp_path):
     (folder / "rgb" / "0.png").write_bytes(b"broken")
     with pytest.raises(DataError, match=r"web/rgb/0.png: not a readable image"):
         list_unlabeled(folder)
+
+
+# ------------------------------------------------------------- teachers as published
+PYDNET = Path(__file__).resolve().parents[2] / "shared" / "teachers" / "pydnet_matterport" / "pydnet_matterport.tflite"
+SHARED_SCENES = {"tum": PYDNET.parents[2] / "data" / "tum_fr1_xyz",
+                 "hololens": PYDNET.parents[2] / "data" / "hololens2_office"}
+DEPTH_PER_RED = 4.0  # the scenes below: true depth = 4 m x red (0..1)
+
+
+def relative_teacher(path, *, height=48, width=64):
+    """An ONNX model with two outputs, as published models come: output 0 a useless constant
+    map, output 1 relative depth = red x green (green, one value per image, stands for the
+    scale a relative teacher changes from image to image). So the true depth is
+    DEPTH_PER_RED / green x output 1: a per-image scale the alignment must find."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["image", "r0", "r1", "axis"], ["red"]),
+         helper.make_node("Slice", ["image", "g0", "g1", "axis"], ["green"]),
+         helper.make_node("Mul", ["red", "green"], ["relative"]),
+         helper.make_node("Mul", ["red", "zero"], ["flat0"]),
+         helper.make_node("Add", ["flat0", "one"], ["flat"])],
+        "relative_teacher",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, height, width])],
+        [helper.make_tensor_value_info("flat", TensorProto.FLOAT, [1, 1, height, width]),
+         helper.make_tensor_value_info("relative", TensorProto.FLOAT, [1, 1, height, width])],
+        [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in
+         (("r0", 0), ("r1", 1), ("g0", 1), ("g1", 2), ("axis", 1))]
+        + [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+           helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def relative_scene(folder, name, green, seed, *, height=48, width=64):
+    """RGB with red encoding depth (DEPTH_PER_RED x red) and one green value for the image."""
+    rng = np.random.default_rng(seed)
+    red = np.clip(np.linspace(0.2, 0.95, width)[None, :] + rng.uniform(-0.05, 0.05, (height, width)), 0.1, 1)
+    rgb = np.stack([np.rint(red * 255), np.full((height, width), green), np.full((height, width), 90)], -1)
+    depth = DEPTH_PER_RED * rgb[..., 0] / 255.0
+    depth[:2] = 0.0  # invalid rows, like a real sensor
+    write_rgb_png(folder / "rgb" / name, rgb.astype(np.uint8))
+    write_depth_png(folder / "depth" / name, depth)
+    return {"source": "src", "name": name, "rgb": str(folder / "rgb" / name), "depth": str(folder / "depth" / name)}
+
+
+def test_relative_output_recovers_each_images_scale_and_unlabeled_take_the_median(tmp_path):
+    from pipeline.teacher.alignment import OUTPUT_ALIGNMENT
+    from pipeline.teacher.labels import run_teacher, summarize
+
+    greens = (64, 128, 255)  # output 1 is red x green/255: the scale differs 4x between images
+    labelled = [relative_scene(tmp_path / "src", f"{i}.png", g, i) for i, g in enumerate(greens)]
+    unlabeled = [{**relative_scene(tmp_path / "extra", "u.png", 200, 7), "source": "extra"}]
+    cfg = TeacherConfig(model=str(relative_teacher(tmp_path / "rel.onnx")), output="relative", output_index=1,
+                        normalize="unit")
+    rows = run_teacher(cfg, labelled=labelled, unlabeled=unlabeled, write_dir=tmp_path / "out", final_dir="out")
+
+    assert OUTPUT_ALIGNMENT["relative"] == "affine_inverse"  # the measured rule: 1/depth = scale / raw + shift
+    by_name = {r["name"]: r for r in rows}
+    for i, green in enumerate(greens):
+        row = by_name[f"{i}.png"]  # raw = red x green/255, 1/depth = (green/255 / 4) / raw
+        assert float(row["scale"]) == pytest.approx(green / 255 / DEPTH_PER_RED, rel=2e-3)
+        assert float(row["shift"]) == pytest.approx(0.0, abs=1e-3)
+        assert row["kept"] == 1 and float(row["si_rmse"]) < 0.01 and float(row["residual"]) < 0.01
+        truth, taught = read_depth_m(labelled[i]["depth"]), read_depth_m(tmp_path / row["teacher"])
+        assert np.abs(taught - truth)[truth > 0].max() < 0.01  # metres
+    # the unlabeled image: the teacher's own shape times the median scale (green 128's)
+    u = by_name["u.png"]
+    assert float(u["scale"]) == pytest.approx(DEPTH_PER_RED * 255 / 128, rel=2e-3) and float(u["shift"]) == 0
+    taught = read_depth_m(tmp_path / u["teacher"])
+    truth = read_depth_m(tmp_path / "extra/depth/u.png")
+    valid = truth > 0
+    assert np.allclose(taught[valid] / truth[valid], 200 / 128, rtol=0.01)  # right shape, the median's scale
+    scores = summarize(rows, cfg)["sources"]["src"]
+    assert scores["n_images"] == 3 and scores["si_rmse"] < 0.01 < scores["baseline_si_rmse"]
+
+
+def test_a_wrong_output_index_is_one_line_that_lists_the_outputs(tmp_path):
+    from pipeline.teacher.model import TeacherModel
+
+    path = relative_teacher(tmp_path / "two.onnx")
+    with pytest.raises(DataError) as err:
+        TeacherModel(TeacherConfig(model=str(path), output="relative", output_index=2))
+    assert str(err.value) == (f"{path}: teacher.output_index=2, but the model has 2 output(s): "
+                              "0: flat [1, 1, 48, 64], 1: relative [1, 1, 48, 64]")
+    raw = TeacherModel(TeacherConfig(model=str(path), output="relative", output_index=0, normalize="unit"))
+    assert np.allclose(raw.predict(np.full((48, 64, 3), 99, np.uint8)), 1.0)  # output 0: the flat one
+
+
+@pytest.mark.skipif(not PYDNET.is_file(), reason=f"{PYDNET} missing (../shared beside the project)")
+def test_the_published_pydnet_teacher_runs_as_shipped_and_aligns_to_ground_truth(tmp_path):
+    """The real shared file: one input of 448x640 in 0..1, three outputs (finest first),
+    relative depth with a scale of its own per image. On 2 images of each shared scene
+    (which it never saw) its aligned depth beats a constant clearly, as its README says
+    (ratio ~0.6); teacher.output_index=2 takes the coarsest head instead."""
+    from pipeline.data.dataset import build_split
+    from pipeline.teacher.labels import run_teacher, source_scores
+    from pipeline.teacher.model import TeacherModel
+
+    rows = [r for r in build_split({k: str(v) for k, v in SHARED_SCENES.items()}, val="blocks", val_fraction=0.2)
+            if r["split"] == "train"]
+    labelled = [r for source in SHARED_SCENES for r in [x for x in rows if x["source"] == source][10::40][:2]]
+    cfg = TeacherConfig(model=str(PYDNET), output="relative", normalize="unit", max_residual=0.3)
+    model = TeacherModel(cfg, num_threads=2)
+    assert model.size == (448, 640)
+    with pytest.raises(DataError, match=r"output_index=3, but the model has 3 output\(s\): 0: .*1x448x640x1"
+                                        .replace("1x448x640x1", r"\[1, 448, 640, 1\]")):
+        TeacherModel(TeacherConfig(model=str(PYDNET), output="relative", output_index=3))
+    fine = run_teacher(cfg, labelled=labelled, unlabeled=[], write_dir=tmp_path / "fine", final_dir="fine",
+                       num_threads=2)
+    scores = source_scores(fine)
+    for source in SHARED_SCENES:
+        assert scores[source]["n_images"] == 2
+        assert scores[source]["ratio_to_constant"] < 0.8, scores  # a constant scores 1.0
+    assert all(r["kept"] == 1 for r in fine)
+    coarse = run_teacher(TeacherConfig(**{**cfg.__dict__, "output_index": 2}), labelled=labelled, unlabeled=[],
+                         write_dir=tmp_path / "coarse", final_dir="coarse", num_threads=2)
+    # output_index acts: the coarsest head's maps are other maps (blurrier), not the finest's
+    fine_map, coarse_map = (read_depth_m(tmp_path / rows[0]["teacher"]) for rows in (fine, coarse))
+    assert np.abs(np.log(fine_map) - np.log(coarse_map)).mean() > 0.01

@@ -225,9 +225,10 @@ class TrainConfig:
 
 
 # teacher.output: what the teacher model predicts. metric: depth in metres, used as is;
-# inverse_relative: inverse depth up to an unknown scale and shift (MiDaS, DPT, Depth
-# Anything), aligned to the ground truth per image (pipeline/teacher/labels.py).
-TEACHER_OUTPUTS = ("metric", "inverse_relative")
+# relative: depth up to a scale that changes per image (PyDNet); inverse_relative: inverse
+# depth up to an unknown scale and shift (MiDaS, DPT, Depth Anything). Both relative kinds
+# are aligned to the ground truth per image (pipeline/teacher/alignment.py).
+TEACHER_OUTPUTS = ("metric", "relative", "inverse_relative")
 # teacher.normalize: what the teacher's input expects. none: RGB 0..255 (this pipeline's own
 # models); unit: 0..1; imagenet: (x/255 - mean) / std; half: x/127.5 - 1 (DPT).
 TEACHER_NORMALIZE = ("none", "unit", "imagenet", "half")
@@ -241,6 +242,7 @@ TEACHER_DIR = "models/teacher"
 class TeacherConfig:
     model: str = ""  # a file under models/teacher/ (.tflite, .keras or .onnx); "" = no teacher
     output: str = knob("metric", choices=TEACHER_OUTPUTS)
+    output_index: int = knob(0, lo=0)  # which of the model's outputs is the depth (0 = the first)
     height: int = knob(0, lo=0)  # the teacher's input size; 0 = the model's own (fixed) input size
     width: int = knob(0, lo=0)
     normalize: str = knob("none", choices=TEACHER_NORMALIZE)

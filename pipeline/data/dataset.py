@@ -305,9 +305,11 @@ def aspect_crop_box(height: int, width: int, target_height: int, target_width: i
 # unlabeled stage): RGB only; a depth/ folder beside it, if any, is never read.
 UNLABELED_COLUMNS = ("name", "rgb", "width", "height", "digest")
 # One row per image the teacher ran on (data/teacher/alignment.csv, the teacher stage): the
-# map it wrote ("" when dropped), the scale and shift that made its output metres, and the
-# RMS log error of that depth to the ground truth (blank for unlabeled images).
-TEACHER_COLUMNS = ("source", "name", "kind", "rgb", "teacher", "scale", "shift", "residual", "kept")
+# map it wrote ("" when dropped), the scale and shift that made its output metres, the RMS
+# log error of that depth to the ground truth, and the official si-RMSE of it and of a
+# constant prediction (the last three blank for unlabeled images).
+TEACHER_COLUMNS = ("source", "name", "kind", "rgb", "teacher", "scale", "shift", "residual", "kept",
+                   "si_rmse", "constant_si_rmse")
 
 
 def _unlabeled_row(rgb_path: Path) -> dict:
