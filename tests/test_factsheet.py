@@ -52,9 +52,10 @@ def test_factsheet_describes_the_run_from_its_tracked_records(tracked_run, capsy
     metrics = {s: json.loads((REPO / "metrics" / f"{s}.json").read_text()) for s in ("export", "benchmark", "evaluate")}
     train = json.loads((REPO / "metrics" / "train.json").read_text())
     for needle in (
-        "Architecture: `mobile_unet`, encoder mobilenet_v2 x0.35 (from scratch)",
+        "Architecture: mobile_unet: mobilenet_v2 encoder x0.35 (from scratch) + light U-Net decoder",
         f"Parameters: {train['params']:,}; {metrics['export']['macs'] / 1e9:.3f} GMACs",
-        "Working resolution 128x160 inside a 480x640 device graph",
+        "Working resolution 128x160 resized inside a 480x640 TFLite graph (bilinear resize in; separable",
+        f"Extra data: 1 (source tum ({TUM}))",
         "silog x1.0 (lambda 0.85), grad x0.5",
         "horizontal flip, crop-and-resize (p 0.5, scale >= 0.7), colour jitter (brightness 0.2",
         "Training time 123 s on CPU (Test CPU), 2 cores",

@@ -124,7 +124,8 @@ def test_describe_run():
     estimated = describe_run(params, {"device": "local", "threads": 2, "median_ms": 12.0, "est_rpi4_ms": 54.0,
                                       "est_rpi4_ms_lo": 48.0, "est_rpi4_ms_hi": 60.0})
     assert "est. Pi 4 54 ms (an estimate, range 48-60 ms" in estimated
-    assert "precision fp32; runs on TFLite >= 2.2.0; encoder" in describe_run(params, None, min_runtime="2.2.0")
+    assert "precision fp32; runs on TFLite >= 2.2.0; model params hash" in describe_run(params, None,
+                                                                                    min_runtime="2.2.0")
 
 
 def test_model_min_runtime_of_a_model_file(models, tmp_path):

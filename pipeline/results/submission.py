@@ -26,6 +26,7 @@ from PIL import Image
 
 from pipeline.core.errors import DataError, ExportError
 from pipeline.core.files import atomic_path, depth_m_to_mm
+from pipeline.results.describe import describe, extra_data_used
 
 MODEL_NAME = "model.tflite"
 README_NAME = "readme.txt"
@@ -386,50 +387,30 @@ def validate_submission(zip_path: str | os.PathLike, inputs_dir: str | os.PathLi
 
 
 # ----------------------------------------------------------------------------- packaging
-def extra_data_used(params) -> list[str]:
-    """What trained the model besides the challenge's own training set (package.challenge_sources):
-    each makes the readme say Extra Data 1 and is named in its description."""
-    t, d = params.train, params.data
-    used = [f"source {name} ({src.path})" for name, src in d.sources.items()
-            if name not in params.package.challenge_sources]
-    used += [f"unlabeled {name} ({src.path})" for name, src in d.unlabeled.items()]
-    if params.teacher.model:
-        used.append(f"teacher {Path(params.teacher.model).name} ({params.teacher.output})")
-    if t.encoder_weights != "none":
-        used.append(f"{t.encoder_weights} encoder weights")
-    if t.init_from:
-        used.append(f"initial weights {Path(t.init_from).name}")
-    return used
-
-
 def extra_data_flag(params) -> int:
     """The readme's Extra Data flag: package.extra_data: 1 forces it; else 1 when extra_data_used."""
     return int(params.package.extra_data == 1 or bool(extra_data_used(params)))
 
 
 def describe_run(params, benchmark: Mapping | None = None, *, extra: str = "", min_runtime: str = "") -> str:
-    """Auto description for readme.txt: model, resolution, precision, minimum TFLite runtime
-    (`min_runtime`, read from model.tflite), params hash, timing.
+    """Auto description for readme.txt: the method (pipeline/results/describe.py), minimum
+    TFLite runtime (`min_runtime`, read from model.tflite), params hash, extra data, timing.
 
     The hash covers MODEL_SECTIONS only (what determines model.tflite), so editing e.g.
     tracking params neither changes the readme nor needs to rerun the package stage.
     """
     from pipeline.core.config import params_hash
 
-    t, e = params.train, params.export
-    model = t.arch
-    if t.arch == "mobile_unet":
-        model += f" ({t.encoder} encoder, alpha {t.width_multiplier:g})"
+    method = describe(params)
     parts = [
-        model,
-        f"working resolution {t.height}x{t.width} resized inside a {e.height}x{e.width} TFLite graph",
-        f"precision {e.precision}",
+        method.network,
+        method.geometry,
+        f"precision {method.precision}",
         *([f"runs on TFLite >= {min_runtime}"] if min_runtime else []),
-        f"encoder weights {t.encoder_weights}",
         f"model params hash {params_hash(params, MODEL_SECTIONS)}",
     ]
-    if extra_data_used(params):
-        parts.append("extra data: " + ", ".join(extra_data_used(params)))
+    if method.extra_data:
+        parts.append("extra data: " + ", ".join(method.extra_data))
     if benchmark:
         # benchmark.json (stages/benchmark.py): `device` is local or ssh://..., `machine` the CPU arch
         timing = [str(benchmark[k]) for k in ("device", "machine") if benchmark.get(k)]

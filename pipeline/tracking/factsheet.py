@@ -21,6 +21,8 @@ from pipeline.core.config import SYNTHETIC_SOURCE, VAL_BLOCKS, Params, TrainConf
 from pipeline.core.errors import ConfigError, ReportError
 from pipeline.core.overrides import diff_args
 from pipeline.model import archs  # noqa: F401  (registers train.arch's choices)
+from pipeline.results.describe import augmentation, describe, losses
+from pipeline.results.submission import extra_data_flag
 from pipeline.tracking.compare import require_store
 from pipeline.tracking.runs import mlflow_errors
 
@@ -146,73 +148,55 @@ def render(run, stages: dict[str, dict]) -> str:
     """The fact sheet of one run, as markdown."""
     p, tags = run.data.params, run.data.tags
     prep, train, export, bench, ev = (stages.get(s, {}) for s in STAGE_FILES)
-    arch = p.get("train.arch", "?")
-    encoder = (f", encoder {p.get('train.encoder')} x{p.get('train.width_multiplier')} "
-               f"({'ImageNet weights' if p.get('train.encoder_weights') == 'imagenet' else 'from scratch'})"
-               if arch == "mobile_unet" else "")
-    baseline_unet = arch == "mai_baseline_unet"  # the organizers' U-Net: no decoder knob, a ReLU output
-    decoder = (f"the organizers' U-Net, 64 x {p.get('train.width_multiplier')} base filters" if baseline_unet
-               else f"decoder {p.get('train.decoder_channels', '?')} channels")
-    output = ("a plain ReLU, as the organizers'" if baseline_unet else
-              f"exp of a sigmoid-bounded log depth in [{p.get('train.min_depth')}, {p.get('train.max_depth')}] m")
-    losses = [f"{name} x{p[f'train.loss.{name}_weight']}" for name in ("silog", "grad", "l1", "berhu")
-              if float(p.get(f"train.loss.{name}_weight", 0) or 0) > 0]
-    if "train.loss.silog_lambda" in p:
-        losses = [f"{item} (lambda {p['train.loss.silog_lambda']})" if item.startswith("silog") else item
-                  for item in losses]
-    augment = []
-    if p.get("train.augment.flip") == "True":
-        augment.append("horizontal flip")
-    if float(p.get("train.augment.crop_prob", 0) or 0) > 0 and float(p.get("train.augment.crop_min_scale", 1)) < 1:
-        augment.append(f"crop-and-resize (p {p['train.augment.crop_prob']}, scale >= {p['train.augment.crop_min_scale']})")
-    jitter = [k for k in ("brightness", "contrast", "saturation", "hue") if float(p.get(f"train.augment.{k}", 0) or 0) > 0]
-    if jitter:
-        augment.append("colour jitter (" + ", ".join(f"{k} {p[f'train.augment.{k}']}" for k in jitter) + ")")
-    sources = sorted({k.split(".")[2] for k in p if k.startswith("data.sources.")})
+    params = run_params(p)
+    method = describe(params)
+    t, d = params.train, params.data
     data_line = "; ".join(
-        f"{name} `{p.get(f'data.sources.{name}.path')}` (weight {p.get(f'data.sources.{name}.weight')})"
-        + (f": {SYNTHETIC_NOTE}" if p.get(f"data.sources.{name}.path") == SYNTHETIC_SOURCE else "")
-        for name in sources) or "n/a"
-    validation = ("the last " + f"{float(p.get('data.val_fraction', 0)):.0%} of every source"
-                  if p.get("data.val", VAL_BLOCKS) == VAL_BLOCKS else f"source {p.get('data.val')} held out whole")
+        f"{name} `{src.path}` (weight {src.weight})"
+        + (f": {SYNTHETIC_NOTE}" if src.path == SYNTHETIC_SOURCE else "")
+        for name, src in sorted(d.sources.items()))
+    validation = (f"the last {d.val_fraction:.0%} of every source" if d.val == VAL_BLOCKS
+                  else f"source {d.val} held out whole")
+    extra = f"{extra_data_flag(params)}" + (f" ({', '.join(method.extra_data)})"
+                                            if method.extra_data else "")
     par = export.get("parity", {})
     baseline = ev.get("baseline_si_rmse")
     ratio = f" ({ev['si_rmse'] / baseline:.2f}x the constant prediction's {baseline:.4f})" if ev.get("si_rmse") and baseline else ""
-    exp_run = shlex.join(["dvc", "exp", "run", *(a for o in reproduce_overrides(run_params(p)) for a in ("-S", o))])
+    exp_run = shlex.join(["dvc", "exp", "run",
+                          *(a for o in reproduce_overrides(params) for a in ("-S", o))])
     commit = tags.get("git.commit", "unknown")
     dirty = " (with uncommitted changes)" if tags.get("git.dirty") == "true" else ""
     lines = [
         f"# Fact sheet: {run.info.run_name}",
         "",
         "## Model",
-        f"- Architecture: `{arch}`{encoder}, {decoder}",
+        f"- Architecture: {method.network}",
         f"- Parameters: {_fmt(train.get('params'), ',')}; {_fmt(export.get('macs', 0) / 1e9 if export.get('macs') else None, '.3f')} GMACs "
         f"at the device resolution",
-        f"- Working resolution {p.get('train.height')}x{p.get('train.width')} inside a "
-        f"{p.get('export.height')}x{p.get('export.width')} device graph (bilinear resize in and out of the graph)",
-        f"- Output: depth in metres, {output}",
+        f"- {method.geometry[0].upper()}{method.geometry[1:]}",
+        f"- Output: {method.output}",
         "",
         "## Training",
-        f"- Losses (masked by valid depth): {', '.join(losses) or 'none'}",
-        f"- Augmentation: {', '.join(augment) or 'none'}",
-        f"- AdamW, learning rate {p.get('train.learning_rate')} (warmup {p.get('train.warmup_epochs')} epochs, cosine to "
-        f"x{p.get('train.min_lr_ratio')}), weight decay {p.get('train.weight_decay')}, batch {_fmt(train.get('batch_size'))} "
+        f"- Losses (masked by valid depth): {losses(params)}",
+        f"- Augmentation: {augmentation(params)}",
+        f"- AdamW, learning rate {t.learning_rate} (warmup {t.warmup_epochs} epochs, cosine to "
+        f"x{t.min_lr_ratio}), weight decay {t.weight_decay}, batch {_fmt(train.get('batch_size'))} "
         f"on {_fmt(train.get('replicas'))} replica(s)"
-        + (f"; weights averaged (EMA, momentum {p['train.ema']})" if float(p.get("train.ema", 0) or 0) > 0 else ""),
+        + (f"; weights averaged (EMA, momentum {t.ema})" if t.ema > 0 else ""),
         f"- {_fmt(train.get('epochs'))} epochs; shipped weights from epoch {_fmt(train.get('best_epoch'))} "
         f"(best val si-RMSE {_fmt(train.get('best_val_si_rmse'), '.4f')} at working resolution)",
         f"- Training time {_fmt(train.get('train_seconds'), '.0f', ' s')} on {train.get('hardware', 'n/a')}; "
-        f"seed {p.get('base.seed')}, deterministic {p.get('base.deterministic')}",
+        f"seed {params.base.seed}, deterministic {params.base.deterministic}",
         f"- Trained on {made_on(train)}",
         "",
         "## Data",
         f"- Sources: {data_line}",
         f"- {_fmt(prep.get('train_images'))} train / {_fmt(prep.get('val_images'))} validation images; "
-        f"validation: {validation}; other aspect ratios: {p.get('data.aspect', 'stretch')} to 4:3",
-        f"- Extra data: {p.get('package.extra_data', '0')}",
+        f"validation: {validation}; other aspect ratios: {d.aspect} to 4:3",
+        f"- Extra data: {extra}",
         "",
         "## Export and runtime",
-        f"- TFLite {p.get('export.precision')}, {_fmt(export.get('size_mb'), '.2f', ' MB')}, {_fmt(export.get('n_ops'))} ops, "
+        f"- TFLite {method.precision}, {_fmt(export.get('size_mb'), '.2f', ' MB')}, {_fmt(export.get('n_ops'))} ops, "
         f"builtin ops only; Keras vs TFLite si-RMSE {_fmt(par.get('si_rmse_keras'), '.4f')} -> {_fmt(par.get('si_rmse_tflite'), '.4f')}",
         f"- Runtime (measured): median {_fmt(bench.get('median_ms'), '.2f', ' ms')}, p90 {_fmt(bench.get('p90_ms'), '.2f', ' ms')}, "
         f"init {_fmt(bench.get('init_ms'), '.1f', ' ms')}, peak RAM {_fmt(bench.get('peak_rss_mb'), '.0f', ' MB')}",

@@ -45,6 +45,7 @@ from pipeline.core.errors import PipelineError, TrackingError
 from pipeline.core.files import read_json
 from pipeline.core.paths import HISTORY_CSV, METRICS_DIR, SPLIT_CSV
 from pipeline.model import archs  # noqa: F401  (registers train.arch's choices)
+from pipeline.results.describe import describe
 
 STORE_NAME = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"  # beside the store; already in .gitignore
@@ -381,20 +382,26 @@ def _fmt_number(value: float | None, digits: int, unit: str = "") -> str:
 
 
 def run_description(params: Params, metrics: dict[str, float], splits: list[DataSplit]) -> str:
-    """The few lines a person reads first (the run's description, markdown)."""
-    train = params.train
+    """The few lines a person reads first (the run's description, markdown): the method as
+    pipeline/results/describe.py words it, the data and the headline figures."""
+    train, method = params.train, describe(params)
     data = "; ".join(f"{'trained on' if s.split == 'train' else 'validated on'} {s.name} "
                      f"({s.pairs} pair{'s' if s.pairs != 1 else ''})"
                      for s in splits) or "no split (data/prepared/split.csv not found)"
     threads = metrics.get("benchmark.threads")
     where = f", {threads:.0f} threads" if threads is not None else ""
-    return (
-        f"**{train.arch}** at {train.height}x{train.width}, {params.export.precision} TFLite\n\n"
-        f"- data: {data}\n"
+    lines = [
+        f"**{train.arch}** at {train.height}x{train.width}, {method.precision} TFLite",
+        "",
+        f"- {method.network}",
+        f"- {method.geometry}",
+        f"- data: {data}",
+        *([f"- extra data: {', '.join(method.extra_data)}"] if method.extra_data else []),
         f"- si-RMSE {_fmt_number(metrics.get('evaluate.si_rmse'), 4)}, "
         f"latency {_fmt_number(metrics.get('benchmark.median_ms'), 1, ' ms')} (median{where}), "
-        f"score {_fmt_number(metrics.get('evaluate.score'), 4)}\n"
-    )
+        f"score {_fmt_number(metrics.get('evaluate.score'), 4)}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _dataset_inputs(splits: list[DataSplit]):
