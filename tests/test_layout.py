@@ -18,7 +18,8 @@ import yaml
 from conftest import REPO
 from pipeline import LAYERS
 from pipeline.core.cli import run_stage
-from pipeline.core.config import AUTO, ExportConfig, Params, TeacherConfig, TrainConfig, as_flat_dict, load_params
+from pipeline.core.config import (AUTO, ExportConfig, Params, TeacherConfig, TrainConfig,
+                                  as_flat_dict, load_params)
 from pipeline.core.errors import ConfigError, DataError, ExportError, ReportError, TimingError, TrackingError
 from pipeline.core.overrides import flatten
 from pipeline.model import archs
@@ -768,13 +769,15 @@ def arch_name_lists(archs, paths=None) -> list[str]:
     second list of the choices, which adding one to pipeline/model/archs.py would miss."""
     found = []
     if paths is None:
-        paths = [*(REPO / "pipeline").rglob("*.py"), *(REPO / "stages").glob("*.py"), *(REPO / "bench").glob("*.py")]
+        paths = [*(REPO / "pipeline").rglob("*.py"), *(REPO / "stages").glob("*.py"),
+                 *(REPO / "bench").glob("*.py")]
         paths.remove(REPO / "pipeline/model/archs.py")
     for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
             items = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", None) \
                 if isinstance(node, (ast.List, ast.Tuple, ast.Set)) else None
-            names = [n.value for n in items or () if isinstance(n, ast.Constant) and n.value in archs]
+            names = [n.value for n in items or ()
+                     if isinstance(n, ast.Constant) and n.value in archs]
             if set(names) >= set(archs):
                 found.append(f"{path.name}:{node.lineno}: {', '.join(names)}")
     return found
@@ -794,7 +797,8 @@ def test_an_architecture_is_its_module_and_one_registry_line():
     module has one, and each arch says what `auto` means for every auto-able train key."""
     folder = REPO / "pipeline/model/networks"
     builders = {path.stem for path in folder.glob("*.py")
-                if any(isinstance(n, ast.FunctionDef) and n.name == "build" for n in ast.parse(path.read_text()).body)}
+                if any(isinstance(n, ast.FunctionDef) and n.name == "build"
+                       for n in ast.parse(path.read_text()).body)}
     assert builders == {arch.module for arch in archs.ARCHS.values()}
     auto = {f.name for f in dataclasses.fields(TrainConfig) if f.default == AUTO}
     assert auto == {"width_multiplier", "height", "width"}

@@ -27,17 +27,19 @@ def test_make_exp_applies_a_preset_through_dvc(tmp_path):
     make = require_program("make", "apt-get install make")
     project = make_project(tmp_path / "project")
     shutil.copy(REPO / "Makefile", project / "Makefile")
-    (project / ".venv").symlink_to(Path(sys.executable).parent.parent)  # this venv, installed already
+    (project / ".venv").symlink_to(Path(sys.executable).parent.parent)  # this venv, installed
     preset = project / "presets/tum.yaml"
-    preset.write_text(preset.read_text() + f"package:\n  description: '{DESCRIPTION.replace(chr(39), 2 * chr(39))}'\n")
+    quoted = DESCRIPTION.replace("'", "''")  # YAML's single-quoted style
+    preset.write_text(preset.read_text() + f"package:\n  description: '{quoted}'\n")
     run(["git", "add", "Makefile", "presets/tum.yaml"], project)
     run(["git", "commit", "-qm", "make exp"], project)
     expected = load_params(project / "params.yaml", presets=[preset])
     assert expected.package.description == DESCRIPTION and list(expected.data.sources) == ["tum"]
 
     # INSTALLED= : the linked venv needs no pip run (the recipe itself is the Makefile's)
-    proc = subprocess.run([make, "exp", "PRESET=presets/tum.yaml", "EXP_ARGS=synthesize", "INSTALLED="],
-                          cwd=project, env=project_env(), capture_output=True, text=True, timeout=600)
+    cmd = [make, "exp", "PRESET=presets/tum.yaml", "EXP_ARGS=synthesize", "INSTALLED="]
+    proc = subprocess.run(cmd, cwd=project, env=project_env(), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Ran experiment(s)" in proc.stdout + proc.stderr
     assert as_flat_dict(load_params(project / "params.yaml")) == as_flat_dict(expected)
@@ -46,8 +48,10 @@ def test_make_exp_applies_a_preset_through_dvc(tmp_path):
 def test_a_preset_or_override_that_does_not_load_stops_before_dvc(tmp_path, monkeypatch, capsys):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
-    assert run_stage(exp.main, [str(REPO / "presets/tum.yaml"), "-n", "x", "-S", "train.epochs=0"]) == 2
-    assert capsys.readouterr().err == "error: params: train.epochs=0 is out of range (must be >= 1)\n"
+    preset = str(REPO / "presets/tum.yaml")
+    assert run_stage(exp.main, [preset, "-n", "x", "-S", "train.epochs=0"]) == 2
+    assert capsys.readouterr().err == ("error: params: train.epochs=0 is out of range "
+                                       "(must be >= 1)\n")
     assert run_stage(exp.main, ["missing.yaml"]) == 2
     assert capsys.readouterr().err == "error: missing.yaml: params file not found\n"
 
@@ -57,5 +61,6 @@ def test_print_shows_the_command_and_runs_nothing(tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)
     assert run_stage(exp.main, ["--print", str(REPO / "presets/tum.yaml"), "-n", "tum"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("dvc exp run -S '~data.sources.synthetic' -S ") and out.endswith(" -n tum\n")
+    assert out.startswith("dvc exp run -S '~data.sources.synthetic' -S ")
+    assert out.endswith(" -n tum\n")
     assert "-S +data.sources.tum.path=../shared/data/tum_fr1_xyz" in out

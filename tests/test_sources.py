@@ -56,8 +56,8 @@ def test_sources_params_and_the_migration_message(tmp_path):
 def test_a_preset_replaces_the_sources_and_its_experiment_says_so():
     p = load_params(REPO / "params.yaml", presets=[REPO / "presets/tum.yaml"])
     assert list(p.data.sources) == ["tum"]
-    out = subprocess.run([sys.executable, "-m", "stages.exp", "--print", "presets/tum.yaml"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "stages.exp", "--print", "presets/tum.yaml"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.startswith("dvc exp run -S '~data.sources.synthetic' -S ")
     assert out.endswith(" -S +data.sources.tum.path=../shared/data/tum_fr1_xyz\n")
 

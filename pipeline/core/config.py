@@ -497,8 +497,8 @@ def read_yaml(path: Path):
         raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
 
 
-def load_params(path: str | os.PathLike = DEFAULT_PARAMS, *, presets=(), overrides: dict | None = None,
-                args=()) -> Params:
+def load_params(path: str | os.PathLike = DEFAULT_PARAMS, *, presets=(),
+                overrides: dict | None = None, args=()) -> Params:
     """params.yaml, then each preset file (partial params) and `overrides` merged on top,
     then `args`, `dvc exp run -S` arguments applied as DVC applies them."""
     raw = read_yaml(Path(path)) or {}

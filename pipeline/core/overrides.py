@@ -53,7 +53,8 @@ def format_value(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{_check_key(str(k))}: {format_value(v)}" for k, v in value.items()) + "}"
+        items = (f"{_check_key(str(k))}: {format_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
     if isinstance(value, str):
         return _format_text(value)
     raise ConfigError(f"-S: cannot write a {type(value).__name__} value ({value!r})")
@@ -122,7 +123,8 @@ def parse(arg: str) -> Override:
         return Override(DELETE, key)
     if parsed.value_type != ValueType.ELEMENT:
         raise ConfigError(f"-S {arg!r} is a sweep; a grid of experiments is `make sweep`")
-    op = {OverrideType.CHANGE: SET, OverrideType.ADD: ADD, OverrideType.FORCE_ADD: FORCE}[parsed.type]
+    ops = {OverrideType.CHANGE: SET, OverrideType.ADD: ADD, OverrideType.FORCE_ADD: FORCE}
+    op = ops[parsed.type]
     return Override(op, key, parsed.value())
 
 
@@ -165,7 +167,8 @@ def merge(base: dict, override: dict, _prefix: str = "") -> dict:
     out = dict(base)
     for key, value in override.items():
         path = f"{_prefix}{key}"
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and path not in REPLACED_WHOLE:
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        if nested and path not in REPLACED_WHOLE:
             out[key] = merge(out[key], value, f"{path}.")
         else:
             out[key] = value
@@ -198,7 +201,8 @@ def diff_args(base: dict, new: dict, _prefix: str = "") -> list[str]:
                 if isinstance(value, dict) and value else [format_arg(path, value, ADD)]
         elif isinstance(value, dict) and isinstance(base[key], dict) and value:
             for arg in diff_args(base[key], value, f"{path}."):
-                (gone if arg.startswith(DELETE) else added if arg.startswith(ADD) else changed).append(arg)
+                kind = gone if arg.startswith(DELETE) else added if arg.startswith(ADD) else changed
+                kind.append(arg)
         elif value != base[key] or type(value) is not type(base[key]):
             changed.append(format_arg(path, value))
     return gone + changed + added

@@ -100,7 +100,8 @@ def _field_type(key: str):
 
 
 def _typed(text: str, typ):
-    union = typing.get_origin(typ) in (typing.Union, types.UnionType)  # float | str: `auto` or a number
+    # float | str: `auto` or a number
+    union = typing.get_origin(typ) in (typing.Union, types.UnionType)
     options = typing.get_args(typ) if union else (typ,)
     for option in options:
         try:
@@ -119,7 +120,7 @@ def reproduce_overrides(params: Params) -> list[str]:
     `key=value` for a changed value, `~data.sources.NAME` for a default source not used and
     `+data.sources.NAME.path=...` for one added. `auto` sizes equal to the run's architecture's
     own are left to `auto`."""
-    own = TrainConfig(arch=params.train.arch)  # the defaults with `auto` as the run's arch resolves it
+    own = TrainConfig(arch=params.train.arch)  # the defaults, `auto` as the run's arch resolves it
     defaults = Params(train=dataclasses.replace(own, arch=TrainConfig().arch))
     return diff_args(dataclasses.asdict(defaults), dataclasses.asdict(params))
 

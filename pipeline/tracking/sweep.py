@@ -161,7 +161,8 @@ def exp_name(sweep: Sweep, point: dict) -> str:
     for axis in sweep.axes:
         if len(axis.values) > 1:
             values = [point[k] for k in axis.keys]
-            parts.append(AUTO if all(v == AUTO for v in values) else "x".join(format_value(v) for v in values))
+            text = "x".join(format_value(v) for v in values)
+            parts.append(AUTO if all(v == AUTO for v in values) else text)
     return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)).strip("._-")
 
 
@@ -198,7 +199,8 @@ def run_command(cmd: list[str], *, root: Path) -> None:
     try:
         code = subprocess.run(cmd, cwd=root, env=dvc_env()).returncode
     except FileNotFoundError:
-        raise PipelineError(f"{cmd[0]}: not found (run through make, or with the venv's bin first on PATH)") from None
+        raise PipelineError(f"{cmd[0]}: not found (run through make, or with the venv's bin first "
+                            "on PATH)") from None
     if code != 0:
         raise PipelineError(f"`{' '.join(cmd[:3])}` failed (exit {code}; its error is above)")
 

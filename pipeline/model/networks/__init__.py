@@ -24,9 +24,8 @@ def build_model(cfg: TrainConfig):
     if arch is None:
         raise ValueError(f"unknown train.arch {cfg.arch!r}; known: {', '.join(ARCHS)}")
     if cfg.height % arch.stride or cfg.width % arch.stride:
-        raise ValueError(
-            f"train.height/width {cfg.height}x{cfg.width} must be divisible by {arch.stride} for {cfg.arch}"
-        )
+        raise ValueError(f"train.height/width {cfg.height}x{cfg.width} must be divisible by "
+                         f"{arch.stride} for {cfg.arch}")
     # Imported here: importing pipeline.model.networks must not import TensorFlow.
     model = importlib.import_module(f"{__name__}.{arch.module}").build(cfg)
     set_batchnorm_momentum(model, BN_MOMENTUM)
