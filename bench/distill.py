@@ -1,6 +1,6 @@
 """Does a teacher make the default student better on a scene it never saw? One budget for all.
 
-    .venv/bin/python -m bench.distill [--epochs 12] [--steps-per-epoch 20]
+    .venv/bin/python -m bench.distill [--epochs 12] [--steps-per-epoch 20] [--teacher PATH]
 
 Data: TUM (../shared/data/tum_fr1_xyz) is the labelled set. HoloLens
 (../shared/data/hololens2_office) is split by sorted name in two: the first half is used
@@ -10,8 +10,10 @@ the second half's, to score; every student ships its last epoch, so nothing is c
 it either.
 
 1. teacher: mobile_unet at width 1.0 and 256x320, trained on TUM alone (validated on
-   TUM's last block), exported to TFLite: the "your own teacher" route of the README. It
-   is run once over TUM and the unlabeled half (pipeline/teacher/labels.py) and scored itself.
+   TUM's last block), exported to TFLite: the "your own teacher" route of the README. With
+   --teacher PATH, that published file instead (settings and distill_weight from
+   presets/teacher.yaml, fill_invalid off; its own figure: aligned per image to the ground
+   truth). It is run once over TUM and the unlabeled half (pipeline/teacher/labels.py).
 2. students, the default model (params.yaml's train section) for the same number of
    optimizer steps each, fp32 TFLite, official metrics on the validation half:
      student                  ground truth alone (today's pipeline)
@@ -28,27 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import (HOLOLENS, TUM, bench_params, print_table, score_tflite, source_entries,
-                          train_and_score, val_rows)
+from bench.common import (HOLOLENS, TUM, bench_params, print_table, score_tflite, setup_teacher, source_entries,
+                          split_scene, teacher_scores, train_and_score, val_rows)
+from pipeline.core.config import merge
 from pipeline.data.dataset import build_split, list_unlabeled, write_teacher_index
 
 TEACHER_FILE = "models/teacher/teacher.tflite"  # relative to the work folder (teacher.model must be under it)
-
-
-def split_hololens(work: Path) -> tuple[Path, Path]:
-    """Links: first half of the names -> unlabeled/rgb only; second half -> val/{rgb,depth}."""
-    names = sorted(p.name for p in (HOLOLENS / "rgb").glob("*.png"))
-    half = len(names) // 2
-    unlabeled, val = work / "hololens_unlabeled", work / "hololens_val"
-    (unlabeled / "rgb").mkdir(parents=True)
-    for sub in ("rgb", "depth"):
-        (val / sub).mkdir(parents=True)
-    for name in names[:half]:
-        (unlabeled / "rgb" / name).symlink_to(HOLOLENS / "rgb" / name)
-    for name in names[half:]:
-        for sub in ("rgb", "depth"):
-            (val / sub / name).symlink_to(HOLOLENS / sub / name)
-    return unlabeled, val
 
 
 def run(label: str, work: Path, overrides: dict, *, tflite: Path | None = None) -> dict:
@@ -69,6 +56,7 @@ def main() -> None:
     parser.add_argument("--distill-weight", type=float, default=1.0)
     parser.add_argument("--max-residual", type=float, default=0.5, help="teacher.max_residual: a briefly trained "
                         "metric teacher is off in scale by itself; drop only its gross failures")
+    parser.add_argument("--teacher", type=Path, help="a published teacher file instead of training one")
     args = parser.parse_args()
     from pipeline.core.cli import Progress
     from pipeline.teacher.labels import run_teacher, summarize
@@ -77,28 +65,35 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="distill_") as tmp:
         work = Path(tmp)
-        os.chdir(work)  # teacher.model is a path under models/teacher/, relative to the project root
-        unlabeled_dir, val_dir = split_hololens(work)
-        (work / "models/teacher").mkdir(parents=True)
-
-        # 1. the teacher: bigger, trained on the labelled data alone, exported to TFLite
-        teacher_train = {"arch": "mobile_unet", "width_multiplier": 1.0, "height": 256, "width": 320,
-                         "epochs": args.teacher_epochs, "steps_per_epoch": args.teacher_steps_per_epoch}
-        teacher_data = {"sources": source_entries({"tum": TUM}), "val": "blocks"}
-        run("teacher-training", work, {"data": teacher_data, "train": teacher_train},
-            tflite=work / TEACHER_FILE)
-        # the teacher's own figures on the validation half, as the students are scored
+        unlabeled_dir, val_dir = split_scene(HOLOLENS, work / "hololens_halves")
         students = {"tum": str(TUM), "hololens_val": str(val_dir)}  # val: the second half
-        results.append(score_tflite("teacher (reference)", work / TEACHER_FILE,
-                                    val_rows(students, "hololens_val")))
-        teacher_cfg = bench_params({"teacher": {"model": TEACHER_FILE,
-                                                "max_residual": args.max_residual}}).teacher
+        if args.teacher:  # 1. a published teacher
+            with_teacher, model = setup_teacher(args.teacher, {}, work)
+            teacher_cfg = model.cfg
+            results.append(teacher_scores(model, val_rows(students, "hololens_val"), "teacher (reference)",
+                                          "hololens_val"))
+        else:  # 1. the teacher: bigger, trained on the labelled data alone, exported to TFLite
+            os.chdir(work)  # teacher.model is a path under models/teacher/, relative to the project root
+            (work / "models/teacher").mkdir(parents=True)
+            teacher_train = {"arch": "mobile_unet", "width_multiplier": 1.0, "height": 256, "width": 320,
+                             "epochs": args.teacher_epochs, "steps_per_epoch": args.teacher_steps_per_epoch}
+            teacher_data = {"sources": source_entries({"tum": TUM}), "val": "blocks"}
+            run("teacher-training", work, {"data": teacher_data, "train": teacher_train},
+                tflite=work / TEACHER_FILE)
+            # the teacher's own figures on the validation half, as the students are scored
+            results.append(score_tflite("teacher (reference)", work / TEACHER_FILE,
+                                        val_rows(students, "hololens_val")))
+            model = None
+            with_teacher = {"teacher": {"model": TEACHER_FILE, "fill_invalid": True,
+                                        "max_residual": args.max_residual},
+                            "train": {"loss": {"distill_weight": args.distill_weight}}}
+            teacher_cfg = bench_params(with_teacher).teacher
         start = time.time()
         labelled = [r for r in build_split(students, val="hololens_val")
                     if r["split"] == "train"]  # exactly the students' train rows
         unlabeled = [{**r, "source": "hololens_unlabeled"} for r in list_unlabeled(unlabeled_dir)]
         maps = run_teacher(teacher_cfg, labelled=labelled, unlabeled=unlabeled, write_dir=work / "teacher",
-                           final_dir=work / "teacher", progress=Progress("teacher: image", every=30))
+                           final_dir=work / "teacher", progress=Progress("teacher: image", every=30), model=model)
         write_teacher_index(work / "teacher/alignment.csv", maps)
         stats = summarize(maps, teacher_cfg)
         print(f"teacher maps: {stats['labelled_images']} labelled + {stats['unlabeled_images']} unlabeled in "
@@ -108,17 +103,18 @@ def main() -> None:
         # 2. the students, one budget
         data = {"sources": source_entries(students), "val": "hololens_val"}
         budget = {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch}
-        with_teacher = {"teacher": {"model": TEACHER_FILE, "fill_invalid": True, "max_residual": args.max_residual},
-                        "train": {**budget, "loss": {"distill_weight": args.distill_weight}}}
+        with_teacher = merge(with_teacher, {"train": budget})
         results.append(run("student", work, {"data": data, "train": budget}))
         results.append(run("student+teacher", work, {"data": data, **with_teacher}))
         results.append(run("student+teacher+unlabeled", work, {
             "data": {**data, "unlabeled": {"hololens_unlabeled": {"path": str(unlabeled_dir)}}}, **with_teacher}))
 
-    t = default.train
+    t, taught = default.train, bench_params(with_teacher)
+    teacher = (f"{args.teacher.name} ({teacher_cfg.output}, output {teacher_cfg.output_index})" if args.teacher else
+               f"mobile_unet x1.0 at 256x320, {args.teacher_epochs} x {args.teacher_steps_per_epoch} steps on TUM")
     print(f"\nstudent: {t.arch} x{t.width_multiplier} at {t.height}x{t.width}, {args.epochs} x {args.steps_per_epoch} "
-          f"steps of batch {t.batch_size} per run; teacher: mobile_unet x1.0 at 256x320, {args.teacher_epochs} x "
-          f"{args.teacher_steps_per_epoch} steps on TUM; distill_weight {args.distill_weight}, fill_invalid on; "
+          f"steps of batch {t.batch_size} per run; teacher: {teacher}; distill_weight "
+          f"{taught.train.loss.distill_weight}, fill_invalid {'on' if taught.teacher.fill_invalid else 'off'}; "
           "official metrics of the fp32 TFLite models on the second half of HoloLens")
     print_table(results, scene="val scene")
 

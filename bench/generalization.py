@@ -178,7 +178,7 @@ def main() -> None:
         print("imagenet: skipped, no cached keras.applications MobileNetV2 weights (they download from the internet)")
     if args.teacher:
         print(f"teacher: {args.teacher} ({args.teacher_cfg.output}, output {args.teacher_cfg.output_index}, "
-              f"normalize {args.teacher_cfg.normalize}); distill_weight {default.train.loss.distill_weight}")
+              f"normalize {args.teacher_cfg.normalize}); distill_weight {args.distill_weight}")
     print_table(results)
 
 
@@ -186,7 +186,7 @@ def teacher_rows(args, work: Path, runs, wanted, directions) -> list[dict]:
     """The --teacher rows of both directions (see the docstring), the rows that see no image of
     the held-out scene first."""
     with_teacher, model = setup_teacher(args.teacher, args.overrides, work)
-    args.teacher_cfg = model.cfg
+    args.teacher_cfg, args.distill_weight = model.cfg, bench_params(with_teacher).train.loss.distill_weight
     kinds = ("+rooms", "", "+half")
     maps, results = {}, []
     for train_on, held_out in directions:

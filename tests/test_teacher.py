@@ -4,8 +4,11 @@ alignment of relative inverse depth, the teacher channel in training, Extra Data
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -426,3 +429,37 @@ def test_the_published_pydnet_teacher_runs_as_shipped_and_aligns_to_ground_truth
     # output_index acts: the coarsest head's maps are other maps (blurrier), not the finest's
     fine_map, coarse_map = (read_depth_m(tmp_path / rows[0]["teacher"]) for rows in (fine, coarse))
     assert np.abs(np.log(fine_map) - np.log(coarse_map)).mean() > 0.01
+
+
+# The README's two commands of "Learning from a teacher" (tests/test_readme.py maps them here)
+README_TEACHER_LINK = "ln -s ../../../shared/teachers/pydnet_matterport/pydnet_matterport.tflite models/teacher/"
+README_TEACHER_RUN = "make exp PRESET=presets/teacher.yaml"
+
+
+@pytest.mark.skipif(not PYDNET.is_file(), reason=f"{PYDNET} missing (../shared beside the project)")
+def test_readme_teacher_commands_label_every_source_with_the_shared_teacher(tmp_path, monkeypatch):
+    """The README's link and preset, as a user types them, in a git copy of the project with
+    ../shared beside it; DVC runs up to the teacher stage (EXP_ARGS), a few images a source."""
+    from conftest import REPO, make_project, project_env, require_program
+
+    make = require_program("make", "apt-get install make")
+    (tmp_path / "shared").symlink_to(PYDNET.parents[2])  # ../shared, as beside a clone
+    project = make_project(tmp_path / "project")
+    shutil.copy(REPO / "Makefile", project / "Makefile")
+    (project / ".venv").symlink_to(Path(sys.executable).parent.parent)  # this venv, installed already
+    env = project_env()
+    run(["bash", "-c", README_TEACHER_LINK], project)
+    assert "pydnet" not in run(["git", "status", "--porcelain"], project).stdout  # git-ignored: never committed
+    args = README_TEACHER_RUN.split()[1:] + ["EXP_ARGS=teacher -S data.max_images=3", "INSTALLED="]
+    proc = subprocess.run([make, *args], cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    stats = json.loads((project / "metrics/teacher.json").read_text())
+    assert (stats["output"], stats["output_index"]) == ("relative", 0) and stats["unlabeled_images"] == 3
+    for source in ("tum", "hololens"):  # scenes it never saw: clearly better than a constant
+        assert stats["sources"][source]["n_images"] == 2, stats
+        assert stats["sources"][source]["ratio_to_constant"] < 0.8, stats
+    monkeypatch.chdir(project)  # the maps' paths are relative to the project root
+    rooms = [r for r in read_teacher_index("data/teacher/alignment.csv") if r["source"] == "rooms"]
+    assert len(rooms) == 3 and all(read_depth_m(r["teacher"]).min() > 0 for r in rooms)
+    assert "teacher: hololens: si-RMSE" in proc.stdout + proc.stderr  # the anchor, printed per source
