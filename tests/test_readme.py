@@ -43,6 +43,10 @@ COMMANDS = {
         "tests/test_make_exp.py::test_make_exp_applies_a_preset_through_dvc",
     "python -m stages.exp --print presets/tum.yaml":
         "tests/test_sources.py::test_a_preset_replaces_the_sources_and_its_experiment_says_so",
+    "ln -s ../../../shared/teachers/pydnet_matterport/pydnet_matterport.tflite models/teacher/":
+        "tests/test_teacher.py::test_readme_teacher_commands_label_every_source_with_the_shared_teacher",
+    "make exp PRESET=presets/teacher.yaml":
+        "tests/test_teacher.py::test_readme_teacher_commands_label_every_source_with_the_shared_teacher",
     "dvc exp show": "tests/test_readme.py::test_dvc_exp_show_lists_the_workspace_and_its_metrics",
     "make sweep DRY=1":
         "tests/test_readme.py::test_make_sweep_dry_prints_the_grid_and_queues_nothing",

@@ -442,6 +442,8 @@ def test_readme_teacher_commands_label_every_source_with_the_shared_teacher(tmp_
     ../shared beside it; DVC runs up to the teacher stage (EXP_ARGS), a few images a source."""
     from conftest import REPO, make_project, project_env, require_program
 
+    readme = (REPO / "README.md").read_text()
+    assert README_TEACHER_LINK in readme and README_TEACHER_RUN in readme  # what a user copies
     make = require_program("make", "apt-get install make")
     (tmp_path / "shared").symlink_to(PYDNET.parents[2])  # ../shared, as beside a clone
     project = make_project(tmp_path / "project")
