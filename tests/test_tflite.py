@@ -155,7 +155,7 @@ def test_device_size_480x640_int8_with_registry_wrapper(model, images):
 
 
 def test_export_model_report_on_real_images(model, tmp_path):
-    names = sorted(p.name for p in (TUM / "rgb").glob("*.png"))[:5]
+    names = sorted(p.name for p in (TUM / "rgb").glob("*.png"))[:6]  # 3 train, 3 val: both capped
     split = tmp_path / "split.csv"
     split.write_text(split_csv([(n[:-4], "train" if i < 3 else "val", TUM / "rgb" / n, TUM / "depth" / n)
                                 for i, n in enumerate(names)]))

@@ -81,7 +81,9 @@ def run_teacher(cfg: TeacherConfig, *, labelled: list[dict], unlabeled: list[dic
     if unlabeled and cfg.output != "metric" and not fits:
         raise DataError(f"{cfg.model}: no labelled image kept (all residuals > teacher.max_residual="
                         f"{cfg.max_residual}), so the unlabeled images cannot be aligned")
-    scale, shift = (1.0, 0.0) if cfg.output == "metric" else tuple(np.median(np.array(fits), axis=0))
+    # No fit kept and no unlabeled image (else raised above): nothing takes the median.
+    scale, shift = (tuple(np.median(np.array(fits), axis=0)) if fits and cfg.output != "metric"
+                    else (1.0, 0.0))
     for row in unlabeled:
         raw = model.predict(read_rgb(row["rgb"]))
         rows.append({"source": row["source"], "name": row["name"], "kind": "unlabeled", "rgb": row["rgb"],
