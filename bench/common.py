@@ -104,10 +104,12 @@ def train_and_score(label: str, folder: Path, params: Params, *, split_csv: Path
     gc.collect()
     val = [r for r in rows if r["split"] == "val"]
     scored = score_tflite(label, tflite, val, aspect=params.data.aspect)
-    if announce:
-        print(f"{label}: {summary['train_images']} train images, {summary['epochs']} epochs x "
-              f"{summary['steps_per_epoch']} steps of batch {summary['batch_size']} in "
-              f"{minutes:.1f} min (epoch shipped {summary['best_epoch']})", flush=True)
+    if announce:  # each run's figures as they come: a bench cut short still leaves them
+        scores = ", ".join(f"{source} si-RMSE {m['si_rmse']:.4f} ratio {m['ratio_to_constant']:.2f}"
+                           for source, m in scored["sources"].items())
+        print(f"{label} (seed {params.base.seed}): {summary['train_images']} train images, {summary['epochs']} "
+              f"epochs x {summary['steps_per_epoch']} steps of batch {summary['batch_size']} in {minutes:.1f} min "
+              f"(epoch shipped {summary['best_epoch']}); {scores}", flush=True)
     return {**scored, "seed": params.base.seed, "minutes": minutes, "summary": summary,
             "params": params, "model": folder / "model.keras", "tflite": tflite, "export": report,
             "rows": rows}
