@@ -39,8 +39,10 @@ def parse_set(items: list[str]) -> dict:
 
 def source_entries(sources: dict[str, str | Path | dict]) -> dict[str, dict]:
     """{name: folder, or a whole data.sources entry such as {"path", "weight"}} -> entries."""
-    return {name: dict(src) if isinstance(src, dict) else {"path": str(src)}
-            for name, src in sources.items()}
+    return {
+        name: dict(src) if isinstance(src, dict) else {"path": str(src)}
+        for name, src in sources.items()
+    }
 
 
 def bench_params(*overrides: dict | None, presets=()) -> Params:
@@ -53,17 +55,29 @@ def bench_params(*overrides: dict | None, presets=()) -> Params:
 
 def split_rows(params: Params) -> list[dict]:
     """The split rows of params.data (sources, val, val_fraction), as the prepare stage makes."""
-    return build_split({name: src.path for name, src in params.data.sources.items()},
-                       val=params.data.val, val_fraction=params.data.val_fraction)
+    return build_split(
+        {name: src.path for name, src in params.data.sources.items()},
+        val=params.data.val,
+        val_fraction=params.data.val_fraction,
+    )
 
 
 def silent(*_args) -> None:
     """A training log that prints nothing (the benches print one line per run instead)."""
 
 
-def train_and_score(label: str, folder: Path, params: Params, *, split_csv: Path | None = None,
-                    teacher_csv: Path | None = None, tflite: Path | None = None,
-                    step_budget_s: float | None = None, log=silent, announce: bool = True) -> dict:
+def train_and_score(
+    label: str,
+    folder: Path,
+    params: Params,
+    *,
+    split_csv: Path | None = None,
+    teacher_csv: Path | None = None,
+    tflite: Path | None = None,
+    step_budget_s: float | None = None,
+    log=silent,
+    announce: bool = True,
+) -> dict:
     """Train `params` in this process, export it to TFLite by the export stage's code
     (params.export: fp32 unless overridden), score it with the official metrics by the
     evaluate stage's code on the split's val rows, per source.
@@ -91,9 +105,17 @@ def train_and_score(label: str, folder: Path, params: Params, *, split_csv: Path
     rows = read_split(split_csv)
     keras.backend.clear_session()
     start = time.time()
-    summary = train(params, split_csv=split_csv, model_out=folder / "model.keras",
-                    ckpt_dir=folder / "ckpt", history_csv=folder / "history.csv", fingerprint=label,
-                    teacher_csv=teacher_csv, step_budget_s=step_budget_s, log=log)
+    summary = train(
+        params,
+        split_csv=split_csv,
+        model_out=folder / "model.keras",
+        ckpt_dir=folder / "ckpt",
+        history_csv=folder / "history.csv",
+        fingerprint=label,
+        teacher_csv=teacher_csv,
+        step_budget_s=step_budget_s,
+        log=log,
+    )
     minutes = (time.time() - start) / 60
     core = load_keras_model(folder / "model.keras")
     flatbuffer, report = export_model(core, split_csv, cfg=params.export)
@@ -105,21 +127,34 @@ def train_and_score(label: str, folder: Path, params: Params, *, split_csv: Path
     val = [r for r in rows if r["split"] == "val"]
     scored = score_tflite(label, tflite, val, aspect=params.data.aspect)
     if announce:  # each run's figures as they come: a bench cut short still leaves them
-        scores = ", ".join(f"{source} si-RMSE {m['si_rmse']:.4f} ratio {m['ratio_to_constant']:.2f}"
-                           for source, m in scored["sources"].items())
-        print(f"{label} (seed {params.base.seed}): {summary['train_images']} train images, {summary['epochs']} "
-              f"epochs x {summary['steps_per_epoch']} steps of batch {summary['batch_size']} in {minutes:.1f} min "
-              f"(epoch shipped {summary['best_epoch']}); {scores}", flush=True)
-    return {**scored, "seed": params.base.seed, "minutes": minutes, "summary": summary,
-            "params": params, "model": folder / "model.keras", "tflite": tflite, "export": report,
-            "rows": rows}
+        scores = ", ".join(
+            f"{source} si-RMSE {m['si_rmse']:.4f} ratio {m['ratio_to_constant']:.2f}"
+            for source, m in scored["sources"].items()
+        )
+        print(
+            f"{label} (seed {params.base.seed}): {summary['train_images']} train images, {summary['epochs']} "
+            f"epochs x {summary['steps_per_epoch']} steps of batch {summary['batch_size']} in {minutes:.1f} min "
+            f"(epoch shipped {summary['best_epoch']}); {scores}",
+            flush=True,
+        )
+    return {
+        **scored,
+        "seed": params.base.seed,
+        "minutes": minutes,
+        "summary": summary,
+        "params": params,
+        "model": folder / "model.keras",
+        "tflite": tflite,
+        "export": report,
+        "rows": rows,
+    }
 
 
 def score_tflite(label: str, tflite: Path, rows: list[dict], *, aspect: str | None = None) -> dict:
     """A TFLite model scored on split rows with the official metrics (the evaluate stage's
     code), all cores; aspect: params.data.aspect unless given."""
-    from pipeline.device.predict import TFLiteDepthModel
     from pipeline.core.host import usable_cpus
+    from pipeline.device.predict import TFLiteDepthModel
     from pipeline.results.evaluation import evaluate_model
 
     model = TFLiteDepthModel(tflite, num_threads=usable_cpus())
@@ -140,17 +175,21 @@ def print_table(results: list[dict], *, scene: str = "held-out scene") -> None:
     for r in results:
         for source, m in r["sources"].items():
             rows.setdefault((r["label"], source), []).append((m, r["minutes"]))
-    print(f"{'run':<28} {scene:<15} {'images':>6} {'runs':>4} {'si-RMSE':>8} {'constant':>8} "
-          f"{'ratio':>6} {'range':>11} {'min':>5}")
+    print(
+        f"{'run':<28} {scene:<15} {'images':>6} {'runs':>4} {'si-RMSE':>8} {'constant':>8} "
+        f"{'ratio':>6} {'range':>11} {'min':>5}"
+    )
     for (label, source), group in rows.items():
         ratios = [m["ratio_to_constant"] for m, _ in group]
         spread = f"{min(ratios):.2f}..{max(ratios):.2f}" if len(ratios) > 1 else ""
         m = group[0][0]
         si_rmse = sum(g["si_rmse"] for g, _ in group) / len(group)
         minutes = sum(t for _, t in group) / len(group)
-        print(f"{label:<28} {source:<15} {m['n_images']:>6} {len(group):>4} {si_rmse:>8.4f} "
-              f"{m['baseline_si_rmse']:>8.4f} {sum(ratios) / len(ratios):>6.2f} {spread:>11} "
-              f"{minutes:>5.1f}")
+        print(
+            f"{label:<28} {source:<15} {m['n_images']:>6} {len(group):>4} {si_rmse:>8.4f} "
+            f"{m['baseline_si_rmse']:>8.4f} {sum(ratios) / len(ratios):>6.2f} {spread:>11} "
+            f"{minutes:>5.1f}"
+        )
 
 
 # ----------------------------------------------------------------------------- a teacher's maps
@@ -171,9 +210,13 @@ def setup_teacher(teacher: Path, overrides: dict, work: Path) -> tuple[dict, obj
     from pipeline.teacher.model import TeacherModel
 
     preset = yaml.safe_load(TEACHER_PRESET.read_text())
-    with_teacher = merge({"teacher": {**preset["teacher"], "model": f"{TEACHER_DIR}/{teacher.name}"},
-                          "train": {"loss": {"distill_weight": preset["train"]["loss"]["distill_weight"]}}},
-                         overrides)
+    with_teacher = merge(
+        {
+            "teacher": {**preset["teacher"], "model": f"{TEACHER_DIR}/{teacher.name}"},
+            "train": {"loss": {"distill_weight": preset["train"]["loss"]["distill_weight"]}},
+        },
+        overrides,
+    )
     (work / TEACHER_DIR).mkdir(parents=True, exist_ok=True)
     (work / TEACHER_DIR / teacher.name).symlink_to(teacher.resolve())
     os.chdir(work)
@@ -185,7 +228,13 @@ class CachedTeacher:
     student sizes) label the same images, so the teacher runs once per image."""
 
     def __init__(self, model):
-        self.model, self.cache, self.path, self.size, self.cfg = model, {}, model.path, model.size, model.cfg
+        self.model, self.cache, self.path, self.size, self.cfg = (
+            model,
+            {},
+            model.path,
+            model.size,
+            model.cfg,
+        )
 
     def predict(self, rgb):
         import hashlib
@@ -223,8 +272,18 @@ def teacher_scores(model: CachedTeacher, rows: list[dict], label: str, source: s
     fitted = [i for i in images if i["fit"] is not None]
     si = sum(i["si_rmse"] for i in fitted) / len(fitted)
     constant = sum(i["constant"] for i in fitted) / len(fitted)
-    return {"label": label, "minutes": 0.0, "sources": {source: {
-        "n_images": len(fitted), "si_rmse": si, "baseline_si_rmse": constant, "ratio_to_constant": si / constant}}}
+    return {
+        "label": label,
+        "minutes": 0.0,
+        "sources": {
+            source: {
+                "n_images": len(fitted),
+                "si_rmse": si,
+                "baseline_si_rmse": constant,
+                "ratio_to_constant": si / constant,
+            }
+        },
+    }
 
 
 def prepare_teacher(model: CachedTeacher, work: Path, train_on: str, held_out: str) -> dict:
@@ -238,20 +297,48 @@ def prepare_teacher(model: CachedTeacher, work: Path, train_on: str, held_out: s
     from pipeline.teacher.labels import run_teacher, summarize
 
     first, second = split_scene(Path(REAL[held_out]), work / f"{held_out}_halves")
-    labelled = [r for r in split_rows(bench_params({"data": {"sources": source_entries(REAL), "val": held_out}}))
-                if r["split"] == "train"]  # exactly the train rows of the runs
-    unlabeled = [{**r, "source": name} for name, folder in (("rooms", ROOMS), (f"{held_out}_half", first))
-                 for r in list_unlabeled(folder)]
+    labelled = [
+        r
+        for r in split_rows(
+            bench_params({"data": {"sources": source_entries(REAL), "val": held_out}})
+        )
+        if r["split"] == "train"
+    ]  # exactly the train rows of the runs
+    unlabeled = [
+        {**r, "source": name}
+        for name, folder in (("rooms", ROOMS), (f"{held_out}_half", first))
+        for r in list_unlabeled(folder)
+    ]
     folder = work / f"teacher_{train_on}"
     start = time.time()
-    rows = run_teacher(model.cfg, labelled=labelled, unlabeled=unlabeled, write_dir=folder, final_dir=folder,
-                       progress=Progress(f"teacher ({train_on}): image", every=100), model=model)
+    rows = run_teacher(
+        model.cfg,
+        labelled=labelled,
+        unlabeled=unlabeled,
+        write_dir=folder,
+        final_dir=folder,
+        progress=Progress(f"teacher ({train_on}): image", every=100),
+        model=model,
+    )
     write_teacher_index(folder / "alignment.csv", rows)
     stats = summarize(rows, model.cfg)
-    print(f"teacher maps for {train_on}: {stats['labelled_images']} labelled + {stats['unlabeled_images']} "
-          f"unlabeled in {time.time() - start:.0f} s; dropped {stats['dropped']} above "
-          f"{stats['max_residual']}; on {train_on} itself: {stats['sources'][train_on]}", flush=True)
-    return {"csv": folder / "alignment.csv", "first": first, "second": second, "scored": [
-        teacher_scores(model, val_rows(REAL, held_out), f"teacher on {held_out}", held_out),
-        teacher_scores(model, val_rows({f"{held_out}_2nd_half": str(second)}, f"{held_out}_2nd_half"),
-                       f"teacher on {held_out} 2nd half", f"{held_out}_2nd_half")]}
+    print(
+        f"teacher maps for {train_on}: {stats['labelled_images']} labelled + {stats['unlabeled_images']} "
+        f"unlabeled in {time.time() - start:.0f} s; dropped {stats['dropped']} above "
+        f"{stats['max_residual']}; on {train_on} itself: {stats['sources'][train_on]}",
+        flush=True,
+    )
+    return {
+        "csv": folder / "alignment.csv",
+        "first": first,
+        "second": second,
+        "scored": [
+            teacher_scores(model, val_rows(REAL, held_out), f"teacher on {held_out}", held_out),
+            teacher_scores(
+                model,
+                val_rows({f"{held_out}_2nd_half": str(second)}, f"{held_out}_2nd_half"),
+                f"teacher on {held_out} 2nd half",
+                f"{held_out}_2nd_half",
+            ),
+        ],
+    }

@@ -30,12 +30,25 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import (HOLOLENS, TUM, bench_params, print_table, score_tflite, setup_teacher, source_entries,
-                          split_scene, teacher_scores, train_and_score, val_rows)
+from bench.common import (
+    HOLOLENS,
+    TUM,
+    bench_params,
+    print_table,
+    score_tflite,
+    setup_teacher,
+    source_entries,
+    split_scene,
+    teacher_scores,
+    train_and_score,
+    val_rows,
+)
 from pipeline.core.config import merge
 from pipeline.data.dataset import build_split, list_unlabeled, write_teacher_index
 
-TEACHER_FILE = "models/teacher/teacher.tflite"  # relative to the work folder (teacher.model must be under it)
+TEACHER_FILE = (
+    "models/teacher/teacher.tflite"  # relative to the work folder (teacher.model must be under it)
+)
 
 
 def run(label: str, work: Path, overrides: dict, *, tflite: Path | None = None) -> dict:
@@ -43,20 +56,30 @@ def run(label: str, work: Path, overrides: dict, *, tflite: Path | None = None) 
     folder = work / "runs" / label
     folder.mkdir(parents=True)  # a label run twice would mix its files
     params = bench_params({"base": {"deterministic": False}}, overrides)
-    return train_and_score(label, folder, params, teacher_csv=work / "teacher/alignment.csv",
-                           tflite=tflite)
+    return train_and_score(
+        label, folder, params, teacher_csv=work / "teacher/alignment.csv", tflite=tflite
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--steps-per-epoch", type=int, default=20)
     parser.add_argument("--teacher-epochs", type=int, default=10)
     parser.add_argument("--teacher-steps-per-epoch", type=int, default=15)
     parser.add_argument("--distill-weight", type=float, default=1.0)
-    parser.add_argument("--max-residual", type=float, default=0.5, help="teacher.max_residual: a briefly trained "
-                        "metric teacher is off in scale by itself; drop only its gross failures")
-    parser.add_argument("--teacher", type=Path, help="a published teacher file instead of training one")
+    parser.add_argument(
+        "--max-residual",
+        type=float,
+        default=0.5,
+        help="teacher.max_residual: a briefly trained "
+        "metric teacher is off in scale by itself; drop only its gross failures",
+    )
+    parser.add_argument(
+        "--teacher", type=Path, help="a published teacher file instead of training one"
+    )
     args = parser.parse_args()
     from pipeline.core.cli import Progress
     from pipeline.teacher.labels import run_teacher, summarize
@@ -70,35 +93,69 @@ def main() -> None:
         if args.teacher:  # 1. a published teacher
             with_teacher, model = setup_teacher(args.teacher, {}, work)
             teacher_cfg = model.cfg
-            results.append(teacher_scores(model, val_rows(students, "hololens_val"), "teacher (reference)",
-                                          "hololens_val"))
+            results.append(
+                teacher_scores(
+                    model, val_rows(students, "hololens_val"), "teacher (reference)", "hololens_val"
+                )
+            )
         else:  # 1. the teacher: bigger, trained on the labelled data alone, exported to TFLite
-            os.chdir(work)  # teacher.model is a path under models/teacher/, relative to the project root
+            os.chdir(
+                work
+            )  # teacher.model is a path under models/teacher/, relative to the project root
             (work / "models/teacher").mkdir(parents=True)
-            teacher_train = {"arch": "mobile_unet", "width_multiplier": 1.0, "height": 256, "width": 320,
-                             "epochs": args.teacher_epochs, "steps_per_epoch": args.teacher_steps_per_epoch}
+            teacher_train = {
+                "arch": "mobile_unet",
+                "width_multiplier": 1.0,
+                "height": 256,
+                "width": 320,
+                "epochs": args.teacher_epochs,
+                "steps_per_epoch": args.teacher_steps_per_epoch,
+            }
             teacher_data = {"sources": source_entries({"tum": TUM}), "val": "blocks"}
-            run("teacher-training", work, {"data": teacher_data, "train": teacher_train},
-                tflite=work / TEACHER_FILE)
+            run(
+                "teacher-training",
+                work,
+                {"data": teacher_data, "train": teacher_train},
+                tflite=work / TEACHER_FILE,
+            )
             # the teacher's own figures on the validation half, as the students are scored
-            results.append(score_tflite("teacher (reference)", work / TEACHER_FILE,
-                                        val_rows(students, "hololens_val")))
+            results.append(
+                score_tflite(
+                    "teacher (reference)", work / TEACHER_FILE, val_rows(students, "hololens_val")
+                )
+            )
             model = None
-            with_teacher = {"teacher": {"model": TEACHER_FILE, "fill_invalid": True,
-                                        "max_residual": args.max_residual},
-                            "train": {"loss": {"distill_weight": args.distill_weight}}}
+            with_teacher = {
+                "teacher": {
+                    "model": TEACHER_FILE,
+                    "fill_invalid": True,
+                    "max_residual": args.max_residual,
+                },
+                "train": {"loss": {"distill_weight": args.distill_weight}},
+            }
             teacher_cfg = bench_params(with_teacher).teacher
         start = time.time()
-        labelled = [r for r in build_split(students, val="hololens_val")
-                    if r["split"] == "train"]  # exactly the students' train rows
+        labelled = [
+            r for r in build_split(students, val="hololens_val") if r["split"] == "train"
+        ]  # exactly the students' train rows
         unlabeled = [{**r, "source": "hololens_unlabeled"} for r in list_unlabeled(unlabeled_dir)]
-        maps = run_teacher(teacher_cfg, labelled=labelled, unlabeled=unlabeled, write_dir=work / "teacher",
-                           final_dir=work / "teacher", progress=Progress("teacher: image", every=30), model=model)
+        maps = run_teacher(
+            teacher_cfg,
+            labelled=labelled,
+            unlabeled=unlabeled,
+            write_dir=work / "teacher",
+            final_dir=work / "teacher",
+            progress=Progress("teacher: image", every=30),
+            model=model,
+        )
         write_teacher_index(work / "teacher/alignment.csv", maps)
         stats = summarize(maps, teacher_cfg)
-        print(f"teacher maps: {stats['labelled_images']} labelled + {stats['unlabeled_images']} unlabeled in "
-              f"{time.time() - start:.0f} s; median residual {stats['median_residual']} (RMS log error to TUM "
-              f"ground truth), dropped {stats['dropped']} above {stats['max_residual']}", flush=True)
+        print(
+            f"teacher maps: {stats['labelled_images']} labelled + {stats['unlabeled_images']} unlabeled in "
+            f"{time.time() - start:.0f} s; median residual {stats['median_residual']} (RMS log error to TUM "
+            f"ground truth), dropped {stats['dropped']} above {stats['max_residual']}",
+            flush=True,
+        )
 
         # 2. the students, one budget
         data = {"sources": source_entries(students), "val": "hololens_val"}
@@ -106,16 +163,32 @@ def main() -> None:
         with_teacher = merge(with_teacher, {"train": budget})
         results.append(run("student", work, {"data": data, "train": budget}))
         results.append(run("student+teacher", work, {"data": data, **with_teacher}))
-        results.append(run("student+teacher+unlabeled", work, {
-            "data": {**data, "unlabeled": {"hololens_unlabeled": {"path": str(unlabeled_dir)}}}, **with_teacher}))
+        results.append(
+            run(
+                "student+teacher+unlabeled",
+                work,
+                {
+                    "data": {
+                        **data,
+                        "unlabeled": {"hololens_unlabeled": {"path": str(unlabeled_dir)}},
+                    },
+                    **with_teacher,
+                },
+            )
+        )
 
     t, taught = default.train, bench_params(with_teacher)
-    teacher = (f"{args.teacher.name} ({teacher_cfg.output}, output {teacher_cfg.output_index})" if args.teacher else
-               f"mobile_unet x1.0 at 256x320, {args.teacher_epochs} x {args.teacher_steps_per_epoch} steps on TUM")
-    print(f"\nstudent: {t.arch} x{t.width_multiplier} at {t.height}x{t.width}, {args.epochs} x {args.steps_per_epoch} "
-          f"steps of batch {t.batch_size} per run; teacher: {teacher}; distill_weight "
-          f"{taught.train.loss.distill_weight}, fill_invalid {'on' if taught.teacher.fill_invalid else 'off'}; "
-          "official metrics of the fp32 TFLite models on the second half of HoloLens")
+    teacher = (
+        f"{args.teacher.name} ({teacher_cfg.output}, output {teacher_cfg.output_index})"
+        if args.teacher
+        else f"mobile_unet x1.0 at 256x320, {args.teacher_epochs} x {args.teacher_steps_per_epoch} steps on TUM"
+    )
+    print(
+        f"\nstudent: {t.arch} x{t.width_multiplier} at {t.height}x{t.width}, {args.epochs} x {args.steps_per_epoch} "
+        f"steps of batch {t.batch_size} per run; teacher: {teacher}; distill_weight "
+        f"{taught.train.loss.distill_weight}, fill_invalid {'on' if taught.teacher.fill_invalid else 'off'}; "
+        "official metrics of the fp32 TFLite models on the second half of HoloLens"
+    )
     print_table(results, scene="val scene")
 
 

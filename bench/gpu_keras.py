@@ -45,10 +45,12 @@ def pack(path: Path) -> None:
         for rgb_path in sorted((scene / "rgb").glob("*.png")):
             rgb, depth = read_rgb(rgb_path), read_depth_m(scene / "depth" / rgb_path.name)
             top, left, h, w = aspect_crop_box(*rgb.shape[:2], 480, 640)
-            rgb, depth = rgb[top:top + h, left:left + w], depth[top:top + h, left:left + w]
+            rgb, depth = rgb[top : top + h, left : left + w], depth[top : top + h, left : left + w]
             size = (train.width, train.height)
             rgbs.append(np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR)))
-            depths.append(np.asarray(Image.fromarray(depth).resize(size, Image.NEAREST), dtype=np.float16))
+            depths.append(
+                np.asarray(Image.fromarray(depth).resize(size, Image.NEAREST), dtype=np.float16)
+            )
         arrays[f"{name}_rgb"], arrays[f"{name}_depth"] = np.stack(rgbs), np.stack(depths)[..., None]
     np.savez_compressed(path, **arrays)
     print(f"{path}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
@@ -65,7 +67,9 @@ def depth_loss(loss_cfg):
         n = ops.maximum(ops.sum(mask, axis=[1, 2, 3]), 1.0)
         d = (ops.log(ops.maximum(pred, 1e-6)) - ops.log(ops.maximum(gt, 1e-6))) * mask
         mean_d, mean_d2 = ops.sum(d, axis=[1, 2, 3]) / n, ops.sum(d * d, axis=[1, 2, 3]) / n
-        silog = ops.mean(ops.sqrt(ops.maximum(mean_d2 - loss_cfg.silog_lambda * mean_d ** 2, 0.0) + 1e-6))
+        silog = ops.mean(
+            ops.sqrt(ops.maximum(mean_d2 - loss_cfg.silog_lambda * mean_d**2, 0.0) + 1e-6)
+        )
         mx, my = mask[:, :, 1:] * mask[:, :, :-1], mask[:, 1:] * mask[:, :-1]
         gx, gy = ops.abs(d[:, :, 1:] - d[:, :, :-1]) * mx, ops.abs(d[:, 1:] - d[:, :-1]) * my
         grad = (ops.sum(gx) + ops.sum(gy)) / ops.maximum(ops.sum(mx) + ops.sum(my), 1.0)
@@ -77,12 +81,18 @@ def depth_loss(loss_cfg):
 def held_out(model, rgb, depth) -> dict:
     from pipeline.core.metrics import constant_baseline_si_rmse, image_metrics
 
-    pred = np.asarray(model.predict(rgb.astype(np.float32), batch_size=32, verbose=0), dtype=np.float32)
+    pred = np.asarray(
+        model.predict(rgb.astype(np.float32), batch_size=32, verbose=0), dtype=np.float32
+    )
     gt = depth.astype(np.float32)
     si = [image_metrics(pred=p, gt=g)["si_rmse"] for p, g in zip(pred, gt)]
     constant = [constant_baseline_si_rmse(g) for g in gt]
-    return {"si_rmse": float(np.mean(si)), "baseline_si_rmse": float(np.mean(constant)),
-            "ratio_to_constant": float(np.mean(si) / np.mean(constant)), "n_images": len(si)}
+    return {
+        "si_rmse": float(np.mean(si)),
+        "baseline_si_rmse": float(np.mean(constant)),
+        "ratio_to_constant": float(np.mean(si) / np.mean(constant)),
+        "n_images": len(si),
+    }
 
 
 def run_policy(policy: str, data, args) -> dict:
@@ -99,8 +109,10 @@ def run_policy(policy: str, data, args) -> dict:
     for batch in (params.train.batch_size, args.big_batch):  # throughput
         keras.utils.set_random_seed(params.base.seed)
         model = build_model(params.train)
-        model.compile(optimizer=keras.optimizers.Adam(params.train.learning_rate),
-                      loss=depth_loss(params.train.loss))
+        model.compile(
+            optimizer=keras.optimizers.Adam(params.train.learning_rate),
+            loss=depth_loss(params.train.loss),
+        )
         idx = rng.integers(0, len(x), size=batch)
         xb, yb = x[idx], y[idx]
         for _ in range(args.warmup):
@@ -112,7 +124,10 @@ def run_policy(policy: str, data, args) -> dict:
         out[f"images_per_s_batch{batch}"] = batch * args.timed / (time.perf_counter() - start)
     keras.utils.set_random_seed(params.base.seed)  # the training run: --steps at the params' batch
     model = build_model(params.train)
-    model.compile(optimizer=keras.optimizers.Adam(params.train.learning_rate), loss=depth_loss(params.train.loss))
+    model.compile(
+        optimizer=keras.optimizers.Adam(params.train.learning_rate),
+        loss=depth_loss(params.train.loss),
+    )
     batch = params.train.batch_size
     start = time.perf_counter()
     for step in range(args.steps):
@@ -128,8 +143,12 @@ def run_policy(policy: str, data, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pack", type=Path, help="write the packed scenes here and stop (run on the CPU)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--pack", type=Path, help="write the packed scenes here and stop (run on the CPU)"
+    )
     parser.add_argument("--data", type=Path, help="the packed scenes (--pack's file)")
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
     parser.add_argument("--steps", type=int, default=300, help="training steps of the held-out run")
@@ -148,17 +167,23 @@ def main() -> None:
         import jax
 
         devices = [f"{d} (jax {jax.__version__})" for d in jax.devices()]
-    result = {"backend": keras.backend.backend(), "keras": keras.__version__, "devices": devices,
-              "steps": args.steps,
-              "runs": [run_policy(policy, data, args) for policy in POLICIES]}
+    result = {
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "devices": devices,
+        "steps": args.steps,
+        "runs": [run_policy(policy, data, args) for policy in POLICIES],
+    }
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     for run in result["runs"]:
         m = run["held_out"]
-        print(f"{run['policy']:<14} images/s batch 8 {run['images_per_s_batch8']:8.0f}  batch {args.big_batch} "
-              f"{run[f'images_per_s_batch{args.big_batch}']:8.0f}  held-out si-RMSE {m['si_rmse']:.4f} "
-              f"(constant {m['baseline_si_rmse']:.4f}, ratio {m['ratio_to_constant']:.2f})  "
-              f"{args.steps} steps in {run['train_seconds']:.0f} s")
+        print(
+            f"{run['policy']:<14} images/s batch 8 {run['images_per_s_batch8']:8.0f}  batch {args.big_batch} "
+            f"{run[f'images_per_s_batch{args.big_batch}']:8.0f}  held-out si-RMSE {m['si_rmse']:.4f} "
+            f"(constant {m['baseline_si_rmse']:.4f}, ratio {m['ratio_to_constant']:.2f})  "
+            f"{args.steps} steps in {run['train_seconds']:.0f} s"
+        )
 
 
 if __name__ == "__main__":

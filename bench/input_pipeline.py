@@ -39,39 +39,66 @@ def main() -> None:
     import keras
     import numpy as np
 
+    from pipeline.data.tfdata import PairSource, train_dataset
     from pipeline.model.losses import make_loss
     from pipeline.model.networks import build_model
-    from pipeline.data.tfdata import PairSource, train_dataset
 
     params = load_params(presets=[args.preset])
     cfg = params.train
-    rows = build_split({name: src.path for name, src in params.data.sources.items()},
-                       val_fraction=params.data.val_fraction)
+    rows = build_split(
+        {name: src.path for name, src in params.data.sources.items()},
+        val_fraction=params.data.val_fraction,
+    )
     train_rows = [r for r in rows if r["split"] == "train"]
-    pairs = PairSource([r["rgb"] for r in train_rows], [r["depth"] for r in train_rows],
-                       cache_max_mb=cfg.cache_max_mb, aspect=params.data.aspect)
+    pairs = PairSource(
+        [r["rgb"] for r in train_rows],
+        [r["depth"] for r in train_rows],
+        cache_max_mb=cfg.cache_max_mb,
+        aspect=params.data.aspect,
+    )
     total = args.warmup + args.steps
-    ds = train_dataset(pairs, seed=params.base.seed, first_epoch=0, epochs=1, steps_per_epoch=total,
-                       batch_size=cfg.batch_size, height=cfg.height, width=cfg.width, augment_cfg=cfg.augment)
+    ds = train_dataset(
+        pairs,
+        seed=params.base.seed,
+        first_epoch=0,
+        epochs=1,
+        steps_per_epoch=total,
+        batch_size=cfg.batch_size,
+        height=cfg.height,
+        width=cfg.width,
+        augment_cfg=cfg.augment,
+    )
 
     def timed_fit(data, label):
         keras.utils.set_random_seed(0)
         model = build_model(cfg)
         model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=make_loss(cfg.loss))
         timer = StepTimer()
-        model.fit(data, epochs=1, steps_per_epoch=total, callbacks=[timer.callback], verbose=0, shuffle=False)
-        steady = timer.times[args.warmup:]
-        print(f"{label:<34} median {np.median(steady) * 1000:7.1f} ms/step  mean {np.mean(steady) * 1000:7.1f}")
+        model.fit(
+            data,
+            epochs=1,
+            steps_per_epoch=total,
+            callbacks=[timer.callback],
+            verbose=0,
+            shuffle=False,
+        )
+        steady = timer.times[args.warmup :]
+        print(
+            f"{label:<34} median {np.median(steady) * 1000:7.1f} ms/step  mean {np.mean(steady) * 1000:7.1f}"
+        )
         return float(np.median(steady))
 
     # The in-memory reference: the very same batches, materialised first.
     batches = list(ds)
     import tensorflow as tf
 
-    in_memory = tf.data.Dataset.from_tensor_slices((tf.concat([b[0] for b in batches], 0),
-                                                    tf.concat([b[1] for b in batches], 0))).batch(cfg.batch_size)
-    print(f"{cfg.arch} at {cfg.height}x{cfg.width}, batch {cfg.batch_size}, {len(train_rows)} train images "
-          f"({'cached in RAM' if pairs.cached else 'decoded per step'}), {args.steps} timed steps after {args.warmup}")
+    in_memory = tf.data.Dataset.from_tensor_slices(
+        (tf.concat([b[0] for b in batches], 0), tf.concat([b[1] for b in batches], 0))
+    ).batch(cfg.batch_size)
+    print(
+        f"{cfg.arch} at {cfg.height}x{cfg.width}, batch {cfg.batch_size}, {len(train_rows)} train images "
+        f"({'cached in RAM' if pairs.cached else 'decoded per step'}), {args.steps} timed steps after {args.warmup}"
+    )
     t_mem = timed_fit(in_memory, "in-memory tensors")
     t_pipe = timed_fit(ds, "tf.data pipeline (decode+augment)")
     print(f"ratio pipeline / in-memory: {t_pipe / t_mem:.3f}  (target <= 1.1)")

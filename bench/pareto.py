@@ -55,7 +55,9 @@ MAX_EPOCHS = 3  # validation passes per model (one per epoch); the baseline's co
 MIN_STEPS_PER_EPOCH = 50
 FASTEST_STEP_S = 0.01  # a constant learning rate needs no plan: enough steps for any budget
 DIVERGED_M = 1000.0  # a median prediction past this is no indoor depth
-RESULT = "result.json"  # a finished model's row, reused by a later run with the same --keep and setup
+RESULT = (
+    "result.json"  # a finished model's row, reused by a later run with the same --keep and setup
+)
 # The issue's targets for the default model (#17)
 TARGET_RPI4_MS, TARGET_RPI4_RATIO, TARGET_SCORE_RATIO = 37.0, 0.05, 10.0
 
@@ -83,8 +85,10 @@ def measure_step_s(params) -> tuple[float, float]:
     cfg = params.train
     keras.backend.clear_session()
     model = build_model(cfg)
-    model.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
-                  loss=make_loss(cfg.loss))
+    model.compile(
+        optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
+        loss=make_loss(cfg.loss),
+    )
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (cfg.batch_size, cfg.height, cfg.width, 3)).astype(np.float32)
     y = rng.uniform(0.5, 5.0, (cfg.batch_size, cfg.height, cfg.width, 1)).astype(np.float32)
@@ -143,11 +147,13 @@ def failure(preds) -> str:
 def run(label: str, presets, overrides: dict, work: Path, split_csv: Path, args) -> dict:
     """One model: its steps planned for the budget, then the shared chain (train within the
     budget, TFLite, official metrics), then a look at its outputs; its row of the table."""
-    from pipeline.device.predict import TFLiteDepthModel
     from pipeline.core.host import usable_cpus
+    from pipeline.device.predict import TFLiteDepthModel
 
-    base = {"base": {"deterministic": False},  # many trainings in one process
-            "data": {"sources": source_entries(args.sources), "val": args.val}}
+    base = {
+        "base": {"deterministic": False},  # many trainings in one process
+        "data": {"sources": source_entries(args.sources), "val": args.val},
+    }
     params = bench_params(base, {"train": overrides}, presets=presets)
     budget_s = args.minutes * 60
     sizing, step_s = plan(params, budget_s)
@@ -155,27 +161,61 @@ def run(label: str, presets, overrides: dict, work: Path, split_csv: Path, args)
     t = params.train
     folder = work / label
     shutil.rmtree(folder, ignore_errors=True)  # what a killed run left
-    print(f"\n== {label}: {t.arch} x{t.width_multiplier} at {t.height}x{t.width}, batch {t.batch_size}, "
-          f"lr {t.learning_rate:g}" + (f", {step_s:.2f} s/step measured -> {t.epochs} x {t.steps_per_epoch} steps"
-                                       if step_s else ", constant lr: steps until the budget"), flush=True)
-    done = train_and_score(label, folder, params, split_csv=split_csv, step_budget_s=budget_s, log=print,
-                           announce=False)
+    print(
+        f"\n== {label}: {t.arch} x{t.width_multiplier} at {t.height}x{t.width}, batch {t.batch_size}, "
+        f"lr {t.learning_rate:g}"
+        + (
+            f", {step_s:.2f} s/step measured -> {t.epochs} x {t.steps_per_epoch} steps"
+            if step_s
+            else ", constant lr: steps until the budget"
+        ),
+        flush=True,
+    )
+    done = train_and_score(
+        label,
+        folder,
+        params,
+        split_csv=split_csv,
+        step_budget_s=budget_s,
+        log=print,
+        announce=False,
+    )
     summary, result = done["summary"], done["result"]
-    preds = outputs(TFLiteDepthModel(done["tflite"], num_threads=usable_cpus()),
-                    [r for r in done["rows"] if r["split"] == "val"])
+    preds = outputs(
+        TFLiteDepthModel(done["tflite"], num_threads=usable_cpus()),
+        [r for r in done["rows"] if r["split"] == "val"],
+    )
     note = failure(preds)
     if not math.isfinite(summary.get("final_loss") or math.nan):
         note = "; ".join(filter(None, [note, "training loss not finite"]))
     zeros = float((preds <= 0).mean())  # a ReLU head's dead pixels: scored as 1 mm
-    print(f"{label}: {summary['steps']} steps x batch {summary['batch_size']} in {done['minutes']:.1f} min "
-          f"(with validation), si-RMSE {result['si_rmse']:.4f} vs constant {result['baseline_si_rmse']:.4f}"
-          + (f"; {note}" if note else ""), flush=True)
-    row = {"label": label, "arch": t.arch, "size": f"{t.height}x{t.width}", "width": t.width_multiplier,
-           "batch": summary["batch_size"], "lr": t.learning_rate, "steps": summary["steps"],
-           "step_s": step_s, "train_min": done["minutes"], "params": summary["params"],
-           "gmacs": done["export"]["macs"] / 1e9, "tflite": str(done["tflite"]), "si_rmse": result["si_rmse"],
-           "constant": result["baseline_si_rmse"], "ratio_const": result["ratio_to_constant"],
-           "sources": result["sources"], "note": note, "zeros": zeros, "setup": setup(args)}
+    print(
+        f"{label}: {summary['steps']} steps x batch {summary['batch_size']} in {done['minutes']:.1f} min "
+        f"(with validation), si-RMSE {result['si_rmse']:.4f} vs constant {result['baseline_si_rmse']:.4f}"
+        + (f"; {note}" if note else ""),
+        flush=True,
+    )
+    row = {
+        "label": label,
+        "arch": t.arch,
+        "size": f"{t.height}x{t.width}",
+        "width": t.width_multiplier,
+        "batch": summary["batch_size"],
+        "lr": t.learning_rate,
+        "steps": summary["steps"],
+        "step_s": step_s,
+        "train_min": done["minutes"],
+        "params": summary["params"],
+        "gmacs": done["export"]["macs"] / 1e9,
+        "tflite": str(done["tflite"]),
+        "si_rmse": result["si_rmse"],
+        "constant": result["baseline_si_rmse"],
+        "ratio_const": result["ratio_to_constant"],
+        "sources": result["sources"],
+        "note": note,
+        "zeros": zeros,
+        "setup": setup(args),
+    }
     (folder / RESULT).write_text(json.dumps(row))
     return row
 
@@ -199,29 +239,41 @@ def finished(folder: Path, args) -> dict | None:
 def time_all(rows: list[dict], params, rounds: int) -> None:
     """Local median and est. Pi 4 ms of every model, after all training: `rounds` passes over
     all models, each keeping its fastest pass (other jobs on shared cores only slow a timing)."""
-    from pipeline.device import rpi4
     from pipeline.core.metrics import challenge_score
+    from pipeline.device import rpi4
 
     b = params.benchmark
     for _ in range(rounds):
         for row in rows:
             timed = rpi4.time_local(row["tflite"], threads=b.threads, warmup=b.warmup, runs=b.runs)
             if timed["median_ms"] < row.get("median_ms", math.inf):
-                row.update(median_ms=timed["median_ms"], threads=timed["threads"],
-                           **{k: timed[k] for k in rpi4.ESTIMATE_KEYS})
+                row.update(
+                    median_ms=timed["median_ms"],
+                    threads=timed["threads"],
+                    **{k: timed[k] for k in rpi4.ESTIMATE_KEYS},
+                )
     for row in rows:
-        row["score"] = (challenge_score(si_rmse=row["si_rmse"], runtime_s=row["est_rpi4_ms"] / 1000)
-                        if row["est_rpi4_ms"] and math.isfinite(row["si_rmse"]) else math.nan)
-        row["score_local"] = challenge_score(si_rmse=row["si_rmse"], runtime_s=row["median_ms"] / 1000) \
-            if math.isfinite(row["si_rmse"]) else math.nan
+        row["score"] = (
+            challenge_score(si_rmse=row["si_rmse"], runtime_s=row["est_rpi4_ms"] / 1000)
+            if row["est_rpi4_ms"] and math.isfinite(row["si_rmse"])
+            else math.nan
+        )
+        row["score_local"] = (
+            challenge_score(si_rmse=row["si_rmse"], runtime_s=row["median_ms"] / 1000)
+            if math.isfinite(row["si_rmse"])
+            else math.nan
+        )
 
 
 def reference(rows: list[dict]) -> dict | None:
     """The stronger baseline: the lower si-RMSE of the baseline rows that did not fail."""
     baselines = [r for r in rows if r["arch"] == BASELINE]
     healthy = [r for r in baselines if not r["note"] and math.isfinite(r["si_rmse"])]
-    return min(healthy or baselines, key=lambda r: r["si_rmse"] if math.isfinite(r["si_rmse"]) else math.inf,
-               default=None)
+    return min(
+        healthy or baselines,
+        key=lambda r: r["si_rmse"] if math.isfinite(r["si_rmse"]) else math.inf,
+        default=None,
+    )
 
 
 ROWS = (  # (title, key, format, compare to the reference)
@@ -232,7 +284,12 @@ ROWS = (  # (title, key, format, compare to the reference)
     ("optimizer steps in budget", "steps", "{:,}", True),
     ("local median ms", "median_ms", "{:.1f}", True),
     ("est. Pi 4 ms", "est_rpi4_ms", "{:.0f}", True),
-    ("est. Pi 4 range", None, lambda r: f"{r['est_rpi4_ms_lo']:.0f}..{r['est_rpi4_ms_hi']:.0f}", False),
+    (
+        "est. Pi 4 range",
+        None,
+        lambda r: f"{r['est_rpi4_ms_lo']:.0f}..{r['est_rpi4_ms_hi']:.0f}",
+        False,
+    ),
     ("si-RMSE", "si_rmse", "{:.4f}", True),
     ("constant si-RMSE", "constant", "{:.4f}", False),
     ("si-RMSE / constant", "ratio_const", "{:.2f}", True),
@@ -248,7 +305,13 @@ def cell(row: dict, key, fmt, ref: dict | None, compare: bool) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     text = fmt.format(value)
-    if compare and ref is not None and row is not ref and isinstance(ref.get(key), (int, float)) and ref[key]:
+    if (
+        compare
+        and ref is not None
+        and row is not ref
+        and isinstance(ref.get(key), (int, float))
+        and ref[key]
+    ):
         text += f" (x{value / ref[key]:.3g})"
     return text
 
@@ -256,7 +319,9 @@ def cell(row: dict, key, fmt, ref: dict | None, compare: bool) -> str:
 def print_comparison(rows: list[dict], ref: dict | None) -> None:
     """One column per model, one line per figure (ROWS), each with its ratio to `ref`."""
     titles = [title for title, *_ in ROWS]
-    columns = [[r["label"], *(cell(r, key, fmt, ref, cmp) for _, key, fmt, cmp in ROWS)] for r in rows]
+    columns = [
+        [r["label"], *(cell(r, key, fmt, ref, cmp) for _, key, fmt, cmp in ROWS)] for r in rows
+    ]
     first = max(map(len, ["", *titles]))
     widths = [max(map(len, col)) for col in columns]
     print("  ".join([" " * first, *(c[0].rjust(w) for c, w in zip(columns, widths))]))
@@ -276,25 +341,52 @@ def print_targets(rows: list[dict], ref: dict | None) -> None:
     ms, ref_ms = default["est_rpi4_ms"], ref["est_rpi4_ms"]
     print(f"targets (#17), default model vs {ref['label']}:")
     print(f"- est. Pi 4 {ms:.1f} ms <= {TARGET_RPI4_MS:.0f} ms: {verdict(ms <= TARGET_RPI4_MS)}")
-    print(f"- est. Pi 4 x{ms / ref_ms:.4f} of the baseline's <= x{TARGET_RPI4_RATIO}: "
-          f"{verdict(ms <= TARGET_RPI4_RATIO * ref_ms)}")
-    print(f"- si-RMSE {default['si_rmse']:.4f} no worse than the baseline's {ref['si_rmse']:.4f} at the same "
-          f"budget: {verdict(default['si_rmse'] <= ref['si_rmse'])}")
+    print(
+        f"- est. Pi 4 x{ms / ref_ms:.4f} of the baseline's <= x{TARGET_RPI4_RATIO}: "
+        f"{verdict(ms <= TARGET_RPI4_RATIO * ref_ms)}"
+    )
+    print(
+        f"- si-RMSE {default['si_rmse']:.4f} no worse than the baseline's {ref['si_rmse']:.4f} at the same "
+        f"budget: {verdict(default['si_rmse'] <= ref['si_rmse'])}"
+    )
     ratio = default["score"] / ref["score"]
-    print(f"- score x{ratio:.1f} of the baseline's >= x{TARGET_SCORE_RATIO:g}: {verdict(ratio >= TARGET_SCORE_RATIO)}")
+    print(
+        f"- score x{ratio:.1f} of the baseline's >= x{TARGET_SCORE_RATIO:g}: {verdict(ratio >= TARGET_SCORE_RATIO)}"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=3.0, help="training budget per model (steps only)")
-    parser.add_argument("--source", dest="sources", type=parse_source, action="append",
-                        help="NAME=PATH, repeatable (default: tum and hololens from ../shared/data)")
-    parser.add_argument("--val", default=VAL_BLOCKS, help="blocks (the last block of every source) or a "
-                        "source name held out whole")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--minutes", type=float, default=3.0, help="training budget per model (steps only)"
+    )
+    parser.add_argument(
+        "--source",
+        dest="sources",
+        type=parse_source,
+        action="append",
+        help="NAME=PATH, repeatable (default: tum and hololens from ../shared/data)",
+    )
+    parser.add_argument(
+        "--val",
+        default=VAL_BLOCKS,
+        help="blocks (the last block of every source) or a source name held out whole",
+    )
     parser.add_argument("--only", nargs="*", choices=list(MODELS), help="train only these")
-    parser.add_argument("--keep", type=Path, help="keep models and results in this folder; a later run with the "
-                        "same folder and setup reuses the models finished there (a killed run goes on)")
-    parser.add_argument("--timing-rounds", type=int, default=2, help="passes over all models; each keeps its fastest")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep models and results in this folder; a later run with the "
+        "same folder and setup reuses the models finished there (a killed run goes on)",
+    )
+    parser.add_argument(
+        "--timing-rounds",
+        type=int,
+        default=2,
+        help="passes over all models; each keeps its fastest",
+    )
     args = parser.parse_args()
     args.sources = dict(args.sources or REAL)
     params = bench_params({"data": {"sources": source_entries(args.sources), "val": args.val}})
@@ -305,32 +397,49 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         split_csv = work / "split.csv"
         write_split(split_csv, rows)
-        results = [finished(work / label, args) or run(label, presets, overrides, work, split_csv, args)
-                   for label, (presets, overrides) in MODELS.items() if not args.only or label in args.only]
-        print(f"\ntiming every model, one after another, {args.timing_rounds} rounds ...", flush=True)
+        results = [
+            finished(work / label, args) or run(label, presets, overrides, work, split_csv, args)
+            for label, (presets, overrides) in MODELS.items()
+            if not args.only or label in args.only
+        ]
+        print(
+            f"\ntiming every model, one after another, {args.timing_rounds} rounds ...", flush=True
+        )
         time_all(results, params, args.timing_rounds)
 
     from pipeline.device import rpi4
 
     ref = reference(results)
-    print(f"\ndata: {', '.join(f'{n} ({p})' for n, p in args.sources.items())}; val {args.val}: "
-          f"{n_train} train / {len(rows) - n_train} val images; official metrics of the fp32 TFLite model at "
-          f"480x640 (aspect {params.data.aspect})")
-    print(f"budget: {args.minutes:g} min of training steps per model; timing at 480x640, "
-          f"{results[0]['threads']} threads, median of {params.benchmark.runs} (fastest of {args.timing_rounds} "
-          f"rounds); score = 2^(-20 si-RMSE) / "
-          f"(100 s), ratios (xN) to {ref['label'] if ref else 'no baseline'}")
+    print(
+        f"\ndata: {', '.join(f'{n} ({p})' for n, p in args.sources.items())}; val {args.val}: "
+        f"{n_train} train / {len(rows) - n_train} val images; official metrics of the fp32 TFLite model at "
+        f"480x640 (aspect {params.data.aspect})"
+    )
+    print(
+        f"budget: {args.minutes:g} min of training steps per model; timing at 480x640, "
+        f"{results[0]['threads']} threads, median of {params.benchmark.runs} (fastest of {args.timing_rounds} "
+        f"rounds); score = 2^(-20 si-RMSE) / "
+        f"(100 s), ratios (xN) to {ref['label'] if ref else 'no baseline'}"
+    )
     print_comparison(results, ref)
     for line in rpi4.describe_rows([{**r, "precision": "fp32"} for r in results]):
         print(f"# {line}")
     for r in results:
-        warnings = [r["note"],
-                    f"worse than a constant prediction (si-RMSE x{r['ratio_const']:.2f})" if r["ratio_const"] > 1 else "",
-                    f"{r['zeros']:.0%} of its outputs are 0 m (scored as 1 mm)" if r["zeros"] > 0.01 else ""]
+        warnings = [
+            r["note"],
+            f"worse than a constant prediction (si-RMSE x{r['ratio_const']:.2f})"
+            if r["ratio_const"] > 1
+            else "",
+            f"{r['zeros']:.0%} of its outputs are 0 m (scored as 1 mm)"
+            if r["zeros"] > 0.01
+            else "",
+        ]
         if any(warnings):
             print(f"! {r['label']}: {'; '.join(filter(None, warnings))}")
-        per_source = ", ".join(f"{name} {m['si_rmse']:.4f} (x{m['ratio_to_constant']:.2f} const)"
-                               for name, m in r["sources"].items())
+        per_source = ", ".join(
+            f"{name} {m['si_rmse']:.4f} (x{m['ratio_to_constant']:.2f} const)"
+            for name, m in r["sources"].items()
+        )
         print(f"  {r['label']}: per source {per_source}")
     print_targets(results, ref)
 

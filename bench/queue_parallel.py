@@ -33,7 +33,9 @@ def cpu_seconds() -> dict[str, float]:
     return {"busy": (user + nice + system + irq + softirq) / tick, "steal": steal / tick}
 
 
-def time_queue(work: Path, archs: list[str], jobs: int, epochs: int) -> tuple[float, dict[str, str]]:
+def time_queue(
+    work: Path, archs: list[str], jobs: int, epochs: int
+) -> tuple[float, dict[str, str]]:
     root = make_project(work / f"j{jobs}", {"train": {"epochs": epochs}})
     names = {f"{arch.replace('_', '-')}-j{jobs}": arch for arch in archs}
     for name, arch in names.items():
@@ -58,8 +60,10 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
 
-    print(f"{len(args.archs)} queued tiny experiments ({', '.join(args.archs)}, {args.epochs} epoch(s)), "
-          f"{host.usable_cpus()} CPU cores")
+    print(
+        f"{len(args.archs)} queued tiny experiments ({', '.join(args.archs)}, {args.epochs} epoch(s)), "
+        f"{host.usable_cpus()} CPU cores"
+    )
     results = []
     with tempfile.TemporaryDirectory(prefix="queue_parallel_") as tmp:
         for jobs in args.jobs:
@@ -68,14 +72,22 @@ def main() -> int:
             cpu1 = cpu_seconds()
             ok = all(s == "Success" for s in statuses.values())
             results.append((jobs, wall))
-            cpu = (f"; CPU busy {cpu1['busy'] - cpu0['busy']:.0f} s, stolen {cpu1['steal'] - cpu0['steal']:.0f} s"
-                   if cpu0 and cpu1 else "")
-            print(f"-j {jobs}: {wall:6.1f} s  ({'all succeeded' if ok else statuses}{cpu})", flush=True)
+            cpu = (
+                f"; CPU busy {cpu1['busy'] - cpu0['busy']:.0f} s, stolen {cpu1['steal'] - cpu0['steal']:.0f} s"
+                if cpu0 and cpu1
+                else ""
+            )
+            print(
+                f"-j {jobs}: {wall:6.1f} s  ({'all succeeded' if ok else statuses}{cpu})",
+                flush=True,
+            )
     base_jobs, base_wall = min(results)
     for jobs, wall in results:
         if jobs != base_jobs:
-            print(f"-j {jobs} vs -j {base_jobs}: {base_wall / wall:.2f}x speed-up "
-                  f"(wall time ratio {wall / base_wall:.2f})")
+            print(
+                f"-j {jobs} vs -j {base_jobs}: {base_wall / wall:.2f}x speed-up "
+                f"(wall time ratio {wall / base_wall:.2f})"
+            )
     return 0
 
 

@@ -39,10 +39,10 @@ def accuracy(model_path: Path, data: Path, export_cfg) -> list[tuple[str, dict, 
     exported with export_cfg otherwise."""
     from pipeline.core.config import OUTPUT_RESIZES
     from pipeline.data.dataset import build_split, read_split, write_split
-    from pipeline.results.evaluation import evaluate_model
     from pipeline.device.export import export_model, write_tflite
-    from pipeline.model.networks import load_keras_model
     from pipeline.device.predict import TFLiteDepthModel
+    from pipeline.model.networks import load_keras_model
+    from pipeline.results.evaluation import evaluate_model
 
     core = load_keras_model(model_path)
     results = []
@@ -65,8 +65,12 @@ def main() -> int:
     from pipeline.device.probe import resize_share
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--precision", choices=("fp32", "int8"), default=None, help="default: export.precision")
-    parser.add_argument("--threads", type=int, default=None, help="default: benchmark.threads, capped")
+    parser.add_argument(
+        "--precision", choices=("fp32", "int8"), default=None, help="default: export.precision"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="default: benchmark.threads, capped"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
@@ -78,35 +82,55 @@ def main() -> int:
     precision = args.precision or params.export.precision
     threads = args.threads or params.benchmark.threads
     e = params.export
-    share = resize_share(params.train, precision=precision, threads=threads, warmup=args.warmup, runs=args.runs,
-                         repeats=args.repeats, height=e.height, width=e.width)
+    share = resize_share(
+        params.train,
+        precision=precision,
+        threads=threads,
+        warmup=args.warmup,
+        runs=args.runs,
+        repeats=args.repeats,
+        height=e.height,
+        width=e.width,
+    )
     ms, part = share["ms"], share["share"]
     work = "x".join(map(str, share["working_size"]))
-    print(f"# {share['arch']} {precision}, working size {work} in a {e.height}x{e.width} graph, "
-          f"{share['threads']} threads, median of {args.runs} runs x {args.repeats} processes")
+    print(
+        f"# {share['arch']} {precision}, working size {work} in a {e.height}x{e.width} graph, "
+        f"{share['threads']} threads, median of {args.runs} runs x {args.repeats} processes"
+    )
     print(f"{'part':<42}  {'ms':>7}  {'of device':>9}")
     for name, label in LABELS.items():
         print(f"{label:<42}  {ms[name]:7.3f}  {part[name]:9.1%}")
     parts = ms["core"] + ms["input_resize"] + ms["output_bilinear"]
-    print(f"# resizes: {part['input_resize'] + part['output_bilinear']:.1%} of the device graph "
-          f"(input {part['input_resize']:.1%}, output {part['output_bilinear']:.1%}); network + resizes "
-          f"timed apart = {parts:.3f} ms vs the graph {ms['device']:.3f} ms")
-    print(f"# separable output resize: {ms['output_bilinear'] / ms['output_separable']:.1f}x cheaper alone; "
-          f"device graph {ms['device'] / ms['device_separable']:.2f}x faster "
-          f"({ms['device'] - ms['device_separable']:+.3f} ms saved)")
+    print(
+        f"# resizes: {part['input_resize'] + part['output_bilinear']:.1%} of the device graph "
+        f"(input {part['input_resize']:.1%}, output {part['output_bilinear']:.1%}); network + resizes "
+        f"timed apart = {parts:.3f} ms vs the graph {ms['device']:.3f} ms"
+    )
+    print(
+        f"# separable output resize: {ms['output_bilinear'] / ms['output_separable']:.1f}x cheaper alone; "
+        f"device graph {ms['device'] / ms['device_separable']:.2f}x faster "
+        f"({ms['device'] - ms['device_separable']:+.3f} ms saved)"
+    )
 
     model, data = Path(args.model), Path(args.data)
     if not (model.is_file() and (data / "rgb").is_dir()):
         print(f"# accuracy skipped: {model if not model.is_file() else data} not found")
         return 0
     print()
-    print(f"# accuracy: {model.relative_to(REPO) if model.is_relative_to(REPO) else model} exported {precision}, "
-          f"scored on the last 20% of {data.name} (official metrics, centre crop)")
-    print(f"{'output_resize':<14}  {'si-RMSE':>8}  {'RMSE m':>7}  {'rel':>6}  {'images':>6}  {'parity drop':>11}")
+    print(
+        f"# accuracy: {model.relative_to(REPO) if model.is_relative_to(REPO) else model} exported {precision}, "
+        f"scored on the last 20% of {data.name} (official metrics, centre crop)"
+    )
+    print(
+        f"{'output_resize':<14}  {'si-RMSE':>8}  {'RMSE m':>7}  {'rel':>6}  {'images':>6}  {'parity drop':>11}"
+    )
     export_cfg = dataclasses.replace(params.export, precision=precision)
     for output_resize, summary, parity in accuracy(model, data, export_cfg):
-        print(f"{output_resize:<14}  {summary['si_rmse']:8.4f}  {summary['rmse']:7.3f}  {summary['rel']:6.3f}  "
-              f"{summary['n_images']:>6}  {parity['si_rmse_diff']:11.5f}")
+        print(
+            f"{output_resize:<14}  {summary['si_rmse']:8.4f}  {summary['rmse']:7.3f}  {summary['rel']:6.3f}  "
+            f"{summary['n_images']:>6}  {parity['si_rmse_diff']:11.5f}"
+        )
     return 0
 
 

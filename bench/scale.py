@@ -116,11 +116,20 @@ def write_params(root: Path, params: dict) -> None:
 
 
 def run(root: Path, stage: str, *args: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2", MLFLOW_DISABLE_TELEMETRY="true")
-    proc = subprocess.run([sys.executable, "-c", WORKER, stage, *args], cwd=root, env=env,
-                          capture_output=True, text=True)
+    env = dict(
+        os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2", MLFLOW_DISABLE_TELEMETRY="true"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER, stage, *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0 or "RESULT " not in proc.stdout:
-        sys.exit(f"{stage} in {root} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        sys.exit(
+            f"{stage} in {root} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        )
     result = json.loads(proc.stdout.rsplit("RESULT ", 1)[1])
     result["log"] = proc.stdout
     return result
@@ -135,7 +144,10 @@ def train(root: Path, *, steps: int, batch: int, cache_mb: int) -> dict:
     result = run(root, "train")
     timed = result["steps"][WARMUP_STEPS:]
     result["step_ms"] = statistics.median(timed) * 1000
-    line = next((ln for ln in result["log"].splitlines() if ln.startswith("train: ") and " cache " in ln), "")
+    line = next(
+        (ln for ln in result["log"].splitlines() if ln.startswith("train: ") and " cache " in ln),
+        "",
+    )
     result["cache"] = line.split(" cache ", 1)[1].split(",")[0] if line else "?"
     return result
 
@@ -169,10 +181,18 @@ def growth(values: dict[int, float], n: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="1000,2000,4000,8000", help="pairs per data set, comma-separated")
-    parser.add_argument("--steps", type=int, default=40, help="training steps timed per run (the epoch's length)")
-    parser.add_argument("--batches", default="8,16", help="batch sizes of the streaming/cached ratio")
-    parser.add_argument("--cache-mb", type=int, default=2048, help="train.cache_max_mb of the cache-on runs")
+    parser.add_argument(
+        "--sizes", default="1000,2000,4000,8000", help="pairs per data set, comma-separated"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=40, help="training steps timed per run (the epoch's length)"
+    )
+    parser.add_argument(
+        "--batches", default="8,16", help="batch sizes of the streaming/cached ratio"
+    )
+    parser.add_argument(
+        "--cache-mb", type=int, default=2048, help="train.cache_max_mb of the cache-on runs"
+    )
     parser.add_argument("--eval-images", type=int, default=1000)
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = parser.parse_args()
@@ -184,45 +204,71 @@ def main() -> int:
     load = os.getloadavg()[0]
     cores = host.usable_cpus()
     gpu = "no GPU" if not shutil.which("nvidia-smi") else "an NVIDIA GPU (see nvidia-smi)"
-    print(f"machine: {cores} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, "
-          f"{gpu}; load average {load:.1f} at the start (other jobs share the cores)")
+    print(
+        f"machine: {cores} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, "
+        f"{gpu}; load average {load:.1f} at the start (other jobs share the cores)"
+    )
     tmp = Path(tempfile.mkdtemp(prefix="scale."))
     pairs = shared_pairs()
-    print(f"data: {len(pairs)} shared pairs ({', '.join(s.name for s in SOURCES)}: 640x480 and 540x360 mixed), "
-          f"linked under new names in {tmp}; sizes {sizes}")
+    print(
+        f"data: {len(pairs)} shared pairs ({', '.join(s.name for s in SOURCES)}: 640x480 and 540x360 mixed), "
+        f"linked under new names in {tmp}; sizes {sizes}"
+    )
     try:
         roots = {}
         prep = {}
         print("\n== prepare (index: decode + check every pair; prepare: the split) ==")
-        print(f"{'pairs':>6} {'index s':>8} {'prepare s':>9} {'total s':>8} {'growth':>7} {'ms/pair':>8} {'peak RSS MB':>12}")
+        print(
+            f"{'pairs':>6} {'index s':>8} {'prepare s':>9} {'total s':>8} {'growth':>7} {'ms/pair':>8} {'peak RSS MB':>12}"
+        )
         for n in sizes:
             data = linked_set(tmp / f"data{n}", pairs, n)
             roots[n] = workspace(tmp / f"ws{n}", data)
             index, prepare = run(roots[n], "index"), run(roots[n], "prepare")
-            prep[n] = {"s": index["wall_s"] + prepare["wall_s"], "peak": max(index["peak_mb"], prepare["peak_mb"])}
-            print(f"{n:6d} {index['wall_s']:8.1f} {prepare['wall_s']:9.1f} {prep[n]['s']:8.1f} "
-                  f"{growth({k: v['s'] for k, v in prep.items()}, n):>7} {prep[n]['s'] / n * 1000:8.2f} "
-                  f"{prep[n]['peak']:12.0f}", flush=True)
+            prep[n] = {
+                "s": index["wall_s"] + prepare["wall_s"],
+                "peak": max(index["peak_mb"], prepare["peak_mb"]),
+            }
+            print(
+                f"{n:6d} {index['wall_s']:8.1f} {prepare['wall_s']:9.1f} {prep[n]['s']:8.1f} "
+                f"{growth({k: v['s'] for k, v in prep.items()}, n):>7} {prep[n]['s'] / n * 1000:8.2f} "
+                f"{prep[n]['peak']:12.0f}",
+                flush=True,
+            )
 
         print(f"\n== train: one epoch of {args.steps} steps, default model, batch {batches[0]} ==")
-        print(f"{'pairs':>6} {'cache_max_mb':>12} {'cache':>38} {'step ms':>8} {'peak RSS MB':>12} {'stage s':>8}")
+        print(
+            f"{'pairs':>6} {'cache_max_mb':>12} {'cache':>38} {'step ms':>8} {'peak RSS MB':>12} {'stage s':>8}"
+        )
         runs = {}
-        plan = [(n, args.cache_mb) for n in sizes] + [(n, 0) for n in dict.fromkeys((sizes[0], sizes[-1]))]
+        plan = [(n, args.cache_mb) for n in sizes] + [
+            (n, 0) for n in dict.fromkeys((sizes[0], sizes[-1]))
+        ]
         for n, cache_mb in plan:
             r = train(roots[n], steps=args.steps, batch=batches[0], cache_mb=cache_mb)
             runs[n, cache_mb, batches[0]] = r
-            print(f"{n:6d} {cache_mb:12d} {r['cache']:>38} {r['step_ms']:8.0f} {r['peak_mb']:12.0f} {r['wall_s']:8.1f}",
-                  flush=True)
+            print(
+                f"{n:6d} {cache_mb:12d} {r['cache']:>38} {r['step_ms']:8.0f} {r['peak_mb']:12.0f} {r['wall_s']:8.1f}",
+                flush=True,
+            )
         for batch in batches[1:]:
             for cache_mb in (args.cache_mb, 0):
                 r = train(roots[sizes[0]], steps=args.steps, batch=batch, cache_mb=cache_mb)
                 runs[sizes[0], cache_mb, batch] = r
-                print(f"{sizes[0]:6d} {cache_mb:12d} {r['cache']:>38} {r['step_ms']:8.0f} {r['peak_mb']:12.0f} "
-                      f"{r['wall_s']:8.1f}  (batch {batch})", flush=True)
+                print(
+                    f"{sizes[0]:6d} {cache_mb:12d} {r['cache']:>38} {r['step_ms']:8.0f} {r['peak_mb']:12.0f} "
+                    f"{r['wall_s']:8.1f}  (batch {batch})",
+                    flush=True,
+                )
 
-        print(f"\n== evaluate and package (the model of the {sizes[-1]}-pair train run, exported) ==")
+        print(
+            f"\n== evaluate and package (the model of the {sizes[-1]}-pair train run, exported) =="
+        )
         big = roots[sizes[-1]]
-        bench_json = {"median_ms": 10.0, "threads": cores}  # package's readme needs a runtime; not timed here
+        bench_json = {
+            "median_ms": 10.0,
+            "threads": cores,
+        }  # package's readme needs a runtime; not timed here
         (big / "metrics").mkdir(exist_ok=True)
         (big / "metrics/benchmark.json").write_text(json.dumps(bench_json))
         export = run(big, "export")
@@ -233,40 +279,59 @@ def main() -> int:
             eval_subset(big, m, tmp / f"inputs{m}")
             for stage in ("evaluate", "package"):
                 r = evals[stage, m] = run(big, stage)
-                print(f"{stage:>9} {m:7d} {r['wall_s']:7.1f} {r['wall_s'] / m * 1000:9.1f} {r['peak_mb']:12.0f}",
-                      flush=True)
+                print(
+                    f"{stage:>9} {m:7d} {r['wall_s']:7.1f} {r['wall_s'] / m * 1000:9.1f} {r['peak_mb']:12.0f}",
+                    flush=True,
+                )
 
         print("\n== against the targets ==")
         first, last = sizes[0], sizes[-1]
         ok = prep[last]["s"] <= PREPARE_TARGET_S
-        print(f"prepare of {last} pairs: {prep[last]['s']:.0f} s on {cores} cores (target <= {PREPARE_TARGET_S:.0f} s): "
-              f"{'met' if ok else 'MISSED'}; {prep[last]['s'] / prep[first]['s']:.2f}x the time for "
-              f"{last / first:.0f}x the pairs")
+        print(
+            f"prepare of {last} pairs: {prep[last]['s']:.0f} s on {cores} cores (target <= {PREPARE_TARGET_S:.0f} s): "
+            f"{'met' if ok else 'MISSED'}; {prep[last]['s'] / prep[first]['s']:.2f}x the time for "
+            f"{last / first:.0f}x the pairs"
+        )
         on = {n: runs[n, args.cache_mb, batches[0]]["peak_mb"] for n in sizes}
         off = {n: runs[n, 0, batches[0]]["peak_mb"] for n in dict.fromkeys((first, last))}
-        print(f"train peak RSS at cache_max_mb {args.cache_mb}: " + ", ".join(f"{n}: {v:.0f} MB" for n, v in on.items())
-              + f"; largest minus smallest size {on[last] - on[first]:+.0f} MB; cache off: "
-              + ", ".join(f"{n}: {v:.0f} MB" for n, v in off.items()))
+        print(
+            f"train peak RSS at cache_max_mb {args.cache_mb}: "
+            + ", ".join(f"{n}: {v:.0f} MB" for n, v in on.items())
+            + f"; largest minus smallest size {on[last] - on[first]:+.0f} MB; cache off: "
+            + ", ".join(f"{n}: {v:.0f} MB" for n, v in off.items())
+        )
         bounded = max(on.values()) <= off[first] + args.cache_mb and on[last] <= on[first] + 100
-        print(f"  bounded (every run <= cache-off peak + cache_max_mb, and {last} pairs no more than "
-              f"{first} + 100 MB): {'met' if bounded else 'MISSED'}")
+        print(
+            f"  bounded (every run <= cache-off peak + cache_max_mb, and {last} pairs no more than "
+            f"{first} + 100 MB): {'met' if bounded else 'MISSED'}"
+        )
         for batch in batches:
             cached, streamed = runs[first, args.cache_mb, batch], runs[first, 0, batch]
             ratio = streamed["step_ms"] / cached["step_ms"]
-            print(f"streaming / cached step time at batch {batch} ({first} pairs): {streamed['step_ms']:.0f} / "
-                  f"{cached['step_ms']:.0f} ms = {ratio:.2f} (target <= {RATIO_TARGET}): "
-                  f"{'met' if ratio <= RATIO_TARGET else 'MISSED'}")
+            print(
+                f"streaming / cached step time at batch {batch} ({first} pairs): {streamed['step_ms']:.0f} / "
+                f"{cached['step_ms']:.0f} ms = {ratio:.2f} (target <= {RATIO_TARGET}): "
+                f"{'met' if ratio <= RATIO_TARGET else 'MISSED'}"
+            )
         big_step = runs[last, args.cache_mb, batches[0]]
-        print(f"  {last} pairs at cache_max_mb {args.cache_mb} ({big_step['cache']}): {big_step['step_ms']:.0f} ms/step, "
-              f"{big_step['step_ms'] / runs[first, args.cache_mb, batches[0]]['step_ms']:.2f}x the cached step")
+        print(
+            f"  {last} pairs at cache_max_mb {args.cache_mb} ({big_step['cache']}): {big_step['step_ms']:.0f} ms/step, "
+            f"{big_step['step_ms'] / runs[first, args.cache_mb, batches[0]]['step_ms']:.2f}x the cached step"
+        )
         for stage in ("evaluate", "package"):
             small, large = evals[stage, args.eval_images // 4], evals[stage, args.eval_images]
             extra = args.eval_images - args.eval_images // 4
-            print(f"{stage}: {args.eval_images // 4} -> {args.eval_images} images: time x{large['wall_s'] / small['wall_s']:.2f} "
-                  f"({(large['wall_s'] - small['wall_s']) / extra * 1000:.1f} ms per added image), "
-                  f"peak RSS {small['peak_mb']:.0f} -> {large['peak_mb']:.0f} MB ({large['peak_mb'] - small['peak_mb']:+.0f} MB)")
-        print(f"load average at the end {os.getloadavg()[0]:.1f}; GPU: none on this machine, so no fp32 vs "
-              "mixed-precision images/s figure" if gpu == "no GPU" else "")
+            print(
+                f"{stage}: {args.eval_images // 4} -> {args.eval_images} images: time x{large['wall_s'] / small['wall_s']:.2f} "
+                f"({(large['wall_s'] - small['wall_s']) / extra * 1000:.1f} ms per added image), "
+                f"peak RSS {small['peak_mb']:.0f} -> {large['peak_mb']:.0f} MB ({large['peak_mb'] - small['peak_mb']:+.0f} MB)"
+            )
+        print(
+            f"load average at the end {os.getloadavg()[0]:.1f}; GPU: none on this machine, so no fp32 vs "
+            "mixed-precision images/s figure"
+            if gpu == "no GPU"
+            else ""
+        )
         return 0
     finally:
         if args.keep:

@@ -27,8 +27,13 @@ from bench.common import REAL, SHARED
 from pipeline.core.config import TeacherConfig
 from pipeline.core.files import read_depth_m, read_rgb
 from pipeline.core.metrics import constant_baseline_si_rmse, image_metrics
-from pipeline.teacher.alignment import (ALIGNMENTS, OUTPUT_ALIGNMENT, UNLABELED_ALIGNMENT, log_residual,
-                                        to_depth)
+from pipeline.teacher.alignment import (
+    ALIGNMENTS,
+    OUTPUT_ALIGNMENT,
+    UNLABELED_ALIGNMENT,
+    log_residual,
+    to_depth,
+)
 from pipeline.teacher.model import TeacherModel
 
 PYDNET = SHARED.parent / "teachers" / "pydnet_matterport" / "pydnet_matterport.tflite"
@@ -36,17 +41,28 @@ RELATIVE = ("scale", "affine_depth", "affine_inverse")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--teacher", type=Path, default=PYDNET)
     parser.add_argument("--every", type=int, default=2, help="every N-th image of each scene")
     parser.add_argument("--output-index", type=int, default=0)
     args = parser.parse_args()
-    model = TeacherModel(TeacherConfig(model=str(args.teacher), output="relative", normalize="unit",
-                                       output_index=args.output_index))
-    print(f"{args.teacher.name}: output {args.output_index}, input {model.size[0]}x{model.size[1]}", flush=True)
+    model = TeacherModel(
+        TeacherConfig(
+            model=str(args.teacher),
+            output="relative",
+            normalize="unit",
+            output_index=args.output_index,
+        )
+    )
+    print(
+        f"{args.teacher.name}: output {args.output_index}, input {model.size[0]}x{model.size[1]}",
+        flush=True,
+    )
     table = []
     for scene, folder in REAL.items():
-        names = sorted(p.name for p in (Path(folder) / "rgb").glob("*.png"))[::args.every]
+        names = sorted(p.name for p in (Path(folder) / "rgb").glob("*.png"))[:: args.every]
         stats = {name: {"residual": [], "si": [], "scale": [], "fit": []} for name in RELATIVE}
         constants, raws, start = [], [], time.time()
         for i, name in enumerate(names, 1):
@@ -58,34 +74,74 @@ def main() -> None:
                 scale_shift = ALIGNMENTS[alignment][0](raw, gt)
                 if scale_shift is None:
                     continue
-                depth = to_depth(raw, output="relative", scale=scale_shift[0], shift=scale_shift[1],
-                                 alignment=alignment)
+                depth = to_depth(
+                    raw,
+                    output="relative",
+                    scale=scale_shift[0],
+                    shift=scale_shift[1],
+                    alignment=alignment,
+                )
                 stats[alignment]["residual"].append(log_residual(depth, gt))
                 stats[alignment]["si"].append(image_metrics(pred=depth, gt=gt)["si_rmse"])
                 stats[alignment]["scale"].append(scale_shift[0])
                 stats[alignment]["fit"].append(scale_shift)
             if i % 20 == 0 or i == len(names):
-                print(f"  {scene}: {i}/{len(names)} images, {time.time() - start:.0f} s", flush=True)
+                print(
+                    f"  {scene}: {i}/{len(names)} images, {time.time() - start:.0f} s", flush=True
+                )
         constant = float(np.mean(constants))
         for alignment in RELATIVE:
             s = stats[alignment]
             log_scales = np.log(np.array(s["scale"])) if alignment == "scale" else None
-            spread = (float(np.mean(np.abs(log_scales - np.median(log_scales))))
-                      if log_scales is not None else math.nan)
+            spread = (
+                float(np.mean(np.abs(log_scales - np.median(log_scales))))
+                if log_scales is not None
+                else math.nan
+            )
             # What an unlabeled image gets: the median fit of the labelled ones, not its own.
             median = np.median(np.array(s["fit"]), axis=0)
-            si_at_median = float(np.mean([image_metrics(pred=to_depth(
-                raw, output="relative", scale=median[0], shift=median[1], alignment=alignment), gt=gt)["si_rmse"]
-                for raw, gt in raws]))
-            table.append((scene, alignment, len(s["residual"]), float(np.mean(s["residual"])),
-                          float(np.mean(s["si"])), constant, spread, si_at_median))
-    print(f"\n{'scene':<9} {'alignment':<15} {'images':>6} {'residual':>8} {'si-RMSE':>8} {'constant':>8} "
-          f"{'ratio':>6} {'|ln s - median|':>15} {'median fit: si-RMSE':>19} {'ratio':>6}")
+            si_at_median = float(
+                np.mean(
+                    [
+                        image_metrics(
+                            pred=to_depth(
+                                raw,
+                                output="relative",
+                                scale=median[0],
+                                shift=median[1],
+                                alignment=alignment,
+                            ),
+                            gt=gt,
+                        )["si_rmse"]
+                        for raw, gt in raws
+                    ]
+                )
+            )
+            table.append(
+                (
+                    scene,
+                    alignment,
+                    len(s["residual"]),
+                    float(np.mean(s["residual"])),
+                    float(np.mean(s["si"])),
+                    constant,
+                    spread,
+                    si_at_median,
+                )
+            )
+    print(
+        f"\n{'scene':<9} {'alignment':<15} {'images':>6} {'residual':>8} {'si-RMSE':>8} {'constant':>8} "
+        f"{'ratio':>6} {'|ln s - median|':>15} {'median fit: si-RMSE':>19} {'ratio':>6}"
+    )
     for scene, alignment, n, residual, si, constant, spread, si_median in table:
-        chosen = " ".join(["labelled"] * (alignment == OUTPUT_ALIGNMENT["relative"])
-                          + ["unlabeled"] * (alignment == UNLABELED_ALIGNMENT["relative"]))
-        print(f"{scene:<9} {alignment:<15} {n:>6} {residual:>8.4f} {si:>8.4f} {constant:>8.4f} "
-              f"{si / constant:>6.2f} {spread:>15.3f} {si_median:>19.4f} {si_median / constant:>6.2f}  {chosen}")
+        chosen = " ".join(
+            ["labelled"] * (alignment == OUTPUT_ALIGNMENT["relative"])
+            + ["unlabeled"] * (alignment == UNLABELED_ALIGNMENT["relative"])
+        )
+        print(
+            f"{scene:<9} {alignment:<15} {n:>6} {residual:>8.4f} {si:>8.4f} {constant:>8.4f} "
+            f"{si / constant:>6.2f} {spread:>15.3f} {si_median:>19.4f} {si_median / constant:>6.2f}  {chosen}"
+        )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ def make_workspace(root: Path, params: dict) -> None:
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
+    return dict(
+        os.environ, TF_CPP_MIN_LOG_LEVEL="2", MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1"
+    )
 
 
 def run_measured(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
@@ -94,9 +96,16 @@ def bench_arg_parser(description: str, *, epochs: int) -> argparse.ArgumentParse
 
 def workspace_params(args: argparse.Namespace) -> dict:
     """params.yaml + the preset, on the given data, with the given number of epochs."""
-    params = merge(yaml.safe_load(PARAMS.read_text()), yaml.safe_load(Path(args.preset).read_text()))
-    return merge(params, {"data": {"sources": {"data": {"path": str(Path(args.data).resolve())}}},
-                          "train": {"epochs": args.epochs}})
+    params = merge(
+        yaml.safe_load(PARAMS.read_text()), yaml.safe_load(Path(args.preset).read_text())
+    )
+    return merge(
+        params,
+        {
+            "data": {"sources": {"data": {"path": str(Path(args.data).resolve())}}},
+            "train": {"epochs": args.epochs},
+        },
+    )
 
 
 def main() -> int:
@@ -111,13 +120,20 @@ def main() -> int:
         sizes = decoded_mb(root / "data" / "prepared" / "split.csv")
         t = params["train"]
         print(f"data: {args.data}")
-        print(f"train: {t['arch']} at {t['height']}x{t['width']}, batch {t['batch_size']}, {args.epochs} epoch(s)")
-        print(f"decoded data set: train split {sizes['train']:.0f} MiB + val split {sizes['val']:.0f} MiB "
-              f"= {sizes['train'] + sizes['val']:.0f} MiB (uint8 RGB + uint16 depth at source size)")
+        print(
+            f"train: {t['arch']} at {t['height']}x{t['width']}, batch {t['batch_size']}, {args.epochs} epoch(s)"
+        )
+        print(
+            f"decoded data set: train split {sizes['train']:.0f} MiB + val split {sizes['val']:.0f} MiB "
+            f"= {sizes['train'] + sizes['val']:.0f} MiB (uint8 RGB + uint16 depth at source size)"
+        )
 
         cache_mb = t["cache_max_mb"]
         results = []
-        for label, value in ((f"cache on (cache_max_mb {cache_mb})", cache_mb), ("cache off (cache_max_mb 0)", 0)):
+        for label, value in (
+            (f"cache on (cache_max_mb {cache_mb})", cache_mb),
+            ("cache off (cache_max_mb 0)", 0),
+        ):
             print(f"training, {label} ...", file=sys.stderr, flush=True)
             rss, wall, text, history = train_once(root, params, train={"cache_max_mb": value})
             mode = "in RAM" if "cache in RAM" in text else "off" if "cache off" in text else "train"

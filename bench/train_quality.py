@@ -23,7 +23,12 @@ from pipeline.data.dataset import read_split, write_split
 
 # The organizers' baseline: its own (`auto`) values are their U-Net, 64 base filters at 240x320,
 # whatever size the preset gives the default model.
-BASELINE_OVERRIDES = {"arch": "mai_baseline_unet", "width_multiplier": AUTO, "height": AUTO, "width": AUTO}
+BASELINE_OVERRIDES = {
+    "arch": "mai_baseline_unet",
+    "width_multiplier": AUTO,
+    "height": AUTO,
+    "width": AUTO,
+}
 
 
 def evaluate_full_res(core, rows) -> dict:
@@ -49,22 +54,38 @@ def run(arch_overrides: dict, args, work: Path) -> dict:
         write_split(split_csv, split_rows(params))
     name = params.train.arch
     start = time.time()
-    summary = train(params, split_csv=split_csv, model_out=work / f"{name}.keras", ckpt_dir=work / f"ckpt_{name}",
-                    history_csv=work / f"{name}_history.csv", fingerprint=name,
-                    time_budget_s=args.budget_min * 60)
+    summary = train(
+        params,
+        split_csv=split_csv,
+        model_out=work / f"{name}.keras",
+        ckpt_dir=work / f"ckpt_{name}",
+        history_csv=work / f"{name}_history.csv",
+        fingerprint=name,
+        time_budget_s=args.budget_min * 60,
+    )
     minutes = (time.time() - start) / 60
     import keras
 
     core = keras.models.load_model(work / f"{name}.keras", compile=False)
     metrics = evaluate_full_res(core, read_split(split_csv, "val"))
-    return {"arch": name, "res": f"{params.train.height}x{params.train.width}", "params": summary["params"],
-            "epochs": summary["epochs"], "minutes": minutes, **metrics}
+    return {
+        "arch": name,
+        "res": f"{params.train.height}x{params.train.width}",
+        "params": summary["params"],
+        "epochs": summary["epochs"],
+        "minutes": minutes,
+        **metrics,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="presets/tum.yaml")
-    parser.add_argument("--budget-min", type=float, default=9.0, help="training wall-clock budget per model")
+    parser.add_argument(
+        "--budget-min", type=float, default=9.0, help="training wall-clock budget per model"
+    )
     parser.add_argument("--only", choices=("default", "baseline"), help="train just one of the two")
     args = parser.parse_args()
 
@@ -79,14 +100,20 @@ def main() -> None:
                 continue
             results.append(run(overrides, args, Path(tmp)))
 
-    print(f"\ndata: {', '.join(s.path for s in params.data.sources.values())}, {len(val)} val images, budget {args.budget_min:g} min per model")
+    print(
+        f"\ndata: {', '.join(s.path for s in params.data.sources.values())}, {len(val)} val images, budget {args.budget_min:g} min per model"
+    )
     print(f"constant-prediction baseline si-RMSE (per-image std of ln GT): {baseline:.4f}")
-    print(f"{'arch':<20} {'res':>8} {'params':>9} {'epochs':>6} {'min':>5} {'si-RMSE':>8} {'x const':>7} "
-          f"{'RMSE m':>7} {'rel':>6} {'d1':>6}")
+    print(
+        f"{'arch':<20} {'res':>8} {'params':>9} {'epochs':>6} {'min':>5} {'si-RMSE':>8} {'x const':>7} "
+        f"{'RMSE m':>7} {'rel':>6} {'d1':>6}"
+    )
     for r in results:
-        print(f"{r['arch']:<20} {r['res']:>8} {r['params']:>9,} {r['epochs']:>6} {r['minutes']:>5.1f} "
-              f"{r['si_rmse']:>8.4f} {r['si_rmse'] / baseline:>7.2f} {r['rmse']:>7.3f} {r['rel']:>6.3f} "
-              f"{r['delta1']:>6.3f}")
+        print(
+            f"{r['arch']:<20} {r['res']:>8} {r['params']:>9,} {r['epochs']:>6} {r['minutes']:>5.1f} "
+            f"{r['si_rmse']:>8.4f} {r['si_rmse'] / baseline:>7.2f} {r['rmse']:>7.3f} {r['rel']:>6.3f} "
+            f"{r['delta1']:>6.3f}"
+        )
 
 
 def read_split_rows(params):

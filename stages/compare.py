@@ -18,8 +18,16 @@ from pathlib import Path
 
 from pipeline.core.cli import run_stage, stage_parser
 from pipeline.core.config import load_params
-from pipeline.tracking.compare import (SPEEDS, count_runs, data_groups, describe_best, load_runs, log_plots, runs_table,
-                             write_report)
+from pipeline.tracking.compare import (
+    SPEEDS,
+    count_runs,
+    data_groups,
+    describe_best,
+    load_runs,
+    log_plots,
+    runs_table,
+    write_report,
+)
 from pipeline.tracking.runs import tracking_uri
 
 
@@ -37,12 +45,16 @@ def main(argv: list[str] | None = None) -> None:
 
     print(paths["markdown"].read_text())
     groups = data_groups(table)
-    print(f"{count_runs(len(table))} of {experiment!r} in {len(groups)} data group(s), never ranked across groups:")
+    print(
+        f"{count_runs(len(table))} of {experiment!r} in {len(groups)} data group(s), never ranked across groups:"
+    )
     for label, rows in groups:
         fronts = [", ".join(rows.loc[rows[front], "run"]) or "none" for _, _, front, _ in SPEEDS]
-        print(f"- {label}: {count_runs(len(rows))}; Pareto front: {fronts[0]}; est. Pi 4 front: {fronts[1]}; "
-              f"{describe_best(rows)}; plot {paths['plots'][label]}"
-              + (f" (also in run {logged[label][:8]}, artifacts compare/)" if label in logged else ""))
+        print(
+            f"- {label}: {count_runs(len(rows))}; Pareto front: {fronts[0]}; est. Pi 4 front: {fronts[1]}; "
+            f"{describe_best(rows)}; plot {paths['plots'][label]}"
+            + (f" (also in run {logged[label][:8]}, artifacts compare/)" if label in logged else "")
+        )
     print(f"wrote {paths['csv']}, {paths['markdown']}")
 
 

@@ -23,8 +23,9 @@ from pipeline.tracking import sweep
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser("exp", __doc__)
-    parser.add_argument("--print", action="store_true",
-                        help="print the dvc exp run command, run nothing")
+    parser.add_argument(
+        "--print", action="store_true", help="print the dvc exp run command, run nothing"
+    )
     parser.add_argument("preset", help="a partial params file, e.g. presets/tum.yaml")
     parser.add_argument("dvc_args", nargs=argparse.REMAINDER, help="more dvc exp run arguments")
     args = parser.parse_args(argv)

@@ -12,9 +12,9 @@ import sys
 
 from pipeline.core.cli import run_stage, stage_parser
 from pipeline.core.config import load_params
-from pipeline.device.export import export_file, write_tflite
 from pipeline.core.files import write_json
 from pipeline.core.paths import KERAS_MODEL, SPLIT_CSV, TFLITE_MODEL, metrics_json
+from pipeline.device.export import export_file, write_tflite
 
 METRICS = metrics_json("export")
 
@@ -23,16 +23,20 @@ def main(argv: list[str] | None = None) -> None:
     args = stage_parser("export", __doc__).parse_args(argv)
     params = load_params(args.params)
     cfg = params.export
-    print(f"export: {KERAS_MODEL} -> {cfg.precision} TFLite at {cfg.height}x{cfg.width}", flush=True)
+    print(
+        f"export: {KERAS_MODEL} -> {cfg.precision} TFLite at {cfg.height}x{cfg.width}", flush=True
+    )
     flatbuffer, report = export_file(KERAS_MODEL, SPLIT_CSV, cfg=cfg)
     write_tflite(TFLITE_MODEL, flatbuffer)
     write_json(METRICS, report)
     par = report["parity"]
-    print(f"export: {TFLITE_MODEL} {report['size_mb']:.2f} MB, {report['n_ops']} ops, "
-          f"{report['macs'] / 1e9:.2f} GMACs; parity on {par['images']} val images: "
-          f"max |diff| {par['max_abs_diff_m']:.4g} m, si-RMSE {par['si_rmse_keras']:.4f} (Keras) -> "
-          f"{par['si_rmse_tflite']:.4f} (TFLite); runs on TFLite >= {report['min_runtime_version']} "
-          f"(target {cfg.target_runtime})")
+    print(
+        f"export: {TFLITE_MODEL} {report['size_mb']:.2f} MB, {report['n_ops']} ops, "
+        f"{report['macs'] / 1e9:.2f} GMACs; parity on {par['images']} val images: "
+        f"max |diff| {par['max_abs_diff_m']:.4g} m, si-RMSE {par['si_rmse_keras']:.4f} (Keras) -> "
+        f"{par['si_rmse_tflite']:.4f} (TFLite); runs on TFLite >= {report['min_runtime_version']} "
+        f"(target {cfg.target_runtime})"
+    )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pipeline.core.cli import run_stage, stage_parser
 from pipeline.core.config import load_params
-from pipeline.tracking.factsheet import load_run, render
 from pipeline.core.files import atomic_path
+from pipeline.tracking.factsheet import load_run, render
 from pipeline.tracking.runs import tracking_uri
 
 OUT = "reports/factsheet.md"
@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=OUT, help=f"markdown file (default: {OUT})")
     args = parser.parse_args(argv)
     experiment = args.experiment or load_params(args.params).track.experiment
-    run, stages = load_run(tracking_uri=tracking_uri(Path.cwd()), experiment=experiment, run_id=args.run)
+    run, stages = load_run(
+        tracking_uri=tracking_uri(Path.cwd()), experiment=experiment, run_id=args.run
+    )
     text = render(run, stages)
     with atomic_path(args.out) as tmp:
         tmp.write_text(text)

@@ -13,11 +13,10 @@ import sys
 
 from pipeline.core.cli import Progress, run_stage, stage_parser
 from pipeline.core.config import load_params
-from pipeline.data.dataset import validate_source, write_index
 from pipeline.core.errors import ConfigError
 from pipeline.core.files import write_json
 from pipeline.core.paths import SOURCES_DIR
-
+from pipeline.data.dataset import validate_source, write_index
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,23 +27,38 @@ def main(argv: list[str] | None = None) -> None:
     data = params.data
     unknown = [n for n in args.names if n not in data.sources]
     if unknown:
-        raise ConfigError(f"params: data.sources has no source {unknown[0]!r} (known: {', '.join(data.sources)})")
+        raise ConfigError(
+            f"params: data.sources has no source {unknown[0]!r} (known: {', '.join(data.sources)})"
+        )
     for name in args.names or list(data.sources):
         path = data.sources[name].path
-        report = validate_source(path, max_images=data.max_images, skip_empty_depth=data.skip_empty_depth,
-                                 progress=Progress(f"index {name}: checked pair"))
+        report = validate_source(
+            path,
+            max_images=data.max_images,
+            skip_empty_depth=data.skip_empty_depth,
+            progress=Progress(f"index {name}: checked pair"),
+        )
         for warning in report.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         write_index(f"{SOURCES_DIR}/{name}.csv", report)
         sizes = sorted({(p["width"], p["height"]) for p in report.pairs})
-        write_json(f"{SOURCES_DIR}/{name}.json", {
-            "path": path, "pairs": len(report.pairs), "sizes": [f"{w}x{h}" for w, h in sizes],
-            "skipped_empty_depth": len(report.skipped_empty), "ignored_files": len(report.ignored_files),
-            "median_depth_m": round(report.median_depth_m, 4), "invalid_fraction": round(report.invalid_fraction, 4),
-            "warnings": len(report.warnings),
-        })
-        print(f"index {name}: {len(report.pairs)} pairs ({', '.join(f'{w}x{h}' for w, h in sizes)}) "
-              f"from {path} -> {SOURCES_DIR}/{name}.csv")
+        write_json(
+            f"{SOURCES_DIR}/{name}.json",
+            {
+                "path": path,
+                "pairs": len(report.pairs),
+                "sizes": [f"{w}x{h}" for w, h in sizes],
+                "skipped_empty_depth": len(report.skipped_empty),
+                "ignored_files": len(report.ignored_files),
+                "median_depth_m": round(report.median_depth_m, 4),
+                "invalid_fraction": round(report.invalid_fraction, 4),
+                "warnings": len(report.warnings),
+            },
+        )
+        print(
+            f"index {name}: {len(report.pairs)} pairs ({', '.join(f'{w}x{h}' for w, h in sizes)}) "
+            f"from {path} -> {SOURCES_DIR}/{name}.csv"
+        )
 
 
 if __name__ == "__main__":

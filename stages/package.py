@@ -14,13 +14,18 @@ from pathlib import Path
 from pipeline.core import host
 from pipeline.core.cli import Progress, run_stage, stage_parser
 from pipeline.core.config import load_params
-from pipeline.data.dataset import read_split
 from pipeline.core.errors import DataError
 from pipeline.core.files import read_json
 from pipeline.core.metrics import BENCHMARK_RUNTIME_KEY, runtime_s_from_benchmark
 from pipeline.core.paths import SPLIT_CSV, SUBMISSION_ZIP, TFLITE_MODEL, metrics_json
-from pipeline.results.submission import (describe_run, extra_data_flag, list_input_images, model_min_runtime,
-                                 package_submission)
+from pipeline.data.dataset import read_split
+from pipeline.results.submission import (
+    describe_run,
+    extra_data_flag,
+    list_input_images,
+    model_min_runtime,
+    package_submission,
+)
 
 BENCHMARK_JSON = metrics_json("benchmark")
 CPU_FLAG = 1  # TFLite on the CPU, as timed by the organizers on the Raspberry Pi 4
@@ -39,8 +44,12 @@ def main(argv: list[str] | None = None) -> None:
             raise DataError(f"{SPLIT_CSV}: no val rows to package")
         # several sources may reuse file names: then each output is named SOURCE_NAME.png
         several = len({row["source"] for row in rows}) > 1
-        inputs = {f"{row['source']}_{Path(row['rgb']).name}" if several else Path(row["rgb"]).name: row["rgb"]
-                  for row in rows}
+        inputs = {
+            f"{row['source']}_{Path(row['rgb']).name}" if several else Path(row["rgb"]).name: row[
+                "rgb"
+            ]
+            for row in rows
+        }
     benchmark = read_json(BENCHMARK_JSON)
     runtime_s = runtime_s_from_benchmark(benchmark)
     if runtime_s is None:
@@ -49,12 +58,22 @@ def main(argv: list[str] | None = None) -> None:
         "runtime_s": runtime_s,
         "cpu": CPU_FLAG,
         "extra_data": extra_data_flag(params),
-        "description": describe_run(params, benchmark, extra=params.package.description,
-                                    min_runtime=model_min_runtime(TFLITE_MODEL)),
+        "description": describe_run(
+            params,
+            benchmark,
+            extra=params.package.description,
+            min_runtime=model_min_runtime(TFLITE_MODEL),
+        ),
     }
     print(f"package: {len(inputs)} images from {where}", flush=True)
-    count = package_submission(SUBMISSION_ZIP, model_path=TFLITE_MODEL, input_files=inputs, readme=readme,
-                               num_threads=host.usable_cpus(), progress=Progress("package: image"))
+    count = package_submission(
+        SUBMISSION_ZIP,
+        model_path=TFLITE_MODEL,
+        input_files=inputs,
+        readme=readme,
+        num_threads=host.usable_cpus(),
+        progress=Progress("package: image"),
+    )
 
     size_mb = os.path.getsize(SUBMISSION_ZIP) / 1e6
     print(f"wrote {SUBMISSION_ZIP} ({count} depth PNGs, {size_mb:.1f} MB), validated OK")

@@ -13,9 +13,9 @@ import numpy as np
 
 from pipeline.core.cli import run_stage, stage_parser
 from pipeline.core.config import load_params
-from pipeline.data.dataset import read_index, split_over_sources, write_split
 from pipeline.core.files import read_json, write_json
 from pipeline.core.paths import SOURCES_DIR, SPLIT_CSV, metrics_json
+from pipeline.data.dataset import read_index, split_over_sources, write_split
 
 METRICS = metrics_json("prepare")
 
@@ -32,22 +32,49 @@ def main(argv: list[str] | None = None) -> None:
     def count(split, source=None):
         return sum(r["split"] == split and source in (None, r["source"]) for r in rows)
 
-    per_source = {name: {"path": src.path, "weight": src.weight, "train_images": count("train", name),
-                         "val_images": count("val", name), **{k: checks[name][k] for k in (
-                             "sizes", "skipped_empty_depth", "ignored_files", "median_depth_m", "invalid_fraction")}}
-                  for name, src in data.sources.items()}
-    write_json(METRICS, {
-        "train_images": count("train"), "val_images": count("val"), "val": data.val,
-        "median_depth_m": round(float(np.median([c["median_depth_m"] for c in checks.values()])), 4),
-        "invalid_fraction": round(sum(c["invalid_fraction"] * c["pairs"] for c in checks.values())
-                                  / sum(c["pairs"] for c in checks.values()), 4),
-        "skipped_empty_depth": sum(c["skipped_empty_depth"] for c in checks.values()),
-        "ignored_files": sum(c["ignored_files"] for c in checks.values()),
-        "warnings": sum(c["warnings"] for c in checks.values()),
-        "sources": per_source,
-    })
+    per_source = {
+        name: {
+            "path": src.path,
+            "weight": src.weight,
+            "train_images": count("train", name),
+            "val_images": count("val", name),
+            **{
+                k: checks[name][k]
+                for k in (
+                    "sizes",
+                    "skipped_empty_depth",
+                    "ignored_files",
+                    "median_depth_m",
+                    "invalid_fraction",
+                )
+            },
+        }
+        for name, src in data.sources.items()
+    }
+    write_json(
+        METRICS,
+        {
+            "train_images": count("train"),
+            "val_images": count("val"),
+            "val": data.val,
+            "median_depth_m": round(
+                float(np.median([c["median_depth_m"] for c in checks.values()])), 4
+            ),
+            "invalid_fraction": round(
+                sum(c["invalid_fraction"] * c["pairs"] for c in checks.values())
+                / sum(c["pairs"] for c in checks.values()),
+                4,
+            ),
+            "skipped_empty_depth": sum(c["skipped_empty_depth"] for c in checks.values()),
+            "ignored_files": sum(c["ignored_files"] for c in checks.values()),
+            "warnings": sum(c["warnings"] for c in checks.values()),
+            "sources": per_source,
+        },
+    )
     for name, s in per_source.items():
-        print(f"prepare: {name}: {s['train_images']} train / {s['val_images']} val pairs from {s['path']}")
+        print(
+            f"prepare: {name}: {s['train_images']} train / {s['val_images']} val pairs from {s['path']}"
+        )
     print(f"prepare: {count('train')} train / {count('val')} val pairs -> {SPLIT_CSV}")
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.device import rpi4
 from pipeline.core.cli import run_stage, stage_parser
 from pipeline.core.config import PRECISIONS, load_params
 from pipeline.core.errors import PipelineError
+from pipeline.device import rpi4
 from pipeline.device.probe import format_table, probe
 from pipeline.model.archs import ARCHS
 
@@ -32,15 +32,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = stage_parser("probe", __doc__)
     parser.add_argument("--arch", required=True, choices=(*ARCHS, "all"))
     parser.add_argument("--precision", choices=PRECISIONS, help="default: export.precision")
-    parser.add_argument("--threads", type=int, help="default: benchmark.threads (capped at local cores)")
+    parser.add_argument(
+        "--threads", type=int, help="default: benchmark.threads (capped at local cores)"
+    )
     parser.add_argument("--warmup", type=int, help="default: benchmark.warmup")
     parser.add_argument("--runs", type=int, help="default: benchmark.runs")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     b, e = params.benchmark, params.export
-    threads, warmup, runs = (b.threads if args.threads is None else args.threads,
-                             b.warmup if args.warmup is None else args.warmup,  # 0 is valid
-                             b.runs if args.runs is None else args.runs)
+    threads, warmup, runs = (
+        b.threads if args.threads is None else args.threads,
+        b.warmup if args.warmup is None else args.warmup,  # 0 is valid
+        b.runs if args.runs is None else args.runs,
+    )
     if threads < 1 or warmup < 0 or runs < 1:
         parser.error("need --threads >= 1, --warmup >= 0, --runs >= 1")
 
@@ -51,9 +55,22 @@ def main(argv: list[str] | None = None) -> None:
         print(f"probe: {arch} {precision} ...", file=sys.stderr, flush=True)
         try:
             train = load_params(args.params, overrides={"train": {"arch": arch}}).train
-            rows.append(probe(train, precision=precision, threads=threads, warmup=warmup, runs=runs,
-                              height=e.height, width=e.width, output_resize=e.output_resize))
-        except (PipelineError, ValueError) as err:  # one architecture failing does not stop the rest
+            rows.append(
+                probe(
+                    train,
+                    precision=precision,
+                    threads=threads,
+                    warmup=warmup,
+                    runs=runs,
+                    height=e.height,
+                    width=e.width,
+                    output_resize=e.output_resize,
+                )
+            )
+        except (
+            PipelineError,
+            ValueError,
+        ) as err:  # one architecture failing does not stop the rest
             failed.append(arch)
             print(f"error: {arch}: {err}", file=sys.stderr)
     if rows:

@@ -16,18 +16,27 @@ import shlex
 import sys
 from pathlib import Path
 
-from pipeline.tracking import sweep
 from pipeline.core.cli import run_stage, stage_parser
 from pipeline.core.errors import PipelineError
+from pipeline.tracking import sweep
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser("sweep", __doc__)
-    parser.add_argument("grid", nargs="?", default=sweep.DEFAULT_GRID, help=f"grid file (default: {sweep.DEFAULT_GRID})")
+    parser.add_argument(
+        "grid",
+        nargs="?",
+        default=sweep.DEFAULT_GRID,
+        help=f"grid file (default: {sweep.DEFAULT_GRID})",
+    )
     parser.add_argument("--jobs", type=int, help="dvc queue start -j (default: the grid's jobs)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    parser.add_argument("--wait", action="store_true", help="wait until every experiment has finished")
-    parser.add_argument("--force", action="store_true", help="replace experiments of the same names")
+    parser.add_argument(
+        "--wait", action="store_true", help="wait until every experiment has finished"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace experiments of the same names"
+    )
     args = parser.parse_args(argv)
     plan = sweep.check(sweep.read_grid(args.grid), params=args.params, root=Path.cwd())
     if args.jobs:
@@ -38,15 +47,19 @@ def main(argv: list[str] | None = None) -> None:
             print(shlex.join(cmd))
         return
     names = sweep.queue(plan, root=Path.cwd(), force=args.force)
-    print(f"started {len(names)} experiments, {plan.jobs} at a time (workers' output: {sweep.QUEUE_LOG})")
+    print(
+        f"started {len(names)} experiments, {plan.jobs} at a time (workers' output: {sweep.QUEUE_LOG})"
+    )
     if not args.wait:
         print("follow: dvc queue status; dvc queue logs NAME -f; when done: make compare")
         return
     found = sweep.wait(names, root=Path.cwd())
     failed = sorted(n for n, s in found.items() if s == "Failed")
     if failed:
-        raise PipelineError(f"{len(failed)} of {len(names)} experiments failed: {', '.join(failed)} "
-                            "(dvc queue logs NAME)")
+        raise PipelineError(
+            f"{len(failed)} of {len(names)} experiments failed: {', '.join(failed)} "
+            "(dvc queue logs NAME)"
+        )
     print(f"all {len(names)} experiments done: make compare")
 
 

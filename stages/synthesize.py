@@ -17,8 +17,15 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     syn = params.data.synthetic
     with atomic_dir(OUT) as tmp:
-        write_dataset(tmp, count=syn.count, seed=params.base.seed, height=syn.height, width=syn.width,
-                      invalid_fraction=syn.invalid_fraction, progress=Progress("synthesize: scene"))
+        write_dataset(
+            tmp,
+            count=syn.count,
+            seed=params.base.seed,
+            height=syn.height,
+            width=syn.width,
+            invalid_fraction=syn.invalid_fraction,
+            progress=Progress("synthesize: scene"),
+        )
     print(f"synthesize: {syn.count} scenes of {syn.width}x{syn.height} in {OUT}/")
 
 

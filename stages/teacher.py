@@ -13,9 +13,9 @@ from pathlib import Path
 
 from pipeline.core.cli import Progress, run_stage, stage_parser
 from pipeline.core.config import load_params
-from pipeline.data.dataset import read_split, read_unlabeled, write_teacher_index
 from pipeline.core.files import atomic_dir, write_json
 from pipeline.core.paths import SPLIT_CSV, TEACHER_INDEX, TEACHER_MAPS, UNLABELED_DIR, metrics_json
+from pipeline.data.dataset import read_split, read_unlabeled, write_teacher_index
 
 METRICS = metrics_json("teacher")
 
@@ -34,22 +34,39 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.teacher.labels import run_teacher, summarize  # loads TensorFlow / onnxruntime
 
     labelled = read_split(SPLIT_CSV, "train")  # never the val split: it stays unseen
-    unlabeled = [{**row, "source": name} for name in params.data.unlabeled
-                 for row in read_unlabeled(f"{UNLABELED_DIR}/{name}.csv")]
-    print(f"teacher: {cfg.model} ({cfg.output}) on {len(labelled)} train + {len(unlabeled)} unlabeled images",
-          flush=True)
+    unlabeled = [
+        {**row, "source": name}
+        for name in params.data.unlabeled
+        for row in read_unlabeled(f"{UNLABELED_DIR}/{name}.csv")
+    ]
+    print(
+        f"teacher: {cfg.model} ({cfg.output}) on {len(labelled)} train + {len(unlabeled)} unlabeled images",
+        flush=True,
+    )
     with atomic_dir(TEACHER_MAPS) as tmp:
-        rows = run_teacher(cfg, labelled=labelled, unlabeled=unlabeled, write_dir=tmp, final_dir=TEACHER_MAPS,
-                           progress=Progress("teacher: image"))
+        rows = run_teacher(
+            cfg,
+            labelled=labelled,
+            unlabeled=unlabeled,
+            write_dir=tmp,
+            final_dir=TEACHER_MAPS,
+            progress=Progress("teacher: image"),
+        )
         write_teacher_index(tmp / index, rows)
     summary = summarize(rows, cfg)
     write_json(METRICS, summary)
-    for source, m in summary["sources"].items():  # the anchor a student on that source is compared to
+    for source, m in summary[
+        "sources"
+    ].items():  # the anchor a student on that source is compared to
         if m["n_images"]:
-            print(f"teacher: {source}: si-RMSE {m['si_rmse']:.4f} on {m['n_images']} images "
-                  f"(constant {m['baseline_si_rmse']:.4f}, ratio {m['ratio_to_constant']:.2f})")
-    print(f"teacher: median residual {summary['median_residual']} (RMS log error to the ground truth), "
-          f"dropped {summary['dropped']}/{summary['labelled_images']} maps above {cfg.max_residual} -> {TEACHER_MAPS}")
+            print(
+                f"teacher: {source}: si-RMSE {m['si_rmse']:.4f} on {m['n_images']} images "
+                f"(constant {m['baseline_si_rmse']:.4f}, ratio {m['ratio_to_constant']:.2f})"
+            )
+    print(
+        f"teacher: median residual {summary['median_residual']} (RMS log error to the ground truth), "
+        f"dropped {summary['dropped']}/{summary['labelled_images']} maps above {cfg.max_residual} -> {TEACHER_MAPS}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ import sys
 
 from pipeline.core.cli import run_stage, stage_parser
 from pipeline.core.config import load_params
-from pipeline.data.dataset import list_unlabeled, write_unlabeled
 from pipeline.core.errors import ConfigError
 from pipeline.core.paths import UNLABELED_DIR
+from pipeline.data.dataset import list_unlabeled, write_unlabeled
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,11 +26,15 @@ def main(argv: list[str] | None = None) -> None:
     folders = params.data.unlabeled
     unknown = [n for n in args.names if n not in folders]
     if unknown:
-        raise ConfigError(f"params: data.unlabeled has no entry {unknown[0]!r} (known: {', '.join(folders) or 'none'})")
+        raise ConfigError(
+            f"params: data.unlabeled has no entry {unknown[0]!r} (known: {', '.join(folders) or 'none'})"
+        )
     for name in args.names or list(folders):
         rows = list_unlabeled(folders[name].path, max_images=params.data.max_images)
         write_unlabeled(f"{UNLABELED_DIR}/{name}.csv", rows)
-        print(f"unlabeled {name}: {len(rows)} RGB images from {folders[name].path} -> {UNLABELED_DIR}/{name}.csv")
+        print(
+            f"unlabeled {name}: {len(rows)} RGB images from {folders[name].path} -> {UNLABELED_DIR}/{name}.csv"
+        )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,10 @@ SERVER_START_TIMEOUT_S = 90  # an MLflow server needs ~8 s; the 2 shared cores c
 
 
 def system_tests_required() -> bool:
-    return os.environ.get("CI", "").lower() in ("true", "1") or os.environ.get(REQUIRE_SYSTEM_TESTS) == "1"
+    return (
+        os.environ.get("CI", "").lower() in ("true", "1")
+        or os.environ.get(REQUIRE_SYSTEM_TESTS) == "1"
+    )
 
 
 def require_program(name: str, install_hint: str, candidates: tuple[str, ...] = ()) -> str:
@@ -43,7 +46,9 @@ def require_program(name: str, install_hint: str, candidates: tuple[str, ...] = 
     found = next((c for c in candidates if os.access(c, os.X_OK)), None) or shutil.which(name)
     if found:
         return found
-    reason = f"{name} not installed ({install_hint}); required when CI=true or {REQUIRE_SYSTEM_TESTS}=1"
+    reason = (
+        f"{name} not installed ({install_hint}); required when CI=true or {REQUIRE_SYSTEM_TESTS}=1"
+    )
     if system_tests_required():
         pytest.fail(reason, pytrace=False)
     pytest.skip(reason)
@@ -61,12 +66,16 @@ def serving(cmd: list[str], health_url: str, log_path: Path, *, cwd: Path, env: 
     """Run a server command until the block ends; yields the process once `health_url`
     answers 200. Its own process group, so teardown also stops the workers it forks."""
     log = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"{Path(cmd[0]).name} exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+                pytest.fail(
+                    f"{Path(cmd[0]).name} exited with {proc.returncode}: {log_path.read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(health_url, timeout=2) as resp:
                     if resp.status == 200:
@@ -88,9 +97,14 @@ def serving(cmd: list[str], health_url: str, log_path: Path, *, cwd: Path, env: 
             proc.wait(timeout=10)
         log.close()
 
+
 # A made-up Pi 4 calibration: published / these = ratios 5, 4, 4, 5 (median 4.5, spread 4..5).
-FAKE_RPI4_LOCAL_MS = {"mobilenet_v1": 15.0, "mobilenet_v2": 11.0, "mobilenet_v3_large": 10.25,
-                      "mobilenet_v3_small": 2.8}
+FAKE_RPI4_LOCAL_MS = {
+    "mobilenet_v1": 15.0,
+    "mobilenet_v2": 11.0,
+    "mobilenet_v3_large": 10.25,
+    "mobilenet_v3_small": 2.8,
+}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -101,13 +115,15 @@ def fake_rpi4_calibration(tmp_path_factory):
     reference .tflite files there, the cached calibration is used as is (no anchor check).
     test_benchmark.py covers the calibration itself with injected timers."""
     from pipeline.core import host
-    from pipeline.device import rpi4
     from pipeline.core.files import write_json
+    from pipeline.device import rpi4
 
     directory = tmp_path_factory.mktemp("mai-cache")
     for threads in range(1, host.usable_cpus() + 1):
         key = rpi4.calibration_key(threads)
-        write_json(rpi4.calibration_path(key, directory), {"key": key, "local_ms": FAKE_RPI4_LOCAL_MS})
+        write_json(
+            rpi4.calibration_path(key, directory), {"key": key, "local_ms": FAKE_RPI4_LOCAL_MS}
+        )
     patch = pytest.MonkeyPatch()
     patch.setenv(rpi4.CACHE_ENV, str(directory))
     yield directory
@@ -139,7 +155,9 @@ def make_project(root: Path, overrides: dict | None = None, *, git: bool = True)
     for name in ("pipeline", "stages", "presets"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    (root / "models/teacher").mkdir(parents=True)  # the teacher stage's dep, as a clone has it (README only)
+    (root / "models/teacher").mkdir(
+        parents=True
+    )  # the teacher stage's dep, as a clone has it (README only)
     for name in ("README.md", ".gitignore"):
         shutil.copy(REPO / "models/teacher" / name, root / "models/teacher" / name)
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
@@ -164,7 +182,11 @@ def weight_arrays(path: Path) -> dict[str, np.ndarray]:
 
     arrays = {}
     with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: arrays.update({name: obj[()]}) if isinstance(obj, h5py.Dataset) else None)
+        f.visititems(
+            lambda name, obj: (
+                arrays.update({name: obj[()]}) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
     return arrays
 
 
@@ -183,9 +205,13 @@ def split_csv(rows, source: str = "src") -> str:
 
 
 def run(cmd, cwd: Path, *, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=project_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=project_env(), capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
@@ -233,8 +259,14 @@ def start_queue(root: Path, jobs: int) -> None:
     """`dvc queue start -j JOBS`, output to a file: the detached workers inherit the
     command's stdout/stderr, and a pipe would keep a captured run blocked until they exit."""
     with open(root / ".dvc/tmp/queue_start.log", "w") as log:
-        proc = subprocess.run([dvc_bin(), "queue", "start", "-j", str(jobs)], cwd=root, env=project_env(),
-                              stdout=log, stderr=subprocess.STDOUT, timeout=120)
+        proc = subprocess.run(
+            [dvc_bin(), "queue", "start", "-j", str(jobs)],
+            cwd=root,
+            env=project_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        )
     assert proc.returncode == 0, (root / ".dvc/tmp/queue_start.log").read_text()
 
 
@@ -251,8 +283,12 @@ def tiny_tflite(path, height, width):
 
     inp = keras.Input((height, width, 3), batch_size=1)
     x = keras.layers.AveragePooling2D(16)(inp)
-    x = keras.layers.Conv2D(1, 1, kernel_initializer=keras.initializers.Constant(4.0 / 765.0),
-                            bias_initializer=keras.initializers.Constant(0.5))(x)
+    x = keras.layers.Conv2D(
+        1,
+        1,
+        kernel_initializer=keras.initializers.Constant(4.0 / 765.0),
+        bias_initializer=keras.initializers.Constant(0.5),
+    )(x)
     out = keras.layers.UpSampling2D(16, interpolation="bilinear")(x)
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, out)).convert())
     return path

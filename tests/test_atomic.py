@@ -28,7 +28,7 @@ from pipeline.core import files
 from pipeline.core.files import atomic_dir, atomic_path, read_depth_m, write_depth_png, write_json
 
 # A child that starts a real write, signals readiness half-way, then waits to be killed.
-CHILD = r'''
+CHILD = r"""
 import io, os, pathlib, sys, time
 from pipeline.core import files
 mode, target, marker = sys.argv[1:4]
@@ -68,14 +68,18 @@ elif mode == "atomic_dir":
         for i in range(3):
             (tmp / f"new{i}.png").write_bytes(b"new")
         stall()
-'''
+"""
 
 
 def kill_mid_write(mode: str, target: Path, tmp_path: Path) -> None:
     marker = tmp_path / f"{mode}.ready"
     env = dict(project_env(), PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, mode, str(target), str(marker)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, mode, str(target), str(marker)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 60
         while not marker.exists():
@@ -150,7 +154,9 @@ def test_atomic_dir_survives_sigkill(tmp_path):
 
 
 # ----------------------------------------------------- exceptions and Ctrl-C
-@pytest.mark.parametrize("error", [RuntimeError("disk full"), KeyboardInterrupt()], ids=["error", "ctrl-c"])
+@pytest.mark.parametrize(
+    "error", [RuntimeError("disk full"), KeyboardInterrupt()], ids=["error", "ctrl-c"]
+)
 def test_atomic_path_cleans_up_on_exception(tmp_path, error):
     target = tmp_path / "model.keras"
     target.write_bytes(b"old")
@@ -239,13 +245,21 @@ def kill_package_when_zip_tmp_grows(root: Path) -> float:
     the temp ZIP's size at the kill."""
     sub = root / "submission"
     earlier = set(sub.glob(".submission.zip.*.tmp"))  # strays of an earlier kill do not count
-    proc = subprocess.Popen([sys.executable, "-m", "stages.package"], cwd=root, env=project_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.package"],
+        cwd=root,
+        env=project_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     size = 0
     try:
         deadline = time.time() + 120
         while size == 0:
-            assert proc.poll() is None, ("package finished before it could be killed", proc.communicate())
+            assert proc.poll() is None, (
+                "package finished before it could be killed",
+                proc.communicate(),
+            )
             assert time.time() < deadline
             tmps = set(sub.glob(".submission.zip.*.tmp")) - earlier if sub.exists() else []
             size = max((p.stat().st_size for p in tmps if p.exists()), default=0)
@@ -281,8 +295,14 @@ def test_killed_package_stage_leaves_old_zip_or_none(tmp_repro_copy):
     assert not zip_path.exists()
     assert len(list(zip_path.parent.glob(".submission.zip.*.tmp"))) == 2  # the two killed writers'
 
-    proc = subprocess.run([sys.executable, "-m", "stages.package"], cwd=root, env=project_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.package"],
+        cwd=root,
+        env=project_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     with zipfile.ZipFile(zip_path) as zf:
         assert zf.testzip() is None

@@ -51,8 +51,9 @@ def prepare(tmp_path: Path, source: Path, **data) -> tuple:
     """Run `python -m stages.index` and then `stages.prepare` (as dvc repro does) in a fresh
     project whose one data source `src` is `source`, with old outputs in place; returns
     (the failing or the last process, with both stderrs; project root)."""
-    project = make_project(tmp_path / "proj", {"data": {"sources": {"src": {"path": str(source)}}, **data}},
-                           git=False)
+    project = make_project(
+        tmp_path / "proj", {"data": {"sources": {"src": {"path": str(source)}}, **data}}, git=False
+    )
     for rel, text in OLD.items():
         (project / rel).parent.mkdir(parents=True, exist_ok=True)
         (project / rel).write_text(text)
@@ -99,8 +100,16 @@ def test_unpaired_names_are_all_reported(tmp_path):
     for name in ("depth_only_1.png", "depth_only_2.png"):
         save(src / "depth" / name, depth_mm())
     proc, project = prepare(tmp_path, src)
-    assert_one_line_error(proc, project, "2 RGB without depth", "rgb_only_1.png", "rgb_only_2.png",
-                          "2 depth without RGB", "depth_only_1.png", "depth_only_2.png")
+    assert_one_line_error(
+        proc,
+        project,
+        "2 RGB without depth",
+        "rgb_only_1.png",
+        "rgb_only_2.png",
+        "2 depth without RGB",
+        "depth_only_1.png",
+        "depth_only_2.png",
+    )
 
 
 def test_8bit_depth_png(tmp_path):
@@ -114,7 +123,9 @@ def test_colour_depth_png(tmp_path):
     src = make_source(tmp_path / "src", 4)
     save(src / "depth" / "0001.png", rgb_image(5))
     proc, project = prepare(tmp_path, src)
-    assert_one_line_error(proc, project, str(src / "depth" / "0001.png"), "colour", "single-channel")
+    assert_one_line_error(
+        proc, project, str(src / "depth" / "0001.png"), "colour", "single-channel"
+    )
 
 
 def test_truncated_png(tmp_path):
@@ -140,16 +151,18 @@ def test_several_bad_files_are_reported_together(tmp_path):
     (src / "rgb" / "0000.png").write_bytes(b"junk")
     save(src / "depth" / "0003.png", (depth_mm(3) // 20).astype(np.uint8))
     proc, project = prepare(tmp_path, src)
-    assert_one_line_error(proc, project, "2 bad files", str(src / "rgb" / "0000.png"),
-                          str(src / "depth" / "0003.png"))
+    assert_one_line_error(
+        proc, project, "2 bad files", str(src / "rgb" / "0000.png"), str(src / "depth" / "0003.png")
+    )
 
 
 def test_rgb_and_depth_sizes_differ(tmp_path):
     src = make_source(tmp_path / "src", 4)
     save(src / "depth" / "0002.png", depth_mm(2, h=H * 2, w=W * 2))
     proc, project = prepare(tmp_path, src)
-    assert_one_line_error(proc, project, str(src / "depth" / "0002.png"), f"{2 * W}x{2 * H}",
-                          f"{W}x{H}", "differs")
+    assert_one_line_error(
+        proc, project, str(src / "depth" / "0002.png"), f"{2 * W}x{2 * H}", f"{W}x{H}", "differs"
+    )
 
 
 def test_empty_folder(tmp_path):
@@ -171,7 +184,9 @@ def test_wrong_layout_without_rgb_subfolder(tmp_path):
     src = make_source(tmp_path / "src", 4)
     (src / "rgb").rename(src / "images")
     proc, project = prepare(tmp_path, src)
-    assert_one_line_error(proc, project, str(src), "wrong layout", "missing rgb/", "found depth/, images/")
+    assert_one_line_error(
+        proc, project, str(src), "wrong layout", "missing rgb/", "found depth/, images/"
+    )
 
 
 def test_folder_does_not_exist(tmp_path):
@@ -192,8 +207,9 @@ def test_empty_depth_is_an_error_when_not_skipped(tmp_path):
     src = make_source(tmp_path / "src", 4)
     save(src / "depth" / "0001.png", np.zeros((H, W), np.uint16))
     proc, project = prepare(tmp_path, src, skip_empty_depth=False)
-    assert_one_line_error(proc, project, str(src / "depth" / "0001.png"), "no valid depth",
-                          "skip_empty_depth")
+    assert_one_line_error(
+        proc, project, str(src / "depth" / "0001.png"), "no valid depth", "skip_empty_depth"
+    )
 
 
 # ------------------------------------------------------------ accepted, maybe warned
@@ -278,7 +294,10 @@ def test_later_stages_name_a_deleted_image(tmp_repro_copy):
         assert proc.returncode == 2, (stage, proc.stdout[-2000:], proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr, stage
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1 and val_rgb in errors[0] and "not found" in errors[0], (stage, proc.stderr)
+        assert len(errors) == 1 and val_rgb in errors[0] and "not found" in errors[0], (
+            stage,
+            proc.stderr,
+        )
     assert {rel: (root / rel).read_bytes() for rel in outputs} == before
 
 
@@ -297,7 +316,13 @@ def test_single_pair_cannot_be_split(tmp_path):
 def test_split_leaves_at_least_one_pair_on_each_side():
     from pipeline.data.dataset import split_names
 
-    for n, fraction, n_val in ((2, 0.9, 1), (5, 0.9, 4), (10, 0.2, 2), (132, 0.2, 27), (6, 0.01, 1)):
+    for n, fraction, n_val in (
+        (2, 0.9, 1),
+        (5, 0.9, 4),
+        (10, 0.2, 2),
+        (132, 0.2, 27),
+        (6, 0.01, 1),
+    ):
         splits = split_names([f"{i:03d}.png" for i in range(n)], fraction)
         assert sum(s == "val" for s in splits.values()) == n_val
         # validation is the last contiguous block of names

@@ -86,8 +86,14 @@ def _project(root: Path, images: Path, n: int, model: Path) -> Path:
 
 def _peak_mb(stage: str, project: Path, *, hoard: bool = False) -> float:
     env = {**project_env(), "PYTHONPATH": str(REPO), "HOARD": "1" if hoard else "0"}
-    proc = subprocess.run([sys.executable, "-c", STAGE_RSS, stage], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", STAGE_RSS, stage],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return float(proc.stdout.split("PEAK_MB")[1])
 
@@ -101,10 +107,14 @@ def projects(images, tmp_path_factory) -> dict[int, Path]:
 
 @pytest.mark.parametrize("stage", ["evaluate", "package"])
 def test_peak_memory_does_not_grow_with_the_images(stage, projects):
-    decoded_mb = LARGE * 480 * 640 * (3 + 2) / 2**20  # uint8 RGB + uint16 depth, as the training cache
+    decoded_mb = (
+        LARGE * 480 * 640 * (3 + 2) / 2**20
+    )  # uint8 RGB + uint16 depth, as the training cache
     assert decoded_mb > 2 * CACHE_MAX_MB
     small, large = (_peak_mb(stage, projects[n]) for n in (SMALL, LARGE))
-    assert large - small < BOUND_MB, f"{stage}: peak RSS {small:.0f} MB at {SMALL} images, {large:.0f} MB at {LARGE}"
+    assert large - small < BOUND_MB, (
+        f"{stage}: peak RSS {small:.0f} MB at {SMALL} images, {large:.0f} MB at {LARGE}"
+    )
 
 
 def test_the_bound_fails_when_predictions_are_kept(projects):
@@ -149,8 +159,13 @@ def test_reading_the_training_cache_adds_no_copy_of_it(images, copy):
     """The cache is the RAM that train.cache_max_mb bounds. Held in plain tensors (COPY=1), tf.data's
     rewrite of the pipeline under op determinism turns it into a constant: a second copy."""
     env = {**project_env(), "PYTHONPATH": str(REPO), "COPY": "1" if copy else "0"}
-    proc = subprocess.run([sys.executable, "-c", CACHE_READ, str(images), "120"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CACHE_READ, str(images), "120"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     cache_mb, added_mb = map(float, proc.stdout.split("RESULT")[1].split())
     if copy:

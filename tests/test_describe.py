@@ -19,8 +19,10 @@ VARIANTS = [
     {},
     {"export": {"output_resize": "bilinear", "precision": "int8"}},
     {"train": {"arch": "mai_baseline_unet"}},
-    {"train": {"arch": "litedepth", "encoder_weights": "imagenet", "height": 192, "width": 256},
-     "data": {"sources": {"tum": {"path": "../t"}}}},
+    {
+        "train": {"arch": "litedepth", "encoder_weights": "imagenet", "height": 192, "width": 256},
+        "data": {"sources": {"tum": {"path": "../t"}}},
+    },
     {"train": {"height": 480, "width": 640}},
 ]
 
@@ -29,10 +31,14 @@ def three_outputs(params) -> dict[str, str]:
     """readme.txt's description, the MLflow run's description and the fact sheet of a run
     logged with these params (MLflow keeps str() of each value)."""
     logged = {key: str(value) for key, value in as_flat_dict(params).items()}
-    run = SimpleNamespace(data=SimpleNamespace(params=logged, tags={}),
-                          info=SimpleNamespace(run_name="r", run_id="0"))
-    return {"readme": describe_run(params, None), "mlflow": run_description(params, {}, []),
-            "factsheet": render(run, {})}
+    run = SimpleNamespace(
+        data=SimpleNamespace(params=logged, tags={}), info=SimpleNamespace(run_name="r", run_id="0")
+    )
+    return {
+        "readme": describe_run(params, None),
+        "mlflow": run_description(params, {}, []),
+        "factsheet": render(run, {}),
+    }
 
 
 @pytest.mark.parametrize("overrides", VARIANTS, ids=str)

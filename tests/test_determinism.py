@@ -22,21 +22,38 @@ TIMING_KEYS = {"runtime_s", "score"}
 # base.deterministic has to prevent. A few steps per epoch keep the run short.
 DEFAULT_SIZE = {
     "data": {"synthetic": {"count": 14}},
-    "train": {"height": 128, "width": 160, "batch_size": 8, "decoder_channels": 32,
-              "epochs": 2, "steps_per_epoch": 3},
+    "train": {
+        "height": 128,
+        "width": 160,
+        "batch_size": 8,
+        "decoder_channels": 32,
+        "epochs": 2,
+        "steps_per_epoch": 3,
+    },
 }
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def test_two_runs_from_scratch_agree(tmp_path):
     roots = [make_project(tmp_path / name, DEFAULT_SIZE) for name in ("a", "b")]
     # Both at once: each run is mostly single-threaded graph tracing, so on 2 cores this
     # costs little more than one run.
-    procs = [subprocess.Popen([dvc_bin(), "repro", "evaluate"], cwd=root, env=project_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for root in roots]
+    procs = [
+        subprocess.Popen(
+            [dvc_bin(), "repro", "evaluate"],
+            cwd=root,
+            env=project_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for root in roots
+    ]
     for proc in procs:
         out, _ = proc.communicate(timeout=900)
         assert proc.returncode == 0, out[-4000:]
@@ -45,7 +62,9 @@ def test_two_runs_from_scratch_agree(tmp_path):
     synthetic = tree_bytes(a / "data/synthetic")
     assert len(synthetic) == 28  # 14 scenes x (rgb, depth)
     assert synthetic == tree_bytes(b / "data/synthetic")
-    assert (a / "data/prepared/split.csv").read_bytes() == (b / "data/prepared/split.csv").read_bytes()
+    assert (a / "data/prepared/split.csv").read_bytes() == (
+        b / "data/prepared/split.csv"
+    ).read_bytes()
     assert (a / "metrics/prepare.json").read_bytes() == (b / "metrics/prepare.json").read_bytes()
 
     train_a, train_b = (json.loads((r / "metrics/train.json").read_text()) for r in roots)
@@ -81,10 +100,20 @@ SET_DETERMINISM = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("case, inter_op, warns", [("fresh", 1, False), ("off", 0, False), ("started", 0, True)])
+@pytest.mark.parametrize(
+    "case, inter_op, warns", [("fresh", 1, False), ("off", 0, False), ("started", 0, True)]
+)
 def test_deterministic_runs_one_op_at_a_time(case, inter_op, warns):
-    proc = subprocess.run([sys.executable, "-c", SET_DETERMINISM, case], cwd=REPO, env=project_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", SET_DETERMINISM, case],
+        cwd=REPO,
+        env=project_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"INTER_OP {inter_op}" in proc.stdout
-    assert ("LOG warning: TensorFlow was started before training" in proc.stdout) == warns, proc.stdout
+    assert ("LOG warning: TensorFlow was started before training" in proc.stdout) == warns, (
+        proc.stdout
+    )

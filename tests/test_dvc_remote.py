@@ -57,7 +57,9 @@ def set_param(root: Path, section: str, key: str, value) -> None:
 def pushed(tiny_repro, tmp_path_factory):
     base = tmp_path_factory.mktemp("remote")
     root = base / "project"
-    shutil.copytree(tiny_repro, root, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    shutil.copytree(
+        tiny_repro, root, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts")
+    )
     # Other tests edit tiny_repro's params; bring every stage but `track` up to date.
     run([dvc_bin(), "repro", "package"], root)
     assert status(root) == UP_TO_DATE
@@ -68,7 +70,9 @@ def pushed(tiny_repro, tmp_path_factory):
     proc = run([dvc_bin(), "push", "--run-cache"], root)
     outs = cached_outs(root)
     before = digest(root, outs)
-    assert any(rel.startswith("data/synthetic/") for rel in before) and "models/model.tflite" in before
+    assert (
+        any(rel.startswith("data/synthetic/") for rel in before) and "models/model.tflite" in before
+    )
     assert list((remote / "runs").rglob("*")), f"no run-cache pushed:\n{proc.stdout}"
     return root, remote, outs, before
 

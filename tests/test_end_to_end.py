@@ -15,8 +15,18 @@ from PIL import Image
 
 from conftest import dvc_bin, run
 
-STAGES = ("synthesize", "index@synthetic", "prepare", "teacher", "train", "export", "benchmark", "evaluate", "package",
-          "track")
+STAGES = (
+    "synthesize",
+    "index@synthetic",
+    "prepare",
+    "teacher",
+    "train",
+    "export",
+    "benchmark",
+    "evaluate",
+    "package",
+    "track",
+)
 
 
 def ran_stages(log: str) -> list[str]:
@@ -42,14 +52,21 @@ def test_full_repro_produces_zip_metrics_and_mlflow_run(tiny_repro):
         pair = files[row["source"], row["name"]]
         gt = read_depth_m(root / pair["depth"])
         pred = model.predict(read_rgb(root / pair["rgb"]), out_size=gt.shape)
-        assert float(row["si_rmse"]) == pytest.approx(image_metrics(pred=pred, gt=gt)["si_rmse"], rel=1e-5)
+        assert float(row["si_rmse"]) == pytest.approx(
+            image_metrics(pred=pred, gt=gt)["si_rmse"], rel=1e-5
+        )
     assert len(scored) == evaluation["n_images"] == 2
-    assert evaluation["si_rmse"] == pytest.approx(np.mean([float(r["si_rmse"]) for r in scored]), rel=1e-5)
+    assert evaluation["si_rmse"] == pytest.approx(
+        np.mean([float(r["si_rmse"]) for r in scored]), rel=1e-5
+    )
     bench = json.loads((root / "metrics/benchmark.json").read_text())
     assert bench["median_ms"] > 0 and bench["init_ms"] > 0 and bench["peak_rss_mb"] > 0
 
-    val_names = [line.split(",")[0] for line in (root / "data/prepared/split.csv").read_text().splitlines()[1:]
-                 if line.split(",")[1] == "val"]
+    val_names = [
+        line.split(",")[0]
+        for line in (root / "data/prepared/split.csv").read_text().splitlines()[1:]
+        if line.split(",")[1] == "val"
+    ]
     with zipfile.ZipFile(root / "submission/submission.zip") as zf:
         names = sorted(zf.namelist())
         assert names == sorted(val_names + ["model.tflite", "readme.txt"])
@@ -67,9 +84,9 @@ def test_full_repro_produces_zip_metrics_and_mlflow_run(tiny_repro):
 
     assert tracked_runs(root) == 1
     db = sqlite3.connect(root / "mlflow.db")
-    n_inputs, = db.execute("select count(*) from inputs where source_type = 'DATASET'").fetchone()
+    (n_inputs,) = db.execute("select count(*) from inputs where source_type = 'DATASET'").fetchone()
     assert n_inputs == 2  # the synthetic train and val splits
-    note, = db.execute("select value from tags where key = 'mlflow.note.content'").fetchone()
+    (note,) = db.execute("select value from tags where key = 'mlflow.note.content'").fetchone()
     assert "validated on synthetic/val (2 pairs)" in note and "si-RMSE " in note
 
 

@@ -24,8 +24,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import (REPO, SHARED_DATA, dvc_bin, make_project, project_env, queue_logs, run,
-                      start_queue, wait_for_queue)
+from conftest import (
+    REPO,
+    SHARED_DATA,
+    dvc_bin,
+    make_project,
+    project_env,
+    queue_logs,
+    run,
+    start_queue,
+    wait_for_queue,
+)
 
 EPOCHS = 2  # two history steps per run, at little extra cost over one
 FULL = {"q-mobile-unet": "mobile_unet", "q-litedepth": "litedepth"}  # exp name -> train.arch
@@ -65,10 +74,18 @@ def queue(tmp_path_factory):
 
     shared = SHARED_DATA.resolve()
     queued = {  # name -> (overrides, targets); prepare-only first, so they finish early
-        "src-absolute": ([f"data.sources.synthetic.path={shared}", f"data.max_images={N_FRAMES}"], ["prepare"]),
+        "src-absolute": (
+            [f"data.sources.synthetic.path={shared}", f"data.max_images={N_FRAMES}"],
+            ["prepare"],
+        ),
         "src-dvc-tracked": (["data.sources.synthetic.path=data/mydata"], ["prepare"]),
-        "src-relative-outside": ([f"data.sources.synthetic.path={os.path.relpath(shared, root)}",
-                                  f"data.max_images={N_FRAMES}"], ["prepare"]),
+        "src-relative-outside": (
+            [
+                f"data.sources.synthetic.path={os.path.relpath(shared, root)}",
+                f"data.max_images={N_FRAMES}",
+            ],
+            ["prepare"],
+        ),
         **{name: ([f"train.arch={arch}"], []) for name, arch in FULL.items()},
     }
     for name, (overrides, targets) in queued.items():
@@ -86,8 +103,15 @@ def queue(tmp_path_factory):
     run([dvc_bin(), "queue", "stop"], root, check=False)  # idle workers: exit now, not in 10 s
     logs = {name: queue_logs(root, name) for name in queued}
     show = json.loads(run([dvc_bin(), "exp", "show", "--json"], root).stdout)
-    return SimpleNamespace(root=root, baseline=baseline, statuses=statuses, running_seen=running_seen,
-                           logs=logs, exps=experiments_by_name(show), wall_s=wall_s)
+    return SimpleNamespace(
+        root=root,
+        baseline=baseline,
+        statuses=statuses,
+        running_seen=running_seen,
+        logs=logs,
+        exps=experiments_by_name(show),
+        wall_s=wall_s,
+    )
 
 
 def assert_success(queue, name: str) -> None:
@@ -106,7 +130,10 @@ def mlflow_runs(queue):
     exp_ids = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(exp_ids)
     return {
-        run.info.run_name: (run, [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "history.loss")])
+        run.info.run_name: (
+            run,
+            [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "history.loss")],
+        )
         for run in runs
     }, len(runs)
 
@@ -146,18 +173,27 @@ def test_exactly_one_mlflow_run_per_queued_pipeline(queue, mlflow_runs):
     for name, (run_, loss_history) in runs.items():
         info, data = run_.info, run_.data
         assert info.status == "FINISHED"
-        assert data.params["train.arch"] == FULL[name] and data.params["train.epochs"] == str(EPOCHS)
+        assert data.params["train.arch"] == FULL[name] and data.params["train.epochs"] == str(
+            EPOCHS
+        )
         for key in ("evaluate.si_rmse", "benchmark.median_ms", "export.size_mb"):
             assert data.metrics[key] > 0, key
         steps = sorted(step for step, _ in loss_history)
-        assert len(steps) == EPOCHS and steps == list(range(steps[0], steps[0] + EPOCHS)), loss_history
+        assert len(steps) == EPOCHS and steps == list(range(steps[0], steps[0] + EPOCHS)), (
+            loss_history
+        )
         assert data.tags["dvc.exp_name"] == name == info.run_name
         assert data.tags["git.commit"] == queue.baseline and data.tags["train.arch"] == FULL[name]
         assert data.tags["git.dirty"] == "true"  # the -S override changed params.yaml
         # artifacts in the real root, not in the temp copy DVC deleted afterwards
         assert info.artifact_uri.startswith(artifact_root), info.artifact_uri
         folder = Path(info.artifact_uri.removeprefix("file://"))
-        for rel in ("models/model.tflite", "submission/submission.zip", "reports/history.csv", "dvc.lock"):
+        for rel in (
+            "models/model.tflite",
+            "submission/submission.zip",
+            "reports/history.csv",
+            "dvc.lock",
+        ):
             assert (folder / rel).is_file(), rel
     assert not (queue.root / "mlruns").exists()
     assert not list((queue.root / ".dvc/tmp/exps").rglob("mlflow.db"))
@@ -176,13 +212,18 @@ def test_each_mlflow_run_holds_its_own_experiments_results(queue, mlflow_runs):
         folder = Path(run_.info.artifact_uri.removeprefix("file://"))
         logged_md5[name] = md5(folder / "models/model.tflite")
         assert logged_md5[name] == exp["outs"]["models/model.tflite"]["hash"]
-        assert md5(folder / "submission/submission.zip") == exp["outs"]["submission/submission.zip"]["hash"]
+        assert (
+            md5(folder / "submission/submission.zip")
+            == exp["outs"]["submission/submission.zip"]["hash"]
+        )
     assert len(set(logged_md5.values())) == 2
 
 
 def test_data_source_resolution_in_queued_temp_copies(queue):
-    for name, source, n in (("src-absolute", str(SHARED_DATA.resolve()), N_FRAMES),
-                            ("src-dvc-tracked", "data/mydata", N_FRAMES)):
+    for name, source, n in (
+        ("src-absolute", str(SHARED_DATA.resolve()), N_FRAMES),
+        ("src-dvc-tracked", "data/mydata", N_FRAMES),
+    ):
         assert_success(queue, name)
         prepared = queue.exps[name]["metrics"]["metrics/prepare.json"]["data"]
         assert prepared["sources"]["synthetic"]["path"] == source
@@ -225,11 +266,22 @@ def test_parallel_tracking_on_a_fresh_store(tmp_path):
         (project / "metrics").mkdir(parents=True)
         shutil.copy(REPO / "params.yaml", project / "params.yaml")
         (project / "metrics/evaluate.json").write_text(json.dumps({"si_rmse": 0.3}))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", RACE_WORKER, str(project), str(tmp_path / f"ready_{me}"),
-             str(tmp_path / f"ready_{other}")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    RACE_WORKER,
+                    str(project),
+                    str(tmp_path / f"ready_{me}"),
+                    str(tmp_path / f"ready_{other}"),
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     results = [p.communicate(timeout=300) for p in procs]
     for proc, (out, err) in zip(procs, results):
         assert proc.returncode == 0, err[-3000:]

@@ -40,8 +40,17 @@ def source(pairs, cache_max_mb):
 def train_batches(src, first_epoch, epochs=3, augment=AugmentConfig(), height=32, width=32):
     from pipeline.data.tfdata import train_dataset
 
-    ds = train_dataset(src, seed=5, first_epoch=first_epoch, epochs=epochs, steps_per_epoch=2, batch_size=2,
-                       height=height, width=width, augment_cfg=augment)
+    ds = train_dataset(
+        src,
+        seed=5,
+        first_epoch=first_epoch,
+        epochs=epochs,
+        steps_per_epoch=2,
+        batch_size=2,
+        height=height,
+        width=width,
+        augment_cfg=augment,
+    )
     return [(rgb.numpy(), depth.numpy()) for rgb, depth in ds]
 
 
@@ -97,12 +106,15 @@ def test_augmented_depth_keeps_its_values_and_units(pairs):
     assert rgb.min() >= 0.0 and rgb.max() <= 255.0 and rgb.max() > 200.0
 
 
-@pytest.mark.parametrize("budget_mb, train_cached, val_cached", [
-    (0.1, True, True),     # both fit
-    (0.07, True, False),   # train (0.059 MiB) first; val (0.029 MiB) not in what is left
-    (0.05, False, True),   # train does not fit; val does
-    (0.0, False, False),
-])
+@pytest.mark.parametrize(
+    "budget_mb, train_cached, val_cached",
+    [
+        (0.1, True, True),  # both fit
+        (0.07, True, False),  # train (0.059 MiB) first; val (0.029 MiB) not in what is left
+        (0.05, False, True),  # train does not fit; val does
+        (0.0, False, False),
+    ],
+)
 def test_train_and_val_share_one_cache_budget(pairs, budget_mb, train_cached, val_cached):
     from pipeline.data.tfdata import split_sources
 
@@ -137,14 +149,19 @@ def source_coordinates(rgb, depth):
     return (rgb[..., 0] / X_STEP, rgb[..., 1] / Y_STEP), (mm // MM_PER_X, mm % MM_PER_X)
 
 
-@pytest.mark.parametrize("augment, flips, crops", [
-    (AugmentConfig(flip=False, crop_min_scale=0.5, crop_prob=1.0, **NO_JITTER), False, True),
-    (AugmentConfig(flip=True, crop_min_scale=1.0, **NO_JITTER), True, False),
-    (AugmentConfig(flip=True, crop_min_scale=0.5, crop_prob=1.0, **NO_JITTER), True, True),
-], ids=["crop", "flip", "crop+flip"])
+@pytest.mark.parametrize(
+    "augment, flips, crops",
+    [
+        (AugmentConfig(flip=False, crop_min_scale=0.5, crop_prob=1.0, **NO_JITTER), False, True),
+        (AugmentConfig(flip=True, crop_min_scale=1.0, **NO_JITTER), True, False),
+        (AugmentConfig(flip=True, crop_min_scale=0.5, crop_prob=1.0, **NO_JITTER), True, True),
+    ],
+    ids=["crop", "flip", "crop+flip"],
+)
 def test_augmentation_keeps_rgb_and_depth_aligned(coordinate_pairs, augment, flips, crops):
-    batches = train_batches(source(coordinate_pairs, cache_max_mb=1), 0, epochs=4, augment=augment,
-                            height=24, width=40)  # non-square, other aspect than the source
+    batches = train_batches(
+        source(coordinate_pairs, cache_max_mb=1), 0, epochs=4, augment=augment, height=24, width=40
+    )  # non-square, other aspect than the source
     rgb = np.concatenate([r for r, _ in batches])
     depth = np.concatenate([d for _, d in batches])
     (x_rgb, y_rgb), (x_depth, y_depth) = source_coordinates(rgb, depth)

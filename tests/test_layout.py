@@ -18,9 +18,23 @@ import yaml
 from conftest import REPO
 from pipeline import LAYERS
 from pipeline.core.cli import run_stage
-from pipeline.core.config import (AUTO, ExportConfig, Params, TeacherConfig, TrainConfig,
-                                  as_flat_dict, load_params)
-from pipeline.core.errors import ConfigError, DataError, ExportError, ReportError, TimingError, TrackingError
+from pipeline.core.config import (
+    AUTO,
+    ExportConfig,
+    Params,
+    TeacherConfig,
+    TrainConfig,
+    as_flat_dict,
+    load_params,
+)
+from pipeline.core.errors import (
+    ConfigError,
+    DataError,
+    ExportError,
+    ReportError,
+    TimingError,
+    TrackingError,
+)
 from pipeline.core.overrides import flatten
 from pipeline.model import archs
 
@@ -43,19 +57,37 @@ def module_files() -> dict[str, Path]:
 def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
     """Project modules `path` imports anywhere (top level or inside functions), plus the
     project scripts it runs by file name (`tflite_runner.py`, started in a subprocess)."""
-    by_file = {p.name: name for name, p in modules.items() if name.startswith("pipeline.") and p.name != "__init__.py"}
+    by_file = {
+        p.name: name
+        for name, p in modules.items()
+        if name.startswith("pipeline.") and p.name != "__init__.py"
+    }
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             for alias in node.names:  # `import a.b.c`: the longest prefix that is a module
                 parts = alias.name.split(".")
-                found.update(next(([".".join(parts[:i])] for i in range(len(parts), 0, -1)
-                                   if ".".join(parts[:i]) in modules), []))
+                found.update(
+                    next(
+                        (
+                            [".".join(parts[:i])]
+                            for i in range(len(parts), 0, -1)
+                            if ".".join(parts[:i]) in modules
+                        ),
+                        [],
+                    )
+                )
         elif isinstance(node, ast.ImportFrom) and node.module:
-            for alias in node.names:  # `from pipeline import tflite` names a module, `from x import f` x
+            for (
+                alias
+            ) in node.names:  # `from pipeline import tflite` names a module, `from x import f` x
                 sub = f"{node.module}.{alias.name}"
-                found.update([sub] if sub in modules else [node.module] if node.module in modules else [])
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in by_file:
+                found.update(
+                    [sub] if sub in modules else [node.module] if node.module in modules else []
+                )
+        elif (
+            isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in by_file
+        ):
             found.add(by_file[node.value])
     return found
 
@@ -75,7 +107,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -97,14 +129,20 @@ def group_of(module: str) -> str | None:
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
     """Imports against the groups' order (pipeline.LAYERS): a group uses only itself and those before it."""
     rank = {group: i for i, group in enumerate(LAYERS)}
-    return [f"{module} imports {dep} ({group_of(module)} may not use {group_of(dep)})"
-            for module, deps in sorted(graph.items()) for dep in sorted(deps)
-            if group_of(module) and group_of(dep) and rank[group_of(dep)] > rank[group_of(module)]]
+    return [
+        f"{module} imports {dep} ({group_of(module)} may not use {group_of(dep)})"
+        for module, deps in sorted(graph.items())
+        for dep in sorted(deps)
+        if group_of(module) and group_of(dep) and rank[group_of(dep)] > rank[group_of(module)]
+    ]
 
 
 def test_every_pipeline_module_lives_in_a_group():
-    stray = [name for name, path in module_files().items()
-             if name.startswith("pipeline.") and group_of(name) not in LAYERS]
+    stray = [
+        name
+        for name, path in module_files().items()
+        if name.startswith("pipeline.") and group_of(name) not in LAYERS
+    ]
     assert stray == [], f"modules outside pipeline.LAYERS' groups: {stray}"
 
 
@@ -116,14 +154,19 @@ def test_an_upward_import_is_caught():
     graph = import_graph()
     graph["pipeline.core.files"] = graph["pipeline.core.files"] | {"pipeline.results.submission"}
     assert upward_imports(graph) == [
-        "pipeline.core.files imports pipeline.results.submission (core may not use results)"]
+        "pipeline.core.files imports pipeline.results.submission (core may not use results)"
+    ]
 
 
 def test_group_packages_only_document():
     for package in DOC_ONLY_PACKAGES:
         body = ast.parse((REPO / package / "__init__.py").read_text()).body
-        code = [n for n in body[1:] if not (isinstance(n, ast.Assign) and package == Path("pipeline"))]
-        assert isinstance(body[0], ast.Expr) and not code, f"{package}/__init__.py: a docstring only"
+        code = [
+            n for n in body[1:] if not (isinstance(n, ast.Assign) and package == Path("pipeline"))
+        ]
+        assert isinstance(body[0], ast.Expr) and not code, (
+            f"{package}/__init__.py: a docstring only"
+        )
 
 
 def test_no_module_imports_another_that_imports_it_back():
@@ -146,26 +189,40 @@ def test_every_stage_has_the_same_entry_shape(path):
     mains = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"]
     assert len(mains) == 1, f"{path.name}: one top-level main()"
     args = mains[0].args
-    assert [a.arg for a in args.args] == ["argv"] and len(args.defaults) == 1, \
+    assert [a.arg for a in args.args] == ["argv"] and len(args.defaults) == 1, (
         f"{path.name}: main(argv: list[str] | None = None)"
+    )
     assert ast.unparse(args.defaults[0]) == "None"
-    assert ast.unparse(mains[0].returns) == "None", f"{path.name}: main returns None; errors are raised"
+    assert ast.unparse(mains[0].returns) == "None", (
+        f"{path.name}: main returns None; errors are raised"
+    )
     last = tree.body[-1]
-    assert ast.unparse(last) == "if __name__ == '__main__':\n    sys.exit(run_stage(main))", path.name
+    assert ast.unparse(last) == "if __name__ == '__main__':\n    sys.exit(run_stage(main))", (
+        path.name
+    )
     body = ast.unparse(mains[0])
-    assert f'stage_parser({path.stem!r}, __doc__)' in body.replace('"', "'"), \
+    assert f"stage_parser({path.stem!r}, __doc__)" in body.replace('"', "'"), (
         f"{path.name}: the command line comes from stage_parser"
+    )
 
 
 # ------------------------------------------------------------- run_stage: exit codes
-@pytest.mark.parametrize("error, code", [
-    (ConfigError("params: train.epochs=0 is out of range"), 2),
-    (DataError("data/x/rgb/a.png: cannot decode image"), 2),
-    (ReportError("no MLflow store at x.db"), 2),
-    (ExportError("models/model.keras: TFLite conversion (int8) failed: boom", log="long\nlog"), 1),
-    (TimingError("models/model.tflite: model file not found"), 1),
-    (TrackingError("MLflow tracking server http://x is unreachable"), 1),
-])
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (ConfigError("params: train.epochs=0 is out of range"), 2),
+        (DataError("data/x/rgb/a.png: cannot decode image"), 2),
+        (ReportError("no MLflow store at x.db"), 2),
+        (
+            ExportError(
+                "models/model.keras: TFLite conversion (int8) failed: boom", log="long\nlog"
+            ),
+            1,
+        ),
+        (TimingError("models/model.tflite: model file not found"), 1),
+        (TrackingError("MLflow tracking server http://x is unreachable"), 1),
+    ],
+)
 def test_run_stage_turns_errors_into_one_line_and_the_exit_code(error, code, capsys):
     def main(argv):
         raise error
@@ -217,16 +274,30 @@ def missing_and_stale_deps(dvc_yaml: dict) -> list[str]:
         deps = [Path(d) for d in spec.get("deps", []) if "${" not in d]
         needed = {files[m].relative_to(REPO) for m in code_closure(f"stages.{stage}", graph)}
         # A package's __init__ that only documents (the top level, each group) is no code dep.
-        needed = {p for p in needed if p.parts[-1] != "__init__.py" or p.parent not in DOC_ONLY_PACKAGES}
+        needed = {
+            p for p in needed if p.parts[-1] != "__init__.py" or p.parent not in DOC_ONLY_PACKAGES
+        }
 
         def covered(path, deps=deps):
             return any(path == d or d in path.parents for d in deps)
 
-        problems += [f"{stage}: imports {p} but dvc.yaml does not list it" for p in sorted(needed) if not covered(p)]
-        problems += [f"{stage}: lists {d} but never imports it" for d in deps
-                     if d.suffix == ".py" and d not in needed]
-        problems += [f"{stage}: lists {d} but imports nothing under it" for d in deps
-                     if d.parts[0] in PACKAGES and (REPO / d).is_dir() and not any(d in p.parents for p in needed)]
+        problems += [
+            f"{stage}: imports {p} but dvc.yaml does not list it"
+            for p in sorted(needed)
+            if not covered(p)
+        ]
+        problems += [
+            f"{stage}: lists {d} but never imports it"
+            for d in deps
+            if d.suffix == ".py" and d not in needed
+        ]
+        problems += [
+            f"{stage}: lists {d} but imports nothing under it"
+            for d in deps
+            if d.parts[0] in PACKAGES
+            and (REPO / d).is_dir()
+            and not any(d in p.parents for p in needed)
+        ]
     return problems
 
 
@@ -294,15 +365,22 @@ class ParamReads:
 
     def table(self, module: str) -> dict:
         if module not in self.tables:
-            table = {node.name: ("def", module, node) for node in self.tree(module).body
-                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+            table = {
+                node.name: ("def", module, node)
+                for node in self.tree(module).body
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            }
             for node in ast.walk(self.tree(module)):  # imports anywhere, as imports_of reads them
                 if isinstance(node, ast.ImportFrom) and node.module:
                     for alias in node.names:
                         sub = f"{node.module}.{alias.name}"
-                        entry = (("module", sub) if sub in self.modules
-                                 else ("from", node.module, alias.name)
-                                 if node.module in self.modules else None)
+                        entry = (
+                            ("module", sub)
+                            if sub in self.modules
+                            else ("from", node.module, alias.name)
+                            if node.module in self.modules
+                            else None
+                        )
                         if entry:
                             table.setdefault(alias.asname or alias.name, entry)
                 elif isinstance(node, ast.Import):
@@ -396,7 +474,7 @@ class ParamReads:
         self.function(where, fn, bound, cls)
 
     def bind(self, fn, args: list, kwargs: dict, *, method: bool) -> dict:
-        names = [a.arg for a in fn.args.posonlyargs + fn.args.args][1 if method else 0:]
+        names = [a.arg for a in fn.args.posonlyargs + fn.args.args][1 if method else 0 :]
         kwonly = {a.arg for a in fn.args.kwonlyargs}
         bound = {}
         for i, values in enumerate(args):
@@ -559,8 +637,9 @@ class _ParamScope:
             self.use(node.left)
             for op, comparator in zip(node.ops, node.comparators):
                 values = self.ev(comparator)
-                membership = [v for v in values
-                              if isinstance(op, (ast.In, ast.NotIn)) and r.is_mapping(v)]
+                membership = [
+                    v for v in values if isinstance(op, (ast.In, ast.NotIn)) and r.is_mapping(v)
+                ]
                 r.names(membership)
                 r.escape(v for v in values if v not in membership)
             return frozenset()
@@ -573,7 +652,7 @@ class _ParamScope:
                 inner.bind(gen.target, inner.iterate(inner.ev(gen.iter)))
                 for cond in gen.ifs:
                     r.names(inner.ev(cond))
-            for part in ((node.key, node.value) if isinstance(node, ast.DictComp) else (node.elt,)):
+            for part in (node.key, node.value) if isinstance(node, ast.DictComp) else (node.elt,):
                 inner.use(part)
             return frozenset()
         return self.generic(node)
@@ -593,8 +672,13 @@ class _ParamScope:
             for _, mapping, name in methods:
                 if name != "items":
                     r.reads.add(mapping + ".*")
-                out.add(("items", mapping) if name == "items" else
-                        ("names", mapping) if name == "keys" else ("path", mapping + ".*"))
+                out.add(
+                    ("items", mapping)
+                    if name == "items"
+                    else ("names", mapping)
+                    if name == "keys"
+                    else ("path", mapping + ".*")
+                )
             r.escape(v for a in args for v in (a or ()))
             return frozenset(out)
         target = r.callee(self.module, node.func, self.cls)
@@ -603,8 +687,11 @@ class _ParamScope:
         if name == PARAMS_LOADER:
             return frozenset({("path", "")})
         if name == PARAMS_HASH:
-            sections = node.args[1] if len(node.args) > 1 else next(
-                (k.value for k in node.keywords if k.arg == "sections"), None)
+            sections = (
+                node.args[1]
+                if len(node.args) > 1
+                else next((k.value for k in node.keywords if k.arg == "sections"), None)
+            )
             if sections is None:
                 r.escape(args[0] or ())
             for section in self.constant(sections) if sections is not None else ():
@@ -626,8 +713,9 @@ class _ParamScope:
         """A literal, or a module-level name bound to one (MODEL_SECTIONS)."""
         if isinstance(node, ast.Name):
             for stmt in self.r.tree(self.module).body:
-                if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == node.id
-                                                        for t in stmt.targets):
+                if isinstance(stmt, ast.Assign) and any(
+                    isinstance(t, ast.Name) and t.id == node.id for t in stmt.targets
+                ):
                     return ast.literal_eval(stmt.value)
         return ast.literal_eval(node)
 
@@ -638,8 +726,11 @@ def _function_named(body, name: str):
 
 def _on_self(node) -> bool:
     """`self.NAME`."""
-    return (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-            and node.value.id == "self")
+    return (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    )
 
 
 def generic_key(key: str, kinds: dict[str, str]) -> str:
@@ -663,27 +754,39 @@ def missing_and_stale_params(dvc_yaml: dict) -> list[str]:
             mapping = spec["foreach"].removeprefix("${").removesuffix("}")
             fields = re.findall(r"\$\{item\.(\w+)\}", yaml.safe_dump(template))
             covered |= {f"{mapping}.*"} | {f"{mapping}.*.{x}" for x in fields}
-        problems += [f"{stage}: lists {key}, which is no key of params.yaml"
-                     for key in listed if key not in kinds]
+        problems += [
+            f"{stage}: lists {key}, which is no key of params.yaml"
+            for key in listed
+            if key not in kinds
+        ]
 
         def is_covered(key, covered=covered):
             return any(key == c or key.startswith(c + ".") for c in covered)
 
         # An always_changed stage reruns on every repro, so a param it reads cannot go stale there.
         if not spec.get("always_changed"):
-            problems += [f"{stage}: reads {key} but dvc.yaml does not list it"
-                         for key in sorted(reads) if not is_covered(key)]
+            problems += [
+                f"{stage}: reads {key} but dvc.yaml does not list it"
+                for key in sorted(reads)
+                if not is_covered(key)
+            ]
         for key in (k for k in listed if k in kinds):
-            leaves = [k for k in kinds if (k == key or k.startswith(key + "."))
-                      and kinds[k] in ("leaf", "entry")]
+            leaves = [
+                k
+                for k in kinds
+                if (k == key or k.startswith(key + ".")) and kinds[k] in ("leaf", "entry")
+            ]
             # DVC cannot name a field of every entry (data.sources.*.weight): a mapping is
             # listed whole, and counts as read when anything of it is.
             groups: dict[str, list[str]] = {}
             for leaf in leaves:
                 inside = leaf.find(".*", len(key))
                 groups.setdefault(leaf if inside < 0 else leaf[:inside], []).append(leaf)
-            problems += [f"{stage}: lists {key} but never reads {'it' if group == key else group}"
-                         for group, members in groups.items() if not reads.intersection(members)]
+            problems += [
+                f"{stage}: lists {key} but never reads {'it' if group == key else group}"
+                for group, members in groups.items()
+                if not reads.intersection(members)
+            ]
     return problems
 
 
@@ -712,7 +815,8 @@ def test_a_section_handed_to_a_callee_counts_by_the_fields_the_callee_reads():
     assert export == {f"export.{f.name}" for f in dataclasses.fields(ExportConfig)}
     teacher = {k for k in ParamReads().of_stage("teacher") if k.startswith("teacher.")}
     assert teacher == {f"teacher.{f.name}" for f in dataclasses.fields(TeacherConfig)} - {
-        "teacher.fill_invalid"}
+        "teacher.fill_invalid"
+    }
 
 
 # ------------------------------------------------------------- one source of defaults
@@ -721,8 +825,11 @@ def default_drift(params_file: Path, defaults: Params | None = None) -> list[str
     code = as_flat_dict(defaults or Params())
     filed = as_flat_dict(load_params(params_file))
     listed = set(flatten(yaml.safe_load(params_file.read_text())))
-    return ([f"{k}: code default {code[k]!r}, {params_file.name} {filed[k]!r}" for k in code if code[k] != filed[k]]
-            + [f"{k}: not in {params_file.name}" for k in code if k not in listed])
+    return [
+        f"{k}: code default {code[k]!r}, {params_file.name} {filed[k]!r}"
+        for k in code
+        if code[k] != filed[k]
+    ] + [f"{k}: not in {params_file.name}" for k in code if k not in listed]
 
 
 def test_code_defaults_equal_params_yaml():
@@ -736,7 +843,9 @@ def test_a_default_changed_on_one_side_alone_is_caught(tmp_path):
     assert default_drift(changed) == ["train.epochs: code default 20, params.yaml 21"]
     # the code side alone: a dataclass default that params.yaml does not follow
     code = Params(train=dataclasses.replace(Params().train, batch_size=9))
-    assert default_drift(REPO / "params.yaml", code) == ["train.batch_size: code default 9, params.yaml 8"]
+    assert default_drift(REPO / "params.yaml", code) == [
+        "train.batch_size: code default 9, params.yaml 8"
+    ]
 
 
 def test_a_key_missing_from_params_yaml_is_caught(tmp_path):
@@ -769,15 +878,24 @@ def arch_name_lists(archs, paths=None) -> list[str]:
     second list of the choices, which adding one to pipeline/model/archs.py would miss."""
     found = []
     if paths is None:
-        paths = [*(REPO / "pipeline").rglob("*.py"), *(REPO / "stages").glob("*.py"),
-                 *(REPO / "bench").glob("*.py")]
+        paths = [
+            *(REPO / "pipeline").rglob("*.py"),
+            *(REPO / "stages").glob("*.py"),
+            *(REPO / "bench").glob("*.py"),
+        ]
         paths.remove(REPO / "pipeline/model/archs.py")
     for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
-            items = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", None) \
-                if isinstance(node, (ast.List, ast.Tuple, ast.Set)) else None
-            names = [n.value for n in items or ()
-                     if isinstance(n, ast.Constant) and n.value in archs]
+            items = (
+                node.keys
+                if isinstance(node, ast.Dict)
+                else getattr(node, "elts", None)
+                if isinstance(node, (ast.List, ast.Tuple, ast.Set))
+                else None
+            )
+            names = [
+                n.value for n in items or () if isinstance(n, ast.Constant) and n.value in archs
+            ]
             if set(names) >= set(archs):
                 found.append(f"{path.name}:{node.lineno}: {', '.join(names)}")
     return found
@@ -786,19 +904,28 @@ def arch_name_lists(archs, paths=None) -> list[str]:
 def test_a_second_list_of_architectures_is_caught(tmp_path):
     code = tmp_path / "x.py"
     names = list(archs.ARCHS)
-    code.write_text(f"CHOICES = {tuple(names)}\nSTRIDES = {dict.fromkeys(reversed(names), 32)}\n"
-                    f"SOME = {names[1:]}\n")  # a selection (a benchmark's default) is no copy
-    assert arch_name_lists(archs.ARCHS, [code]) == [f"x.py:1: {', '.join(names)}",
-                                                    f"x.py:2: {', '.join(reversed(names))}"]
+    code.write_text(
+        f"CHOICES = {tuple(names)}\nSTRIDES = {dict.fromkeys(reversed(names), 32)}\n"
+        f"SOME = {names[1:]}\n"
+    )  # a selection (a benchmark's default) is no copy
+    assert arch_name_lists(archs.ARCHS, [code]) == [
+        f"x.py:1: {', '.join(names)}",
+        f"x.py:2: {', '.join(reversed(names))}",
+    ]
 
 
 def test_an_architecture_is_its_module_and_one_registry_line():
     """Every module of pipeline/model/networks/ with a build() is registered, every registered
     module has one, and each arch says what `auto` means for every auto-able train key."""
     folder = REPO / "pipeline/model/networks"
-    builders = {path.stem for path in folder.glob("*.py")
-                if any(isinstance(n, ast.FunctionDef) and n.name == "build"
-                       for n in ast.parse(path.read_text()).body)}
+    builders = {
+        path.stem
+        for path in folder.glob("*.py")
+        if any(
+            isinstance(n, ast.FunctionDef) and n.name == "build"
+            for n in ast.parse(path.read_text()).body
+        )
+    }
     assert builders == {arch.module for arch in archs.ARCHS.values()}
     auto = {f.name for f in dataclasses.fields(TrainConfig) if f.default == AUTO}
     assert auto == {"width_multiplier", "height", "width"}
@@ -811,8 +938,14 @@ def test_a_registry_line_is_all_the_params_checks_need(monkeypatch):
     monkeypatch.setattr(config, "_ARCHS", dict(config.arch_facts()))  # restored after the test
     with pytest.raises(ConfigError, match=r"train.arch='tiny_net' is not one of \['mobile_unet', "):
         load_params(REPO / "params.yaml", overrides={"train": {"arch": "tiny_net"}})
-    config.register_archs({**archs.ARCHS, "tiny_net": config.ArchFacts(
-        stride=8, auto={"width_multiplier": 0.5, "height": 72, "width": 96})})
+    config.register_archs(
+        {
+            **archs.ARCHS,
+            "tiny_net": config.ArchFacts(
+                stride=8, auto={"width_multiplier": 0.5, "height": 72, "width": 96}
+            ),
+        }
+    )
     train = load_params(REPO / "params.yaml", overrides={"train": {"arch": "tiny_net"}}).train
     assert (train.width_multiplier, train.height, train.width) == (0.5, 72, 96)
     with pytest.raises(ConfigError, match=r"train.height=100 must be divisible by 8 for tiny_net"):
@@ -822,12 +955,21 @@ def test_a_registry_line_is_all_the_params_checks_need(monkeypatch):
 def test_params_import_no_tensorflow_and_need_the_registry():
     """Stages that need no TensorFlow import the params and the registry; without the registry
     (which stages/, bench/ and conftest import) loading params is a programmer's error."""
-    code = ("import sys\nfrom pipeline.core import config\n"
-            "try:\n    config.load_params()\nexcept RuntimeError as err:\n    print(err)\n"
-            "import {package}\nconfig.load_params()\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n")
+    code = (
+        "import sys\nfrom pipeline.core import config\n"
+        "try:\n    config.load_params()\nexcept RuntimeError as err:\n    print(err)\n"
+        "import {package}\nconfig.load_params()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n"
+    )
     for package in ("stages", "bench", "pipeline.model.networks"):
-        out = subprocess.run([sys.executable, "-c", code.format(package=package)], cwd=REPO,
-                             capture_output=True, text=True, check=True).stdout
-        assert out == ("no architectures registered with pipeline.core.config: import "
-                       "pipeline.model.archs before loading params\n[]\n"), package
+        out = subprocess.run(
+            [sys.executable, "-c", code.format(package=package)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert out == (
+            "no architectures registered with pipeline.core.config: import "
+            "pipeline.model.archs before loading params\n[]\n"
+        ), package

@@ -12,8 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import REPO, make_project, project_env, require_program, run
 from pipeline.core.cli import run_stage
 from pipeline.core.config import as_flat_dict, load_params
@@ -38,8 +36,9 @@ def test_make_exp_applies_a_preset_through_dvc(tmp_path):
 
     # INSTALLED= : the linked venv needs no pip run (the recipe itself is the Makefile's)
     cmd = [make, "exp", "PRESET=presets/tum.yaml", "EXP_ARGS=synthesize", "INSTALLED="]
-    proc = subprocess.run(cmd, cwd=project, env=project_env(), capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        cmd, cwd=project, env=project_env(), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Ran experiment(s)" in proc.stdout + proc.stderr
     assert as_flat_dict(load_params(project / "params.yaml")) == as_flat_dict(expected)
@@ -50,8 +49,9 @@ def test_a_preset_or_override_that_does_not_load_stops_before_dvc(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     preset = str(REPO / "presets/tum.yaml")
     assert run_stage(exp.main, [preset, "-n", "x", "-S", "train.epochs=0"]) == 2
-    assert capsys.readouterr().err == ("error: params: train.epochs=0 is out of range "
-                                       "(must be >= 1)\n")
+    assert capsys.readouterr().err == (
+        "error: params: train.epochs=0 is out of range (must be >= 1)\n"
+    )
     assert run_stage(exp.main, ["missing.yaml"]) == 2
     assert capsys.readouterr().err == "error: missing.yaml: params file not found\n"
 

@@ -41,9 +41,9 @@ def test_mixed_precision_trains_and_exports_float32_within_parity(prepared, poli
     from ai_edge_litert.interpreter import Interpreter
 
     from pipeline.core.config import load_params
-    from pipeline.device.export import load_rgb_batch
-    from pipeline.data.dataset import read_split
     from pipeline.core.metrics import image_metrics
+    from pipeline.data.dataset import read_split
+    from pipeline.device.export import load_rgb_batch
     from pipeline.model.networks import build_model
     from pipeline.model.training import dtype_policy
 
@@ -56,7 +56,9 @@ def test_mixed_precision_trains_and_exports_float32_within_parity(prepared, poli
 
     core = keras.saving.load_model(prepared / "models/model.keras", compile=False)
     assert core.dtype_policy.name == "float32"
-    assert {layer.dtype_policy.name for layer in core._flatten_layers(include_self=False)} == {"float32"}
+    assert {layer.dtype_policy.name for layer in core._flatten_layers(include_self=False)} == {
+        "float32"
+    }
     assert {w.dtype for w in core.weights} == {"float32"}
 
     run_stage("export", prepared)
@@ -64,9 +66,13 @@ def test_mixed_precision_trains_and_exports_float32_within_parity(prepared, poli
     params = load_params(prepared / "params.yaml")
     assert report["precision"] == "fp32"
     assert report["parity"]["si_rmse_diff"] <= params.export.max_parity_drop
-    tensor_types = {d["dtype"] for d in Interpreter(model_path=str(prepared / "models/model.tflite"))
-                    .get_tensor_details()}
-    assert tensor_types <= {np.float32, np.int32}, tensor_types  # no float16 or bfloat16 in the graph
+    tensor_types = {
+        d["dtype"]
+        for d in Interpreter(model_path=str(prepared / "models/model.tflite")).get_tensor_details()
+    }
+    assert tensor_types <= {np.float32, np.int32}, (
+        tensor_types
+    )  # no float16 or bfloat16 in the graph
 
     # The model as training ran it (mixed compute, float32 head) against the float32 export's
     # core: within the same bound as the export's own parity.
@@ -76,8 +82,13 @@ def test_mixed_precision_trains_and_exports_float32_within_parity(prepared, poli
     assert mixed.layers[1].compute_dtype != "float32" and mixed.output.dtype == "float32"
     monkeypatch.chdir(prepared)
     val = read_split("data/prepared/split.csv", "val")
-    images = load_rgb_batch([r["rgb"] for r in val], height=params.train.height, width=params.train.width)
-    ref, got = np.asarray(core(images, training=False))[..., 0], np.asarray(mixed(images, training=False))[..., 0]
+    images = load_rgb_batch(
+        [r["rgb"] for r in val], height=params.train.height, width=params.train.width
+    )
+    ref, got = (
+        np.asarray(core(images, training=False))[..., 0],
+        np.asarray(mixed(images, training=False))[..., 0],
+    )
     drift = np.mean([image_metrics(pred=g, gt=r)["si_rmse"] for g, r in zip(got, ref)])
     assert 0 < drift <= params.export.max_parity_drop, drift  # > 0: it really computed in 16 bits
 

@@ -32,12 +32,27 @@ def mlflow_server(tmp_path):
     workdir = tmp_path / "server"
     workdir.mkdir()
     mlflow_exe = Path(sys.executable).with_name("mlflow")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     url = f"http://127.0.0.1:{port}"
-    cmd = [str(mlflow_exe), "server", "--backend-store-uri", f"sqlite:///{workdir}/mlflow.db",
-           "--artifacts-destination", str(workdir / "artifacts"),
-           "--workers", "1", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        str(mlflow_exe),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{workdir}/mlflow.db",
+        "--artifacts-destination",
+        str(workdir / "artifacts"),
+        "--workers",
+        "1",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with serving(cmd, url + "/health", workdir / "server.log", cwd=workdir, env=env):
         yield url, workdir
 
@@ -58,10 +73,21 @@ def make_project(root: Path) -> Path:
 def test_track_stage_logs_to_a_real_server(mlflow_server, tmp_path, monkeypatch):
     url, server_dir = mlflow_server
     project = make_project(tmp_path / "proj")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": url, "DVC_EXP_NAME": "srv-exp"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "MLFLOW_TRACKING_URI": url,
+        "DVC_EXP_NAME": "srv-exp",
+    }
     env.pop("DVC_EXP_BASELINE_REV", None)
-    proc = subprocess.run([sys.executable, "-m", "stages.track", "--experiment", "srv"], cwd=project,
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.track", "--experiment", "srv"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_id = proc.stdout.split("MLflow run ", 1)[1].split()[0]
 
@@ -80,8 +106,11 @@ def test_track_stage_logs_to_a_real_server(mlflow_server, tmp_path, monkeypatch)
     assert sorted((h["step"], h["value"]) for h in history) == [(0, 2.0), (1, 1.5), (2, 1.25)]
 
     search = json.dumps({"experiment_ids": [run["info"]["experiment_id"]]}).encode()
-    req = urllib.request.Request(f"{url}/api/2.0/mlflow/runs/search", data=search,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/runs/search",
+        data=search,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         found = [r["info"]["run_id"] for r in json.loads(resp.read())["runs"]]
     assert found == [run_id]
@@ -102,15 +131,25 @@ def test_track_stage_logs_to_a_real_server(mlflow_server, tmp_path, monkeypatch)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", db_uri)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     with pytest.raises(TrackingError, match="stores artifacts through a tracking server"):
-        log_pipeline_run(project_root=project, params=load_params(project / "params.yaml"),
-                         experiment_name="srv")
+        log_pipeline_run(
+            project_root=project, params=load_params(project / "params.yaml"), experiment_name="srv"
+        )
     assert len(MlflowClient(tracking_uri=db_uri).search_runs([run["info"]["experiment_id"]])) == 1
 
     # "already tracked" through the server: with a dvc.lock, the second track finds the
     # first one's run by its pipeline key (the MLflow client path, not the sqlite shortcut)
     (project / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
-    runs = [subprocess.run([sys.executable, "-m", "stages.track", "--experiment", "srv"], cwd=project,
-                           env=env, capture_output=True, text=True, timeout=120) for _ in range(2)]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-m", "stages.track", "--experiment", "srv"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        for _ in range(2)
+    ]
     assert [r.returncode for r in runs] == [0, 0], runs[1].stderr[-2000:]
     keyed = runs[0].stdout.split("MLflow run ", 1)[1].split()[0]
     assert runs[1].stdout.startswith(f"already tracked: MLflow run {keyed} of experiment 'srv'")

@@ -11,11 +11,18 @@ import pytest
 import tensorflow as tf
 
 from pipeline.core.config import OUTPUT_RESIZES, LossConfig, TrainConfig
-from pipeline.model.losses import berhu_loss, gradient_loss, l1_loss, make_loss, rmse_loss, silog_loss
-from pipeline.model.networks import build_model, wrap_for_device
-from pipeline.model.archs import ARCHS
 from pipeline.device.probe import random_device_model
 from pipeline.device.tflite import convert, delegation, op_summary
+from pipeline.model.archs import ARCHS
+from pipeline.model.losses import (
+    berhu_loss,
+    gradient_loss,
+    l1_loss,
+    make_loss,
+    rmse_loss,
+    silog_loss,
+)
+from pipeline.model.networks import build_model, wrap_for_device
 
 
 def tiny_cfg(arch: str) -> TrainConfig:
@@ -49,7 +56,11 @@ def test_arch_trains_one_step_and_converts_with_builtin_ops(arch):
     assert summary["non_builtin"] == []
     assert summary["n_ops"] > 10
     # XNNPACK runs it whole: every op delegated, one partition (counted as the timing runner does)
-    assert delegation(flatbuffer) == {"partitions": 1, "nodes": summary["n_ops"], "not_delegated": {}}
+    assert delegation(flatbuffer) == {
+        "partitions": 1,
+        "nodes": summary["n_ops"],
+        "not_delegated": {},
+    }
 
 
 # mai_baseline_unet's int8 partitions: tests/test_benchmark.py's probe test, which converts it anyway.
@@ -69,12 +80,16 @@ def conv_macs(model) -> int:
 
     total = 0
     for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2DTranspose):  # every input pixel spreads a kh x kw x out patch
+        if isinstance(
+            layer, keras.layers.Conv2DTranspose
+        ):  # every input pixel spreads a kh x kw x out patch
             _, h, w, cin = layer.input.shape
             total += h * w * cin * layer.kernel_size[0] * layer.kernel_size[1] * layer.filters
         elif isinstance(layer, keras.layers.Conv2D):
             _, h, w, cout = layer.output.shape
-            total += h * w * cout * layer.kernel_size[0] * layer.kernel_size[1] * layer.input.shape[-1]
+            total += (
+                h * w * cout * layer.kernel_size[0] * layer.kernel_size[1] * layer.input.shape[-1]
+            )
     return total
 
 
@@ -86,20 +101,50 @@ def test_mai_baseline_unet_is_the_organizers_model_exactly():
     model = build_model(TrainConfig(arch="mai_baseline_unet", height=48, width=64))
     convs = [layer for layer in model.layers if type(layer) is keras.layers.Conv2D]
     ups = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2DTranspose)]
-    assert [c.filters for c in convs] == [64, 64, 128, 128, 256, 256, 512, 512, 1024, 1024,
-                                          512, 512, 256, 256, 128, 128, 64, 64, 1]
-    assert all(c.kernel_size == (3, 3) and c.use_bias and c.activation is keras.activations.relu for c in convs)
+    assert [c.filters for c in convs] == [
+        64,
+        64,
+        128,
+        128,
+        256,
+        256,
+        512,
+        512,
+        1024,
+        1024,
+        512,
+        512,
+        256,
+        256,
+        128,
+        128,
+        64,
+        64,
+        1,
+    ]
+    assert all(
+        c.kernel_size == (3, 3) and c.use_bias and c.activation is keras.activations.relu
+        for c in convs
+    )
     assert [(u.filters, u.kernel_size, u.strides, u.activation) for u in ups] == [
-        (f, (2, 2), (2, 2), keras.activations.linear) for f in (512, 256, 128, 64)]
+        (f, (2, 2), (2, 2), keras.activations.linear) for f in (512, 256, 128, 64)
+    ]
     assert sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers) == 4
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
-    assert [x.name for x in model.get_layer("skip0").input] == [ups[-1].output.name, convs[1].output.name]
+    assert [x.name for x in model.get_layer("skip0").input] == [
+        ups[-1].output.name,
+        convs[1].output.name,
+    ]
     assert model.count_params() == 31_032_257
-    assert conv_macs(model) * (240 * 320) // (48 * 64) == 56_485_478_400  # "about 56 GMACs" at 240x320
+    assert (
+        conv_macs(model) * (240 * 320) // (48 * 64) == 56_485_478_400
+    )  # "about 56 GMACs" at 240x320
 
 
 def test_conv_macs_match_the_tflite_count_that_probe_reports():
-    model = build_model(TrainConfig(arch="mai_baseline_unet", height=48, width=64, width_multiplier=0.25))
+    model = build_model(
+        TrainConfig(arch="mai_baseline_unet", height=48, width=64, width_multiplier=0.25)
+    )
     assert op_summary(convert(model, precision="fp32"))["macs"] == conv_macs(model)
 
 
@@ -143,7 +188,9 @@ def test_losses_are_zero_for_perfect_prediction(name):
     assert float(LOSSES[name](gt, perfect)) == pytest.approx(0.0, abs=2e-3)
 
 
-@pytest.mark.parametrize("name,invariant", [("silog_full", True), ("gradient", True), ("silog", False), ("l1", False)])
+@pytest.mark.parametrize(
+    "name,invariant", [("silog_full", True), ("gradient", True), ("silog", False), ("l1", False)]
+)
 def test_scale_invariance_where_claimed(name, invariant):
     fns = {**LOSSES, "silog_full": lambda g, p: silog_loss(g, p, lam=1.0)}
     gt, pred = _pair(1)
@@ -163,8 +210,14 @@ def test_image_without_valid_pixels_does_not_dilute_the_loss():
 
 def test_loss_weights_combine_terms():
     gt, pred = _pair(3)
-    combined = make_loss(LossConfig(silog_weight=1.0, grad_weight=0.5, l1_weight=0.25, berhu_weight=0.0))
-    expected = float(silog_loss(gt, pred, lam=0.85)) + 0.5 * float(gradient_loss(gt, pred)) + 0.25 * float(l1_loss(gt, pred))
+    combined = make_loss(
+        LossConfig(silog_weight=1.0, grad_weight=0.5, l1_weight=0.25, berhu_weight=0.0)
+    )
+    expected = (
+        float(silog_loss(gt, pred, lam=0.85))
+        + 0.5 * float(gradient_loss(gt, pred))
+        + 0.25 * float(l1_loss(gt, pred))
+    )
     assert float(combined(gt, pred)) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="positive weight"):
         make_loss(LossConfig(silog_weight=0, grad_weight=0, l1_weight=0, berhu_weight=0))
@@ -197,8 +250,12 @@ def test_device_graph_computes_what_training_computed(output_resize):
     # wrapper only reads its input shape, and it converts in a second, not fifteen.
     keras.utils.set_random_seed(0)
     inp = keras.Input((64, 96, 3))
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(keras.layers.Rescaling(1 / 32)(inp))
-    x = keras.layers.UpSampling2D(interpolation="bilinear")(keras.layers.Conv2D(1, 3, padding="same")(x))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(
+        keras.layers.Rescaling(1 / 32)(inp)
+    )
+    x = keras.layers.UpSampling2D(interpolation="bilinear")(
+        keras.layers.Conv2D(1, 3, padding="same")(x)
+    )
     core = keras.Model(inp, keras.layers.Activation("exponential")(x))
     rgb, _ = render_scene(3, height=480, width=640)
     work_rgb, _ = to_working(rgb, np.zeros((480, 640, 1), np.uint16), 64, 96)
@@ -212,5 +269,8 @@ def test_device_graph_computes_what_training_computed(output_resize):
     np.testing.assert_allclose(run_tflite(flatbuffer, image), expected, atol=1e-4)
     ops = op_summary(flatbuffer)["ops"]
     # in, in the core, out (separable: out by columns, then by rows)
-    assert (ops["RESIZE_BILINEAR"], ops.get("TRANSPOSE", 0)) == {"bilinear": (3, 0), "separable": (4, 2)}[output_resize]
+    assert (ops["RESIZE_BILINEAR"], ops.get("TRANSPOSE", 0)) == {
+        "bilinear": (3, 0),
+        "separable": (4, 2),
+    }[output_resize]
     assert delegation(flatbuffer)["partitions"] == 1

@@ -20,12 +20,58 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.overrides import ADD, DELETE, apply, diff_args, format_arg, merge, parse
 
 TRICKY_VALUES = [
-    "mobile_unet", "auto", "../shared/data/tum_fr1_xyz", "/abs/p-a_th.x", "2.4.0", "", " lead",
-    "a b", "a, b", "a,b", "x=y", "x:y", "it's", "back\\slash", "ends\\", "quote\\'d", 'say "hi"',
-    "héllo", "a#b", "01", "1.5", "1e-5", ".5", "1_0", "inf", "nan", "true", "False", "null",
-    "None", "yes", "off", "~", "[a]", "{a: 1}", "tab\there", "two\nlines",
-    0, 7, -3, 0.35, 2e-05, 1.0, 1e300, True, False, None, [], ["a", "b c"], [192, 256],
-    ("synthetic",), {"path": "x", "weight": 2.0},
+    "mobile_unet",
+    "auto",
+    "../shared/data/tum_fr1_xyz",
+    "/abs/p-a_th.x",
+    "2.4.0",
+    "",
+    " lead",
+    "a b",
+    "a, b",
+    "a,b",
+    "x=y",
+    "x:y",
+    "it's",
+    "back\\slash",
+    "ends\\",
+    "quote\\'d",
+    'say "hi"',
+    "héllo",
+    "a#b",
+    "01",
+    "1.5",
+    "1e-5",
+    ".5",
+    "1_0",
+    "inf",
+    "nan",
+    "true",
+    "False",
+    "null",
+    "None",
+    "yes",
+    "off",
+    "~",
+    "[a]",
+    "{a: 1}",
+    "tab\there",
+    "two\nlines",
+    0,
+    7,
+    -3,
+    0.35,
+    2e-05,
+    1.0,
+    1e300,
+    True,
+    False,
+    None,
+    [],
+    ["a", "b c"],
+    [192, 256],
+    ("synthetic",),
+    {"path": "x", "weight": 2.0},
 ]
 
 
@@ -77,12 +123,23 @@ def params_copy(tmp_path):
 ARG_SETS = [
     ["~data.sources.synthetic", "+data.sources.tum.path=../shared/data/tum", "train.epochs=3"],
     ["train.learning_rate=1e-05", "train.height=192", "train.width=256", "export.precision=int8"],
-    ["+data.sources.b.path=x", "+data.sources.b.weight=2.5", "data.val=b",
-     "package.challenge_sources=[b]"],
-    ["~data.sources.synthetic.weight", "package.description='a, b: it\\'s'",
-     "train.augment.flip=false"],
-    ["+data.unlabeled.web.path=w", "teacher.model=models/teacher/t.onnx", "++train.ema=0.5",
-     "++data.unlabeled.x.path=y"],
+    [
+        "+data.sources.b.path=x",
+        "+data.sources.b.weight=2.5",
+        "data.val=b",
+        "package.challenge_sources=[b]",
+    ],
+    [
+        "~data.sources.synthetic.weight",
+        "package.description='a, b: it\\'s'",
+        "train.augment.flip=false",
+    ],
+    [
+        "+data.unlabeled.web.path=w",
+        "teacher.model=models/teacher/t.onnx",
+        "++train.ema=0.5",
+        "++data.unlabeled.x.path=y",
+    ],
 ]
 
 
@@ -93,13 +150,16 @@ def test_apply_is_what_dvc_does_to_params_yaml(args, params_copy):
     assert load_params(params_copy) == load_params(REPO / "params.yaml", args=args)
 
 
-@pytest.mark.parametrize("arg, message", [
-    ("train.epoch=3", "params have no train.epoch to set (+train.epoch=... adds"),
-    ("data.sources.tum.path=x", "params have no data.sources.tum"),
-    ("+train.epochs=3", "train.epochs exists already; set it without '+'"),
-    ("~data.sources.nothere", "params have no data.sources.nothere to delete"),
-    ("~nothere.x", "params have no nothere"),
-])
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("train.epoch=3", "params have no train.epoch to set (+train.epoch=... adds"),
+        ("data.sources.tum.path=x", "params have no data.sources.tum"),
+        ("+train.epochs=3", "train.epochs exists already; set it without '+'"),
+        ("~data.sources.nothere", "params have no data.sources.nothere to delete"),
+        ("~nothere.x", "params have no nothere"),
+    ],
+)
 def test_apply_refuses_what_dvc_refuses(arg, message, params_copy):
     with pytest.raises(InvalidArgumentError):
         apply_overrides(params_copy, [arg])
@@ -125,11 +185,18 @@ def test_preset_arguments_delete_add_and_replace_sources_whole(tmp_path, params_
     base["data"]["sources"]["synthetic"]["weight"] = 2.0  # the preset's has none: back to 1.0
     params_copy.write_text(yaml.safe_dump(base))
     sources = {"synthetic": {"path": "data/synthetic"}, "tum": {"path": "../t", "weight": 3.0}}
-    preset = {"data": {"sources": sources, "val": "tum"},
-              "train": {"epochs": 20, "arch": "fastdepth"}}
+    preset = {
+        "data": {"sources": sources, "val": "tum"},
+        "train": {"epochs": 20, "arch": "fastdepth"},
+    }
     args = diff_args(base, merge(base, preset))
-    assert args == ["~data.sources.synthetic.weight", "data.val=tum", "train.arch=fastdepth",
-                    "+data.sources.tum.path=../t", "+data.sources.tum.weight=3.0"]  # no epochs
+    assert args == [
+        "~data.sources.synthetic.weight",
+        "data.val=tum",
+        "train.arch=fastdepth",
+        "+data.sources.tum.path=../t",
+        "+data.sources.tum.weight=3.0",
+    ]  # no epochs
     (tmp_path / "preset.yaml").write_text(yaml.safe_dump(preset))
     expected = load_params(params_copy, presets=[tmp_path / "preset.yaml"])
     apply_overrides(params_copy, args)

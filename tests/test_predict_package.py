@@ -19,7 +19,13 @@ from pipeline.core.cli import run_stage
 from pipeline.core.config import load_params, params_hash
 from pipeline.core.files import DataError, read_depth_mm, write_depth_png, write_rgb_png
 from pipeline.device.predict import TFLiteDepthModel
-from pipeline.results.submission import describe_run, model_min_runtime, package_submission, parse_readme, validate_submission
+from pipeline.results.submission import (
+    describe_run,
+    model_min_runtime,
+    package_submission,
+    parse_readme,
+    validate_submission,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 README = {"runtime_s": 0.05, "cpu": 1, "extra_data": 0, "description": "test"}
@@ -76,7 +82,9 @@ def test_predict_does_not_import_tensorflow(models):
         "assert d.shape == (10, 20)\n"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert out.stdout.split() == ["False", "False"]
 
 
@@ -84,8 +92,13 @@ def test_package_odd_sizes_validates_and_keeps_input_sizes(models, odd_inputs, t
     inputs = sorted(odd_inputs.glob("*.png"))
     seen = []
     zip_path = tmp_path / "out" / "submission.zip"
-    count = package_submission(zip_path, model_path=models["good"], input_files=inputs, readme=README,
-                               progress=lambda i, n: seen.append((i, n)))
+    count = package_submission(
+        zip_path,
+        model_path=models["good"],
+        input_files=inputs,
+        readme=README,
+        progress=lambda i, n: seen.append((i, n)),
+    )
     assert count == 2 and seen == [(1, 2), (2, 2)]
     assert validate_submission(zip_path, odd_inputs) == []
     with zipfile.ZipFile(zip_path) as zf:
@@ -102,30 +115,57 @@ def test_package_odd_sizes_validates_and_keeps_input_sizes(models, odd_inputs, t
 
 def test_package_refuses_to_publish_an_invalid_submission(models, odd_inputs, tmp_path):
     zip_path = tmp_path / "submission.zip"
-    with pytest.raises(DataError, match=r"invalid submission: model.tflite: input shapes \[\(1, 240, 320, 3\)\]"):
-        package_submission(zip_path, model_path=models["small"], input_files=sorted(odd_inputs.glob("*.png")),
-                           readme=README)
+    with pytest.raises(
+        DataError, match=r"invalid submission: model.tflite: input shapes \[\(1, 240, 320, 3\)\]"
+    ):
+        package_submission(
+            zip_path,
+            model_path=models["small"],
+            input_files=sorted(odd_inputs.glob("*.png")),
+            readme=README,
+        )
     assert not zip_path.exists() and not list(tmp_path.glob(".submission.zip*"))
 
 
 def test_describe_run():
     params = load_params(ROOT / "params.yaml")
-    text = describe_run(params, {"device": "local", "threads": 2, "median_ms": 12.0}, extra="my\nnote")
+    text = describe_run(
+        params, {"device": "local", "threads": 2, "median_ms": 12.0}, extra="my\nnote"
+    )
     t = params.train
     assert text.startswith(t.arch)
     assert f"working resolution {t.height}x{t.width}" in text
     assert f"precision {params.export.precision}" in text
     assert "timed on local, 2 threads" in text
-    assert f"model params hash {params_hash(params, ('base', 'data', 'train', 'teacher', 'export'))}" in text
-    changed = dataclasses.replace(params, track=dataclasses.replace(params.track, experiment="other"))
-    assert describe_run(changed, None) == describe_run(params, None)  # tracking params do not matter
+    assert (
+        f"model params hash {params_hash(params, ('base', 'data', 'train', 'teacher', 'export'))}"
+        in text
+    )
+    changed = dataclasses.replace(
+        params, track=dataclasses.replace(params.track, experiment="other")
+    )
+    assert describe_run(changed, None) == describe_run(
+        params, None
+    )  # tracking params do not matter
     assert text.endswith("reproduce: dvc repro; my note") and "\n" not in text
-    assert "est. Pi 4" not in text  # no estimate in benchmark.json (a device timed over SSH): none here
-    estimated = describe_run(params, {"device": "local", "threads": 2, "median_ms": 12.0, "est_rpi4_ms": 54.0,
-                                      "est_rpi4_ms_lo": 48.0, "est_rpi4_ms_hi": 60.0})
+    assert (
+        "est. Pi 4" not in text
+    )  # no estimate in benchmark.json (a device timed over SSH): none here
+    estimated = describe_run(
+        params,
+        {
+            "device": "local",
+            "threads": 2,
+            "median_ms": 12.0,
+            "est_rpi4_ms": 54.0,
+            "est_rpi4_ms_lo": 48.0,
+            "est_rpi4_ms_hi": 60.0,
+        },
+    )
     assert "est. Pi 4 54 ms (an estimate, range 48-60 ms" in estimated
-    assert "precision fp32; runs on TFLite >= 2.2.0; model params hash" in describe_run(params, None,
-                                                                                    min_runtime="2.2.0")
+    assert "precision fp32; runs on TFLite >= 2.2.0; model params hash" in describe_run(
+        params, None, min_runtime="2.2.0"
+    )
 
 
 def test_model_min_runtime_of_a_model_file(models, tmp_path):
@@ -155,7 +195,9 @@ def _project(tmp_path, model, *, package_inputs=""):
         if i == 3:
             depth[:] = 0.0  # no valid pixel: skipped and counted
         write_depth_png(dep, depth)
-        rows.append([name, "train" if i == 0 else "val", f"data/src/rgb/{name}", f"data/src/depth/{name}"])
+        rows.append(
+            [name, "train" if i == 0 else "val", f"data/src/rgb/{name}", f"data/src/depth/{name}"]
+        )
     (tmp_path / "data/prepared").mkdir(parents=True)
     (tmp_path / "data/prepared/split.csv").write_text(split_csv(rows))
     (tmp_path / "models").mkdir()
@@ -182,7 +224,9 @@ def test_evaluate_stage(models, tmp_path, monkeypatch, capsys):
     assert out["si_rmse"] == pytest.approx(np.mean(spreads), rel=1e-6)
     assert out["baseline_si_rmse"] == pytest.approx(np.mean(spreads), rel=1e-6)
     assert out["rel"] < 0.45
-    assert out["runtime_s"] == 0.04 and out["score"] == pytest.approx(2 ** (-20 * out["si_rmse"]) / 4.0)
+    assert out["runtime_s"] == 0.04 and out["score"] == pytest.approx(
+        2 ** (-20 * out["si_rmse"]) / 4.0
+    )
     with open("reports/eval_per_image.csv") as f:
         per_image = list(csv.DictReader(f))
     assert [r["name"] for r in per_image] == ["001.png", "002.png", "003.png"]
@@ -230,7 +274,13 @@ def test_package_stage_defaults_to_val_split(models, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run_stage(package.main, []) == 0
     with zipfile.ZipFile("submission/submission.zip") as zf:
-        assert sorted(zf.namelist()) == ["001.png", "002.png", "003.png", "model.tflite", "readme.txt"]
+        assert sorted(zf.namelist()) == [
+            "001.png",
+            "002.png",
+            "003.png",
+            "model.tflite",
+            "readme.txt",
+        ]
     val_rgb = [tmp_path / "data/src/rgb" / n for n in ("001.png", "002.png", "003.png")]
     assert validate_submission("submission/submission.zip", input_files=val_rgb) == []
     # the train image shares the folder: validating against the whole folder finds it missing

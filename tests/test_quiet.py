@@ -51,15 +51,17 @@ def child_writes(lines):
     subprocess.run([sys.executable, "-c", code, *lines], check=True)
 
 def main(argv):
-{textwrap.indent(textwrap.dedent(body), '    ')}
+{textwrap.indent(textwrap.dedent(body), "    ")}
 
 sys.exit(run_stage(main))
 """)
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in (VERBOSE_ENV, "TF_CPP_MIN_LOG_LEVEL")}
+    full_env = {
+        k: v for k, v in os.environ.items() if k not in (VERBOSE_ENV, "TF_CPP_MIN_LOG_LEVEL")
+    }
     full_env.update(env)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          env=full_env, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=full_env, timeout=60
+    )
     return proc.returncode, proc.stderr.splitlines()
 
 
@@ -78,8 +80,12 @@ print("level", os.environ["TF_CPP_MIN_LOG_LEVEL"], file=sys.stderr)
 def test_the_noise_is_dropped_and_everything_else_passes_in_order(tmp_path):
     code, err = stage_stderr(tmp_path, MIXED)
     assert code == 0
-    assert err == ["from python before", *[line for line in mixed_lines() if line not in NOISE],
-                   "from python after", "level 2"]
+    assert err == [
+        "from python before",
+        *[line for line in mixed_lines() if line not in NOISE],
+        "from python after",
+        "level 2",
+    ]
 
 
 @pytest.mark.parametrize("value", ["1", "yes"])
@@ -99,21 +105,27 @@ def test_the_noise_pattern_matches_whole_known_lines_only():
 def test_what_a_crashing_stage_wrote_last_still_gets_out(tmp_path):
     """A stage that dies hard (abort, segfault) loses no line it wrote before: the filter
     is a process of its own and drains the pipe after the stage is gone."""
-    code, err = stage_stderr(tmp_path, f"""
+    code, err = stage_stderr(
+        tmp_path,
+        f"""
         os.write(2, {NOISE[1]!r}.encode() + b"\\n")
         os.write(2, b"F0000 fatal: the last words before the abort\\n")
         os.abort()
-    """)
+    """,
+    )
     assert code != 0
     assert err == ["F0000 fatal: the last words before the abort"]
 
 
 def test_an_error_line_comes_last_after_everything_the_stage_printed(tmp_path):
-    code, err = stage_stderr(tmp_path, f"""
+    code, err = stage_stderr(
+        tmp_path,
+        f"""
         from pipeline.core.errors import DataError
         child_writes(["a line from a child", {NOISE[4]!r}])
         raise DataError("data/x: broken")
-    """)
+    """,
+    )
     assert code == 2 and err == ["a line from a child", "error: data/x: broken"]
 
 
@@ -121,15 +133,25 @@ def test_no_stage_module_imports_tensorflow_before_run_stage():
     """run_stage sets TF_CPP_MIN_LOG_LEVEL and starts the filter; a stage module that imported
     TensorFlow at the top would print its start-up lines before either."""
     modules = sorted(p.stem for p in (REPO / "stages").glob("*.py") if p.stem != "__init__")
-    code = (f"import sys\nfor m in {modules!r}: __import__('stages.' + m)\n"
-            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         check=True, timeout=120).stdout
+    code = (
+        f"import sys\nfor m in {modules!r}: __import__('stages.' + m)\n"
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
     assert out.strip() == "[]"
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
-                    reason="oneDNN and its log line exist in TensorFlow's x86-64 builds only")
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"),
+    reason="oneDNN and its log line exist in TensorFlow's x86-64 builds only",
+)
 def test_a_stage_that_imports_tensorflow_prints_none_of_it_unless_verbose(tmp_path):
     """The export stage imports Keras (so TensorFlow) before it finds no model to export:
     the runtime's lines come, then the stage's one-line error. TF_ENABLE_ONEDNN_OPTS=1 makes
@@ -140,13 +162,21 @@ def test_a_stage_that_imports_tensorflow_prints_none_of_it_unless_verbose(tmp_pa
     error = "error: models/model.keras: model file not found (run the train stage first)"
 
     def export(**extra) -> list[str]:
-        proc = subprocess.run([sys.executable, "-m", "stages.export"], cwd=tmp_path,
-                              env={**env, **extra}, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "stages.export"],
+            cwd=tmp_path,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 2, proc.stderr
         return proc.stderr.splitlines()
 
     loud = export(**{VERBOSE_ENV: "1"})
     assert any("port.cc" in line and "oneDNN custom operations are on" in line for line in loud), (
-        "the export stage no longer imports TensorFlow before this error: pick another stage", loud)
+        "the export stage no longer imports TensorFlow before this error: pick another stage",
+        loud,
+    )
     assert any("cpu_feature_guard.cc" in line for line in loud) and loud[-1] == error
     assert export() == [error]

@@ -25,8 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (REPO, dvc_bin, free_port, make_project, project_env, require_program,
-                      serving)
+from conftest import REPO, dvc_bin, free_port, make_project, project_env, require_program, serving
 
 README = REPO / "README.md"
 SHELL_LANGUAGES = ("bash", "sh", "shell", "console")
@@ -39,28 +38,19 @@ COMMANDS = {
     "make repro": "tests/test_readme.py::test_make_repro_reruns_what_changed_with_the_venvs_python",
     "make test": "tests/test_readme.py::test_make_test_runs_pytest_and_names_each_skipped_test",
     "CI=true make test": "tests/test_readme.py::test_ci_make_test_fails_where_a_program_is_missing",
-    "make exp PRESET=presets/tum.yaml":
-        "tests/test_make_exp.py::test_make_exp_applies_a_preset_through_dvc",
-    "python -m stages.exp --print presets/tum.yaml":
-        "tests/test_sources.py::test_a_preset_replaces_the_sources_and_its_experiment_says_so",
-    "ln -s ../../../shared/teachers/pydnet_matterport/pydnet_matterport.tflite models/teacher/":
-        "tests/test_teacher.py::test_readme_teacher_commands_label_every_source_with_the_shared_teacher",
-    "make exp PRESET=presets/teacher.yaml":
-        "tests/test_teacher.py::test_readme_teacher_commands_label_every_source_with_the_shared_teacher",
+    "make exp PRESET=presets/tum.yaml": "tests/test_make_exp.py::test_make_exp_applies_a_preset_through_dvc",
+    "python -m stages.exp --print presets/tum.yaml": "tests/test_sources.py::test_a_preset_replaces_the_sources_and_its_experiment_says_so",
+    "ln -s ../../../shared/teachers/pydnet_matterport/pydnet_matterport.tflite models/teacher/": "tests/test_teacher.py::test_readme_teacher_commands_label_every_source_with_the_shared_teacher",
+    "make exp PRESET=presets/teacher.yaml": "tests/test_teacher.py::test_readme_teacher_commands_label_every_source_with_the_shared_teacher",
     "dvc exp show": "tests/test_readme.py::test_dvc_exp_show_lists_the_workspace_and_its_metrics",
-    "make sweep DRY=1":
-        "tests/test_readme.py::test_make_sweep_dry_prints_the_grid_and_queues_nothing",
-    "python -m stages.probe --arch fastdepth --precision int8":
-        "tests/test_readme.py::test_probe_times_fastdepth_in_int8_in_one_xnnpack_partition",
-    "python -m pipeline.results.submission validate submission/submission.zip --inputs path/to/rgb":
-        "tests/test_submission.py::test_valid_zip_from_writer_is_accepted",
+    "make sweep DRY=1": "tests/test_readme.py::test_make_sweep_dry_prints_the_grid_and_queues_nothing",
+    "python -m stages.probe --arch fastdepth --precision int8": "tests/test_readme.py::test_probe_times_fastdepth_in_int8_in_one_xnnpack_partition",
+    "python -m pipeline.results.submission validate submission/submission.zip --inputs path/to/rgb": "tests/test_submission.py::test_valid_zip_from_writer_is_accepted",
     "make ui": "tests/test_ui_browser.py::test_make_ui_link_opens_the_training_runs_with_si_rmse",
     "make compare": "tests/test_readme.py::test_make_compare_writes_the_table_of_the_stores_runs",
     "make factsheet": "tests/test_readme.py::test_make_factsheet_writes_the_newest_runs_sheet",
-    "make tracking-server":
-        "tests/test_readme.py::test_make_tracking_server_takes_a_clients_dvc_exp_run",
-    "MLFLOW_TRACKING_URI=http://SERVER:5000 dvc exp run":
-        "tests/test_readme.py::test_make_tracking_server_takes_a_clients_dvc_exp_run",
+    "make tracking-server": "tests/test_readme.py::test_make_tracking_server_takes_a_clients_dvc_exp_run",
+    "MLFLOW_TRACKING_URI=http://SERVER:5000 dvc exp run": "tests/test_readme.py::test_make_tracking_server_takes_a_clients_dvc_exp_run",
 }
 
 
@@ -97,7 +87,7 @@ def split_comment(line: str) -> tuple[str, str]:
         elif char in "'\"":
             quote = char
         elif char == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i].rstrip(), line[i + 1:].strip()
+            return line[:i].rstrip(), line[i + 1 :].strip()
     return line.rstrip(), ""
 
 
@@ -137,8 +127,10 @@ def test_every_readme_command_is_run_by_a_test_or_marked():
     assert not missing, (
         "README commands that no test runs; add each to COMMANDS in tests/test_readme.py with "
         "the test that runs it, or end its line with one of "
-        + ", ".join(f"'# {m}'" for m in MARKS) + ":\n"
-        + "\n".join(f"  README.md:{c.line}: {c.text}" for c in missing))
+        + ", ".join(f"'# {m}'" for m in MARKS)
+        + ":\n"
+        + "\n".join(f"  README.md:{c.line}: {c.text}" for c in missing)
+    )
 
 
 def test_every_mapped_test_exists():
@@ -146,8 +138,9 @@ def test_every_mapped_test_exists():
     for command, target in COMMANDS.items():
         path, name = target.split("::")
         source = (REPO / path).read_text() if (REPO / path).is_file() else ""
-        names = {node.name for node in ast.walk(ast.parse(source))
-                 if isinstance(node, ast.FunctionDef)}
+        names = {
+            node.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)
+        }
         if name not in names:
             absent.append(f"{command!r} -> {target}")
     assert not absent, "mapped to a test that does not exist:\n" + "\n".join(absent)
@@ -161,9 +154,11 @@ def test_every_mapped_command_is_still_in_the_readme():
 def test_a_command_added_to_a_copy_of_the_readme_is_caught():
     text = README.read_text()
     assert unaccounted(text) == []
-    added = text + ("\n```bash\ndvc exp run -S train.epochs=3   # three epochs\n"
-                    "ssh pi@raspberrypi.local uptime  # needs a device\n"
-                    "make \\\n  repro\n```\n")
+    added = text + (
+        "\n```bash\ndvc exp run -S train.epochs=3   # three epochs\n"
+        "ssh pi@raspberrypi.local uptime  # needs a device\n"
+        "make \\\n  repro\n```\n"
+    )
     missing = unaccounted(added)
     assert [c.text for c in missing] == ["dvc exp run -S train.epochs=3"]
     assert missing[0].line == len(text.splitlines()) + 3
@@ -182,16 +177,28 @@ def test_every_relative_link_of_the_readme_and_docs_resolves():
 
 
 def test_a_quoted_hash_is_not_a_comment():
-    assert split_comment("echo '# not a comment' x  # a comment") == ("echo '# not a comment' x",
-                                                                      "a comment")
+    assert split_comment("echo '# not a comment' x  # a comment") == (
+        "echo '# not a comment' x",
+        "a comment",
+    )
 
 
 # ------------------------------------------------------------- running them
 def make_command(cwd: Path, *args: str) -> list[str]:
     """The project's Makefile run in `cwd` with this venv (`-o`: no pip install)."""
     make = require_program("make", "apt-get install -y make")
-    return [make, "--no-print-directory", "-f", str(REPO / "Makefile"), "-C", str(cwd),
-            "-o", ".venv/.installed", *args, f"BIN={VENV_BIN}"]
+    return [
+        make,
+        "--no-print-directory",
+        "-f",
+        str(REPO / "Makefile"),
+        "-C",
+        str(cwd),
+        "-o",
+        ".venv/.installed",
+        *args,
+        f"BIN={VENV_BIN}",
+    ]
 
 
 def without_venv_on_path(env: dict[str, str]) -> dict[str, str]:
@@ -207,17 +214,28 @@ def ran_stages(log: str) -> list[str]:
 @pytest.fixture
 def repro_copy(tiny_repro, tmp_path) -> Path:
     """A private copy of the session's repro'd tiny project, with a store of its own."""
-    return Path(shutil.copytree(tiny_repro, tmp_path / "project", symlinks=True,
-                                ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts")))
+    return Path(
+        shutil.copytree(
+            tiny_repro,
+            tmp_path / "project",
+            symlinks=True,
+            ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"),
+        )
+    )
 
 
 def test_make_repro_reruns_what_changed_with_the_venvs_python(repro_copy):
     params = yaml.safe_load((repro_copy / "params.yaml").read_text())
     params["evaluate"]["panels"] += 1
     (repro_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    proc = subprocess.run(make_command(repro_copy, "repro"), cwd=repro_copy,
-                          env=without_venv_on_path(project_env()), capture_output=True, text=True,
-                          timeout=MAKE_TIMEOUT_S)
+    proc = subprocess.run(
+        make_command(repro_copy, "repro"),
+        cwd=repro_copy,
+        env=without_venv_on_path(project_env()),
+        capture_output=True,
+        text=True,
+        timeout=MAKE_TIMEOUT_S,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stages = ran_stages(proc.stdout)
     assert "evaluate" in stages and "track" in stages and "train" not in stages, stages
@@ -250,15 +268,27 @@ def make_test(tmp_path: Path, **env_vars: str) -> subprocess.CompletedProcess:
     tests = tmp_path / "standin" / "tests"
     tests.mkdir(parents=True, exist_ok=True)
     (tests / "test_standin.py").write_text(
-        STANDIN_SUITE.format(conftest=str(REPO / "tests" / "conftest.py")))
-    env = {k: v for k, v in project_env().items()
-           if k not in ("CI", "MAI_REQUIRE_SYSTEM_TESTS") and not k.startswith("PYTEST")}
-    return subprocess.run(make_command(tests.parent, "test"), cwd=tests.parent,
-                          env={**env, **env_vars}, capture_output=True, text=True, timeout=300)
+        STANDIN_SUITE.format(conftest=str(REPO / "tests" / "conftest.py"))
+    )
+    env = {
+        k: v
+        for k, v in project_env().items()
+        if k not in ("CI", "MAI_REQUIRE_SYSTEM_TESTS") and not k.startswith("PYTEST")
+    }
+    return subprocess.run(
+        make_command(tests.parent, "test"),
+        cwd=tests.parent,
+        env={**env, **env_vars},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-REASON = ("mai-no-such-program not installed (apt-get install -y mai-no-such-program); "
-          "required when CI=true or MAI_REQUIRE_SYSTEM_TESTS=1")
+REASON = (
+    "mai-no-such-program not installed (apt-get install -y mai-no-such-program); "
+    "required when CI=true or MAI_REQUIRE_SYSTEM_TESTS=1"
+)
 
 
 def test_make_test_runs_pytest_and_names_each_skipped_test(tmp_path):
@@ -275,8 +305,14 @@ def test_ci_make_test_fails_where_a_program_is_missing(tmp_path):
 
 
 def test_dvc_exp_show_lists_the_workspace_and_its_metrics(repro_copy):
-    proc = subprocess.run([dvc_bin(), "exp", "show"], cwd=repro_copy, env=project_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [dvc_bin(), "exp", "show"],
+        cwd=repro_copy,
+        env=project_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if line.split()[:2] == ["Experiment", "Created"])
@@ -289,8 +325,14 @@ def test_dvc_exp_show_lists_the_workspace_and_its_metrics(repro_copy):
 def test_make_sweep_dry_prints_the_grid_and_queues_nothing(tmp_path):
     root = make_project(tmp_path / "project")
     shutil.copytree(REPO / "sweeps", root / "sweeps")
-    proc = subprocess.run(make_command(root, "sweep", "DRY=1"), cwd=root, env=project_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        make_command(root, "sweep", "DRY=1"),
+        cwd=root,
+        env=project_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     grid = yaml.safe_load((root / "sweeps/default.yaml").read_text())
     queued = [line for line in proc.stdout.splitlines() if line.startswith("dvc exp run --queue")]
@@ -299,8 +341,14 @@ def test_make_sweep_dry_prints_the_grid_and_queues_nothing(tmp_path):
         expected *= len(values)
     assert len(queued) == expected == 24  # every combination of the default grid is valid
     assert proc.stdout.splitlines()[-1] == f"dvc queue start -j {grid['jobs']}"
-    status = subprocess.run([dvc_bin(), "queue", "status"], cwd=root, env=project_env(),
-                            capture_output=True, text=True, timeout=120).stdout
+    status = subprocess.run(
+        [dvc_bin(), "queue", "status"],
+        cwd=root,
+        env=project_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert "default-" not in status  # nothing was queued
 
 
@@ -326,6 +374,7 @@ def store(tmp_path_factory):
     """A project whose store holds two tracked runs of one data set, as `make compare` and
     `make factsheet` find it after two `dvc exp run`s; yields (project root, run ids)."""
     from test_tracking import make_project as tracked_project
+
     from pipeline.core.config import load_params
     from pipeline.tracking.runs import log_pipeline_run
 
@@ -340,8 +389,11 @@ def store(tmp_path_factory):
             (project / "metrics/evaluate.json").write_text(json.dumps({"si_rmse": si_rmse}))
             (project / "metrics/benchmark.json").write_text(json.dumps({"median_ms": ms}))
             params = load_params(project / "params.yaml")
-            ids.append(log_pipeline_run(project_root=project, params=params,
-                                        experiment_name="mai-depth", run_name=name))
+            ids.append(
+                log_pipeline_run(
+                    project_root=project, params=params, experiment_name="mai-depth", run_name=name
+                )
+            )
     return root, ids
 
 
@@ -351,8 +403,14 @@ def tracking_env() -> dict[str, str]:
 
 def test_make_compare_writes_the_table_of_the_stores_runs(store):
     root, _ = store
-    proc = subprocess.run(make_command(root, "compare"), cwd=root, env=tracking_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        make_command(root, "compare"),
+        cwd=root,
+        env=tracking_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = (root / "reports/compare/runs.md").read_text()
     assert "slow-good" in table and "fast-rough" in table
@@ -362,8 +420,14 @@ def test_make_compare_writes_the_table_of_the_stores_runs(store):
 
 def test_make_factsheet_writes_the_newest_runs_sheet(store):
     root, ids = store
-    proc = subprocess.run(make_command(root, "factsheet"), cwd=root, env=tracking_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        make_command(root, "factsheet"),
+        cwd=root,
+        env=tracking_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"wrote reports/factsheet.md (MLflow run {ids[-1]})" in proc.stdout
     sheet = (root / "reports/factsheet.md").read_text()
@@ -382,27 +446,37 @@ def test_make_tracking_server_takes_a_clients_dvc_exp_run(repro_copy, tmp_path):
     server.mkdir()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = make_command(server, "tracking-server", "TRACKING_HOST=127.0.0.1",
-                       f"TRACKING_PORT={port}")
+    cmd = make_command(
+        server, "tracking-server", "TRACKING_HOST=127.0.0.1", f"TRACKING_PORT={port}"
+    )
     with serving(cmd, f"{url}/health", tmp_path / "server.log", cwd=server, env=tracking_env()):
-        proc = subprocess.run([dvc_bin(), "exp", "run"], cwd=repro_copy,
-                              env={**tracking_env(), "MLFLOW_TRACKING_URI": url},
-                              capture_output=True, text=True, timeout=MAKE_TIMEOUT_S)
+        proc = subprocess.run(
+            [dvc_bin(), "exp", "run"],
+            cwd=repro_copy,
+            env={**tracking_env(), "MLFLOW_TRACKING_URI": url},
+            capture_output=True,
+            text=True,
+            timeout=MAKE_TIMEOUT_S,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "Running stage 'track'" in proc.stdout and f"at {url}" in proc.stdout
-        experiment = get_json(f"{url}/api/2.0/mlflow/experiments/get-by-name",
-                              experiment_name="mai-depth")["experiment"]
+        experiment = get_json(
+            f"{url}/api/2.0/mlflow/experiments/get-by-name", experiment_name="mai-depth"
+        )["experiment"]
         # proxied: clients send artifacts to the server, which stores them in its folder
         assert experiment["artifact_location"].startswith("mlflow-artifacts:")
         request = urllib.request.Request(
-            f"{url}/api/2.0/mlflow/runs/search", method="POST",
+            f"{url}/api/2.0/mlflow/runs/search",
+            method="POST",
             data=json.dumps({"experiment_ids": [experiment["experiment_id"]]}).encode(),
-            headers={"Content-Type": "application/json"})
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as resp:
             runs = json.loads(resp.read())["runs"]
         assert len(runs) == 1
-        listed = get_json(f"{url}/api/2.0/mlflow/artifacts/list", run_id=runs[0]["info"]["run_id"],
-                          path="models")
+        listed = get_json(
+            f"{url}/api/2.0/mlflow/artifacts/list", run_id=runs[0]["info"]["run_id"], path="models"
+        )
     assert "models/model.tflite" in {f["path"] for f in listed.get("files", [])}
     assert (server / "mlflow-server.db").is_file()
     assert list((server / "mlartifacts-server").rglob("model.tflite"))

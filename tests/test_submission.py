@@ -68,7 +68,9 @@ def test_valid_zip_from_writer_is_accepted(valid_zip, inputs, capsys):
         assert sorted(zf.namelist()) == ["a.png", "b.png", "model.tflite", "readme.txt"]
         depth = np.asarray(Image.open(io.BytesIO(zf.read("b.png"))))
         readme = zf.read("readme.txt").decode()
-    assert depth.dtype == np.uint16 and depth.shape == (30, 40) and (depth == 2500).all()  # 2.5 m in mm
+    assert (
+        depth.dtype == np.uint16 and depth.shape == (30, 40) and (depth == 2500).all()
+    )  # 2.5 m in mm
     assert readme.splitlines() == [
         "runtime per image [s] : 0.043",
         "CPU[1] / GPU[0] : 1",
@@ -122,7 +124,9 @@ def test_rejects_rgb_png(valid_zip, inputs, tmp_path):
 def test_rejects_jpeg_renamed_png(valid_zip, inputs, tmp_path):
     buf = io.BytesIO()
     Image.fromarray(np.zeros((48, 64), np.uint8)).save(buf, format="JPEG")
-    text = _problems(_variant(valid_zip, tmp_path / "bad.zip", add={"a.png": buf.getvalue()}), inputs)
+    text = _problems(
+        _variant(valid_zip, tmp_path / "bad.zip", add={"a.png": buf.getvalue()}), inputs
+    )
     assert text == "a.png: not a PNG file (JPEG data under a .png name)"
 
 
@@ -141,7 +145,9 @@ def test_rejects_missing_readme_line(valid_zip, inputs, tmp_path):
 
 def test_rejects_unparseable_readme_values(valid_zip, inputs, tmp_path):
     readme = format_readme(**README).replace(": 0.043", ": fast").replace("[0] : 0", "[0] : 2")
-    text = _problems(_variant(valid_zip, tmp_path / "bad.zip", add={"readme.txt": readme.encode()}), inputs)
+    text = _problems(
+        _variant(valid_zip, tmp_path / "bad.zip", add={"readme.txt": readme.encode()}), inputs
+    )
     assert "'runtime per image [s]' must be a number of seconds > 0, got 'fast'" in text
     assert "'Extra Data [1] / No Extra Data [0]' must be 0 or 1, got '2'" in text
     missing = _problems(_variant(valid_zip, tmp_path / "bad2.zip", drop={"readme.txt"}), inputs)
@@ -154,10 +160,14 @@ def test_rejects_missing_model(valid_zip, inputs, tmp_path):
 
 
 def test_rejects_corrupt_and_wrong_shape_model(valid_zip, inputs, tmp_path, models):
-    corrupt = _variant(valid_zip, tmp_path / "bad.zip", add={"model.tflite": b"not a flatbuffer" * 8})
+    corrupt = _variant(
+        valid_zip, tmp_path / "bad.zip", add={"model.tflite": b"not a flatbuffer" * 8}
+    )
     assert _problems(corrupt, inputs).startswith("model.tflite: cannot load TFLite model")
     small = models["small"].read_bytes()
-    text = _problems(_variant(valid_zip, tmp_path / "bad2.zip", add={"model.tflite": small}), inputs)
+    text = _problems(
+        _variant(valid_zip, tmp_path / "bad2.zip", add={"model.tflite": small}), inputs
+    )
     assert "input shapes [(1, 240, 320, 3)] are not one 1x480x640x3 input" in text
 
 
@@ -168,7 +178,9 @@ def test_rejects_zip_slip_without_extracting(valid_zip, inputs, tmp_path, monkey
     monkeypatch.setattr(zipfile.ZipFile, "extract", no_extract)
     monkeypatch.setattr(zipfile.ZipFile, "extractall", no_extract)
     data = _png(np.zeros((48, 64), np.uint16))
-    bad = _variant(valid_zip, tmp_path / "bad.zip", add={"../evil.png": data, "/etc/evil.png": data})
+    bad = _variant(
+        valid_zip, tmp_path / "bad.zip", add={"../evil.png": data, "/etc/evil.png": data}
+    )
     text = _problems(bad, inputs)
     assert "unsafe member name '../evil.png' (absolute path or '..': zip slip)" in text
     assert "unsafe member name '/etc/evil.png'" in text
@@ -190,7 +202,10 @@ def test_rejects_non_zip(inputs, tmp_path):
 def test_readme_roundtrip_and_parse_errors():
     text = format_readme(runtime_s=0.0123456, cpu=1, extra_data=1, description="line one\nline two")
     assert parse_readme(text) == {
-        "runtime_s": 0.01235, "cpu": 1, "extra_data": 1, "description": "line one line two"
+        "runtime_s": 0.01235,
+        "cpu": 1,
+        "extra_data": 1,
+        "description": "line one line two",
     }
     with pytest.raises(DataError, match="missing line 'Other description"):
         parse_readme(text.splitlines()[0])
@@ -200,11 +215,19 @@ def test_readme_roundtrip_and_parse_errors():
 
 def test_writer_refuses_bad_names(tmp_path, models):
     with pytest.raises(DataError, match="plain file name"):
-        write_submission(tmp_path / "s.zip", predictions=[("sub/a.png", np.ones((4, 4)))],
-                         model_path=models["good"], readme=README)
+        write_submission(
+            tmp_path / "s.zip",
+            predictions=[("sub/a.png", np.ones((4, 4)))],
+            model_path=models["good"],
+            readme=README,
+        )
     with pytest.raises(DataError, match="duplicate"):
-        write_submission(tmp_path / "s.zip", predictions=[("a.png", np.ones((4, 4)))] * 2,
-                         model_path=models["good"], readme=README)
+        write_submission(
+            tmp_path / "s.zip",
+            predictions=[("a.png", np.ones((4, 4)))] * 2,
+            model_path=models["good"],
+            readme=README,
+        )
     assert not (tmp_path / "s.zip").exists()  # atomic: nothing half-written is left behind
 
 
@@ -214,6 +237,8 @@ def test_writer_is_deterministic(tmp_path, models):
         write_submission(path, predictions=preds, model_path=models["good"], readme=README)
         return path.read_bytes()
 
-    assert write(tmp_path / "one.zip") == write(tmp_path / "two.zip")  # stable DVC hash for equal outputs
+    assert write(tmp_path / "one.zip") == write(
+        tmp_path / "two.zip"
+    )  # stable DVC hash for equal outputs
     with zipfile.ZipFile(tmp_path / "one.zip") as zf:  # no wall-clock time or file mtime inside
         assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}

@@ -55,11 +55,20 @@ def test_parallel_rendering_writes_the_same_files(tmp_path):
     seen, environment = [], dict(os.environ)
     for workers in (1, 2):
         out = tmp_path / str(workers)
-        names = write_dataset(out, count=3, seed=5, height=H, width=W, workers=workers,
-                              progress=lambda done, total: seen.append((done, total)))
+        names = write_dataset(
+            out,
+            count=3,
+            seed=5,
+            height=H,
+            width=W,
+            workers=workers,
+            progress=lambda done, total: seen.append((done, total)),
+        )
         assert names == ["000000.png", "000001.png", "000002.png"]
     assert seen == [(1, 3), (2, 3), (3, 3)] * 2  # in order, whatever finishes first
     assert dict(os.environ) == environment  # the workers' one BLAS thread is theirs alone
     for kind in ("rgb", "depth"):
         for name in names:
-            assert (tmp_path / "1" / kind / name).read_bytes() == (tmp_path / "2" / kind / name).read_bytes()
+            assert (tmp_path / "1" / kind / name).read_bytes() == (
+                tmp_path / "2" / kind / name
+            ).read_bytes()

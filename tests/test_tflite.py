@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import split_csv
-from pipeline.device import export, tflite
 from pipeline.core.config import ExportConfig
+from pipeline.device import export, tflite
 
 TUM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tum_fr1_xyz"
 H, W = 64, 80
@@ -75,7 +75,9 @@ def test_each_precision_converts_and_runs(model, images, precision, capfd):
 
 
 def test_quantized_models_are_smaller(model, images):
-    sizes = {p: len(tflite.convert(model, precision=p, representative=images)) for p in tflite.PRECISIONS}
+    sizes = {
+        p: len(tflite.convert(model, precision=p, representative=images)) for p in tflite.PRECISIONS
+    }
     assert sizes["fp16"] < sizes["fp32"]
     assert sizes["dynamic_int8"] < sizes["fp16"]
     assert sizes["int8"] < sizes["fp16"]
@@ -116,13 +118,17 @@ def test_non_builtin_op_is_rejected_with_its_name():
     with pytest.raises(tflite.ExportError) as err:
         tflite.convert(bad, precision="fp32")
     message = str(err.value)
-    assert message == "model needs non-builtin TF ops: Erfinv; the device runtime has builtin ops only"
+    assert (
+        message == "model needs non-builtin TF ops: Erfinv; the device runtime has builtin ops only"
+    )
     assert "Erfinv" in err.value.log  # full converter output kept for whoever needs it
 
 
 def test_non_builtin_parser():
-    log = ("error: 'tf.Erfinv' op is neither a custom op nor a flex op\n"
-           "Some ops are not supported by the native TFLite runtime\n\tFlex ops: FlexStringJoin, FlexErfinv\n")
+    log = (
+        "error: 'tf.Erfinv' op is neither a custom op nor a flex op\n"
+        "Some ops are not supported by the native TFLite runtime\n\tFlex ops: FlexStringJoin, FlexErfinv\n"
+    )
     assert tflite.non_builtin_ops(log) == ["Erfinv", "StringJoin"]
     assert tflite.non_builtin_ops("all fine") == []
 
@@ -133,7 +139,9 @@ def test_macs_of_a_single_conv():
     inp = keras.Input((32, 40, 3))
     conv = keras.Model(inp, keras.layers.Conv2D(8, 3, padding="same")(inp))
     dw = keras.Model(inp, keras.layers.DepthwiseConv2D(5, padding="same")(inp))
-    assert tflite.op_summary(tflite.convert(conv, precision="fp32"))["macs"] == 32 * 40 * 8 * 3 * 3 * 3
+    assert (
+        tflite.op_summary(tflite.convert(conv, precision="fp32"))["macs"] == 32 * 40 * 8 * 3 * 3 * 3
+    )
     assert tflite.op_summary(tflite.convert(dw, precision="fp32"))["macs"] == 32 * 40 * 3 * 5 * 5
 
 
@@ -151,18 +159,32 @@ def test_device_size_480x640_int8_with_registry_wrapper(model, images):
     # the wrapper's resizes stay float: one QUANTIZE after the input resize, one DEQUANTIZE before
     # the output resize (not 480x640 values each way), and XNNPACK runs all of it
     assert (summary["ops"]["QUANTIZE"], summary["ops"]["DEQUANTIZE"]) == (1, 1)
-    assert tflite.delegation(flatbuffer) == {"partitions": 1, "nodes": summary["n_ops"], "not_delegated": {}}
+    assert tflite.delegation(flatbuffer) == {
+        "partitions": 1,
+        "nodes": summary["n_ops"],
+        "not_delegated": {},
+    }
 
 
 def test_export_model_report_on_real_images(model, tmp_path):
     names = sorted(p.name for p in (TUM / "rgb").glob("*.png"))[:6]  # 3 train, 3 val: both capped
     split = tmp_path / "split.csv"
-    split.write_text(split_csv([(n[:-4], "train" if i < 3 else "val", TUM / "rgb" / n, TUM / "depth" / n)
-                                for i, n in enumerate(names)]))
-    cfg = ExportConfig(precision="int8", height=96, width=128, representative_images=2, parity_images=2)
+    split.write_text(
+        split_csv(
+            [
+                (n[:-4], "train" if i < 3 else "val", TUM / "rgb" / n, TUM / "depth" / n)
+                for i, n in enumerate(names)
+            ]
+        )
+    )
+    cfg = ExportConfig(
+        precision="int8", height=96, width=128, representative_images=2, parity_images=2
+    )
     flatbuffer, report = export.export_model(model, split, cfg=cfg)
     assert report["precision"] == "int8" and report["representative_images"] == 2
-    assert report["size_bytes"] == len(flatbuffer) and report["size_mb"] == pytest.approx(len(flatbuffer) / 1e6, abs=1e-4)
+    assert report["size_bytes"] == len(flatbuffer) and report["size_mb"] == pytest.approx(
+        len(flatbuffer) / 1e6, abs=1e-4
+    )
     assert report["inputs"][0]["shape"] == [1, 96, 128, 3]  # resized from 480x640 at load
     assert report["n_ops"] == sum(report["ops"].values())
     assert report["min_runtime_version"] == tflite.min_runtime_version(flatbuffer) == "2.2.0"
@@ -174,7 +196,9 @@ def test_export_model_without_val_rows_is_a_data_error(model, tmp_path):
     from pipeline.core.files import DataError
 
     split = tmp_path / "split.csv"
-    split.write_text(split_csv([("a", "train", f"{TUM}/rgb/000000.png", f"{TUM}/depth/000000.png")]))
+    split.write_text(
+        split_csv([("a", "train", f"{TUM}/rgb/000000.png", f"{TUM}/depth/000000.png")])
+    )
     with pytest.raises(DataError, match="no val rows"):
         export.export_model(model, split, cfg=ExportConfig(height=64, width=80))
 
@@ -184,8 +208,12 @@ def brightness_depth_model(height, width):
     import keras
 
     inp = keras.Input((height, width, 3))
-    out = keras.layers.Conv2D(1, 1, kernel_initializer=keras.initializers.Constant(4.0 / 765.0),
-                              bias_initializer=keras.initializers.Constant(0.5))(inp)
+    out = keras.layers.Conv2D(
+        1,
+        1,
+        kernel_initializer=keras.initializers.Constant(4.0 / 765.0),
+        bias_initializer=keras.initializers.Constant(0.5),
+    )(inp)
     return keras.Model(inp, out)
 
 
@@ -200,7 +228,9 @@ def test_export_fails_when_tflite_scores_worse_than_keras(tmp_path, calibration)
     rng = np.random.default_rng(0)
     rows = []
     for i in range(4):  # colour ramps: 2 train (calibration), 2 val (parity)
-        ramp = np.linspace(0, 1, w)[None, :, None] * rng.uniform(0, 255, 3) + rng.uniform(0, 40, (h, 1, 3))
+        ramp = np.linspace(0, 1, w)[None, :, None] * rng.uniform(0, 255, 3) + rng.uniform(
+            0, 40, (h, 1, 3)
+        )
         rgb = np.clip(ramp, 0, 255).astype(np.uint8)
         split = "train" if i < 2 else "val"
         if split == "train" and calibration == "black":
@@ -209,15 +239,20 @@ def test_export_fails_when_tflite_scores_worse_than_keras(tmp_path, calibration)
         write_depth_png(tmp_path / f"depth{i}.png", 0.5 + 4.0 * rgb.mean(axis=-1) / 255.0)
         rows.append((str(i), split, tmp_path / f"rgb{i}.png", tmp_path / f"depth{i}.png"))
     (tmp_path / "split.csv").write_text(split_csv(rows))
-    cfg = ExportConfig(precision="int8", height=h, width=w, representative_images=2, parity_images=2)
+    cfg = ExportConfig(
+        precision="int8", height=h, width=w, representative_images=2, parity_images=2
+    )
     model = brightness_depth_model(h, w)
     if calibration == "alike":
         _, report = export.export_model(model, tmp_path / "split.csv", cfg=cfg)
         assert report["parity"]["si_rmse_keras"] < 1e-3
         assert report["parity"]["si_rmse_diff"] <= cfg.max_parity_drop
     else:
-        with pytest.raises(tflite.ExportError, match=r"^int8 TFLite si-RMSE is \d\.\d{4} worse than Keras on 2 val "
-                                                     r"images, past export.max_parity_drop=0.01$"):
+        with pytest.raises(
+            tflite.ExportError,
+            match=r"^int8 TFLite si-RMSE is \d\.\d{4} worse than Keras on 2 val "
+            r"images, past export.max_parity_drop=0.01$",
+        ):
             export.export_model(model, tmp_path / "split.csv", cfg=cfg)
 
 
@@ -236,20 +271,30 @@ def test_min_runtime_and_op_versions_are_read_from_the_flatbuffer(model):
 
 def test_runtime_versions_compare_number_by_number():
     assert tflite.version_key("2.4") < tflite.version_key("2.4.0") < tflite.version_key("2.12.0")
-    ops = [("EXP", 2), ("CONV_2D", 3), ("TILE", 3), ("MADE_UP_OP", 1)]  # unknown ops: the metadata decides
+    ops = [
+        ("EXP", 2),
+        ("CONV_2D", 3),
+        ("TILE", 3),
+        ("MADE_UP_OP", 1),
+    ]  # unknown ops: the metadata decides
     assert tflite.ops_newer_than(ops, "2.4.0") == [("EXP", 2, "2.12.0"), ("TILE", 3, "2.8.0")]
     assert tflite.ops_newer_than(ops, "2.12.0") == []
 
 
 def test_export_fails_when_the_model_needs_a_newer_runtime(model, tmp_path):
-    rgb, depth = f"{TUM}/rgb/000000.png", f"{TUM}/depth/000000.png"  # not read: the check comes first
+    rgb, depth = (
+        f"{TUM}/rgb/000000.png",
+        f"{TUM}/depth/000000.png",
+    )  # not read: the check comes first
     split = tmp_path / "split.csv"
     split.write_text(split_csv([("a", "train", rgb, depth), ("b", "val", rgb, depth)]))
     cfg = ExportConfig(height=H, width=W, target_runtime="2.1.0")
     with pytest.raises(tflite.ExportError) as err:
         export.export_model(model, split, cfg=cfg)
-    assert str(err.value) == ("fp32 model needs TFLite runtime 2.2.0 but export.target_runtime is 2.1.0: "
-                              "RESIZE_BILINEAR v3 (2.2.0)")
+    assert str(err.value) == (
+        "fp32 model needs TFLite runtime 2.2.0 but export.target_runtime is 2.1.0: "
+        "RESIZE_BILINEAR v3 (2.2.0)"
+    )
 
 
 def test_int8_keeps_ops_newer_than_the_target_runtime_in_float():
@@ -259,23 +304,37 @@ def test_int8_keeps_ops_newer_than_the_target_runtime_in_float():
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((32, 40, 3))
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(keras.layers.Rescaling(1 / 127.5)(inp))
-    x = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(keras.layers.UpSampling2D()(x))
-    exp_head = keras.Model(inp, keras.layers.Activation("exponential")(keras.layers.Rescaling(6.0, offset=-2.3)(x)))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(
+        keras.layers.Rescaling(1 / 127.5)(inp)
+    )
+    x = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(
+        keras.layers.UpSampling2D()(x)
+    )
+    exp_head = keras.Model(
+        inp, keras.layers.Activation("exponential")(keras.layers.Rescaling(6.0, offset=-2.3)(x))
+    )
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 40, 3)).astype(np.float32)
 
-    flatbuffer = tflite.convert(exp_head, precision="int8", representative=images, target_runtime="2.4.0")
+    flatbuffer = tflite.convert(
+        exp_head, precision="int8", representative=images, target_runtime="2.4.0"
+    )
     ops = tflite.builtin_ops(flatbuffer)
     assert ("EXP", 1) in ops and ("TILE", 1) in ops  # float
     assert ("CONV_2D", 3) in ops  # int8
     assert tflite.version_key(tflite.model_min_runtime(flatbuffer)) <= tflite.version_key("2.4.0")
-    assert export.check_runtime(flatbuffer, precision="int8", target="2.4.0") == tflite.min_runtime_version(flatbuffer)
+    assert export.check_runtime(
+        flatbuffer, precision="int8", target="2.4.0"
+    ) == tflite.min_runtime_version(flatbuffer)
     depth = exp_head(images).numpy()
     assert np.abs(tflite.run_tflite(flatbuffer, images) - depth).max() < 0.05 * depth.max()
 
-    all_int8 = tflite.convert(exp_head, precision="int8", representative=images, target_runtime=None)
+    all_int8 = tflite.convert(
+        exp_head, precision="int8", representative=images, target_runtime=None
+    )
     assert tflite.min_runtime_version(all_int8) == "2.12.0"
     with pytest.raises(tflite.ExportError) as err:
         export.check_runtime(all_int8, precision="int8", target="2.4.0")
-    assert str(err.value) == ("int8 model needs TFLite runtime 2.12.0 but export.target_runtime is 2.4.0: "
-                              "EXP v2 (2.12.0), TILE v3 (2.8.0)")
+    assert str(err.value) == (
+        "int8 model needs TFLite runtime 2.12.0 but export.target_runtime is 2.4.0: "
+        "EXP v2 (2.12.0), TILE v3 (2.8.0)"
+    )

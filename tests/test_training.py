@@ -24,7 +24,9 @@ from conftest import REPO, make_project, project_env, run_stage, split_csv
 # epoch 3 of 4), so a model that kept the last epoch shows; the warmup of 1.5 epochs
 # puts the end of epoch 1 partway up its ramp.
 EPOCHS = 4
-RUN_PARAMS = {"train": {"epochs": EPOCHS, "learning_rate": 0.05, "warmup_epochs": 1.5, "min_lr_ratio": 0.5}}
+RUN_PARAMS = {
+    "train": {"epochs": EPOCHS, "learning_rate": 0.05, "warmup_epochs": 1.5, "min_lr_ratio": 0.5}
+}
 
 
 def _prepared_project(root: Path, overrides=None) -> Path:
@@ -56,7 +58,9 @@ def _history(project: Path) -> list[dict[str, float]]:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
 
 
-def expected_lr(step: int, *, peak: float, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+def expected_lr(
+    step: int, *, peak: float, warmup_steps: int, total_steps: int, min_ratio: float
+) -> float:
     """The documented schedule written out: linear warmup from 1% of the peak, then cosine
     decay to min_ratio x peak at the last step."""
     if step < warmup_steps:
@@ -71,10 +75,16 @@ def assert_lr_history(project: Path, *, replicas: int, steps_per_epoch: int) -> 
     from pipeline.core.config import load_params
 
     cfg = load_params(project / "params.yaml").train
-    expected = [expected_lr(epoch * steps_per_epoch, peak=cfg.learning_rate * replicas,
-                            warmup_steps=int(cfg.warmup_epochs * steps_per_epoch),
-                            total_steps=cfg.epochs * steps_per_epoch, min_ratio=cfg.min_lr_ratio)
-                for epoch in range(1, cfg.epochs + 1)]
+    expected = [
+        expected_lr(
+            epoch * steps_per_epoch,
+            peak=cfg.learning_rate * replicas,
+            warmup_steps=int(cfg.warmup_epochs * steps_per_epoch),
+            total_steps=cfg.epochs * steps_per_epoch,
+            min_ratio=cfg.min_lr_ratio,
+        )
+        for epoch in range(1, cfg.epochs + 1)
+    ]
     assert [row["lr"] for row in _history(project)] == pytest.approx(expected, rel=1e-6)
 
 
@@ -92,25 +102,33 @@ def test_shipped_model_is_the_best_epoch(straight, monkeypatch):
     import keras
 
     from pipeline.core.config import load_params
-    from pipeline.data.dataset import read_split
     from pipeline.core.metrics import average_metrics, image_metrics
+    from pipeline.data.dataset import read_split
     from pipeline.data.tfdata import eval_dataset, split_sources
 
     scores = [row["val_si_rmse"] for row in _history(straight)]
     best = int(np.argmin(scores)) + 1
     summary = json.loads((straight / "metrics/train.json").read_text())
     assert (summary["best_epoch"], summary["best_val_si_rmse"]) == (best, scores[best - 1])
-    assert scores[-1] > scores[best - 1] + 1e-3, f"the run must end worse than its best epoch: {scores}"
+    assert scores[-1] > scores[best - 1] + 1e-3, (
+        f"the run must end worse than its best epoch: {scores}"
+    )
 
     monkeypatch.chdir(straight)  # split.csv paths are relative to the project
     params = load_params()
     split = "data/prepared/split.csv"
-    _, val = split_sources(read_split(split, "train"), read_split(split, "val"), cache_max_mb=0,
-                           size=(params.export.height, params.export.width), aspect=params.data.aspect)
+    _, val = split_sources(
+        read_split(split, "train"),
+        read_split(split, "val"),
+        cache_max_mb=0,
+        size=(params.export.height, params.export.width),
+        aspect=params.data.aspect,
+    )
     model = keras.saving.load_model("models/model.keras", compile=False)
     per_image = []
-    for rgb, depth in eval_dataset(val, batch_size=summary["batch_size"], height=params.train.height,
-                                   width=params.train.width):
+    for rgb, depth in eval_dataset(
+        val, batch_size=summary["batch_size"], height=params.train.height, width=params.train.width
+    ):
         pred = model(rgb, training=False).numpy()
         per_image += [image_metrics(pred=p, gt=g) for p, g in zip(pred, depth.numpy())]
     assert average_metrics(per_image)["si_rmse"] == pytest.approx(scores[best - 1], rel=1e-6)
@@ -124,8 +142,13 @@ def test_learning_rate_warms_up_then_decays(straight):
 
 def test_kill_and_resume_matches_uninterrupted_run(straight, tmp_path):
     resumed = _prepared_project(tmp_path / "resumed")
-    proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=resumed, env=project_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.train"],
+        cwd=resumed,
+        env=project_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600
     while _epochs_done(resumed) < 1 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -151,11 +174,15 @@ def test_kill_and_resume_matches_uninterrupted_run(straight, tmp_path):
 def test_checkpoint_of_other_params_is_not_resumed(tmp_path):
     from pipeline.model.training import STATE_FILE, _load_state
 
-    (tmp_path / STATE_FILE).write_text(json.dumps({"epoch": 2, "history": [{}, {}], "fingerprint": "old"}))
+    (tmp_path / STATE_FILE).write_text(
+        json.dumps({"epoch": 2, "history": [{}, {}], "fingerprint": "old"})
+    )
     messages = []
     assert _load_state(tmp_path, "old", messages.append)["epoch"] == 2
     assert _load_state(tmp_path, "new", messages.append) == {"epoch": 0, "history": []}
-    assert messages == [f"checkpoint in {tmp_path} is from other params, data or code; starting over"]
+    assert messages == [
+        f"checkpoint in {tmp_path} is from other params, data or code; starting over"
+    ]
 
 
 def test_fingerprint_follows_params_split_data_and_training_code(tmp_path, monkeypatch):
@@ -178,7 +205,10 @@ def test_fingerprint_follows_params_split_data_and_training_code(tmp_path, monke
     split.write_text(split_csv([("a.png", "train", "rgb/a.png", "depth/a.png")]))
     params = load_params(REPO / "params.yaml")
     code = stage_code_files("train")
-    assert Path("pipeline/model/training.py") in code and Path("pipeline/model/networks/mobile_unet.py") in code
+    assert (
+        Path("pipeline/model/training.py") in code
+        and Path("pipeline/model/networks/mobile_unet.py") in code
+    )
     assert Path("pipeline/results/evaluation.py") not in code  # not a dep of the train stage
 
     def fingerprint(p=params):
@@ -186,9 +216,17 @@ def test_fingerprint_follows_params_split_data_and_training_code(tmp_path, monke
 
     base = fingerprint()
     assert fingerprint() == base
-    assert fingerprint(dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=99))) != base
+    assert (
+        fingerprint(dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=99)))
+        != base
+    )
     # Params of later stages and code the train stage does not use keep the checkpoint.
-    assert fingerprint(dataclasses.replace(params, export=dataclasses.replace(params.export, precision="int8"))) == base
+    assert (
+        fingerprint(
+            dataclasses.replace(params, export=dataclasses.replace(params.export, precision="int8"))
+        )
+        == base
+    )
     with open("pipeline/results/evaluation.py", "a") as f:
         f.write("# edited\n")
     assert fingerprint() == base
@@ -210,7 +248,9 @@ def test_stage_code_files_without_the_stage_in_dvc_yaml(tmp_path, monkeypatch):
     from pipeline.core.cli import stage_code_files
 
     monkeypatch.chdir(tmp_path)
-    shutil.copytree(REPO / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
+    )
     (tmp_path / "stages").mkdir()
     (tmp_path / "stages/train.py").write_text("")
     files = stage_code_files("train")
@@ -244,21 +284,50 @@ MIRRORED = textwrap.dedent("""
 
 
 def test_mirrored_strategy_on_two_cpu_devices(tmp_path):
-    project = _prepared_project(tmp_path / "m", {
-        "data": {"synthetic": {"count": 10}},
-        "train": {"strategy": "mirrored", "epochs": 4, "batch_size": 2, "learning_rate": 0.003,
-                  "augment": {"crop_prob": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0,
-                              "hue": 0.0}},
-    })
-    proc = subprocess.run([sys.executable, "-c", MIRRORED], cwd=project, env=project_env(),
-                          capture_output=True, text=True, timeout=900)
+    project = _prepared_project(
+        tmp_path / "m",
+        {
+            "data": {"synthetic": {"count": 10}},
+            "train": {
+                "strategy": "mirrored",
+                "epochs": 4,
+                "batch_size": 2,
+                "learning_rate": 0.003,
+                "augment": {
+                    "crop_prob": 0.0,
+                    "brightness": 0.0,
+                    "contrast": 0.0,
+                    "saturation": 0.0,
+                    "hue": 0.0,
+                },
+            },
+        },
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED],
+        cwd=project,
+        env=project_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
-    assert result == {"replicas": 2, "steps": 1, "non_builtin": []}  # 7 train images, global batch 4
+    assert result == {
+        "replicas": 2,
+        "steps": 1,
+        "non_builtin": [],
+    }  # 7 train images, global batch 4
     assert "2 replicas, global batch 4" in proc.stdout
     assert_lr_history(project, replicas=2, steps_per_epoch=1)
-    assert "FIRST_EPOCHS 1" in proc.stdout and "resuming from models/checkpoints after epoch 1/4" in proc.stdout
-    losses = [float(line.split(",")[1]) for line in (project / "reports/history.csv").read_text().splitlines()[1:]]
+    assert (
+        "FIRST_EPOCHS 1" in proc.stdout
+        and "resuming from models/checkpoints after epoch 1/4" in proc.stdout
+    )
+    losses = [
+        float(line.split(",")[1])
+        for line in (project / "reports/history.csv").read_text().splitlines()[1:]
+    ]
     assert len(losses) == 4 and losses[-1] < losses[0], losses
 
 
@@ -284,27 +353,47 @@ def test_weight_average_is_shipped_and_resumes_exactly(straight, tmp_path):
     import keras
 
     project = tmp_path / "p"
-    shutil.copytree(straight, project, ignore=lambda folder, names: [  # the run's outputs, not pipeline/model/networks
-        n for n in names if Path(folder) == straight and n in ("models", "reports", "metrics")])
+    shutil.copytree(
+        straight,
+        project,
+        ignore=lambda folder, names: [  # the run's outputs, not pipeline/model/networks
+            n for n in names if Path(folder) == straight and n in ("models", "reports", "metrics")
+        ],
+    )
 
     def shipped(ema: float, name: str, cut: bool = False) -> tuple[list[np.ndarray], list[float]]:
-        proc = subprocess.run([sys.executable, "-c", EMA_RUN, str(ema), name, "cut" if cut else "straight"],
-                              cwd=project, env=project_env(), capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", EMA_RUN, str(ema), name, "cut" if cut else "straight"],
+            cwd=project,
+            env=project_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert ("resuming from" in proc.stdout) is cut
         with open(project / name / "history.csv") as f:
             scores = [float(row["val_si_rmse"]) for row in csv.DictReader(f)]
-        return keras.models.load_model(project / name / "model.keras", compile=False).get_weights(), scores
+        return keras.models.load_model(
+            project / name / "model.keras", compile=False
+        ).get_weights(), scores
 
     def distance(a, b):
         return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
 
     plain = _weights(straight), [row["val_si_rmse"] for row in _history(straight)]
-    near_plain, averaged, resumed = shipped(1e-6, "near"), shipped(0.9, "averaged"), shipped(0.9, "resumed", cut=True)
+    near_plain, averaged, resumed = (
+        shipped(1e-6, "near"),
+        shipped(0.9, "averaged"),
+        shipped(0.9, "resumed", cut=True),
+    )
     assert near_plain[1][0] == pytest.approx(plain[1][0], rel=1e-5)
     assert abs(averaged[1][0] - plain[1][0]) > 1e-4
     assert distance(plain[0], averaged[0]) > 20 * distance(plain[0], near_plain[0])
-    assert all(np.array_equal(a, b) for a, b in zip(averaged[0], resumed[0])) and averaged[1] == resumed[1]
+    assert (
+        all(np.array_equal(a, b) for a, b in zip(averaged[0], resumed[0]))
+        and averaged[1] == resumed[1]
+    )
 
 
 def test_file_damaged_after_prepare_is_named_not_a_traceback(tmp_path):
@@ -314,8 +403,10 @@ def test_file_damaged_after_prepare_is_named_not_a_traceback(tmp_path):
     proc = run_stage("train", project, check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2
-    assert errors == ["error: data/synthetic/rgb/000001.png: cannot decode image, the file is damaged "
-                      "(image file is truncated)"]
+    assert errors == [
+        "error: data/synthetic/rgb/000001.png: cannot decode image, the file is damaged "
+        "(image file is truncated)"
+    ]
     assert "Traceback" not in proc.stderr
     assert not (project / "models/model.keras").exists()
 
@@ -330,12 +421,19 @@ def test_multi_worker_roles_from_tf_config(monkeypatch):
     with pytest.raises(DataError, match="TF_CONFIG"):
         make_strategy("multi_worker")
     for task, chief in ((("worker", 0), True), (("worker", 1), False)):
-        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": task[0], "index": task[1]}}))
+        monkeypatch.setenv(
+            "TF_CONFIG",
+            json.dumps({"cluster": cluster, "task": {"type": task[0], "index": task[1]}}),
+        )
         assert is_chief() is chief
     with_chief = {**cluster, "chief": ["127.0.0.1:3"]}
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "worker", "index": 0}})
+    )
     assert not is_chief()
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "chief", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "chief", "index": 0}})
+    )
     assert is_chief()
 
 

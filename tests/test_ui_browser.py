@@ -26,19 +26,40 @@ from stages import compare
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 # Headless, and nothing but the page: no sandbox (root in CI), no network besides the page.
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1600,900")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1600,900",
+)
 # Virtual time the React app gets to fetch the runs and render (about 4 s of real time).
 RENDER_BUDGET_MS = 20000
 RUNS = {"synthetic-run": ("synthetic", 0.3141), "tum-run": ("tum_fr1_xyz", 0.2718)}
 
 
 def chromium(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    exe = require_program("chromium", "apt-get install -y chromium chromium-driver", CHROMIUM_CANDIDATES)
-    return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                           f"--virtual-time-budget={RENDER_BUDGET_MS}", *args, url],
-                          capture_output=True, text=True, timeout=180, check=True)
+    exe = require_program(
+        "chromium", "apt-get install -y chromium chromium-driver", CHROMIUM_CANDIDATES
+    )
+    return subprocess.run(
+        [
+            exe,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--virtual-time-budget={RENDER_BUDGET_MS}",
+            *args,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
 
 
 def page_text(dom: str) -> str:
@@ -49,8 +70,12 @@ def page_text(dom: str) -> str:
 def screenshot(url: str, tmp_path: Path, name: str) -> None:
     folder = os.environ.get("MAI_SCREENSHOT_DIR")
     if folder:
-        chromium(url, tmp_path / f"profile-{name}", "--window-size=2000,850",
-                 f"--screenshot={REPO / folder / name}")  # relative: to the repo
+        chromium(
+            url,
+            tmp_path / f"profile-{name}",
+            "--window-size=2000,850",
+            f"--screenshot={REPO / folder / name}",
+        )  # relative: to the repo
 
 
 @pytest.fixture
@@ -67,15 +92,32 @@ def ui(tmp_path, monkeypatch):
     for name, (source, si_rmse) in RUNS.items():
         project = make_project(tmp_path / name)
         write_split(project, f"data/{source}", {"a.png": "train", "b.png": "val"}, size=len(source))
-        (project / "metrics" / "evaluate.json").write_text(json.dumps({"si_rmse": si_rmse, "score": si_rmse / 10}))
-        log_pipeline_run(project_root=project, params=load_params(project / "params.yaml"),
-                         experiment_name="mai-depth", run_name=name)
+        (project / "metrics" / "evaluate.json").write_text(
+            json.dumps({"si_rmse": si_rmse, "score": si_rmse / 10})
+        )
+        log_pipeline_run(
+            project_root=project,
+            params=load_params(project / "params.yaml"),
+            experiment_name="mai-depth",
+            run_name=name,
+        )
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI")
     # The Makefile's own ui target, run in the store's folder with this venv (-o: no pip install).
-    cmd = [make, "-s", "-f", str(REPO / "Makefile"), "-C", str(store), "-o", ".venv/.installed", "ui",
-           f"UI_PORT={port}", f"BIN={Path(sys.executable).parent}"]
+    cmd = [
+        make,
+        "-s",
+        "-f",
+        str(REPO / "Makefile"),
+        "-C",
+        str(store),
+        "-o",
+        ".venv/.installed",
+        "ui",
+        f"UI_PORT={port}",
+        f"BIN={Path(sys.executable).parent}",
+    ]
     with serving(cmd, f"http://127.0.0.1:{port}/health", tmp_path / "ui.log", cwd=store, env=env):
         printed = (tmp_path / "ui.log").read_text()
         yield re.search(r"MLflow UI: (\S+)", printed).group(1), store
@@ -97,7 +139,9 @@ def test_make_ui_link_opens_the_training_runs_with_si_rmse(ui, tmp_path, monkeyp
     monkeypatch.chdir(store)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
     assert run_stage(compare.main, ["--out", str(tmp_path / "compare")]) == 0
-    plot = next((store / "mlartifacts" / "mai-depth").glob("*/artifacts/compare/pareto-tum_fr1_xyz-*.png"))
+    plot = next(
+        (store / "mlartifacts" / "mai-depth").glob("*/artifacts/compare/pareto-tum_fr1_xyz-*.png")
+    )
     run_id = plot.parents[2].name
     artifact = link.split("/runs?")[0] + f"/runs/{run_id}/artifacts/compare/{plot.name}"
     dom = chromium(artifact, tmp_path / "profile-artifact", "--dump-dom").stdout
@@ -111,7 +155,9 @@ def test_a_missing_system_program_skips_or_fails_when_required(required, monkeyp
     monkeypatch.setenv("MAI_REQUIRE_SYSTEM_TESTS", "1" if required else "0")
     assert system_tests_required() == required
     outcome = pytest.fail.Exception if required else pytest.skip.Exception
-    with pytest.raises(outcome, match=r"^no-such-program not installed \(apt-get install x\); required when"):
+    with pytest.raises(
+        outcome, match=r"^no-such-program not installed \(apt-get install x\); required when"
+    ):
         require_program("no-such-program", "apt-get install x")
     monkeypatch.setenv("CI", "true")
     assert system_tests_required()

@@ -22,8 +22,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import yaml
 
@@ -52,7 +52,8 @@ RUNTIME_NOISE = re.compile(
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
     r"|[IW]\d{4} [\d:.]+ +\d+ (port|cpu_feature_guard)\.cc:\d+\] "
     r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler"
-    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$")
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"
+)
 
 # The filter, a separate process: what a crashing stage wrote last (an abort message) still
 # gets through after the stage died, which a thread in the stage would lose.
@@ -91,8 +92,12 @@ def _start_filter(noise: re.Pattern) -> tuple[subprocess.Popen, int] | None:
     read, write = os.pipe()
     try:
         # Its own session: Ctrl-C stops the stage, not the filter, which drains to the end.
-        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _FILTER, noise.pattern],
-                                stdin=read, stdout=saved, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _FILTER, noise.pattern],
+            stdin=read,
+            stdout=saved,
+            start_new_session=True,
+        )
     except OSError:
         os.close(write)
         os.close(saved)
@@ -125,9 +130,14 @@ def filtered_stderr(noise: re.Pattern = RUNTIME_NOISE) -> Iterator[None]:
 
 def stage_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     """The stage's command line: `python -m stages.NAME [--params FILE]` plus its own options."""
-    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default=DEFAULT_PARAMS, help=f"params file (default: {DEFAULT_PARAMS})")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m stages.{name}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--params", default=DEFAULT_PARAMS, help=f"params file (default: {DEFAULT_PARAMS})"
+    )
     return parser
 
 
@@ -145,8 +155,10 @@ def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None =
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted; outputs already written are complete, the rest were not written",
-              file=sys.stderr)
+        print(
+            "error: interrupted; outputs already written are complete, the rest were not written",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     return 0
 

@@ -79,7 +79,8 @@ class DataConfig:
     # name -> folder; names label the split, the metrics and the MLflow datasets. Add one with
     # dvc exp run -S '+data.sources.tum.path=../shared/data/tum_fr1_xyz'
     sources: dict[str, SourceConfig] = field(
-        default_factory=lambda: {"synthetic": SourceConfig(path=SYNTHETIC_SOURCE)})
+        default_factory=lambda: {"synthetic": SourceConfig(path=SYNTHETIC_SOURCE)}
+    )
     # name -> folder of RGB only (rgb/NAME.png): images that train on the teacher's depth alone
     # (needs teacher.model); the teacher stage depends on each through `unlabeled@NAME`.
     unlabeled: dict[str, SourceConfig] = field(default_factory=dict)
@@ -100,7 +101,9 @@ class LossConfig:
     grad_weight: float = knob(0.5, lo=0.0)
     l1_weight: float = knob(0.0, lo=0.0)
     berhu_weight: float = knob(0.0, lo=0.0)
-    rmse_weight: float = knob(0.0, lo=0.0)  # the organizers' baseline loss (presets/organizers.yaml)
+    rmse_weight: float = knob(
+        0.0, lo=0.0
+    )  # the organizers' baseline loss (presets/organizers.yaml)
     # Scale-invariant log loss to the teacher's depth over all its pixels (needs teacher.model).
     distill_weight: float = knob(0.0, lo=0.0)
 
@@ -143,8 +146,10 @@ def register_archs(archs: dict[str, ArchFacts]) -> None:
 def arch_facts() -> dict[str, ArchFacts]:
     """The registered architectures; an error to the programmer when none are."""
     if not _ARCHS:
-        raise RuntimeError("no architectures registered with pipeline.core.config: import "
-                           "pipeline.model.archs before loading params")
+        raise RuntimeError(
+            "no architectures registered with pipeline.core.config: import "
+            "pipeline.model.archs before loading params"
+        )
     return _ARCHS
 
 
@@ -183,7 +188,9 @@ MIXED_PRECISIONS = ("float32", PRECISION_AUTO, "mixed_float16", "mixed_bfloat16"
 @dataclass(frozen=True)
 class TrainConfig:
     arch: str = knob("mobile_unet", choices=ARCH_CHOICES)
-    encoder: str = knob("mobilenet_v2", choices=("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"))
+    encoder: str = knob(
+        "mobilenet_v2", choices=("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
+    )
     encoder_weights: str = knob("none", choices=("none", "imagenet"))
     # A .keras model of the same architecture whose weights the run starts from (transfer:
     # pretrain on the synthetic scenes, fine-tune on real data); "" = fresh weights.
@@ -193,7 +200,9 @@ class TrainConfig:
     decoder_channels: int = knob(32, lo=4)
     height: int | str = knob(AUTO, lo=32)  # working resolution inside the graph; auto as above
     width: int | str = knob(AUTO, lo=32)
-    min_depth: float = knob(0.1, lo=0.0, lo_open=True)  # metres; output clamp range (not mai_baseline_unet: ReLU)
+    min_depth: float = knob(
+        0.1, lo=0.0, lo_open=True
+    )  # metres; output clamp range (not mai_baseline_unet: ReLU)
     max_depth: float = knob(40.0, lo=0.0, lo_open=True)
     epochs: int = knob(20, lo=1)
     batch_size: int = knob(8, lo=1)
@@ -205,7 +214,9 @@ class TrainConfig:
     # the weights with this momentum (Keras's optimizer use_ema); 0 = off.
     ema: float = knob(0.0, lo=0.0, hi=0.9999)
     steps_per_epoch: int = knob(0, lo=0)  # 0 = one pass over the train split
-    cache_max_mb: int = knob(2048, lo=0)  # decoded train + val images kept in RAM, else decoded per epoch
+    cache_max_mb: int = knob(
+        2048, lo=0
+    )  # decoded train + val images kept in RAM, else decoded per epoch
     strategy: str = knob("default", choices=("default", "mirrored", "multi_worker"))
     # Keras dtype policy of training; the saved model and its export are float32 whatever it is.
     mixed_precision: str = knob("float32", choices=MIXED_PRECISIONS)
@@ -283,7 +294,9 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class PackageConfig:
     inputs: str = ""  # empty = the val split's RGB; else a folder of RGB PNGs
-    extra_data: int = knob(0, choices=(0, 1))  # 1 forces Extra Data; else it follows what trained the model
+    extra_data: int = knob(
+        0, choices=(0, 1)
+    )  # 1 forces Extra Data; else it follows what trained the model
     # data.sources that are the challenge's own training set (the embedded synthetic set stands
     # in for it by default); any other source, a teacher, unlabeled data or pretrained or
     # initial weights make the readme say Extra Data 1 (pipeline/results/submission.py extra_data_used).
@@ -315,7 +328,9 @@ class Params:
 _USER = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}"
 _HOSTNAME = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*"
 _IPV6 = r"\[[0-9A-Fa-f:.]{2,45}\]"
-_DEVICE_RE = re.compile(rf"ssh://(?P<user>{_USER})@(?P<host>{_HOSTNAME}|{_IPV6})(?::(?P<port>[0-9]{{1,5}}))?")
+_DEVICE_RE = re.compile(
+    rf"ssh://(?P<user>{_USER})@(?P<host>{_HOSTNAME}|{_IPV6})(?::(?P<port>[0-9]{{1,5}}))?"
+)
 # A command name on PATH (python3, python3.11) or an absolute path of plain characters.
 _PYTHON_RE = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.+-]*|/[A-Za-z0-9_.+/-]+)")
 
@@ -348,7 +363,9 @@ def parse_device(device: str) -> SshTarget:
         )
     port = match.group("port")
     if port is not None and not 1 <= int(port) <= 65535:
-        raise ConfigError(f"params: benchmark.device={device!r}: port {port} is out of range 1..65535")
+        raise ConfigError(
+            f"params: benchmark.device={device!r}: port {port} is out of range 1..65535"
+        )
     return SshTarget(match.group("user"), match.group("host"), int(port) if port else None)
 
 
@@ -363,9 +380,11 @@ def validate_python(python: str) -> str:
 
 # Keys that were renamed: a params file that still has one gets told how to migrate.
 MOVED_KEYS = {
-    "data.source": ("data.source is now data.sources, a mapping of names to folders: write "
-                    "`sources: {NAME: {path: FOLDER}}` under data:, or dvc exp run "
-                    "-S '~data.sources.synthetic' -S '+data.sources.NAME.path=FOLDER'"),
+    "data.source": (
+        "data.source is now data.sources, a mapping of names to folders: write "
+        "`sources: {NAME: {path: FOLDER}}` under data:, or dvc exp run "
+        "-S '~data.sources.synthetic' -S '+data.sources.NAME.path=FOLDER'"
+    ),
 }
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 MAY_BE_EMPTY = ("data.unlabeled",)  # name mappings whose default is no entry at all
@@ -394,7 +413,9 @@ def _coerce(key: str, value, typ):
         try:
             return _coerce(key, value, number)
         except ConfigError:
-            raise ConfigError(f"params: {key} must be {number.__name__} or {AUTO!r}, got {value!r}") from None
+            raise ConfigError(
+                f"params: {key} must be {number.__name__} or {AUTO!r}, got {value!r}"
+            ) from None
     if dataclasses.is_dataclass(typ):
         return _build(typ, value, key)
     if typing.get_origin(typ) is dict:  # name -> section, e.g. data.sources
@@ -402,10 +423,14 @@ def _coerce(key: str, value, typ):
         if value is None and key in MAY_BE_EMPTY:
             value = {}
         if not isinstance(value, dict) or (not value and key not in MAY_BE_EMPTY):
-            raise ConfigError(f"params: {key} must be a mapping of names to {{path: ...}}, got {value!r}")
+            raise ConfigError(
+                f"params: {key} must be a mapping of names to {{path: ...}}, got {value!r}"
+            )
         for name in value:
             if not isinstance(name, str) or not SOURCE_NAME.fullmatch(name):
-                raise ConfigError(f"params: {key}.{name} is not a valid name (letters, digits, '_', '-')")
+                raise ConfigError(
+                    f"params: {key}.{name} is not a valid name (letters, digits, '_', '-')"
+                )
         return {name: _build(item_type, item, f"{key}.{name}") for name, item in value.items()}
     if typing.get_origin(typ) is tuple:  # a YAML list of names, e.g. package.challenge_sources
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
@@ -425,16 +450,16 @@ def _coerce(key: str, value, typ):
     elif typ is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(
-        f"params: {key} must be {typ.__name__}, got {type(value).__name__} {value!r}"
-    )
+    raise ConfigError(f"params: {key} must be {typ.__name__}, got {type(value).__name__} {value!r}")
 
 
 def _build(cls, raw, prefix: str):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"params: {prefix or 'params'} must be a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(
+            f"params: {prefix or 'params'} must be a mapping of keys, got {type(raw).__name__}"
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
@@ -468,7 +493,8 @@ class _Loader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -484,7 +510,9 @@ def read_yaml(path: Path):
     try:
         raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
         if raw is not None and not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected sections (base:, data:, train:, ...), got a {type(raw).__name__}")
+            raise ConfigError(
+                f"{path}: expected sections (base:, data:, train:, ...), got a {type(raw).__name__}"
+            )
         return raw
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
@@ -497,8 +525,9 @@ def read_yaml(path: Path):
         raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
 
 
-def load_params(path: str | os.PathLike = DEFAULT_PARAMS, *, presets=(),
-                overrides: dict | None = None, args=()) -> Params:
+def load_params(
+    path: str | os.PathLike = DEFAULT_PARAMS, *, presets=(), overrides: dict | None = None, args=()
+) -> Params:
     """params.yaml, then each preset file (partial params) and `overrides` merged on top,
     then `args`, `dvc exp run -S` arguments applied as DVC applies them."""
     raw = read_yaml(Path(path)) or {}
@@ -516,22 +545,30 @@ def build_params(raw: dict) -> Params:
     params = _build(Params, raw, "")
     t = params.train
     if t.min_depth >= t.max_depth:
-        raise ConfigError(f"params: train.min_depth={t.min_depth} must be < train.max_depth={t.max_depth}")
+        raise ConfigError(
+            f"params: train.min_depth={t.min_depth} must be < train.max_depth={t.max_depth}"
+        )
     d = params.data
     if d.val != VAL_BLOCKS:
         if d.val not in d.sources:
-            raise ConfigError(f"params: data.val={d.val!r} is not {VAL_BLOCKS!r} or one of data.sources "
-                              f"({', '.join(d.sources)})")
+            raise ConfigError(
+                f"params: data.val={d.val!r} is not {VAL_BLOCKS!r} or one of data.sources "
+                f"({', '.join(d.sources)})"
+            )
         if len(d.sources) < 2:
-            raise ConfigError(f"params: data.val={d.val!r} holds out the only source; add a source to train on")
+            raise ConfigError(
+                f"params: data.val={d.val!r} holds out the only source; add a source to train on"
+            )
     _check_teacher(params)
     stride = arch_facts()[t.arch].stride
     for key, size in (("train.height", t.height), ("train.width", t.width)):
         if size % stride:
             raise ConfigError(f"params: {key}={size} must be divisible by {stride} for {t.arch}")
     if not RUNTIME_VERSION.fullmatch(params.export.target_runtime):
-        raise ConfigError(f"params: export.target_runtime={params.export.target_runtime!r} is not a "
-                          "dotted version like 2.4.0")
+        raise ConfigError(
+            f"params: export.target_runtime={params.export.target_runtime!r} is not a "
+            "dotted version like 2.4.0"
+        )
     if params.benchmark.device != "local":
         # Checked here, not only in the benchmark stage: a typo must not cost a training run.
         parse_device(params.benchmark.device)
@@ -544,21 +581,37 @@ def _check_teacher(params: Params) -> None:
     d, tc = params.data, params.teacher
     both = sorted(set(d.unlabeled) & set(d.sources))
     if both:
-        raise ConfigError(f"params: data.unlabeled.{both[0]} has the name of a data.sources entry; use another name")
+        raise ConfigError(
+            f"params: data.unlabeled.{both[0]} has the name of a data.sources entry; use another name"
+        )
     if not tc.model:
-        needs = [key for key, used in (("data.unlabeled", bool(d.unlabeled)),
-                                       ("train.loss.distill_weight", params.train.loss.distill_weight > 0),
-                                       ("teacher.fill_invalid", tc.fill_invalid)) if used]
+        needs = [
+            key
+            for key, used in (
+                ("data.unlabeled", bool(d.unlabeled)),
+                ("train.loss.distill_weight", params.train.loss.distill_weight > 0),
+                ("teacher.fill_invalid", tc.fill_invalid),
+            )
+            if used
+        ]
         if needs:
-            raise ConfigError(f"params: {needs[0]} needs a teacher; set teacher.model to a file under {TEACHER_DIR}/")
+            raise ConfigError(
+                f"params: {needs[0]} needs a teacher; set teacher.model to a file under {TEACHER_DIR}/"
+            )
         return
     if Path(tc.model).suffix not in TEACHER_SUFFIXES:
-        raise ConfigError(f"params: teacher.model={tc.model!r} must end in {', '.join(TEACHER_SUFFIXES)}")
+        raise ConfigError(
+            f"params: teacher.model={tc.model!r} must end in {', '.join(TEACHER_SUFFIXES)}"
+        )
     if Path(TEACHER_DIR) not in Path(os.path.normpath(tc.model)).parents:
-        raise ConfigError(f"params: teacher.model={tc.model!r} must be a file under {TEACHER_DIR}/ "
-                          "(the folder the teacher stage depends on)")
+        raise ConfigError(
+            f"params: teacher.model={tc.model!r} must be a file under {TEACHER_DIR}/ "
+            "(the folder the teacher stage depends on)"
+        )
     if (tc.height == 0) != (tc.width == 0):
-        raise ConfigError(f"params: teacher.height={tc.height} and teacher.width={tc.width}: set both, or 0 for both")
+        raise ConfigError(
+            f"params: teacher.height={tc.height} and teacher.width={tc.width}: set both, or 0 for both"
+        )
 
 
 def as_flat_dict(params: Params) -> dict[str, object]:

@@ -8,7 +8,7 @@ Everything is computed in float64: sums over 300k pixels lose digits in float32.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 

@@ -112,8 +112,9 @@ def parse(arg: str) -> Override:
     try:
         parsed = _parser().parse_override(arg)
     except HydraException as err:
-        raise ConfigError(f"-S {arg!r}: not an override DVC accepts "
-                          f"({str(err).strip().splitlines()[0]})") from None
+        raise ConfigError(
+            f"-S {arg!r}: not an override DVC accepts ({str(err).strip().splitlines()[0]})"
+        ) from None
     key = parsed.key_or_group
     if parsed.package is not None or not _KEY.fullmatch(key):
         raise ConfigError(f"-S {arg!r}: {key!r} is not a dotted params key")
@@ -140,7 +141,9 @@ def apply(raw: dict, args) -> dict:
         for depth, part in enumerate(parents):
             if not isinstance(node.get(part), dict):
                 if item.op not in (ADD, FORCE) or part in node:
-                    raise ConfigError(f"-S {arg!r}: params have no {'.'.join(parents[:depth + 1])}")
+                    raise ConfigError(
+                        f"-S {arg!r}: params have no {'.'.join(parents[: depth + 1])}"
+                    )
                 node[part] = {}
             node = node[part]
         if item.op == DELETE:
@@ -150,8 +153,10 @@ def apply(raw: dict, args) -> dict:
         elif item.op == ADD and last in node:
             raise ConfigError(f"-S {arg!r}: {item.key} exists already; set it without '+'")
         elif item.op == SET and last not in node:
-            raise ConfigError(f"-S {arg!r}: params have no {item.key} to set "
-                              f"(+{item.key}=... adds a new entry, e.g. a source)")
+            raise ConfigError(
+                f"-S {arg!r}: params have no {item.key} to set "
+                f"(+{item.key}=... adds a new entry, e.g. a source)"
+            )
         else:
             node[last] = item.value
     return out
@@ -197,8 +202,11 @@ def diff_args(base: dict, new: dict, _prefix: str = "") -> list[str]:
     for key, value in new.items():
         path = f"{_prefix}{key}"
         if key not in base:
-            added += [format_arg(k, v, ADD) for k, v in flatten({path: value}).items()] \
-                if isinstance(value, dict) and value else [format_arg(path, value, ADD)]
+            added += (
+                [format_arg(k, v, ADD) for k, v in flatten({path: value}).items()]
+                if isinstance(value, dict) and value
+                else [format_arg(path, value, ADD)]
+            )
         elif isinstance(value, dict) and isinstance(base[key], dict) and value:
             for arg in diff_args(base[key], value, f"{path}."):
                 kind = gone if arg.startswith(DELETE) else added if arg.startswith(ADD) else changed

@@ -6,7 +6,9 @@ from __future__ import annotations
 SOURCES_DIR = "data/prepared/sources"  # index@NAME: NAME.csv (pairs) and NAME.json (the check)
 SPLIT_CSV = "data/prepared/split.csv"
 UNLABELED_DIR = "data/prepared/sources/unlabeled"  # unlabeled@NAME: NAME.csv (RGB-only images)
-TEACHER_MAPS = "data/teacher"  # the teacher stage: SOURCE/depth/NAME.png (uint16 mm) + alignment.csv
+TEACHER_MAPS = (
+    "data/teacher"  # the teacher stage: SOURCE/depth/NAME.png (uint16 mm) + alignment.csv
+)
 TEACHER_INDEX = "data/teacher/alignment.csv"
 KERAS_MODEL = "models/model.keras"
 CHECKPOINTS = "models/checkpoints"

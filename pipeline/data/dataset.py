@@ -64,14 +64,18 @@ def list_pairs(source: str | os.PathLike) -> tuple[list[str], list[str]]:
     """Names present in both rgb/ and depth/, plus the non-PNG files that were ignored."""
     source = Path(source)
     if not source.exists():
-        raise DataError(f"{source}: data folder not found "
-                        "(check its path under data.sources in params.yaml)")
+        raise DataError(
+            f"{source}: data folder not found (check its path under data.sources in params.yaml)"
+        )
     if not source.is_dir():
-        raise DataError(f"{source}: is a file; a path under data.sources must be a folder "
-                        "with rgb/ and depth/")
+        raise DataError(
+            f"{source}: is a file; a path under data.sources must be a folder with rgb/ and depth/"
+        )
     rgb_dir, depth_dir = source / "rgb", source / "depth"
     if not any(source.iterdir()):
-        raise DataError(f"{source}: data folder is empty (expected rgb/NAME.png and depth/NAME.png)")
+        raise DataError(
+            f"{source}: data folder is empty (expected rgb/NAME.png and depth/NAME.png)"
+        )
     missing = [d.name for d in (rgb_dir, depth_dir) if not d.is_dir()]
     if missing:
         found = sorted(e.name + ("/" if e.is_dir() else "") for e in source.iterdir())
@@ -83,7 +87,11 @@ def list_pairs(source: str | os.PathLike) -> tuple[list[str], list[str]]:
     for sub in (rgb_dir, depth_dir):
         found[sub.name] = set()
         for entry in sorted(os.scandir(sub), key=lambda e: e.name):
-            if entry.is_file() and entry.name.lower().endswith(".png") and not entry.name.startswith("."):
+            if (
+                entry.is_file()
+                and entry.name.lower().endswith(".png")
+                and not entry.name.startswith(".")
+            ):
                 found[sub.name].add(entry.name)
             else:
                 ignored.append(f"{sub.name}/{entry.name}")
@@ -115,8 +123,14 @@ def _check_pair(source: Path, name: str) -> tuple[dict, float, float, int]:
     valid = depth[depth > 0]
     median = float(np.median(valid)) if valid.size else float("nan")
     digest = hashlib.sha1(rgb_path.read_bytes() + b"\0" + depth_path.read_bytes()).hexdigest()[:16]
-    row = {"name": name, "rgb": str(rgb_path), "depth": str(depth_path),
-           "width": depth.shape[1], "height": depth.shape[0], "digest": digest}
+    row = {
+        "name": name,
+        "rgb": str(rgb_path),
+        "depth": str(depth_path),
+        "width": depth.shape[1],
+        "height": depth.shape[0],
+        "digest": digest,
+    }
     return row, median, 1.0 - valid.size / depth.size, int(valid.size)
 
 
@@ -135,8 +149,14 @@ def bad_files_error(errors: list[DataError], shown: int = MAX_ERRORS_SHOWN) -> D
     return DataError(f"{len(errors)} bad files: " + "; ".join(map(str, errors[:shown])) + more)
 
 
-def validate_source(source: str | os.PathLike, *, max_images: int = 0, skip_empty_depth: bool = True,
-                    progress=None, workers: int | None = None) -> DataReport:
+def validate_source(
+    source: str | os.PathLike,
+    *,
+    max_images: int = 0,
+    skip_empty_depth: bool = True,
+    progress=None,
+    workers: int | None = None,
+) -> DataReport:
     """Check every pair of a challenge-layout folder; raise one DataError naming the bad files.
 
     Every pair is decoded before giving up, so one run lists all the damaged files of a
@@ -154,7 +174,9 @@ def validate_source(source: str | os.PathLike, *, max_images: int = 0, skip_empt
     medians, invalid, errors = [], [], []
     # PNG decoding releases the GIL, so threads overlap the zlib work (2 threads: 2x on 2 cores).
     with ThreadPoolExecutor(max_workers=workers or host.usable_cpus()) as pool:
-        for i, result in enumerate(pool.map(lambda n: _check_pair_or_error(source, n), names), start=1):
+        for i, result in enumerate(
+            pool.map(lambda n: _check_pair_or_error(source, n), names), start=1
+        ):
             if progress:
                 progress(i, len(names))
             if isinstance(result, DataError):
@@ -164,9 +186,12 @@ def validate_source(source: str | os.PathLike, *, max_images: int = 0, skip_empt
             name = row["name"]
             if n_valid == 0:
                 if not skip_empty_depth:
-                    errors.append(DataError(
-                        f"{source / 'depth' / name}: no valid depth pixel (all 0); "
-                        "set data.skip_empty_depth: true to skip such maps"))
+                    errors.append(
+                        DataError(
+                            f"{source / 'depth' / name}: no valid depth pixel (all 0); "
+                            "set data.skip_empty_depth: true to skip such maps"
+                        )
+                    )
                 else:
                     report.skipped_empty.append(name)
                 continue
@@ -214,7 +239,9 @@ def split_names(names: list[str], val_fraction: float) -> dict[str, str]:
 def _write_csv(path: str | os.PathLike, columns: tuple[str, ...], rows: list[dict]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+            writer = csv.DictWriter(
+                f, fieldnames=columns, extrasaction="ignore", lineterminator="\n"
+            )
             writer.writeheader()
             writer.writerows(rows)
 
@@ -224,8 +251,10 @@ def _read_csv(path: Path, columns: tuple[str, ...], missing_hint: str) -> list[d
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             if tuple(reader.fieldnames or ()) != columns:
-                raise DataError(f"{path}: expected columns {','.join(columns)}, found {reader.fieldnames}; "
-                                "rerun `dvc repro`")
+                raise DataError(
+                    f"{path}: expected columns {','.join(columns)}, found {reader.fieldnames}; "
+                    "rerun `dvc repro`"
+                )
             return list(reader)
     except FileNotFoundError:
         raise DataError(f"{path}: {missing_hint}") from None
@@ -237,10 +266,14 @@ def write_index(path: str | os.PathLike, report: DataReport) -> None:
 
 
 def read_index(path: str | os.PathLike) -> list[dict[str, str]]:
-    return _read_csv(Path(path), INDEX_COLUMNS, "source index not found (run the index stage: `dvc repro`)")
+    return _read_csv(
+        Path(path), INDEX_COLUMNS, "source index not found (run the index stage: `dvc repro`)"
+    )
 
 
-def split_over_sources(indexes: dict[str, list[dict]], *, val: str, val_fraction: float) -> list[dict]:
+def split_over_sources(
+    indexes: dict[str, list[dict]], *, val: str, val_fraction: float
+) -> list[dict]:
     """Split rows over all sources, in source order then by name.
 
     val='blocks': the last val_fraction of every source's names is validation; else the
@@ -252,19 +285,32 @@ def split_over_sources(indexes: dict[str, list[dict]], *, val: str, val_fraction
             try:
                 splits = split_names([p["name"] for p in pairs], val_fraction)
             except DataError as err:
-                raise DataError(f"source {source}: {err}") from None  # name the source that is too small
+                raise DataError(
+                    f"source {source}: {err}"
+                ) from None  # name the source that is too small
         else:
             splits = {p["name"]: "val" if source == val else "train" for p in pairs}
-        rows += [{**p, "source": source, "split": splits[p["name"]]} for p in sorted(pairs, key=lambda p: p["name"])]
+        rows += [
+            {**p, "source": source, "split": splits[p["name"]]}
+            for p in sorted(pairs, key=lambda p: p["name"])
+        ]
     return rows
 
 
-def build_split(sources: dict[str, str | os.PathLike], *, val: str = VAL_BLOCKS, val_fraction: float = 0.2,
-                max_images: int = 0, skip_empty_depth: bool = True) -> list[dict]:
+def build_split(
+    sources: dict[str, str | os.PathLike],
+    *,
+    val: str = VAL_BLOCKS,
+    val_fraction: float = 0.2,
+    max_images: int = 0,
+    skip_empty_depth: bool = True,
+) -> list[dict]:
     """The index and prepare stages in one call, for scripts outside DVC: name -> folder in,
     split rows (SPLIT_COLUMNS) out."""
-    indexes = {name: validate_source(path, max_images=max_images, skip_empty_depth=skip_empty_depth).pairs
-               for name, path in sources.items()}
+    indexes = {
+        name: validate_source(path, max_images=max_images, skip_empty_depth=skip_empty_depth).pairs
+        for name, path in sources.items()
+    }
     return split_over_sources(indexes, val=val, val_fraction=val_fraction)
 
 
@@ -291,7 +337,9 @@ def read_split(path: str | os.PathLike, split: str | None = None) -> list[dict[s
     return rows
 
 
-def aspect_crop_box(height: int, width: int, target_height: int, target_width: int) -> tuple[int, int, int, int]:
+def aspect_crop_box(
+    height: int, width: int, target_height: int, target_width: int
+) -> tuple[int, int, int, int]:
     """(top, left, height, width) of the centred crop of an image to the target's aspect ratio."""
     if height * target_width > width * target_height:  # too tall
         h = max(1, round(width * target_height / target_width))
@@ -308,15 +356,31 @@ UNLABELED_COLUMNS = ("name", "rgb", "width", "height", "digest")
 # map it wrote ("" when dropped), the scale and shift that made its output metres, the RMS
 # log error of that depth to the ground truth, and the official si-RMSE of it and of a
 # constant prediction (the last three blank for unlabeled images).
-TEACHER_COLUMNS = ("source", "name", "kind", "rgb", "teacher", "scale", "shift", "residual", "kept",
-                   "si_rmse", "constant_si_rmse")
+TEACHER_COLUMNS = (
+    "source",
+    "name",
+    "kind",
+    "rgb",
+    "teacher",
+    "scale",
+    "shift",
+    "residual",
+    "kept",
+    "si_rmse",
+    "constant_si_rmse",
+)
 
 
 def _unlabeled_row(rgb_path: Path) -> dict:
     rgb = read_rgb(rgb_path)
     digest = hashlib.sha1(rgb_path.read_bytes()).hexdigest()[:16]
-    return {"name": rgb_path.name, "rgb": str(rgb_path), "width": rgb.shape[1], "height": rgb.shape[0],
-            "digest": digest}
+    return {
+        "name": rgb_path.name,
+        "rgb": str(rgb_path),
+        "width": rgb.shape[1],
+        "height": rgb.shape[0],
+        "digest": digest,
+    }
 
 
 def list_unlabeled(folder: str | os.PathLike, *, max_images: int = 0) -> list[dict]:
@@ -324,9 +388,14 @@ def list_unlabeled(folder: str | os.PathLike, *, max_images: int = 0) -> list[di
     folder = Path(folder)
     rgb_dir = folder / "rgb"
     if not rgb_dir.is_dir():
-        raise DataError(f"{folder}: unlabeled folder needs rgb/NAME.png (data.unlabeled); no rgb/ found")
-    names = sorted(e.name for e in os.scandir(rgb_dir)
-                   if e.is_file() and e.name.lower().endswith(".png") and not e.name.startswith("."))
+        raise DataError(
+            f"{folder}: unlabeled folder needs rgb/NAME.png (data.unlabeled); no rgb/ found"
+        )
+    names = sorted(
+        e.name
+        for e in os.scandir(rgb_dir)
+        if e.is_file() and e.name.lower().endswith(".png") and not e.name.startswith(".")
+    )
     if not names:
         raise DataError(f"{rgb_dir}: no PNG images")
     if max_images:
@@ -356,8 +425,12 @@ def write_teacher_index(path: str | os.PathLike, rows: list[dict]) -> None:
 
 def read_teacher_index(path: str | os.PathLike) -> list[dict[str, str]]:
     """Rows of the teacher stage's alignment.csv; every kept map must still exist."""
-    rows = _read_csv(Path(path), TEACHER_COLUMNS, "teacher maps not found (run the teacher stage: `dvc repro`)")
+    rows = _read_csv(
+        Path(path), TEACHER_COLUMNS, "teacher maps not found (run the teacher stage: `dvc repro`)"
+    )
     missing = [r["teacher"] for r in rows if r["teacher"] and not os.path.isfile(r["teacher"])]
     if missing:
-        raise DataError(f"{missing[0]}: teacher map not found ({len(missing)} missing); rerun `dvc repro`")
+        raise DataError(
+            f"{missing[0]}: teacher map not found ({len(missing)} missing); rerun `dvc repro`"
+        )
     return rows

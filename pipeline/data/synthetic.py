@@ -31,11 +31,22 @@ from pipeline.core.files import write_depth_png, write_rgb_png
 
 SENSOR_MAX_M = 10.0
 NOISE_CELLS = 256  # lattice of the value noise; coordinates wrap around it
-BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # what numpy's BLAS may read
+BLAS_THREADS = (
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)  # what numpy's BLAS may read
 
 
 def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
-    cy, sy, cp, sp, cr, sr = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
+    cy, sy, cp, sp, cr, sr = (
+        np.cos(yaw),
+        np.sin(yaw),
+        np.cos(pitch),
+        np.sin(pitch),
+        np.cos(roll),
+        np.sin(roll),
+    )
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
     rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
@@ -70,14 +81,16 @@ class _Texture:
         i, j = x0.astype(np.int64) % NOISE_CELLS, y0.astype(np.int64) % NOISE_CELLS
         i1, j1 = (i + 1) % NOISE_CELLS, (j + 1) % NOISE_CELLS
         g = self.lattice
-        return (g[j, i] * (1 - fx) + g[j, i1] * fx) * (1 - fy) + (g[j1, i] * (1 - fx) + g[j1, i1] * fx) * fy
+        return (g[j, i] * (1 - fx) + g[j, i1] * fx) * (1 - fy) + (
+            g[j1, i] * (1 - fx) + g[j1, i1] * fx
+        ) * fy
 
     def fbm(self, u, v, freq: float, octaves: int = 3):
         total, amp = 0.0, 0.5
         for k in range(octaves):
-            total = total + amp * self.noise(u + 17.0 * k, v - 31.0 * k, freq * 2 ** k)
+            total = total + amp * self.noise(u + 17.0 * k, v - 31.0 * k, freq * 2**k)
             amp /= 2
-        return total / (1 - 0.5 ** octaves)
+        return total / (1 - 0.5**octaves)
 
     def pick(self, kind: str | None = None):
         """A random surface: fn(u, v) -> (n, 3) colours in 0..1."""
@@ -101,15 +114,18 @@ class _Texture:
             cu, cv = np.floor(u / size), np.floor(v / size)
             checker = (cu + cv) % 2
             fu, fv = u / size - cu, v / size - cv
-            grout = (np.minimum(np.minimum(fu, 1 - fu), np.minimum(fv, 1 - fv)) < 0.03)
-            return mix(0.7 * checker + 0.3 * self.noise(u, v, 20.0)) * np.where(grout, 0.55, 1.0)[:, None]
+            grout = np.minimum(np.minimum(fu, 1 - fu), np.minimum(fv, 1 - fv)) < 0.03
+            return (
+                mix(0.7 * checker + 0.3 * self.noise(u, v, 20.0))
+                * np.where(grout, 0.55, 1.0)[:, None]
+            )
 
         def planks(u, v):  # wood: boards of random tone, grain along them
             width = size * 0.5
             board = np.floor(v / width)
             tone = self.noise(board, board * 0.37, 1.0)
             grain = np.sin(u * 3.0 + 8.0 * self.fbm(u * 0.2, v * 4.0, 2.0)) * 0.5 + 0.5
-            seam = ((v / width - board) < 0.04)
+            seam = (v / width - board) < 0.04
             return mix(0.6 * tone + 0.4 * grain) * np.where(seam, 0.6, 1.0)[:, None]
 
         def carpet(u, v):  # fine speckle: its density falls off with distance like a real carpet's
@@ -120,10 +136,20 @@ class _Texture:
             return mix(((w / size) % 1.0 < 0.5).astype(float) * 0.8 + 0.2 * self.noise(u, v, 8.0))
 
         def fabric(u, v):  # woven: two fine crossing waves
-            return mix(0.5 + 0.25 * np.sin(u * 120.0) * np.sin(v * 120.0) + 0.25 * (self.fbm(u, v, freq) - 0.5))
+            return mix(
+                0.5
+                + 0.25 * np.sin(u * 120.0) * np.sin(v * 120.0)
+                + 0.25 * (self.fbm(u, v, freq) - 0.5)
+            )
 
-        return {"paint": paint, "tiles": tiles, "planks": planks, "carpet": carpet, "stripes": stripes,
-                "fabric": fabric}[kind]
+        return {
+            "paint": paint,
+            "tiles": tiles,
+            "planks": planks,
+            "carpet": carpet,
+            "stripes": stripes,
+            "fabric": fabric,
+        }[kind]
 
 
 class _Surface:
@@ -241,7 +267,10 @@ def _furnish(hit: _Surface, rng, tex: _Texture, room: dict):
             _box(hit, leg, np.array([0.025, (floor - top) / 2, 0.025]), yaw, wood)
         for _ in range(rng.integers(0, 7)):  # clutter: books, boxes, screens, cups
             half = rng.uniform([0.03, 0.02, 0.03], [0.2, 0.25, 0.15])
-            lx, lz = rng.uniform(-hx + half[0], hx - half[0]), rng.uniform(-hz + half[2], hz - half[2])
+            lx, lz = (
+                rng.uniform(-hx + half[0], hx - half[0]),
+                rng.uniform(-hz + half[2], hz - half[2]),
+            )
             item = (x + c * lx + s * lz, top - half[1], z - s * lx + c * lz)
             if rng.random() < 0.3:
                 _cylinder(hit, (item[0], item[2]), half[0], top - 2 * half[1], top, tex.pick())
@@ -303,7 +332,14 @@ def _render(seed: int, height: int, width: int, invalid_fraction: float):
     ceiling = rng.uniform(2.3, 3.0) - eye
     x0 = -rng.uniform(0.4, size_x - 0.4)
     z0 = -rng.uniform(0.4, size_z - 0.4)
-    room = {"floor": eye, "ceiling": ceiling, "x0": x0, "x1": x0 + size_x, "z0": z0, "z1": z0 + size_z}
+    room = {
+        "floor": eye,
+        "ceiling": ceiling,
+        "x0": x0,
+        "x1": x0 + size_x,
+        "z0": z0,
+        "z1": z0 + size_z,
+    }
 
     # A handheld camera: level to ~50 degrees down, slightly rolled, and turned, as people
     # do, towards the room rather than the nearest wall (the longest view of a few tries).
@@ -326,10 +362,17 @@ def _render(seed: int, height: int, width: int, invalid_fraction: float):
     _furnish(hit, rng, tex, room)
 
     points = dirs * hit.t[:, None]
-    shade = rng.uniform(0.15, 0.4) + rng.uniform(0.0, 0.25) * np.clip(-hit.normal[:, 1], 0, 1)  # ambient + skylight
+    shade = rng.uniform(0.15, 0.4) + rng.uniform(0.0, 0.25) * np.clip(
+        -hit.normal[:, 1], 0, 1
+    )  # ambient + skylight
     for _ in range(rng.integers(1, 4)):
-        light = np.array([rng.uniform(room["x0"], room["x1"]), -ceiling + 0.1,
-                          rng.uniform(room["z0"], room["z1"])])
+        light = np.array(
+            [
+                rng.uniform(room["x0"], room["x1"]),
+                -ceiling + 0.1,
+                rng.uniform(room["z0"], room["z1"]),
+            ]
+        )
         to_light = light - points
         dist = np.linalg.norm(to_light, axis=1, keepdims=True)
         lambert = np.clip(np.sum(hit.normal * to_light / dist, axis=1), 0, 1)
@@ -355,8 +398,12 @@ def _render(seed: int, height: int, width: int, invalid_fraction: float):
     return rgb8, depth
 
 
-def _write_scene(out_dir: Path, index: int, seed: int, height: int, width: int, invalid_fraction: float) -> str:
-    rgb, depth = render_scene(seed * 100_003 + index, height=height, width=width, invalid_fraction=invalid_fraction)
+def _write_scene(
+    out_dir: Path, index: int, seed: int, height: int, width: int, invalid_fraction: float
+) -> str:
+    rgb, depth = render_scene(
+        seed * 100_003 + index, height=height, width=width, invalid_fraction=invalid_fraction
+    )
     name = f"{index:06d}.png"
     write_rgb_png(out_dir / "rgb" / name, rgb)
     write_depth_png(out_dir / "depth" / name, depth)
@@ -379,21 +426,39 @@ def _one_blas_thread():
                 os.environ[name] = value
 
 
-def write_dataset(out_dir: str | Path, *, count: int, seed: int, height: int = 480, width: int = 640,
-                  invalid_fraction: float = 0.05, progress=None, workers: int | None = None) -> list[str]:
+def write_dataset(
+    out_dir: str | Path,
+    *,
+    count: int,
+    seed: int,
+    height: int = 480,
+    width: int = 640,
+    invalid_fraction: float = 0.05,
+    progress=None,
+    workers: int | None = None,
+) -> list[str]:
     """Render `count` scenes into out_dir/rgb and out_dir/depth (challenge layout), on
     `workers` processes (default: every core this process may use). Each scene depends on
     its seed alone, so the files are the same for any number of workers."""
     out_dir = Path(out_dir)
     workers = min(workers or host.usable_cpus(), count) or 1
-    scene = partial(_write_scene, out_dir, seed=seed, height=height, width=width, invalid_fraction=invalid_fraction)
+    scene = partial(
+        _write_scene,
+        out_dir,
+        seed=seed,
+        height=height,
+        width=width,
+        invalid_fraction=invalid_fraction,
+    )
     names = []
     with ExitStack() as stack:
         if workers == 1:
             done = map(scene, range(count))
         else:  # spawned, not forked: the caller may hold TensorFlow's threads, which fork would copy half-alive
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            stack.callback(pool.shutdown, cancel_futures=True)  # on an error or Ctrl-C, render no more
+            stack.callback(
+                pool.shutdown, cancel_futures=True
+            )  # on an error or Ctrl-C, render no more
             with _one_blas_thread():  # the workers start in map(), with this environment
                 done = pool.map(scene, range(count))
         for name in done:  # in order, so the progress lines count up

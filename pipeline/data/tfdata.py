@@ -36,8 +36,11 @@ def decode_with_teacher(rgb_path, depth_path, teacher_path):
     rgb = tf.io.decode_png(tf.io.read_file(rgb_path), channels=3)
 
     def depth_or_zeros(path):
-        return tf.cond(tf.equal(path, ""), lambda: tf.zeros(tf.concat([tf.shape(rgb)[:2], [1]], 0), tf.uint16),
-                       lambda: tf.io.decode_png(tf.io.read_file(path), channels=1, dtype=tf.uint16))
+        return tf.cond(
+            tf.equal(path, ""),
+            lambda: tf.zeros(tf.concat([tf.shape(rgb)[:2], [1]], 0), tf.uint16),
+            lambda: tf.io.decode_png(tf.io.read_file(path), channels=1, dtype=tf.uint16),
+        )
 
     return rgb, tf.concat([depth_or_zeros(depth_path), depth_or_zeros(teacher_path)], axis=-1)
 
@@ -55,8 +58,12 @@ def to_geometry(rgb, depth, size: tuple[int, int], aspect: str):
         if aspect == "crop":
             h, w = tf.shape(rgb)[0], tf.shape(rgb)[1]
             too_tall = h * width > w * height
-            crop_h = tf.where(too_tall, tf.maximum(1, _round_int(tf.cast(w, tf.float64) * height / width)), h)
-            crop_w = tf.where(too_tall, w, tf.maximum(1, _round_int(tf.cast(h, tf.float64) * width / height)))
+            crop_h = tf.where(
+                too_tall, tf.maximum(1, _round_int(tf.cast(w, tf.float64) * height / width)), h
+            )
+            crop_w = tf.where(
+                too_tall, w, tf.maximum(1, _round_int(tf.cast(h, tf.float64) * width / height))
+            )
             top, left = (h - crop_h) // 2, (w - crop_w) // 2
             r = tf.image.crop_to_bounding_box(r, top, left, crop_h, crop_w)
             d = tf.image.crop_to_bounding_box(d, top, left, crop_h, crop_w)
@@ -78,7 +85,9 @@ def to_working(rgb, depth, height: int, width: int):
     full-resolution float copy is made (that copy dominated the input cost per step).
     """
     rgb = tf.image.resize(rgb, (height, width), method="bilinear")
-    depth = tf.cast(tf.image.resize(depth, (height, width), method="nearest"), tf.float32) / MM_PER_M
+    depth = (
+        tf.cast(tf.image.resize(depth, (height, width), method="nearest"), tf.float32) / MM_PER_M
+    )
     return rgb, depth
 
 
@@ -96,8 +105,11 @@ def augment(rgb_u8, depth_u16, seed, cfg: AugmentConfig, height: int, width: int
 
     def crop():
         boxes, idx, size = box[None], tf.constant([0]), tf.constant([height, width])
-        return (tf.image.crop_and_resize(rgb_u8[None], boxes, idx, size, method="bilinear")[0],
-                tf.image.crop_and_resize(depth_u16[None], boxes, idx, size, method="nearest")[0] / MM_PER_M)
+        return (
+            tf.image.crop_and_resize(rgb_u8[None], boxes, idx, size, method="bilinear")[0],
+            tf.image.crop_and_resize(depth_u16[None], boxes, idx, size, method="nearest")[0]
+            / MM_PER_M,
+        )
 
     # Both read the integer source directly and return float32 at working size.
     rgb, depth = tf.cond(do_crop, crop, lambda: to_working(rgb_u8, depth_u16, height, width))
@@ -111,13 +123,17 @@ def augment(rgb_u8, depth_u16, seed, cfg: AugmentConfig, height: int, width: int
     if cfg.contrast > 0:
         x = tf.image.stateless_random_contrast(x, 1 - cfg.contrast, 1 + cfg.contrast, seeds[5])
     if cfg.saturation > 0 or cfg.hue > 0:
-        x = tf.image.stateless_random_saturation(x, 1 - cfg.saturation, 1 + cfg.saturation + 1e-6, seeds[6])
+        x = tf.image.stateless_random_saturation(
+            x, 1 - cfg.saturation, 1 + cfg.saturation + 1e-6, seeds[6]
+        )
         if cfg.hue > 0:
             x = tf.image.stateless_random_hue(x, cfg.hue, seeds[6][::-1])
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0, depth
 
 
-def cache_bytes(rgb_paths: list[str], height: int = 480, width: int = 640, depth_channels: int = 1) -> int:
+def cache_bytes(
+    rgb_paths: list[str], height: int = 480, width: int = 640, depth_channels: int = 1
+) -> int:
     """Memory the decoded source-resolution cache would take (uint8 RGB + uint16 depth)."""
     return len(rgb_paths) * height * width * (3 + 2 * depth_channels)
 
@@ -128,8 +144,17 @@ class PairSource:
     map), so RAM stays bounded. With `teacher_paths` (one per image, "" = none) depth has a
     second channel, the teacher's (decode_with_teacher); without, it is exactly as before."""
 
-    def __init__(self, rgb_paths, depth_paths, *, cache_max_mb: float, size=(480, 640), aspect: str = "crop",
-                 weights=None, teacher_paths=None):
+    def __init__(
+        self,
+        rgb_paths,
+        depth_paths,
+        *,
+        cache_max_mb: float,
+        size=(480, 640),
+        aspect: str = "crop",
+        weights=None,
+        teacher_paths=None,
+    ):
         self.rgb_paths = tf.constant(list(rgb_paths))
         self.depth_paths = tf.constant(list(depth_paths))
         self.paths = (self.rgb_paths, self.depth_paths)
@@ -138,8 +163,10 @@ class PairSource:
         self.n = len(rgb_paths)
         self.size, self.aspect = tuple(size), aspect
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
-        self.cached = cache_bytes(list(rgb_paths), *self.size, depth_channels=len(self.paths) - 1) \
+        self.cached = (
+            cache_bytes(list(rgb_paths), *self.size, depth_channels=len(self.paths) - 1)
             <= cache_max_mb * 2**20
+        )
         if self.cached:
             ds = tf.data.Dataset.from_tensor_slices(self.paths)
             ds = ds.map(self._decode, num_parallel_calls=AUTOTUNE, deterministic=True).batch(self.n)
@@ -163,9 +190,16 @@ class PairSource:
         return self._decode(*(tf.gather(p, index) for p in self.paths))
 
 
-def split_sources(train_rows: list[dict], val_rows: list[dict], *, cache_max_mb: float, size=(480, 640),
-                  aspect: str = "crop", source_weights: dict[str, float] | None = None,
-                  teacher: bool = False) -> tuple[PairSource, PairSource]:
+def split_sources(
+    train_rows: list[dict],
+    val_rows: list[dict],
+    *,
+    cache_max_mb: float,
+    size=(480, 640),
+    aspect: str = "crop",
+    source_weights: dict[str, float] | None = None,
+    teacher: bool = False,
+) -> tuple[PairSource, PairSource]:
     """Train and val sources sharing one RAM budget: train first (read every step), val
     only in what is left, so the two together never hold more than cache_max_mb.
     source_weights (data.sources NAME -> weight) sets how often each train image is drawn.
@@ -173,13 +207,28 @@ def split_sources(train_rows: list[dict], val_rows: list[dict], *, cache_max_mb:
     weights = None
     if source_weights and len({source_weights[r["source"]] for r in train_rows}) > 1:
         weights = [source_weights[r["source"]] for r in train_rows]
-    train = PairSource([r["rgb"] for r in train_rows], [r["depth"] for r in train_rows],
-                       cache_max_mb=cache_max_mb, size=size, aspect=aspect, weights=weights,
-                       teacher_paths=[r["teacher"] for r in train_rows] if teacher else None)
-    used_mb = cache_bytes([r["rgb"] for r in train_rows], *size, depth_channels=2 if teacher else 1) / 2**20 \
-        if train.cached else 0.0
-    val = PairSource([r["rgb"] for r in val_rows], [r["depth"] for r in val_rows],
-                     cache_max_mb=cache_max_mb - used_mb, size=size, aspect=aspect)
+    train = PairSource(
+        [r["rgb"] for r in train_rows],
+        [r["depth"] for r in train_rows],
+        cache_max_mb=cache_max_mb,
+        size=size,
+        aspect=aspect,
+        weights=weights,
+        teacher_paths=[r["teacher"] for r in train_rows] if teacher else None,
+    )
+    used_mb = (
+        cache_bytes([r["rgb"] for r in train_rows], *size, depth_channels=2 if teacher else 1)
+        / 2**20
+        if train.cached
+        else 0.0
+    )
+    val = PairSource(
+        [r["rgb"] for r in val_rows],
+        [r["depth"] for r in val_rows],
+        cache_max_mb=cache_max_mb - used_mb,
+        size=size,
+        aspect=aspect,
+    )
     return train, val
 
 
@@ -193,18 +242,33 @@ def epoch_order(n: int, *, seed: int, epoch: int, count: int, weights=None) -> n
     return np.concatenate([rng.permutation(n) for _ in range(reps)])[:count]
 
 
-def train_dataset(source: PairSource, *, seed: int, first_epoch: int, epochs: int, steps_per_epoch: int,
-                  batch_size: int, height: int, width: int, augment_cfg: AugmentConfig):
+def train_dataset(
+    source: PairSource,
+    *,
+    seed: int,
+    first_epoch: int,
+    epochs: int,
+    steps_per_epoch: int,
+    batch_size: int,
+    height: int,
+    width: int,
+    augment_cfg: AugmentConfig,
+):
     """Batches for epochs [first_epoch, epochs): exactly steps_per_epoch per epoch."""
     per_epoch = steps_per_epoch * batch_size
     indices, epoch_ids, positions = [], [], []
     for epoch in range(first_epoch, epochs):
-        indices.append(epoch_order(source.n, seed=seed, epoch=epoch, count=per_epoch, weights=source.weights))
+        indices.append(
+            epoch_order(source.n, seed=seed, epoch=epoch, count=per_epoch, weights=source.weights)
+        )
         epoch_ids.append(np.full(per_epoch, epoch))
         positions.append(np.arange(per_epoch))
     ds = tf.data.Dataset.from_tensor_slices(
-        (np.concatenate(indices).astype(np.int32), np.concatenate(epoch_ids).astype(np.int64),
-         np.concatenate(positions).astype(np.int64))
+        (
+            np.concatenate(indices).astype(np.int32),
+            np.concatenate(epoch_ids).astype(np.int64),
+            np.concatenate(positions).astype(np.int64),
+        )
     )
 
     def load(index, epoch, position):
@@ -223,7 +287,9 @@ def eval_dataset(source: PairSource, *, batch_size: int, height: int, width: int
     validation pass; nothing more is kept, so RAM stays within train.cache_max_mb.
     """
     ds = tf.data.Dataset.range(source.n)
-    ds = ds.map(lambda i: to_working(*source.get(i), height, width), num_parallel_calls=AUTOTUNE,
-                deterministic=True)
+    ds = ds.map(
+        lambda i: to_working(*source.get(i), height, width),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
     return ds.batch(batch_size).prefetch(AUTOTUNE)
-

@@ -15,13 +15,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.data.dataset import read_split
 from pipeline.core.errors import DataError, ExportError
 from pipeline.core.files import atomic_path, read_depth_m, read_rgb
 from pipeline.core.metrics import image_metrics
+from pipeline.data.dataset import read_split
+from pipeline.device.tflite import (
+    builtin_ops,
+    convert,
+    model_min_runtime,
+    op_summary,
+    ops_newer_than,
+    run_tflite,
+    version_key,
+)
 from pipeline.model.networks import load_keras_model, wrap_for_device
-from pipeline.device.tflite import (builtin_ops, convert, model_min_runtime, op_summary, ops_newer_than, run_tflite,
-                             version_key)
 
 
 def _mean_si_rmse(preds, gts) -> float:
@@ -63,10 +70,14 @@ def check_runtime(tflite_bytes: bytes, *, precision: str, target: str) -> str:
     needed = model_min_runtime(tflite_bytes)
     if needed and version_key(needed) > version_key(target):
         newer = ops_newer_than(builtin_ops(tflite_bytes), target)
-        which = (", ".join(f"{op} v{version} ({runtime})" for op, version, runtime in newer)
-                 or "its min_runtime_version metadata (no op in pipeline/device/tflite.py's OP_MIN_RUNTIME is that new)")
-        raise ExportError(f"{precision} model needs TFLite runtime {needed} but export.target_runtime "
-                          f"is {target}: {which}")
+        which = (
+            ", ".join(f"{op} v{version} ({runtime})" for op, version, runtime in newer)
+            or "its min_runtime_version metadata (no op in pipeline/device/tflite.py's OP_MIN_RUNTIME is that new)"
+        )
+        raise ExportError(
+            f"{precision} model needs TFLite runtime {needed} but export.target_runtime "
+            f"is {target}: {which}"
+        )
     return needed
 
 
@@ -116,7 +127,9 @@ def export_model(core, split_csv: str | os.PathLike, *, cfg) -> tuple[bytes, dic
     rows = read_split(split_csv)
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "val"]
-    device_model = wrap_for_device(core, height=cfg.height, width=cfg.width, output_resize=cfg.output_resize)
+    device_model = wrap_for_device(
+        core, height=cfg.height, width=cfg.width, output_resize=cfg.output_resize
+    )
 
     representative = None
     rep_rows = _spread(train_rows, cfg.representative_images)
@@ -129,8 +142,12 @@ def export_model(core, split_csv: str | os.PathLike, *, cfg) -> tuple[bytes, dic
                 yield load_rgb_batch([row["rgb"]], height=cfg.height, width=cfg.width)
 
     t0 = time.perf_counter()
-    flatbuffer = convert(device_model, precision=cfg.precision, representative=representative,
-                         target_runtime=cfg.target_runtime)
+    flatbuffer = convert(
+        device_model,
+        precision=cfg.precision,
+        representative=representative,
+        target_runtime=cfg.target_runtime,
+    )
     convert_s = time.perf_counter() - t0
     min_runtime = check_runtime(flatbuffer, precision=cfg.precision, target=cfg.target_runtime)
     summary = op_summary(flatbuffer)
@@ -156,12 +173,16 @@ def export_model(core, split_csv: str | os.PathLike, *, cfg) -> tuple[bytes, dic
     }
     drop = report["parity"]["si_rmse_diff"]
     if drop > cfg.max_parity_drop:  # NaN (no valid parity pixel) passes: nothing to compare
-        raise ExportError(f"{cfg.precision} TFLite si-RMSE is {drop:.4f} worse than Keras on "
-                          f"{len(par_rows)} val images, past export.max_parity_drop={cfg.max_parity_drop}")
+        raise ExportError(
+            f"{cfg.precision} TFLite si-RMSE is {drop:.4f} worse than Keras on "
+            f"{len(par_rows)} val images, past export.max_parity_drop={cfg.max_parity_drop}"
+        )
     return flatbuffer, report
 
 
-def export_file(keras_path: str | os.PathLike, split_csv: str | os.PathLike, *, cfg) -> tuple[bytes, dict]:
+def export_file(
+    keras_path: str | os.PathLike, split_csv: str | os.PathLike, *, cfg
+) -> tuple[bytes, dict]:
     """`export_model` of a saved Keras model; a failed conversion names the file."""
     core = load_keras_model(keras_path)
     try:

@@ -11,9 +11,15 @@ from pathlib import Path
 from pipeline.core.errors import DataError
 
 
-def load_interpreter(*, path: str | os.PathLike | None = None, content: bytes | None = None,
-                     num_threads: int | None = None, delegates: bool = True, name: str | None = None,
-                     error: type[Exception] = DataError):
+def load_interpreter(
+    *,
+    path: str | os.PathLike | None = None,
+    content: bytes | None = None,
+    num_threads: int | None = None,
+    delegates: bool = True,
+    name: str | None = None,
+    error: type[Exception] = DataError,
+):
     """A LiteRT Interpreter over a file (`path`) or bytes (`content`), tensors allocated.
 
     delegates=False runs the plain builtin kernels (the graph as converted, before XNNPACK
@@ -30,9 +36,13 @@ def load_interpreter(*, path: str | os.PathLike | None = None, content: bytes | 
         if path.stat().st_size == 0:
             raise error(f"{path}: model file is empty")
     source = {"model_content": content} if content is not None else {"model_path": str(path)}
-    resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    resolver = (
+        OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
     try:
-        interp = Interpreter(**source, num_threads=num_threads, experimental_op_resolver_type=resolver)
+        interp = Interpreter(
+            **source, num_threads=num_threads, experimental_op_resolver_type=resolver
+        )
         interp.allocate_tensors()
     except Exception as err:  # LiteRT raises ValueError/RuntimeError with multi-line text
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

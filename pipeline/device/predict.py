@@ -74,6 +74,8 @@ class TFLiteDepthModel:
         y = self._dequantize(self._interp.get_tensor(self._out["index"]))
         y = np.squeeze(y)
         if y.shape != (h, w):
-            raise DataError(f"{self.path}: output shape {list(self._out['shape'])} is not 1x{h}x{w}x1")
+            raise DataError(
+                f"{self.path}: output shape {list(self._out['shape'])} is not 1x{h}x{w}x1"
+            )
         out_h, out_w = out_size or rgb.shape[:2]
         return resize(np.ascontiguousarray(y, dtype=np.float32), out_h, out_w)

@@ -24,18 +24,22 @@ import platform
 import re
 import statistics
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 from pipeline.core import host
-from pipeline.device import timing
 from pipeline.core.errors import TimingError
 from pipeline.core.files import atomic_path, write_json
+from pipeline.device import timing
 
 # XNNPACK README, multi-threaded, Raspberry Pi 4 (BCM2711), random weights, fp32, 224x224
 # (Feb 2020; ../shared/CHALLENGE.md).
-PUBLISHED_RPI4_MS = {"mobilenet_v1": 75.0, "mobilenet_v2": 44.0, "mobilenet_v3_large": 41.0,
-                     "mobilenet_v3_small": 14.0}
+PUBLISHED_RPI4_MS = {
+    "mobilenet_v1": 75.0,
+    "mobilenet_v2": 44.0,
+    "mobilenet_v3_large": 41.0,
+    "mobilenet_v3_small": 14.0,
+}
 REFERENCE_SIZE = 224
 # Part of the cache key: bump it when the reference models or what is timed change.
 CALIBRATION_VERSION = 1
@@ -45,10 +49,18 @@ LABEL = "est. Pi 4 ms"
 # holds: slower or faster by more than MAX_DRIFT times, it is measured again.
 ANCHOR = "mobilenet_v3_small"
 MAX_DRIFT = 1.25
-ESTIMATE_KEYS = ("est_rpi4_ms", "est_rpi4_ms_lo", "est_rpi4_ms_hi", "est_rpi4_ratio", "est_rpi4_ratios",
-                 "est_rpi4_note")
-NOTE = ("estimate, not a measurement: local median x the median of published Pi 4 / local latency of "
-        "4 fp32 MobileNets (XNNPACK figures); lo..hi from the ratios' min..max")
+ESTIMATE_KEYS = (
+    "est_rpi4_ms",
+    "est_rpi4_ms_lo",
+    "est_rpi4_ms_hi",
+    "est_rpi4_ratio",
+    "est_rpi4_ratios",
+    "est_rpi4_note",
+)
+NOTE = (
+    "estimate, not a measurement: local median x the median of published Pi 4 / local latency of "
+    "4 fp32 MobileNets (XNNPACK figures); lo..hi from the ratios' min..max"
+)
 
 
 def _stderr(message: str) -> None:
@@ -70,8 +82,12 @@ def calibration_key(threads: int) -> dict:
         "machine": platform.machine(),
         "cores": host.usable_cpus(),
         "threads": timing.capped_threads(threads),
-        "runtime": host.installed("ai-edge-litert", "tflite-runtime"),  # the runner's preference order
-        "converter": host.installed(*host.FRAMEWORKS["tensorflow"]),  # made the reference .tflite files
+        "runtime": host.installed(
+            "ai-edge-litert", "tflite-runtime"
+        ),  # the runner's preference order
+        "converter": host.installed(
+            *host.FRAMEWORKS["tensorflow"]
+        ),  # made the reference .tflite files
     }
 
 
@@ -86,9 +102,13 @@ def calibration_from_times(local_ms: Mapping[str, float]) -> dict:
     if missing:
         raise TimingError(f"Pi 4 calibration: no local time for {', '.join(missing)}")
     ratios = {name: PUBLISHED_RPI4_MS[name] / float(local_ms[name]) for name in PUBLISHED_RPI4_MS}
-    return {"local_ms": {name: float(local_ms[name]) for name in PUBLISHED_RPI4_MS}, "ratios": ratios,
-            "ratio": statistics.median(ratios.values()), "ratio_lo": min(ratios.values()),
-            "ratio_hi": max(ratios.values())}
+    return {
+        "local_ms": {name: float(local_ms[name]) for name in PUBLISHED_RPI4_MS},
+        "ratios": ratios,
+        "ratio": statistics.median(ratios.values()),
+        "ratio_lo": min(ratios.values()),
+        "ratio_hi": max(ratios.values()),
+    }
 
 
 def estimate(local_ms: float, calibration: Mapping) -> dict:
@@ -113,9 +133,11 @@ def describe(row: Mapping) -> str:
     if not ratios:
         return f"no {LABEL}: {row.get('est_rpi4_note') or 'not calibrated'}"
     listed = ", ".join(f"{name} {ratio:.2f}" for name, ratio in ratios.items())
-    return (f"an estimate, not a measurement: local median x {row['est_rpi4_ratio']:.2f}, the median of "
-            f"published Pi 4 / local latency of 4 fp32 MobileNets at {REFERENCE_SIZE}x{REFERENCE_SIZE} "
-            f"({listed}); its range uses their min..max")
+    return (
+        f"an estimate, not a measurement: local median x {row['est_rpi4_ratio']:.2f}, the median of "
+        f"published Pi 4 / local latency of 4 fp32 MobileNets at {REFERENCE_SIZE}x{REFERENCE_SIZE} "
+        f"({listed}); its range uses their min..max"
+    )
 
 
 def describe_rows(rows: list[Mapping]) -> list[str]:
@@ -126,8 +148,11 @@ def describe_rows(rows: list[Mapping]) -> list[str]:
         groups.setdefault(json.dumps(row.get("est_rpi4_ratios"), sort_keys=True), []).append(row)
     if len(groups) == 1:
         return [f"{LABEL}: {describe(rows[0])}"]
-    return [f"{LABEL} of {', '.join(str(r['arch']) + ' ' + str(r['precision']) for r in group)}: "
-            f"{describe(group[0])}" for group in groups.values()]
+    return [
+        f"{LABEL} of {', '.join(str(r['arch']) + ' ' + str(r['precision']) for r in group)}: "
+        f"{describe(group[0])}"
+        for group in groups.values()
+    ]
 
 
 def read_calibration(path: Path, key: Mapping) -> dict | None:
@@ -143,8 +168,11 @@ def read_calibration(path: Path, key: Mapping) -> dict | None:
 
 def reference_paths(directory: Path) -> dict[str, Path]:
     """Where the four reference .tflite files live: one set per converter version."""
-    folder = Path(directory) / "references" / re.sub(r"[^A-Za-z0-9_.-]+", "-",
-                                                      host.installed(*host.FRAMEWORKS["tensorflow"]))
+    folder = (
+        Path(directory)
+        / "references"
+        / re.sub(r"[^A-Za-z0-9_.-]+", "-", host.installed(*host.FRAMEWORKS["tensorflow"]))
+    )
     return {name: folder / f"{name}.tflite" for name in PUBLISHED_RPI4_MS}
 
 
@@ -169,13 +197,22 @@ def build_references(paths: Mapping[str, Path]) -> None:
 
 
 def _reference_medians(result: Mapping) -> dict[str, float]:
-    return {name: timed.get("median_ms", 0) for name, timed in (result.get("references") or {}).items()}
+    return {
+        name: timed.get("median_ms", 0) for name, timed in (result.get("references") or {}).items()
+    }
 
 
-def time_local(model_path, *, threads: int, warmup: int, runs: int, directory: Path | None = None,
-               timer: Callable[..., dict] = timing.time_local,
-               build: Callable[[Mapping[str, Path]], None] = build_references,
-               log: Callable[[str], None] = _stderr) -> dict:
+def time_local(
+    model_path,
+    *,
+    threads: int,
+    warmup: int,
+    runs: int,
+    directory: Path | None = None,
+    timer: Callable[..., dict] = timing.time_local,
+    build: Callable[[Mapping[str, Path]], None] = build_references,
+    log: Callable[[str], None] = _stderr,
+) -> dict:
     """`timing.time_local` plus the est_rpi4_* figures.
 
     Without a cached calibration for this machine, runtime and thread count, the four
@@ -191,26 +228,48 @@ def time_local(model_path, *, threads: int, warmup: int, runs: int, directory: P
     calibration = read_calibration(path, key)
 
     def timed(names):
-        return timer(model_path, threads=threads, warmup=warmup, runs=runs,
-                     **({"references": {name: refs[name] for name in names}} if names else {}))
+        return timer(
+            model_path,
+            threads=threads,
+            warmup=warmup,
+            runs=runs,
+            **({"references": {name: refs[name] for name in names}} if names else {}),
+        )
 
     if calibration is not None:
-        anchored = refs[ANCHOR].is_file()  # a cache hit never builds models; without the file, trust it
+        anchored = refs[
+            ANCHOR
+        ].is_file()  # a cache hit never builds models; without the file, trust it
         result = timed([ANCHOR] if anchored else [])
-        drift = _reference_medians(result).get(ANCHOR, 0) / calibration["local_ms"][ANCHOR] if anchored else 1.0
+        drift = (
+            _reference_medians(result).get(ANCHOR, 0) / calibration["local_ms"][ANCHOR]
+            if anchored
+            else 1.0
+        )
         if not 1 / MAX_DRIFT <= drift <= MAX_DRIFT:
-            log(f"the Pi 4 calibration does not hold now: {ANCHOR} runs at {drift:.2f}x its calibrated "
-                "time (another load on the cores?); calibrating again")
+            log(
+                f"the Pi 4 calibration does not hold now: {ANCHOR} runs at {drift:.2f}x its calibrated "
+                "time (another load on the cores?); calibrating again"
+            )
             calibration = None
     if calibration is None:
-        log(f"calibrating the Pi 4 estimate: timing 4 reference MobileNets after the model for this machine, "
-            f"runtime and {key['threads']} threads (cached in {path})")
+        log(
+            f"calibrating the Pi 4 estimate: timing 4 reference MobileNets after the model for this machine, "
+            f"runtime and {key['threads']} threads (cached in {path})"
+        )
         missing = {name: ref for name, ref in refs.items() if not ref.is_file()}
         if missing:
             build(missing)
         result = timed(list(refs))
         calibration = calibration_from_times(_reference_medians(result))
-        write_json(path, {"key": key, "local_ms": calibration["local_ms"], "published_ms": PUBLISHED_RPI4_MS,
-                          "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        write_json(
+            path,
+            {
+                "key": key,
+                "local_ms": calibration["local_ms"],
+                "published_ms": PUBLISHED_RPI4_MS,
+                "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            },
+        )
     result.pop("references", None)
     return {**result, **estimate(result["median_ms"], calibration)}

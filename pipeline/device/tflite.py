@@ -26,8 +26,7 @@ import re
 import sys
 import tempfile
 import warnings
-from pathlib import Path
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -152,7 +151,11 @@ def min_runtime_version(tflite_bytes: bytes) -> str:
 
 
 def _op_names(schema) -> dict[int, str]:
-    return {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    return {
+        code: name
+        for name, code in vars(schema.BuiltinOperator).items()
+        if not name.startswith("_")
+    }
 
 
 def _op_code(names: dict[int, str], model, operator) -> tuple[str, int]:
@@ -220,11 +223,14 @@ def delegation(tflite_bytes: bytes, *, threads: int = 1) -> dict:
     is not exposed: a node is delegated when it lies between a DELEGATE node's inputs and its
     outputs, so each partition is walked back from its outputs.
     """
-    interp = load_interpreter(content=tflite_bytes, num_threads=threads, name="converted model",
-                              error=ExportError)
+    interp = load_interpreter(
+        content=tflite_bytes, num_threads=threads, name="converted model", error=ExportError
+    )
     ops = interp._get_ops_details()
     delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
-    producer = {int(t): op["index"] for op in ops if op["op_name"] != "DELEGATE" for t in op["outputs"]}
+    producer = {
+        int(t): op["index"] for op in ops if op["op_name"] != "DELEGATE" for t in op["outputs"]
+    }
     inside: set[int] = set()
     for node in delegates:
         boundary = {int(t) for t in node["inputs"]}
@@ -240,8 +246,11 @@ def delegation(tflite_bytes: bytes, *, threads: int = 1) -> dict:
     for op in ops:
         if op["op_name"] != "DELEGATE" and op["index"] not in inside:
             left[op["op_name"]] = left.get(op["op_name"], 0) + 1
-    return {"partitions": len(delegates), "nodes": len(ops) - len(delegates),
-            "not_delegated": dict(sorted(left.items(), key=lambda kv: (-kv[1], kv[0])))}
+    return {
+        "partitions": len(delegates),
+        "nodes": len(ops) - len(delegates),
+        "not_delegated": dict(sorted(left.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
 
 
 def op_min_runtime(op: str, version: int) -> str | None:
@@ -275,7 +284,9 @@ def _with_batch_one(model):
     if len(model.inputs) != 1 or shape[0] == 1:
         return model
     if any(d is None for d in shape[1:]):
-        raise ExportError(f"model input shape {shape} has unknown H/W/C; wrap it for the device size first")
+        raise ExportError(
+            f"model input shape {shape} has unknown H/W/C; wrap it for the device size first"
+        )
     inp = keras.Input(batch_shape=(1, *shape[1:]), dtype=model.inputs[0].dtype, name="image")
     return keras.Model(inp, model(inp), name=f"{model.name}_b1")
 
@@ -315,18 +326,23 @@ def _quantize(converter, target_runtime: str | None) -> bytes:
     float_ops = list(XNNPACK_FLOAT_ONLY)
     while True:
         debugger.options = tf.lite.experimental.QuantizationDebugOptions(
-            denylisted_ops=float_ops, denylisted_nodes=float_nodes)
+            denylisted_ops=float_ops, denylisted_nodes=float_nodes
+        )
         flatbuffer = debugger.get_nondebug_quantized_model()
         if not target_runtime:
             return flatbuffer
-        newer = sorted({op for op, _, _ in ops_newer_than(builtin_ops(flatbuffer), target_runtime)} - set(float_ops))
+        newer = sorted(
+            {op for op, _, _ in ops_newer_than(builtin_ops(flatbuffer), target_runtime)}
+            - set(float_ops)
+        )
         if not newer:  # all old enough, or an op that stays new in float: export's check names it
             return flatbuffer
         float_ops += newer
 
 
-def convert(keras_model, *, precision: str, representative=None,
-            target_runtime: str | None = TARGET_RUNTIME) -> bytes:
+def convert(
+    keras_model, *, precision: str, representative=None, target_runtime: str | None = TARGET_RUNTIME
+) -> bytes:
     """Keras model -> TFLite flatbuffer bytes, builtin ops only.
 
     precision: fp32 | fp16 (fp16 weights, fp32 compute) | dynamic_int8 (int8 weights,
@@ -378,7 +394,9 @@ def convert(keras_model, *, precision: str, representative=None,
                 f"model needs non-builtin TF ops: {', '.join(ops)}; the device runtime has builtin ops only",
                 text,
             ) from None
-        raise ExportError(f"TFLite conversion ({precision}) failed: {_first_error_line(text)}", text) from None
+        raise ExportError(
+            f"TFLite conversion ({precision}) failed: {_first_error_line(text)}", text
+        ) from None
     summary = op_summary(flatbuffer)
     if summary["non_builtin"]:
         raise ExportError(
@@ -409,7 +427,9 @@ def _macs(op: dict, shape_of: Callable[[int], tuple]) -> int:
 
 def op_summary(tflite_bytes: bytes) -> dict:
     """Op names and counts, I/O signature, MACs of conv/FC ops and any non-builtin ops."""
-    interp = load_interpreter(content=tflite_bytes, delegates=False, name="converted model", error=ExportError)
+    interp = load_interpreter(
+        content=tflite_bytes, delegates=False, name="converted model", error=ExportError
+    )
     ops = interp._get_ops_details()  # original graph, before any delegate partitioning
     shapes = {t["index"]: tuple(int(d) for d in t["shape"]) for t in interp.get_tensor_details()}
     counts: dict[str, int] = {}
@@ -424,7 +444,10 @@ def op_summary(tflite_bytes: bytes) -> dict:
         macs += _macs(op, shapes.__getitem__)
 
     def io(details):
-        return [{"shape": [int(d) for d in d_["shape"]], "dtype": np.dtype(d_["dtype"]).name} for d_ in details]
+        return [
+            {"shape": [int(d) for d in d_["shape"]], "dtype": np.dtype(d_["dtype"]).name}
+            for d_ in details
+        ]
 
     return {
         "ops": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
@@ -439,8 +462,9 @@ def op_summary(tflite_bytes: bytes) -> dict:
 def run_tflite(tflite_bytes: bytes, images: np.ndarray, *, threads: int = 1) -> np.ndarray:
     """Run the model on N x H x W x 3 float32 images one by one; returns N x H x W x C."""
     with captured_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
-        interp = load_interpreter(content=tflite_bytes, num_threads=threads, name="converted model",
-                                  error=ExportError)
+        interp = load_interpreter(
+            content=tflite_bytes, num_threads=threads, name="converted model", error=ExportError
+        )
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     results = []
     for image in np.asarray(images, dtype=np.float32):

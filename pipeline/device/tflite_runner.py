@@ -69,8 +69,8 @@ def _load_runtime():
     except ImportError as err:
         errors.append("ai_edge_litert: %s" % err)
     try:
-        from tflite_runtime import interpreter as mod
         import tflite_runtime
+        from tflite_runtime import interpreter as mod
 
         return mod, "tflite_runtime", getattr(tflite_runtime, "__version__", "unknown")
     except ImportError as err:
@@ -153,7 +153,11 @@ def _time_references(mod, np, references, threads, warmup, runs):
         for detail in interp.get_input_details():
             interp.set_tensor(detail["index"], _random_input(detail, np))
         ordered = sorted(_timed_invokes(interp, warmup, runs)[1])
-        out[name] = {"median_ms": round(_percentile(ordered, 50), 3), "min_ms": round(ordered[0], 3), "runs": runs}
+        out[name] = {
+            "median_ms": round(_percentile(ordered, 50), 3),
+            "min_ms": round(ordered[0], 3),
+            "runs": runs,
+        }
         del interp
     return out
 
@@ -180,7 +184,11 @@ def _time_interleaved(mod, np, model_interp, references, threads, warmup, runs):
     stats = {}
     for name, values in times.items():
         ordered = sorted(values)
-        stats[name] = {"median_ms": round(_percentile(ordered, 50), 3), "min_ms": round(ordered[0], 3), "runs": runs}
+        stats[name] = {
+            "median_ms": round(_percentile(ordered, 50), 3),
+            "min_ms": round(ordered[0], 3),
+            "runs": runs,
+        }
     model = stats.pop("")
     return model, stats
 
@@ -190,6 +198,7 @@ def run(model_path, threads, warmup, runs, references=(), interleave=False):
     baseline_mb = baseline_now_mb if baseline_now_mb is not None else baseline_peak_mb
     mod, runtime_name, runtime_version = _load_runtime()
     import numpy as np
+
     cpus = _usable_cpus()
     threads_used = max(1, min(threads, cpus))
 
@@ -257,7 +266,8 @@ def run(model_path, threads, warmup, runs, references=(), interleave=False):
     }
     if references and interleave:
         result["interleaved"], result["references"] = _time_interleaved(
-            mod, np, interp, references, threads_used, warmup, runs)
+            mod, np, interp, references, threads_used, warmup, runs
+        )
     elif references:
         del interp  # its memory is measured above; the references need their own
         result["references"] = _time_references(mod, np, references, threads_used, warmup, runs)
@@ -277,10 +287,19 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--reference", type=_reference, action="append", default=[], metavar="NAME=PATH",
-                    help="also time this model after MODEL, in this process (repeatable)")
-    ap.add_argument("--interleave", action="store_true",
-                    help="time the references round-robin with MODEL (its median there: `interleaved`)")
+    ap.add_argument(
+        "--reference",
+        type=_reference,
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also time this model after MODEL, in this process (repeatable)",
+    )
+    ap.add_argument(
+        "--interleave",
+        action="store_true",
+        help="time the references round-robin with MODEL (its median there: `interleaved`)",
+    )
     args = ap.parse_args(argv)
     if args.threads < 1 or args.warmup < 0 or args.runs < 1:
         ap.error("need --threads >= 1, --warmup >= 0, --runs >= 1")
@@ -289,10 +308,14 @@ def main(argv=None):
             sys.stderr.write("tflite_runner: %s: model file not found\n" % path)
             return 2
     try:
-        result = run(args.model, args.threads, args.warmup, args.runs, args.reference, args.interleave)
+        result = run(
+            args.model, args.threads, args.warmup, args.runs, args.reference, args.interleave
+        )
     except (ValueError, RuntimeError) as err:
         msg = str(err).strip().splitlines()
-        sys.stderr.write("tflite_runner: %s: cannot run model (%s)\n" % (args.model, msg[0] if msg else err))
+        sys.stderr.write(
+            "tflite_runner: %s: cannot run model (%s)\n" % (args.model, msg[0] if msg else err)
+        )
         return 2
     sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
     return 0

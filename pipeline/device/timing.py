@@ -11,8 +11,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from pipeline.core import host
 from pipeline.core.errors import TimingError
@@ -45,8 +45,16 @@ def capped_threads(threads: int) -> int:
     return max(1, min(int(threads), host.usable_cpus()))
 
 
-def time_local(model_path, *, threads: int, warmup: int, runs: int, timeout_s: float = 900,
-               references: Mapping[str, str | os.PathLike] | None = None, interleave: bool = False) -> dict:
+def time_local(
+    model_path,
+    *,
+    threads: int,
+    warmup: int,
+    runs: int,
+    timeout_s: float = 900,
+    references: Mapping[str, str | os.PathLike] | None = None,
+    interleave: bool = False,
+) -> dict:
     """Time `model_path` here in a fresh `sys.executable` process; the runner's JSON dict.
 
     threads is capped at the usable core count (`capped_threads`); the result carries
@@ -59,8 +67,17 @@ def time_local(model_path, *, threads: int, warmup: int, runs: int, timeout_s: f
     if not model_path.is_file():
         raise TimingError(f"{model_path}: model file not found")
     threads_used = capped_threads(threads)
-    cmd = [sys.executable, str(RUNNER), str(model_path), "--threads", str(threads_used),
-           "--warmup", str(warmup), "--runs", str(runs)]
+    cmd = [
+        sys.executable,
+        str(RUNNER),
+        str(model_path),
+        "--threads",
+        str(threads_used),
+        "--warmup",
+        str(warmup),
+        "--runs",
+        str(runs),
+    ]
     for name, path in (references or {}).items():
         cmd += ["--reference", f"{name}={path}"]
     if interleave:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from pipeline.core.config import ArchFacts, register_archs
 
-
 # Arch.encoder: the encoder is the one train.encoder names
 ENCODER_KNOB = "train.encoder"
 
@@ -32,18 +31,36 @@ class Arch(ArchFacts):
 SMALL = {"width_multiplier": 0.35, "height": 128, "width": 160}
 
 ARCHS = {
-    "mobile_unet": Arch(module="mobile_unet", stride=32, auto=SMALL, encoder=ENCODER_KNOB,
-                        about="light U-Net decoder with concatenated skips"),
+    "mobile_unet": Arch(
+        module="mobile_unet",
+        stride=32,
+        auto=SMALL,
+        encoder=ENCODER_KNOB,
+        about="light U-Net decoder with concatenated skips",
+    ),
     # the organizers' own size: 64 base filters (64 x width_multiplier) at 240x320
-    "mai_baseline_unet": Arch(module="baseline_unet", stride=16,
-                              auto={"width_multiplier": 1.0, "height": 240, "width": 320},
-                              about="the organizers' baseline U-Net (double 3x3 convs from 64 base "
-                                    "filters, transposed convs, concatenated skips)",
-                              decoder_channels=False, bounded=False),
-    "fastdepth": Arch(module="fastdepth", stride=32, auto=SMALL, encoder="mobilenet_v1",
-                      about="NNConv5 decoder with additive skips (FastDepth)"),
-    "litedepth": Arch(module="litedepth", stride=32, auto=SMALL, encoder="mobilenet_v3_small",
-                      about="very light decoder with 1x1-projected additive skips "
-                            "(after LiteDepth)"),
+    "mai_baseline_unet": Arch(
+        module="baseline_unet",
+        stride=16,
+        auto={"width_multiplier": 1.0, "height": 240, "width": 320},
+        about="the organizers' baseline U-Net (double 3x3 convs from 64 base "
+        "filters, transposed convs, concatenated skips)",
+        decoder_channels=False,
+        bounded=False,
+    ),
+    "fastdepth": Arch(
+        module="fastdepth",
+        stride=32,
+        auto=SMALL,
+        encoder="mobilenet_v1",
+        about="NNConv5 decoder with additive skips (FastDepth)",
+    ),
+    "litedepth": Arch(
+        module="litedepth",
+        stride=32,
+        auto=SMALL,
+        encoder="mobilenet_v3_small",
+        about="very light decoder with 1x1-projected additive skips (after LiteDepth)",
+    ),
 }
 register_archs(ARCHS)

@@ -46,13 +46,15 @@ def gradient_loss(gt, pred, *, scales: int = 3):
     for s in range(scales):
         if s:
             # Strided subsampling keeps masks exact (pooling would blend valid and invalid).
-            r, mask = r[:, :: 2, :: 2, :], mask[:, :: 2, :: 2, :]
+            r, mask = r[:, ::2, ::2, :], mask[:, ::2, ::2, :]
         mx = mask[:, :, 1:, :] * mask[:, :, :-1, :]
         my = mask[:, 1:, :, :] * mask[:, :-1, :, :]
         gx = tf.abs(r[:, :, 1:, :] - r[:, :, :-1, :]) * mx
         gy = tf.abs(r[:, 1:, :, :] - r[:, :-1, :, :]) * my
         n = tf.reduce_sum(mx, axis=[1, 2, 3]) + tf.reduce_sum(my, axis=[1, 2, 3])
-        per_image = (tf.reduce_sum(gx, axis=[1, 2, 3]) + tf.reduce_sum(gy, axis=[1, 2, 3])) / tf.maximum(n, 1.0)
+        per_image = (
+            tf.reduce_sum(gx, axis=[1, 2, 3]) + tf.reduce_sum(gy, axis=[1, 2, 3])
+        ) / tf.maximum(n, 1.0)
         total += _mean_over_valid_images(per_image, n)
     return total / scales
 

@@ -15,8 +15,10 @@ from pipeline.core.config import Params
 from pipeline.model.archs import ARCHS, ENCODER_KNOB
 
 # export.output_resize -> how the device graph brings the depth map up to the device size
-OUTPUT_RESIZE_WORDS = {"separable": "separable bilinear resize out, columns then rows",
-                       "bilinear": "bilinear resize out"}
+OUTPUT_RESIZE_WORDS = {
+    "separable": "separable bilinear resize out, columns then rows",
+    "bilinear": "bilinear resize out",
+}
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,14 @@ class Method:
 
 
 def describe(params: Params) -> Method:
-    return Method(params.train.arch, network(params), output(params), geometry(params),
-                  params.export.precision, tuple(extra_data_used(params)))
+    return Method(
+        params.train.arch,
+        network(params),
+        output(params),
+        geometry(params),
+        params.export.precision,
+        tuple(extra_data_used(params)),
+    )
 
 
 def network(params: Params) -> str:
@@ -51,26 +59,35 @@ def network(params: Params) -> str:
 def output(params: Params) -> str:
     t = params.train
     if ARCHS[t.arch].bounded:
-        return (f"depth in metres, exp of a sigmoid-bounded log depth in "
-                f"[{t.min_depth}, {t.max_depth}] m")
+        return (
+            f"depth in metres, exp of a sigmoid-bounded log depth in "
+            f"[{t.min_depth}, {t.max_depth}] m"
+        )
     return "depth in metres from a plain ReLU, as the organizers' (no train.min_depth/max_depth)"
 
 
 def geometry(params: Params) -> str:
     t, e = params.train, params.export
     if (t.height, t.width) == (e.height, e.width):
-        return (f"working resolution {t.height}x{t.width}, the {e.height}x{e.width} TFLite graph's "
-                "own (no resize)")
-    return (f"working resolution {t.height}x{t.width} resized inside a {e.height}x{e.width} "
-            f"TFLite graph (bilinear resize in; {OUTPUT_RESIZE_WORDS[e.output_resize]})")
+        return (
+            f"working resolution {t.height}x{t.width}, the {e.height}x{e.width} TFLite graph's "
+            "own (no resize)"
+        )
+    return (
+        f"working resolution {t.height}x{t.width} resized inside a {e.height}x{e.width} "
+        f"TFLite graph (bilinear resize in; {OUTPUT_RESIZE_WORDS[e.output_resize]})"
+    )
 
 
 def extra_data_used(params: Params) -> list[str]:
     """What trained the model besides the challenge's own training set (package.challenge_sources):
     each makes the readme say Extra Data 1 and is named in its description."""
     t, d = params.train, params.data
-    used = [f"source {name} ({src.path})" for name, src in d.sources.items()
-            if name not in params.package.challenge_sources]
+    used = [
+        f"source {name} ({src.path})"
+        for name, src in d.sources.items()
+        if name not in params.package.challenge_sources
+    ]
     used += [f"unlabeled {name} ({src.path})" for name, src in d.unlabeled.items()]
     if params.teacher.model:
         used.append(f"teacher {Path(params.teacher.model).name} ({params.teacher.output})")
@@ -84,10 +101,15 @@ def extra_data_used(params: Params) -> list[str]:
 def losses(params: Params) -> str:
     """The training losses with their weights, or 'none'."""
     loss = params.train.loss
-    weights = {name: getattr(loss, f"{name}_weight")
-               for name in ("silog", "grad", "l1", "berhu", "rmse", "distill")}
-    items = [f"{name} x{weight}" + (f" (lambda {loss.silog_lambda})" if name == "silog" else "")
-             for name, weight in weights.items() if weight > 0]
+    weights = {
+        name: getattr(loss, f"{name}_weight")
+        for name in ("silog", "grad", "l1", "berhu", "rmse", "distill")
+    }
+    items = [
+        f"{name} x{weight}" + (f" (lambda {loss.silog_lambda})" if name == "silog" else "")
+        for name, weight in weights.items()
+        if weight > 0
+    ]
     return ", ".join(items) or "none"
 
 
@@ -96,8 +118,11 @@ def augmentation(params: Params) -> str:
     items = ["horizontal flip"] if a.flip else []
     if a.crop_prob > 0 and a.crop_min_scale < 1:
         items.append(f"crop-and-resize (p {a.crop_prob}, scale >= {a.crop_min_scale})")
-    jitter = [f"{k} {getattr(a, k)}" for k in ("brightness", "contrast", "saturation", "hue")
-              if getattr(a, k) > 0]
+    jitter = [
+        f"{k} {getattr(a, k)}"
+        for k in ("brightness", "contrast", "saturation", "hue")
+        if getattr(a, k) > 0
+    ]
     if jitter:
         items.append(f"colour jitter ({', '.join(jitter)})")
     return ", ".join(items) or "none"

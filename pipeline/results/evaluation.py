@@ -10,12 +10,11 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.data.dataset import aspect_crop_box
 from pipeline.core.files import atomic_dir, atomic_path, read_depth_m, read_rgb
 from pipeline.core.metrics import (
     METRIC_KEYS,
@@ -24,6 +23,7 @@ from pipeline.core.metrics import (
     constant_baseline_si_rmse,
     image_metrics,
 )
+from pipeline.data.dataset import aspect_crop_box
 
 PER_IMAGE_COLUMNS = ("source", "name", "n_valid", *METRIC_KEYS, "baseline_si_rmse")
 
@@ -37,7 +37,7 @@ def _predict(model, row: Mapping[str, str], aspect: str = "stretch"):
     gt = read_depth_m(row["depth"])
     if aspect == "crop":
         top, left, h, w = aspect_crop_box(*gt.shape, *model.input_size)
-        rgb, gt = rgb[top:top + h, left:left + w], gt[top:top + h, left:left + w]
+        rgb, gt = rgb[top : top + h, left : left + w], gt[top : top + h, left : left + w]
     return rgb, gt, model.predict(rgb, out_size=gt.shape)
 
 
@@ -46,12 +46,19 @@ def _summarize(per_image: Sequence[Mapping]) -> dict:
     summary = average_metrics(per_image)
     baselines = [r["baseline_si_rmse"] for r in per_image if r["n_valid"] > 0]
     summary["baseline_si_rmse"] = float(np.mean(baselines)) if baselines else math.nan
-    summary["ratio_to_constant"] = summary["si_rmse"] / summary["baseline_si_rmse"] if baselines else math.nan
+    summary["ratio_to_constant"] = (
+        summary["si_rmse"] / summary["baseline_si_rmse"] if baselines else math.nan
+    )
     return summary
 
 
-def evaluate_model(model, rows: Sequence[Mapping[str, str]], *, aspect: str = "stretch",
-                   progress: Callable[[int, int], None] | None = None) -> tuple[dict, list[dict]]:
+def evaluate_model(
+    model,
+    rows: Sequence[Mapping[str, str]],
+    *,
+    aspect: str = "stretch",
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict, list[dict]]:
     """(summary, per-image rows) over `rows` (split.csv dicts with source, name, rgb, depth).
 
     summary = average_metrics(...) (METRIC_KEYS, n_images, n_skipped) plus
@@ -63,13 +70,21 @@ def evaluate_model(model, rows: Sequence[Mapping[str, str]], *, aspect: str = "s
     for i, row in enumerate(rows, 1):
         _, gt, pred = _predict(model, row, aspect)
         m = image_metrics(pred=pred, gt=gt)
-        per_image.append({"source": row.get("source", ""), "name": row["name"], **m,
-                          "baseline_si_rmse": constant_baseline_si_rmse(gt)})
+        per_image.append(
+            {
+                "source": row.get("source", ""),
+                "name": row["name"],
+                **m,
+                "baseline_si_rmse": constant_baseline_si_rmse(gt),
+            }
+        )
         if progress:
             progress(i, len(rows))
     summary = _summarize(per_image)
     sources = dict.fromkeys(r["source"] for r in per_image)
-    summary["sources"] = {s: _summarize([r for r in per_image if r["source"] == s]) for s in sources}
+    summary["sources"] = {
+        s: _summarize([r for r in per_image if r["source"] == s]) for s in sources
+    }
     return summary, per_image
 
 
@@ -77,18 +92,24 @@ def add_score(summary: dict, runtime_s: float | None) -> dict:
     """summary + runtime_s and the challenge score, when a runtime is known."""
     if runtime_s is None or not math.isfinite(summary.get("si_rmse", math.nan)):
         return summary
-    return {**summary, "runtime_s": runtime_s,
-            "score": challenge_score(si_rmse=summary["si_rmse"], runtime_s=runtime_s)}
+    return {
+        **summary,
+        "runtime_s": runtime_s,
+        "score": challenge_score(si_rmse=summary["si_rmse"], runtime_s=runtime_s),
+    }
 
 
 def write_per_image_csv(path: str | os.PathLike, per_image: Sequence[Mapping]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=PER_IMAGE_COLUMNS, extrasaction="ignore",
-                                    lineterminator="\n")
+            writer = csv.DictWriter(
+                f, fieldnames=PER_IMAGE_COLUMNS, extrasaction="ignore", lineterminator="\n"
+            )
             writer.writeheader()
             for r in per_image:
-                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+                writer.writerow(
+                    {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()}
+                )
 
 
 def worst_and_best(per_image: Sequence[Mapping], n: int) -> tuple[list[Mapping], list[Mapping]]:
@@ -98,8 +119,14 @@ def worst_and_best(per_image: Sequence[Mapping], n: int) -> tuple[list[Mapping],
     return ranked[::-1][:n], ranked[:n]
 
 
-def write_panels(folder: str | os.PathLike, model, rows: Sequence[Mapping[str, str]],
-                 per_image: Sequence[Mapping], n: int, aspect: str = "stretch") -> list[Path]:
+def write_panels(
+    folder: str | os.PathLike,
+    model,
+    rows: Sequence[Mapping[str, str]],
+    per_image: Sequence[Mapping],
+    n: int,
+    aspect: str = "stretch",
+) -> list[Path]:
     """Panels of the n worst and n best images as worst_<k>_<name>.png / best_<k>_<name>.png.
 
     Predictions are recomputed for these few images rather than all kept in memory.
@@ -116,9 +143,11 @@ def write_panels(folder: str | os.PathLike, model, rows: Sequence[Mapping[str, s
                 rgb, gt, pred = _predict(model, by_key[m["source"], m["name"]], aspect)
                 prefix = f"{m['source']}_" if m["source"] else ""
                 out = Path(tmp) / f"{label}_{k}_{prefix}{Path(m['name']).stem}.png"
-                title = (f"{label} {k}: {prefix}{m['name']}   si-RMSE {m['si_rmse']:.3f} "
-                         f"(constant {m['baseline_si_rmse']:.3f})   RMSE {m['rmse']:.2f} m   "
-                         f"delta1 {m['delta1']:.2f}")
+                title = (
+                    f"{label} {k}: {prefix}{m['name']}   si-RMSE {m['si_rmse']:.3f} "
+                    f"(constant {m['baseline_si_rmse']:.3f})   RMSE {m['rmse']:.2f} m   "
+                    f"delta1 {m['delta1']:.2f}"
+                )
                 save_panel(out, rgb=rgb, gt=gt, pred=pred, title=title)
                 written.append(Path(folder) / out.name)
     return written

@@ -18,8 +18,8 @@ import os
 import re
 import sys
 import zipfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 import numpy as np
 from PIL import Image
@@ -63,7 +63,9 @@ def _one_line(text: str) -> str:
 def format_readme(*, runtime_s: float, cpu: int = 1, extra_data: int = 0, description: str) -> str:
     """The four template lines, values filled in (description flattened to one line)."""
     if not (isinstance(runtime_s, (int, float)) and math.isfinite(runtime_s) and runtime_s > 0):
-        raise ValueError(f"readme: runtime_s must be a positive number of seconds, got {runtime_s!r}")
+        raise ValueError(
+            f"readme: runtime_s must be a positive number of seconds, got {runtime_s!r}"
+        )
     for key, flag in (("cpu", cpu), ("extra_data", extra_data)):
         if flag not in (0, 1) or isinstance(flag, bool):
             raise ValueError(f"readme: {key} must be 0 or 1, got {flag!r}")
@@ -105,7 +107,9 @@ def _readme_fields(text: str) -> tuple[dict, list[str]]:
             except ValueError:
                 runtime = math.nan
             if not (math.isfinite(runtime) and runtime > 0):
-                problems.append(f"{README_NAME}: '{label}' must be a number of seconds > 0, got {value!r}")
+                problems.append(
+                    f"{README_NAME}: '{label}' must be a number of seconds > 0, got {value!r}"
+                )
             else:
                 out[key] = runtime
         elif key in ("cpu", "extra_data"):
@@ -172,8 +176,13 @@ def _write_zip(path: Path, *, predictions, model_path, readme: Mapping) -> int:
     return len(seen)
 
 
-def write_submission(zip_path: str | os.PathLike, *, predictions: Iterable[tuple[str, np.ndarray]],
-                     model_path: str | os.PathLike, readme: Mapping) -> int:
+def write_submission(
+    zip_path: str | os.PathLike,
+    *,
+    predictions: Iterable[tuple[str, np.ndarray]],
+    model_path: str | os.PathLike,
+    readme: Mapping,
+) -> int:
     """Write the flat challenge ZIP atomically; returns the number of depth PNGs.
 
     `predictions` yields (input file name, HxW depth in metres) and is consumed lazily,
@@ -199,15 +208,19 @@ def list_input_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"inputs folder {folder} not found")
-    files = sorted(p for p in folder.iterdir()
-                   if p.suffix.lower() == ".png" and not p.name.startswith(".") and p.is_file())
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() == ".png" and not p.name.startswith(".") and p.is_file()
+    )
     if not files:
         raise DataError(f"inputs folder {folder} holds no PNG images")
     return files
 
 
-def named_inputs(input_files: Iterable[str | os.PathLike] | Mapping[str, str | os.PathLike]
-                 ) -> tuple[dict[str, Path], list[Path]]:
+def named_inputs(
+    input_files: Iterable[str | os.PathLike] | Mapping[str, str | os.PathLike],
+) -> tuple[dict[str, Path], list[Path]]:
     """({output PNG name: input path}, inputs left out because another had their file
     name): a mapping as given, or every path under its own file name."""
     if isinstance(input_files, Mapping):
@@ -267,7 +280,9 @@ def _png_problems(name: str, data: bytes, size: tuple[int, int]) -> list[str]:
             "expected 16-bit single-channel depth in mm"
         )
     if (height, width) != size:
-        problems.append(f"{name}: size {width}x{height} differs from its input's {size[1]}x{size[0]}")
+        problems.append(
+            f"{name}: size {width}x{height} differs from its input's {size[1]}x{size[0]}"
+        )
     if problems:
         return problems
     try:  # headers fine and size bounded by the input's: safe to decode fully
@@ -293,13 +308,18 @@ def _model_problems(data: bytes) -> list[str]:
         want = "x".join(map(str, DEVICE_INPUT_SHAPE))
         problems.append(f"{MODEL_NAME}: input shapes {in_shapes} are not one {want} input")
     if len(out_shapes) != 1 or out_shapes[0] not in DEVICE_OUTPUT_SHAPES:
-        problems.append(f"{MODEL_NAME}: output shapes {out_shapes} are not one 1x480x640x1 depth output")
+        problems.append(
+            f"{MODEL_NAME}: output shapes {out_shapes} are not one 1x480x640x1 depth output"
+        )
     return problems
 
 
-def validate_submission(zip_path: str | os.PathLike, inputs_dir: str | os.PathLike | None = None, *,
-                        input_files: Iterable[str | os.PathLike] | Mapping[str, str | os.PathLike] | None = None
-                        ) -> list[str]:
+def validate_submission(
+    zip_path: str | os.PathLike,
+    inputs_dir: str | os.PathLike | None = None,
+    *,
+    input_files: Iterable[str | os.PathLike] | Mapping[str, str | os.PathLike] | None = None,
+) -> list[str]:
     """Every problem found in the ZIP, one string each; [] means valid.
 
     Expected outputs are the PNGs in `inputs_dir`, or exactly `input_files` when given
@@ -322,7 +342,9 @@ def validate_submission(zip_path: str | os.PathLike, inputs_dir: str | os.PathLi
             return problems + [f"{len(infos)} members; more than the limit of {MAX_MEMBERS}"]
         total = sum(i.file_size for i in infos)
         if total > MAX_TOTAL_BYTES:
-            return problems + [f"declared uncompressed size {total} bytes exceeds {MAX_TOTAL_BYTES}"]
+            return problems + [
+                f"declared uncompressed size {total} bytes exceeds {MAX_TOTAL_BYTES}"
+            ]
         if not infos:
             return problems + ["archive is empty"]
 
@@ -338,8 +360,12 @@ def validate_submission(zip_path: str | os.PathLike, inputs_dir: str | os.PathLi
             elif name in top:
                 problems.append(f"duplicate member {name!r}")
             elif info.file_size > MAX_MEMBER_BYTES:
-                problems.append(f"{name}: declared size {info.file_size} bytes exceeds {MAX_MEMBER_BYTES}")
-            elif info.file_size > RATIO_MIN_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+                problems.append(
+                    f"{name}: declared size {info.file_size} bytes exceeds {MAX_MEMBER_BYTES}"
+                )
+            elif info.file_size > RATIO_MIN_BYTES and info.file_size > MAX_RATIO * max(
+                info.compress_size, 1
+            ):
                 problems.append(
                     f"{name}: compression ratio {info.file_size / max(info.compress_size, 1):.0f}:1 "
                     f"exceeds {MAX_RATIO:.0f}:1 (zip bomb?)"
@@ -353,7 +379,9 @@ def validate_submission(zip_path: str | os.PathLike, inputs_dir: str | os.PathLi
             if name.lower().endswith(".png"):
                 problems.append(f"extra image {name}: no input with that name")
             else:
-                problems.append(f"stray file {name}: only PNGs, {MODEL_NAME} and {README_NAME} belong")
+                problems.append(
+                    f"stray file {name}: only PNGs, {MODEL_NAME} and {README_NAME} belong"
+                )
         for name, size in sizes.items():
             info = top.get(name)
             if info is None:
@@ -372,7 +400,9 @@ def validate_submission(zip_path: str | os.PathLike, inputs_dir: str | os.PathLi
             problems.append(f"missing {README_NAME}")
         else:
             try:
-                text = _read_member(zf, top[README_NAME], MAX_README_BYTES).decode("utf-8", "replace")
+                text = _read_member(zf, top[README_NAME], MAX_README_BYTES).decode(
+                    "utf-8", "replace"
+                )
                 problems += _readme_fields(text)[1]
             except (DataError, zipfile.BadZipFile, OSError, EOFError) as err:
                 problems.append(f"{README_NAME}: cannot read member ({err})")
@@ -392,7 +422,9 @@ def extra_data_flag(params) -> int:
     return int(params.package.extra_data == 1 or bool(extra_data_used(params)))
 
 
-def describe_run(params, benchmark: Mapping | None = None, *, extra: str = "", min_runtime: str = "") -> str:
+def describe_run(
+    params, benchmark: Mapping | None = None, *, extra: str = "", min_runtime: str = ""
+) -> str:
     """Auto description for readme.txt: the method (pipeline/results/describe.py), minimum
     TFLite runtime (`min_runtime`, read from model.tflite), params hash, extra data, timing.
 
@@ -419,9 +451,11 @@ def describe_run(params, benchmark: Mapping | None = None, *, extra: str = "", m
         if timing:
             parts.append("timed on " + ", ".join(timing))
         if benchmark.get("est_rpi4_ms"):  # the runtime line stays the measured one
-            parts.append(f"est. Pi 4 {benchmark['est_rpi4_ms']:.0f} ms (an estimate, range "
-                         f"{benchmark['est_rpi4_ms_lo']:.0f}-{benchmark['est_rpi4_ms_hi']:.0f} ms, "
-                         "scaled by 4 MobileNets' published Pi 4 / local times)")
+            parts.append(
+                f"est. Pi 4 {benchmark['est_rpi4_ms']:.0f} ms (an estimate, range "
+                f"{benchmark['est_rpi4_ms_lo']:.0f}-{benchmark['est_rpi4_ms_hi']:.0f} ms, "
+                "scaled by 4 MobileNets' published Pi 4 / local times)"
+            )
     parts.append("reproduce: dvc repro")
     if extra.strip():
         parts.append(extra.strip())
@@ -441,10 +475,15 @@ def model_min_runtime(model_path: str | os.PathLike) -> str:
         raise DataError(f"{model_path}: {err}") from None
 
 
-def package_submission(zip_path: str | os.PathLike, *, model_path: str | os.PathLike,
-                       input_files: Iterable[str | os.PathLike] | Mapping[str, str | os.PathLike], readme: Mapping,
-                       num_threads: int | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> int:
+def package_submission(
+    zip_path: str | os.PathLike,
+    *,
+    model_path: str | os.PathLike,
+    input_files: Iterable[str | os.PathLike] | Mapping[str, str | os.PathLike],
+    readme: Mapping,
+    num_threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
     """Predict every input with the TFLite model, write the ZIP, validate it, then publish.
 
     The ZIP is validated under its temporary name: an invalid submission never appears
@@ -458,7 +497,9 @@ def package_submission(zip_path: str | os.PathLike, *, model_path: str | os.Path
         raise DataError("package: no input images")
     if clashes:
         dupes = sorted({p.name for p in clashes})
-        raise DataError(f"package: inputs share file names ({', '.join(dupes[:5])}); outputs would collide")
+        raise DataError(
+            f"package: inputs share file names ({', '.join(dupes[:5])}); outputs would collide"
+        )
     model = TFLiteDepthModel(model_path, num_threads=num_threads)
 
     def predictions():
@@ -477,7 +518,9 @@ def package_submission(zip_path: str | os.PathLike, *, model_path: str | os.Path
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.results.submission", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.results.submission", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     val = sub.add_parser("validate", help="check a submission ZIP like the server does (and more)")
     val.add_argument("zip", help="the submission ZIP")
@@ -488,7 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(f"{args.zip}: {problem}")
     if problems:
-        print(f"{args.zip}: INVALID ({len(problems)} problem{'s' * (len(problems) != 1)})", file=sys.stderr)
+        print(
+            f"{args.zip}: INVALID ({len(problems)} problem{'s' * (len(problems) != 1)})",
+            file=sys.stderr,
+        )
         return 1
     n = len(_input_sizes(args.inputs, None)[0])
     print(f"{args.zip}: OK ({n} depth PNGs, {README_NAME}, {MODEL_NAME} with a 1x480x640x3 input)")

@@ -32,7 +32,6 @@ TRIM_MADS = 3.0  # outliers: a relative residual above 3 robust standard deviati
 RESIDUAL_KEEP = 0.9
 
 
-
 def _trimmed_affine(x: np.ndarray, y: np.ndarray, iterations: int) -> tuple[float, float]:
     """(a, b) with a * x + b ~ y by least squares, refitted without outliers of the relative
     error |a x + b - y| / y until the kept set stops changing."""
@@ -54,12 +53,16 @@ def _valid(raw: np.ndarray, gt_m: np.ndarray, positive_raw: bool) -> np.ndarray 
     return valid if valid.sum() >= MIN_FIT_PIXELS else None
 
 
-def fit_inverse_depth(raw: np.ndarray, gt_m: np.ndarray, iterations: int = 5) -> tuple[float, float] | None:
+def fit_inverse_depth(
+    raw: np.ndarray, gt_m: np.ndarray, iterations: int = 5
+) -> tuple[float, float] | None:
     """(scale, shift) with scale * raw + shift ~ 1 / gt: raw is inverse depth (inverse_relative)."""
     valid = _valid(raw, gt_m, positive_raw=False)
     if valid is None:
         return None
-    return _trimmed_affine(raw[valid].astype(np.float64), 1.0 / gt_m[valid].astype(np.float64), iterations)
+    return _trimmed_affine(
+        raw[valid].astype(np.float64), 1.0 / gt_m[valid].astype(np.float64), iterations
+    )
 
 
 def fit_scale(raw: np.ndarray, gt_m: np.ndarray, iterations: int = 5) -> tuple[float, float] | None:
@@ -80,32 +83,44 @@ def fit_scale(raw: np.ndarray, gt_m: np.ndarray, iterations: int = 5) -> tuple[f
     return math.exp(log_scale), 0.0
 
 
-def fit_affine_depth(raw: np.ndarray, gt_m: np.ndarray, iterations: int = 5) -> tuple[float, float] | None:
+def fit_affine_depth(
+    raw: np.ndarray, gt_m: np.ndarray, iterations: int = 5
+) -> tuple[float, float] | None:
     """(scale, shift) with scale * raw + shift ~ gt (affine in depth)."""
     valid = _valid(raw, gt_m, positive_raw=False)
     if valid is None:
         return None
-    return _trimmed_affine(raw[valid].astype(np.float64), gt_m[valid].astype(np.float64), iterations)
+    return _trimmed_affine(
+        raw[valid].astype(np.float64), gt_m[valid].astype(np.float64), iterations
+    )
 
 
-def fit_affine_inverse(raw: np.ndarray, gt_m: np.ndarray, iterations: int = 5) -> tuple[float, float] | None:
+def fit_affine_inverse(
+    raw: np.ndarray, gt_m: np.ndarray, iterations: int = 5
+) -> tuple[float, float] | None:
     """(scale, shift) with scale / raw + shift ~ 1 / gt (affine in inverse depth)."""
     valid = _valid(raw, gt_m, positive_raw=True)
     if valid is None:
         return None
-    return fit_inverse_depth(np.where(valid, 1.0 / np.where(valid, raw, 1.0), np.nan), gt_m, iterations)
+    return fit_inverse_depth(
+        np.where(valid, 1.0 / np.where(valid, raw, 1.0), np.nan), gt_m, iterations
+    )
 
 
 def _from_inverse(inverse: np.ndarray) -> np.ndarray:
-    return np.where(inverse > 1.0 / MAX_TEACHER_DEPTH_M, 1.0 / np.maximum(inverse, 1e-12), MAX_TEACHER_DEPTH_M)
+    return np.where(
+        inverse > 1.0 / MAX_TEACHER_DEPTH_M, 1.0 / np.maximum(inverse, 1e-12), MAX_TEACHER_DEPTH_M
+    )
 
 
 # name -> (fit(raw, gt) -> (scale, shift) | None, apply(raw, scale, shift) -> depth in metres)
 ALIGNMENTS = {
     "scale": (fit_scale, lambda raw, scale, shift: scale * raw),
     "affine_depth": (fit_affine_depth, lambda raw, scale, shift: scale * raw + shift),
-    "affine_inverse": (fit_affine_inverse,
-                       lambda raw, scale, shift: _from_inverse(scale / np.maximum(raw, 1e-12) + shift)),
+    "affine_inverse": (
+        fit_affine_inverse,
+        lambda raw, scale, shift: _from_inverse(scale / np.maximum(raw, 1e-12) + shift),
+    ),
     "inverse": (fit_inverse_depth, lambda raw, scale, shift: _from_inverse(scale * raw + shift)),
 }
 # teacher.output -> how a labelled image is aligned (metric needs none). relative: affine in
@@ -123,8 +138,14 @@ def fit(raw: np.ndarray, gt_m: np.ndarray, *, output: str, alignment: str | None
     return ALIGNMENTS[alignment or OUTPUT_ALIGNMENT[output]][0](raw, gt_m)
 
 
-def to_depth(raw: np.ndarray, *, output: str, scale: float = 1.0, shift: float = 0.0,
-             alignment: str | None = None) -> np.ndarray:
+def to_depth(
+    raw: np.ndarray,
+    *,
+    output: str,
+    scale: float = 1.0,
+    shift: float = 0.0,
+    alignment: str | None = None,
+) -> np.ndarray:
     """The teacher's raw output -> depth in metres, within what a uint16 mm PNG holds."""
     raw = np.nan_to_num(raw.astype(np.float64), nan=0.0)
     if output == "metric":
@@ -139,5 +160,7 @@ def log_residual(depth_m: np.ndarray, gt_m: np.ndarray) -> float:
     valid = (gt_m > 0) & (depth_m > 0)
     if not valid.any():
         return math.inf
-    d2 = np.sort((np.log(depth_m[valid].astype(np.float64)) - np.log(gt_m[valid].astype(np.float64))) ** 2)
-    return float(np.sqrt(np.mean(d2[:max(1, int(len(d2) * RESIDUAL_KEEP))])))
+    d2 = np.sort(
+        (np.log(depth_m[valid].astype(np.float64)) - np.log(gt_m[valid].astype(np.float64))) ** 2
+    )
+    return float(np.sqrt(np.mean(d2[: max(1, int(len(d2) * RESIDUAL_KEEP))])))

@@ -20,7 +20,13 @@ from pipeline.core.config import TeacherConfig
 from pipeline.core.errors import DataError
 from pipeline.core.files import read_depth_m, read_rgb, write_depth_png
 from pipeline.core.metrics import constant_baseline_si_rmse, image_metrics
-from pipeline.teacher.alignment import OUTPUT_ALIGNMENT, UNLABELED_ALIGNMENT, fit, log_residual, to_depth
+from pipeline.teacher.alignment import (
+    OUTPUT_ALIGNMENT,
+    UNLABELED_ALIGNMENT,
+    fit,
+    log_residual,
+    to_depth,
+)
 from pipeline.teacher.model import TeacherModel
 
 
@@ -29,10 +35,17 @@ def label_image(model: TeacherModel, cfg: TeacherConfig, rgb_path, depth_path) -
     fit an unlabeled image would take the median of, the residual, the official si-RMSE and
     the constant's si-RMSE."""
     raw, gt = model.predict(read_rgb(rgb_path)), read_depth_m(depth_path)
-    out = {"depth": None, "fit": fit(raw, gt, output=cfg.output), "residual": math.inf, "si_rmse": math.nan,
-           "constant": constant_baseline_si_rmse(gt)}
+    out = {
+        "depth": None,
+        "fit": fit(raw, gt, output=cfg.output),
+        "residual": math.inf,
+        "si_rmse": math.nan,
+        "constant": constant_baseline_si_rmse(gt),
+    }
     if cfg.output != "metric" and UNLABELED_ALIGNMENT[cfg.output] != OUTPUT_ALIGNMENT[cfg.output]:
-        out["unlabeled_fit"] = fit(raw, gt, output=cfg.output, alignment=UNLABELED_ALIGNMENT[cfg.output])
+        out["unlabeled_fit"] = fit(
+            raw, gt, output=cfg.output, alignment=UNLABELED_ALIGNMENT[cfg.output]
+        )
     else:
         out["unlabeled_fit"] = out["fit"]
     if out["fit"] is not None:
@@ -42,9 +55,17 @@ def label_image(model: TeacherModel, cfg: TeacherConfig, rgb_path, depth_path) -
     return out
 
 
-def run_teacher(cfg: TeacherConfig, *, labelled: list[dict], unlabeled: list[dict], write_dir: Path,
-                final_dir: str | os.PathLike, progress=None, num_threads: int | None = None,
-                model: TeacherModel | None = None) -> list[dict]:
+def run_teacher(
+    cfg: TeacherConfig,
+    *,
+    labelled: list[dict],
+    unlabeled: list[dict],
+    write_dir: Path,
+    final_dir: str | os.PathLike,
+    progress=None,
+    num_threads: int | None = None,
+    model: TeacherModel | None = None,
+) -> list[dict]:
     """Run the teacher once over every image and write its depth maps.
 
     labelled: rows with source, name, rgb, depth (the ground truth, for alignment, the
@@ -65,10 +86,19 @@ def run_teacher(cfg: TeacherConfig, *, labelled: list[dict], unlabeled: list[dic
     for row in labelled:  # first: the unlabeled images take the median of these fits
         image = label_image(model, cfg, row["rgb"], row["depth"])
         kept = image["residual"] <= cfg.max_residual
-        out = {"source": row["source"], "name": row["name"], "kind": "labelled", "rgb": row["rgb"],
-               "teacher": "", "scale": "", "shift": "", "residual": f"{image['residual']:.6f}",
-               "kept": int(kept), "si_rmse": f"{image['si_rmse']:.6f}",
-               "constant_si_rmse": f"{image['constant']:.6f}"}
+        out = {
+            "source": row["source"],
+            "name": row["name"],
+            "kind": "labelled",
+            "rgb": row["rgb"],
+            "teacher": "",
+            "scale": "",
+            "shift": "",
+            "residual": f"{image['residual']:.6f}",
+            "kept": int(kept),
+            "si_rmse": f"{image['si_rmse']:.6f}",
+            "constant_si_rmse": f"{image['constant']:.6f}",
+        }
         if image["fit"] is not None:
             out["scale"], out["shift"] = f"{image['fit'][0]:.8g}", f"{image['fit'][1]:.8g}"
         if kept:
@@ -79,18 +109,40 @@ def run_teacher(cfg: TeacherConfig, *, labelled: list[dict], unlabeled: list[dic
         if progress:
             progress(done, total)
     if unlabeled and cfg.output != "metric" and not fits:
-        raise DataError(f"{cfg.model}: no labelled image kept (all residuals > teacher.max_residual="
-                        f"{cfg.max_residual}), so the unlabeled images cannot be aligned")
+        raise DataError(
+            f"{cfg.model}: no labelled image kept (all residuals > teacher.max_residual="
+            f"{cfg.max_residual}), so the unlabeled images cannot be aligned"
+        )
     # No fit kept and no unlabeled image (else raised above): nothing takes the median.
-    scale, shift = (tuple(np.median(np.array(fits), axis=0)) if fits and cfg.output != "metric"
-                    else (1.0, 0.0))
+    scale, shift = (
+        tuple(np.median(np.array(fits), axis=0)) if fits and cfg.output != "metric" else (1.0, 0.0)
+    )
     for row in unlabeled:
         raw = model.predict(read_rgb(row["rgb"]))
-        rows.append({"source": row["source"], "name": row["name"], "kind": "unlabeled", "rgb": row["rgb"],
-                     "teacher": write(row, to_depth(raw, output=cfg.output, scale=scale, shift=shift,
-                                                    alignment=UNLABELED_ALIGNMENT.get(cfg.output))),
-                     "scale": f"{scale:.8g}", "shift": f"{shift:.8g}", "residual": "", "kept": 1,
-                     "si_rmse": "", "constant_si_rmse": ""})
+        rows.append(
+            {
+                "source": row["source"],
+                "name": row["name"],
+                "kind": "unlabeled",
+                "rgb": row["rgb"],
+                "teacher": write(
+                    row,
+                    to_depth(
+                        raw,
+                        output=cfg.output,
+                        scale=scale,
+                        shift=shift,
+                        alignment=UNLABELED_ALIGNMENT.get(cfg.output),
+                    ),
+                ),
+                "scale": f"{scale:.8g}",
+                "shift": f"{shift:.8g}",
+                "residual": "",
+                "kept": 1,
+                "si_rmse": "",
+                "constant_si_rmse": "",
+            }
+        )
         done += 1
         if progress:
             progress(done, total)
@@ -103,15 +155,25 @@ def source_scores(rows: list[dict]) -> dict[str, dict]:
     prediction's on the same images, and their ratio (< 1 beats a constant)."""
     out = {}
     for source in sorted({r["source"] for r in rows if r["kind"] == "labelled"}):
-        scored = [r for r in rows if r["kind"] == "labelled" and r["source"] == source
-                  and r["si_rmse"] != "" and math.isfinite(float(r["si_rmse"]))]
+        scored = [
+            r
+            for r in rows
+            if r["kind"] == "labelled"
+            and r["source"] == source
+            and r["si_rmse"] != ""
+            and math.isfinite(float(r["si_rmse"]))
+        ]
         if not scored:
             out[source] = {"n_images": 0}
             continue
         si = float(np.mean([float(r["si_rmse"]) for r in scored]))
         constant = float(np.mean([float(r["constant_si_rmse"]) for r in scored]))
-        out[source] = {"n_images": len(scored), "si_rmse": round(si, 4), "baseline_si_rmse": round(constant, 4),
-                       "ratio_to_constant": round(si / constant, 4)}
+        out[source] = {
+            "n_images": len(scored),
+            "si_rmse": round(si, 4),
+            "baseline_si_rmse": round(constant, 4),
+            "ratio_to_constant": round(si / constant, 4),
+        }
     return out
 
 
@@ -122,9 +184,13 @@ def summarize(rows: list[dict], cfg: TeacherConfig) -> dict:
     residuals = [float(r["residual"]) for r in labelled if math.isfinite(float(r["residual"]))]
     kept = [r for r in labelled if int(r["kept"])]
     return {
-        "model": cfg.model, "output": cfg.output, "output_index": cfg.output_index,
-        "labelled_images": len(labelled), "unlabeled_images": len(rows) - len(labelled),
-        "dropped": len(labelled) - len(kept), "max_residual": cfg.max_residual,
+        "model": cfg.model,
+        "output": cfg.output,
+        "output_index": cfg.output_index,
+        "labelled_images": len(labelled),
+        "unlabeled_images": len(rows) - len(labelled),
+        "dropped": len(labelled) - len(kept),
+        "max_residual": cfg.max_residual,
         "median_residual": round(float(np.median(residuals)), 4) if residuals else None,
         "median_scale": float(np.median([float(r["scale"]) for r in kept])) if kept else None,
         "median_shift": float(np.median([float(r["shift"]) for r in kept])) if kept else None,

@@ -38,12 +38,16 @@ def _input_size(path: Path, dims, cfg: TeacherConfig) -> tuple[int, int]:
     fixed = all(isinstance(d, int) and d > 0 for d in dims)
     if cfg.height:
         if fixed and tuple(dims) != (cfg.height, cfg.width):
-            raise DataError(f"{path}: teacher.height/width {cfg.height}x{cfg.width} differ from the "
-                            f"model's fixed input {dims[0]}x{dims[1]}; set both to 0")
+            raise DataError(
+                f"{path}: teacher.height/width {cfg.height}x{cfg.width} differ from the "
+                f"model's fixed input {dims[0]}x{dims[1]}; set both to 0"
+            )
         return cfg.height, cfg.width
     if not fixed:
-        raise DataError(f"{path}: the model's input size is not fixed ({dims}); "
-                        "set teacher.height and teacher.width")
+        raise DataError(
+            f"{path}: the model's input size is not fixed ({dims}); "
+            "set teacher.height and teacher.width"
+        )
     return int(dims[0]), int(dims[1])
 
 
@@ -51,8 +55,10 @@ def _pick_output(path: Path, outputs: list[tuple[str, object]], index: int) -> i
     """`index` when the model has that output, else a one-line error listing them all."""
     if index >= len(outputs):
         listed = ", ".join(f"{i}: {name} {shape}" for i, (name, shape) in enumerate(outputs))
-        raise DataError(f"{path}: teacher.output_index={index}, but the model has "
-                        f"{len(outputs)} output(s): {listed}")
+        raise DataError(
+            f"{path}: teacher.output_index={index}, but the model has "
+            f"{len(outputs)} output(s): {listed}"
+        )
     return index
 
 
@@ -64,7 +70,11 @@ class TeacherModel:
         if not self.path.is_file():
             raise DataError(f"{self.path}: teacher model file not found (teacher.model)")
         self.channels_first = False
-        loader = {".tflite": self._load_tflite, ".keras": self._load_keras, ".onnx": self._load_onnx}
+        loader = {
+            ".tflite": self._load_tflite,
+            ".keras": self._load_keras,
+            ".onnx": self._load_onnx,
+        }
         loader[self.path.suffix](num_threads or usable_cpus())
 
     def _load_tflite(self, threads):
@@ -73,10 +83,15 @@ class TeacherModel:
         self._interp = load_interpreter(path=self.path, num_threads=threads)
         inp, outs = self._interp.get_input_details(), self._interp.get_output_details()
         if len(inp) != 1 or inp[0]["dtype"] != np.float32:
-            raise DataError(f"{self.path}: a teacher needs one float32 image input, found "
-                            f"{[(i['name'], i['shape'].tolist(), i['dtype'].__name__) for i in inp]}")
-        out = outs[_pick_output(self.path, [(o["name"], o["shape"].tolist()) for o in outs],
-                                self.cfg.output_index)]
+            raise DataError(
+                f"{self.path}: a teacher needs one float32 image input, found "
+                f"{[(i['name'], i['shape'].tolist(), i['dtype'].__name__) for i in inp]}"
+            )
+        out = outs[
+            _pick_output(
+                self.path, [(o["name"], o["shape"].tolist()) for o in outs], self.cfg.output_index
+            )
+        ]
         self._in, self._out = inp[0]["index"], out["index"]
         signature = inp[0].get("shape_signature", inp[0]["shape"])  # -1 = a dynamic dimension
         self.size = _input_size(self.path, [max(int(d), 0) for d in signature[1:3]], self.cfg)
@@ -97,12 +112,17 @@ class TeacherModel:
         model = load_keras_model(self.path, missing="teacher model file not found (teacher.model)")
         shape = model.input_shape
         if len(shape) != 4 or shape[-1] != 3:
-            raise DataError(f"{self.path}: a teacher takes N x H x W x 3 RGB, this model takes {shape}")
+            raise DataError(
+                f"{self.path}: a teacher takes N x H x W x 3 RGB, this model takes {shape}"
+            )
         self.size = _input_size(self.path, [d or 0 for d in shape[1:3]], self.cfg)
-        index = _pick_output(self.path, [(t.name, tuple(t.shape)) for t in model.outputs],
-                             self.cfg.output_index)
+        index = _pick_output(
+            self.path, [(t.name, tuple(t.shape)) for t in model.outputs], self.cfg.output_index
+        )
         many = len(model.outputs) > 1
-        self._run = lambda x: np.asarray(model(x, training=False)[index] if many else model(x, training=False))
+        self._run = lambda x: np.asarray(
+            model(x, training=False)[index] if many else model(x, training=False)
+        )
 
     def _load_onnx(self, threads):
         import onnxruntime as ort
@@ -111,23 +131,30 @@ class TeacherModel:
         options.intra_op_num_threads = threads
         options.log_severity_level = 3  # errors only
         try:
-            session = ort.InferenceSession(str(self.path), sess_options=options,
-                                           providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
         except Exception as err:  # onnxruntime raises its own types with multi-line text
             first = str(err).strip().splitlines()[0][:200]
             raise DataError(f"{self.path}: cannot load ONNX model ({first})") from None
         inp = session.get_inputs()
         if len(inp) != 1 or inp[0].type != "tensor(float)" or len(inp[0].shape) != 4:
-            raise DataError(f"{self.path}: a teacher needs one float32 image input, found "
-                            f"{[(i.name, i.type, i.shape) for i in inp]}")
+            raise DataError(
+                f"{self.path}: a teacher needs one float32 image input, found "
+                f"{[(i.name, i.type, i.shape) for i in inp]}"
+            )
         shape = inp[0].shape
         self.channels_first = shape[1] == 3  # NCHW, as most exported PyTorch models
         if not self.channels_first and shape[3] != 3:
-            raise DataError(f"{self.path}: input {shape} is neither N x 3 x H x W nor N x H x W x 3")
+            raise DataError(
+                f"{self.path}: input {shape} is neither N x 3 x H x W nor N x H x W x 3"
+            )
         dims = shape[2:4] if self.channels_first else shape[1:3]
         self.size = _input_size(self.path, [d if isinstance(d, int) else 0 for d in dims], self.cfg)
         outs = session.get_outputs()
-        output = outs[_pick_output(self.path, [(o.name, o.shape) for o in outs], self.cfg.output_index)].name
+        output = outs[
+            _pick_output(self.path, [(o.name, o.shape) for o in outs], self.cfg.output_index)
+        ].name
         name = inp[0].name
         self._run = lambda x: session.run([output], {name: x})[0]
 
@@ -136,8 +163,12 @@ class TeacherModel:
         x = normalize(resize(rgb, *self.size).astype(np.float32), self.cfg.normalize)[None]
         if self.channels_first:
             x = x.transpose(0, 3, 1, 2)
-        out = np.squeeze(np.asarray(self._run(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32))
+        out = np.squeeze(
+            np.asarray(self._run(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)
+        )
         if out.ndim != 2:
-            raise DataError(f"{self.path}: teacher output {self.cfg.output_index} has shape {out.shape}; "
-                            "expected one H x W map")
+            raise DataError(
+                f"{self.path}: teacher output {self.cfg.output_index} has shape {out.shape}; "
+                "expected one H x W map"
+            )
         return resize(out, height, width)

@@ -35,7 +35,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from pipeline.core.config import AUTO, DEFAULT_PARAMS, load_params, read_yaml
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.overrides import diff_args, format_arg, format_value, merge
@@ -75,7 +74,9 @@ def _axis(grid_path: str, key, values) -> Axis:
         return Axis(keys, tuple((v,) for v in values))
     for value in values:
         if not isinstance(value, list) or len(value) != len(keys):
-            raise ConfigError(f"{where}: each value must be a list of {len(keys)} (one per key), got {value!r}")
+            raise ConfigError(
+                f"{where}: each value must be a list of {len(keys)} (one per key), got {value!r}"
+            )
     return Axis(keys, tuple(tuple(v) for v in values))
 
 
@@ -86,7 +87,9 @@ def read_grid(path: str | os.PathLike) -> Sweep:
         raise ConfigError(f"{path}: grid file not found")
     raw = read_yaml(path)  # as params files are read: 1e-05 is a number, a duplicate key an error
     if not isinstance(raw, dict) or not isinstance(raw.get("grid"), dict) or not raw["grid"]:
-        raise ConfigError(f"{path}: expected `grid:`, a mapping of dotted params to lists of values")
+        raise ConfigError(
+            f"{path}: expected `grid:`, a mapping of dotted params to lists of values"
+        )
     unknown = sorted(set(raw) - {"grid", "jobs"})
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]} (known: grid, jobs)")
@@ -96,14 +99,18 @@ def read_grid(path: str | os.PathLike) -> Sweep:
     axes = tuple(_axis(str(path), key, values) for key, values in raw["grid"].items())
     seen = [k for axis in axes for k in axis.keys]
     if len(seen) != len(set(seen)):
-        raise ConfigError(f"{path}: a key is in the grid twice: {sorted(k for k in set(seen) if seen.count(k) > 1)[0]}")
+        raise ConfigError(
+            f"{path}: a key is in the grid twice: {sorted(k for k in set(seen) if seen.count(k) > 1)[0]}"
+        )
     return Sweep(name=path.stem, axes=axes, jobs=jobs)
 
 
 def _combinations(axes) -> list[tuple[tuple[int, ...], dict]]:
     """(choice index per axis, {dotted key: value}) of every combination, first axis slowest."""
-    return [(combo, {k: v for axis, i in zip(axes, combo) for k, v in zip(axis.keys, axis.values[i])})
-            for combo in itertools.product(*(range(len(axis.values)) for axis in axes))]
+    return [
+        (combo, {k: v for axis, i in zip(axes, combo) for k, v in zip(axis.keys, axis.values[i])})
+        for combo in itertools.product(*(range(len(axis.values)) for axis in axes))
+    ]
 
 
 def expand(axes) -> list[dict]:
@@ -128,7 +135,9 @@ def absolute_sources(point: dict, root: Path) -> dict:
     return out
 
 
-def check(sweep: Sweep, *, params: str | os.PathLike = DEFAULT_PARAMS, root: Path | None = None) -> Sweep:
+def check(
+    sweep: Sweep, *, params: str | os.PathLike = DEFAULT_PARAMS, root: Path | None = None
+) -> Sweep:
     """`sweep` with its valid points and the skipped ones; a ConfigError when a value is
     invalid in every combination it is in, or when nothing is left."""
     root = Path(root or Path(params).resolve().parent)
@@ -147,11 +156,16 @@ def check(sweep: Sweep, *, params: str | os.PathLike = DEFAULT_PARAMS, root: Pat
         points.append(point)
     if not points:
         raise ConfigError(f"grid {sweep.name}: no valid combination: {skipped[0][1]}")
-    for (a, i), errors in failed.items():  # a value no combination accepts is a mistake, not a combination
+    for (
+        a,
+        i,
+    ), errors in failed.items():  # a value no combination accepts is a mistake, not a combination
         axis = sweep.axes[a]
         if len(errors) == len(combos) // len(axis.values):
             shown = ", ".join(format_arg(k, v) for k, v in zip(axis.keys, axis.values[i]))
-            raise ConfigError(f"grid {sweep.name}: {shown} is invalid in every combination: {errors[0]}")
+            raise ConfigError(
+                f"grid {sweep.name}: {shown} is invalid in every combination: {errors[0]}"
+            )
     return dataclasses.replace(sweep, points=tuple(points), skipped=tuple(skipped))
 
 
@@ -167,9 +181,19 @@ def exp_name(sweep: Sweep, point: dict) -> str:
 
 
 def queue_commands(sweep: Sweep, dvc: str = "dvc", force: bool = False) -> list[list[str]]:
-    return [[dvc, "exp", "run", "--queue", *(["-f"] if force else []), "-n", exp_name(sweep, point),
-             *(arg for item in point_args(point) for arg in ("-S", item))]
-            for point in sweep.points]
+    return [
+        [
+            dvc,
+            "exp",
+            "run",
+            "--queue",
+            *(["-f"] if force else []),
+            "-n",
+            exp_name(sweep, point),
+            *(arg for item in point_args(point) for arg in ("-S", item)),
+        ]
+        for point in sweep.points
+    ]
 
 
 SET_PARAM = ("-S", "--set-param")  # dvc exp run's flag for one override
@@ -182,8 +206,13 @@ def preset_args(preset: str | os.PathLike, params: str | os.PathLike = DEFAULT_P
     return diff_args(base, merge(base, read_yaml(Path(preset)) or {}))
 
 
-def preset_command(preset: str | os.PathLike, *, params: str | os.PathLike = DEFAULT_PARAMS,
-                   extra: list[str] = (), dvc: str = "dvc") -> list[str]:
+def preset_command(
+    preset: str | os.PathLike,
+    *,
+    params: str | os.PathLike = DEFAULT_PARAMS,
+    extra: list[str] = (),
+    dvc: str = "dvc",
+) -> list[str]:
     """`dvc exp run` with the preset's `-S` arguments, then `extra` (more `dvc exp run`
     arguments: a later -S wins), as an argument list: no shell ever splits a value. The
     params that result are checked first, so a mistake costs no DVC run."""
@@ -199,8 +228,9 @@ def run_command(cmd: list[str], *, root: Path) -> None:
     try:
         code = subprocess.run(cmd, cwd=root, env=dvc_env()).returncode
     except FileNotFoundError:
-        raise PipelineError(f"{cmd[0]}: not found (run through make, or with the venv's bin first "
-                            "on PATH)") from None
+        raise PipelineError(
+            f"{cmd[0]}: not found (run through make, or with the venv's bin first on PATH)"
+        ) from None
     if code != 0:
         raise PipelineError(f"`{' '.join(cmd[:3])}` failed (exit {code}; its error is above)")
 
@@ -213,16 +243,22 @@ def dvc_env() -> dict[str, str]:
     """This venv's bin on PATH (first, unless it is there already): DVC's queue workers start
     `dvc`, and the stages `python`, from PATH."""
     venv, path = str(Path(sys.executable).parent), os.environ.get("PATH", "")
-    return dict(os.environ, PATH=path if venv in path.split(os.pathsep) else f"{venv}{os.pathsep}{path}")
+    return dict(
+        os.environ, PATH=path if venv in path.split(os.pathsep) else f"{venv}{os.pathsep}{path}"
+    )
 
 
 def describe(sweep: Sweep) -> list[str]:
-    lines = [f"grid {sweep.name}: {len(sweep.points) + len(sweep.skipped)} combinations, "
-             f"{len(sweep.points)} to queue, {len(sweep.skipped)} skipped; dvc queue start -j {sweep.jobs}"]
+    lines = [
+        f"grid {sweep.name}: {len(sweep.points) + len(sweep.skipped)} combinations, "
+        f"{len(sweep.points)} to queue, {len(sweep.skipped)} skipped; dvc queue start -j {sweep.jobs}"
+    ]
     lines += [f"skip {' '.join(point_args(point))}: {why}" for point, why in sweep.skipped]
     if sweep.jobs > 1:
-        lines.append(f"note: {sweep.jobs} experiments at a time share the cores: their benchmark timings are not "
-                     "comparable (docs/scale-out.md); time the front again alone")
+        lines.append(
+            f"note: {sweep.jobs} experiments at a time share the cores: their benchmark timings are not "
+            "comparable (docs/scale-out.md); time the front again alone"
+        )
     return lines
 
 
@@ -230,10 +266,19 @@ def _run(cmd: list[str], *, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
     try:
         proc = subprocess.run(cmd, cwd=cwd, env=dvc_env(), text=True, **kwargs)
     except FileNotFoundError:
-        raise PipelineError(f"{cmd[0]}: not found (run through make, or with the venv's bin first on PATH)") from None
+        raise PipelineError(
+            f"{cmd[0]}: not found (run through make, or with the venv's bin first on PATH)"
+        ) from None
     if proc.returncode != 0:
-        out = [line for line in ((proc.stderr or "") + (proc.stdout or "")).splitlines() if line.strip()]
-        why = next((line for line in out if line.startswith("ERROR")), out[-1] if out else f"exit {proc.returncode}")
+        out = [
+            line
+            for line in ((proc.stderr or "") + (proc.stdout or "")).splitlines()
+            if line.strip()
+        ]
+        why = next(
+            (line for line in out if line.startswith("ERROR")),
+            out[-1] if out else f"exit {proc.returncode}",
+        )
         raise PipelineError(f"`{shlex.join(cmd)}` failed: {why}")
     return proc
 
@@ -244,16 +289,20 @@ def taken_names(*, root: Path, dvc: str = "dvc") -> set[str]:
     return set(listed) | set(statuses(None, root=root, dvc=dvc))
 
 
-def queue(sweep: Sweep, *, root: Path, dvc: str = "dvc", force: bool = False, log=print) -> list[str]:
+def queue(
+    sweep: Sweep, *, root: Path, dvc: str = "dvc", force: bool = False, log=print
+) -> list[str]:
     """Queue every point and start the workers; returns the experiment names. Names already
     taken stop it before anything is queued, unless `force` (dvc exp run -f) replaces them."""
     commands = queue_commands(sweep, dvc, force)
     names = [cmd[cmd.index("-n") + 1] for cmd in commands]
     taken = sorted(set(names) & taken_names(root=root, dvc=dvc))
     if taken and not force:
-        raise PipelineError(f"{len(taken)} experiment name(s) of grid {sweep.name} exist already: "
-                            f"{', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}; --force (FORCE=1) "
-                            "replaces them, or copy the grid to a file of another name")
+        raise PipelineError(
+            f"{len(taken)} experiment name(s) of grid {sweep.name} exist already: "
+            f"{', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}; --force (FORCE=1) "
+            "replaces them, or copy the grid to a file of another name"
+        )
     for cmd, name in zip(commands, names):
         _run(cmd, cwd=root, capture_output=True)
         log(f"queued {name}")

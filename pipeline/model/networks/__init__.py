@@ -24,8 +24,10 @@ def build_model(cfg: TrainConfig):
     if arch is None:
         raise ValueError(f"unknown train.arch {cfg.arch!r}; known: {', '.join(ARCHS)}")
     if cfg.height % arch.stride or cfg.width % arch.stride:
-        raise ValueError(f"train.height/width {cfg.height}x{cfg.width} must be divisible by "
-                         f"{arch.stride} for {cfg.arch}")
+        raise ValueError(
+            f"train.height/width {cfg.height}x{cfg.width} must be divisible by "
+            f"{arch.stride} for {cfg.arch}"
+        )
     # Imported here: importing pipeline.model.networks must not import TensorFlow.
     model = importlib.import_module(f"{__name__}.{arch.module}").build(cfg)
     set_batchnorm_momentum(model, BN_MOMENTUM)
@@ -56,8 +58,11 @@ def fit_batchnorm_statistics(model, images) -> None:
     """
     import keras
 
-    norms = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-             if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     if not norms:
         return
     saved = [layer.momentum for layer in norms]
@@ -70,7 +75,9 @@ def fit_batchnorm_statistics(model, images) -> None:
             layer.momentum = momentum
 
 
-def wrap_for_device(core, *, height: int = 480, width: int = 640, output_resize: str = OUTPUT_RESIZE):
+def wrap_for_device(
+    core, *, height: int = 480, width: int = 640, output_resize: str = OUTPUT_RESIZE
+):
     """1xHxWx3 RGB 0..255 -> resize to the core's working size -> core -> resize back to HxW.
 
     output_resize (export.output_resize): bilinear, one RESIZE_BILINEAR; separable, the same
@@ -81,18 +88,24 @@ def wrap_for_device(core, *, height: int = 480, width: int = 640, output_resize:
     from pipeline.model.networks.layers import separable_resize
 
     if output_resize not in OUTPUT_RESIZES:
-        raise ValueError(f"unknown output_resize {output_resize!r}; known: {', '.join(OUTPUT_RESIZES)}")
+        raise ValueError(
+            f"unknown output_resize {output_resize!r}; known: {', '.join(OUTPUT_RESIZES)}"
+        )
     _, work_h, work_w, _ = core.input_shape
     rgb = keras.Input((height, width, 3), batch_size=1, name="rgb")
     x = rgb
     if (work_h, work_w) != (height, width):
-        x = keras.layers.Resizing(work_h, work_w, interpolation="bilinear", name="to_working_size")(x)
+        x = keras.layers.Resizing(work_h, work_w, interpolation="bilinear", name="to_working_size")(
+            x
+        )
     depth = core(x)
     if (work_h, work_w) != (height, width):
         if output_resize == "separable":
             depth = separable_resize(depth, height, width, name="to_device_size")
         else:
-            depth = keras.layers.Resizing(height, width, interpolation="bilinear", name="to_device_size")(depth)
+            depth = keras.layers.Resizing(
+                height, width, interpolation="bilinear", name="to_device_size"
+            )(depth)
     return keras.Model(rgb, depth, name=f"{core.name}_device")
 
 
@@ -111,8 +124,12 @@ def load_keras_model(path, missing: str = "model file not found (run the train s
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the Keras model file is empty (0 bytes)")
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):
-        raise DataError(f"{path}: not a Keras model (a .keras file is a zip archive; this is not one)")
+        raise DataError(
+            f"{path}: not a Keras model (a .keras file is a zip archive; this is not one)"
+        )
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as err:  # keras raises many types for a bad archive
-        raise DataError(f"{path}: cannot load Keras model ({str(err).splitlines()[0][:200]})") from None
+        raise DataError(
+            f"{path}: cannot load Keras model ({str(err).splitlines()[0][:200]})"
+        ) from None

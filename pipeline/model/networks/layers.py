@@ -74,7 +74,9 @@ def separable_resize(x, height: int, width: int, name: str):
     x = layers.Permute((3, 2, 1), name=f"{name}_cols_first")(x)  # 1 x w x h: rows in the channels
     x = layers.Resizing(1, width, interpolation="bilinear", name=f"{name}_cols")(x)  # 1 x width x h
     x = layers.Permute((3, 1, 2), name=f"{name}_rows_first")(x)  # h x 1 x width
-    x = layers.Resizing(height, 1, interpolation="bilinear", name=f"{name}_rows")(x)  # height x 1 x width
+    x = layers.Resizing(height, 1, interpolation="bilinear", name=f"{name}_rows")(
+        x
+    )  # height x 1 x width
     return layers.Reshape((height, width, 1), name=name)(x)
 
 

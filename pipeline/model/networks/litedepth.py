@@ -8,7 +8,13 @@ import keras
 from keras import layers
 
 from pipeline.core.config import TrainConfig
-from pipeline.model.networks.layers import conv_bn_relu, depth_head, keras_encoder, sepconv_bn_relu, upsample
+from pipeline.model.networks.layers import (
+    conv_bn_relu,
+    depth_head,
+    keras_encoder,
+    sepconv_bn_relu,
+    upsample,
+)
 
 
 def build(cfg: TrainConfig) -> keras.Model:
