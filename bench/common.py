@@ -132,8 +132,10 @@ def train_and_score(
             for source, m in scored["sources"].items()
         )
         print(
-            f"{label} (seed {params.base.seed}): {summary['train_images']} train images, {summary['epochs']} "
-            f"epochs x {summary['steps_per_epoch']} steps of batch {summary['batch_size']} in {minutes:.1f} min "
+            f"{label} (seed {params.base.seed}): {summary['train_images']} train images, "
+            f"{summary['epochs']} "
+            f"epochs x {summary['steps_per_epoch']} steps of batch {summary['batch_size']} in "
+            f"{minutes:.1f} min "
             f"(epoch shipped {summary['best_epoch']}); {scores}",
             flush=True,
         )
@@ -323,7 +325,8 @@ def prepare_teacher(model: CachedTeacher, work: Path, train_on: str, held_out: s
     write_teacher_index(folder / "alignment.csv", rows)
     stats = summarize(rows, model.cfg)
     print(
-        f"teacher maps for {train_on}: {stats['labelled_images']} labelled + {stats['unlabeled_images']} "
+        f"teacher maps for {train_on}: {stats['labelled_images']} labelled + "
+        f"{stats['unlabeled_images']} "
         f"unlabeled in {time.time() - start:.0f} s; dropped {stats['dropped']} above "
         f"{stats['max_residual']}; on {train_on} itself: {stats['sources'][train_on]}",
         flush=True,

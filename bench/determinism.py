@@ -48,7 +48,8 @@ def main() -> int:
         t = params["train"]
         print(f"data: {args.data}")
         print(
-            f"train: {t['arch']} at {t['height']}x{t['width']}, batch {t['batch_size']}, {args.epochs} epochs, "
+            f"train: {t['arch']} at {t['height']}x{t['width']}, batch {t['batch_size']}, "
+            f"{args.epochs} epochs, "
             f"seed {params['base']['seed']}"
         )
         rows = []
@@ -87,11 +88,13 @@ def main() -> int:
         for r in rows:
             print(
                 f"{str(r['deterministic']):<14} {r['s_per_epoch']:8.2f} "
-                f"{r['loss1'][0]:14.7f} {r['loss1'][1]:14.7f}  {r['loss_end'][0]:13.7f} {r['loss_end'][1]:13.7f}  "
+                f"{r['loss1'][0]:14.7f} {r['loss1'][1]:14.7f}  {r['loss_end'][0]:13.7f} "
+                f"{r['loss_end'][1]:13.7f}  "
                 f"{r['si_rmse_end'][0]:9.5f} {r['si_rmse_end'][1]:9.5f} {r['max_dw']:9.2e}"
             )
         print(
-            f"deterministic / non-deterministic epoch time: {rows[0]['s_per_epoch'] / rows[1]['s_per_epoch']:.3f}"
+            "deterministic / non-deterministic epoch time: "
+            f"{rows[0]['s_per_epoch'] / rows[1]['s_per_epoch']:.3f}"
         )
         identical = rows[0]["max_dw"] == 0.0
         print(f"deterministic runs bit-identical: {'yes' if identical else 'NO'}")

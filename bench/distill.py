@@ -151,8 +151,10 @@ def main() -> None:
         write_teacher_index(work / "teacher/alignment.csv", maps)
         stats = summarize(maps, teacher_cfg)
         print(
-            f"teacher maps: {stats['labelled_images']} labelled + {stats['unlabeled_images']} unlabeled in "
-            f"{time.time() - start:.0f} s; median residual {stats['median_residual']} (RMS log error to TUM "
+            f"teacher maps: {stats['labelled_images']} labelled + {stats['unlabeled_images']} "
+            "unlabeled in "
+            f"{time.time() - start:.0f} s; median residual {stats['median_residual']} (RMS log "
+            "error to TUM "
             f"ground truth), dropped {stats['dropped']} above {stats['max_residual']}",
             flush=True,
         )
@@ -184,9 +186,11 @@ def main() -> None:
         else f"mobile_unet x1.0 at 256x320, {args.teacher_epochs} x {args.teacher_steps_per_epoch} steps on TUM"
     )
     print(
-        f"\nstudent: {t.arch} x{t.width_multiplier} at {t.height}x{t.width}, {args.epochs} x {args.steps_per_epoch} "
+        f"\nstudent: {t.arch} x{t.width_multiplier} at {t.height}x{t.width}, {args.epochs} x "
+        f"{args.steps_per_epoch} "
         f"steps of batch {t.batch_size} per run; teacher: {teacher}; distill_weight "
-        f"{taught.train.loss.distill_weight}, fill_invalid {'on' if taught.teacher.fill_invalid else 'off'}; "
+        f"{taught.train.loss.distill_weight}, fill_invalid "
+        f"{'on' if taught.teacher.fill_invalid else 'off'}; "
         "official metrics of the fp32 TFLite models on the second half of HoloLens"
     )
     print_table(results, scene="val scene")

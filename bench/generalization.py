@@ -99,7 +99,8 @@ def render_synthetic(args, default) -> Path:
     )
     done.write_text(stamp)
     print(
-        f"rendered {args.synthetic_count} synthetic scenes of {width}x{height} in {time.time() - start:.0f} s",
+        f"rendered {args.synthetic_count} synthetic scenes of {width}x{height} in "
+        f"{time.time() - start:.0f} s",
         flush=True,
     )
     return folder
@@ -272,20 +273,24 @@ def main() -> None:
             results += runs("tum+hololens", sources=REAL, val="blocks")
 
     print(
-        f"\nmodel: {default.train.arch} x{default.train.width_multiplier} at {default.train.height}x"
+        f"\nmodel: {default.train.arch} x{default.train.width_multiplier} at "
+        f"{default.train.height}x"
         f"{default.train.width}; budget {args.epochs} x {args.steps_per_epoch} steps of batch "
-        f"{default.train.batch_size} per run; seeds {', '.join(map(str, seeds))}; official metrics of the "
+        f"{default.train.batch_size} per run; seeds {', '.join(map(str, seeds))}; official metrics "
+        "of the "
         f"fp32 TFLite model"
         + (f"; --set {' '.join(args.set)}" if args.set else "")
         + (f"; --synthetic-weight {args.synthetic_weight}" if args.synthetic_weight != 1.0 else "")
     )
     if not imagenet_ok:
         print(
-            "imagenet: skipped, no cached keras.applications MobileNetV2 weights (they download from the internet)"
+            "imagenet: skipped, no cached keras.applications MobileNetV2 weights (they download "
+            "from the internet)"
         )
     if args.teacher:
         print(
-            f"teacher: {args.teacher} ({args.teacher_cfg.output}, output {args.teacher_cfg.output_index}, "
+            f"teacher: {args.teacher} ({args.teacher_cfg.output}, output "
+            f"{args.teacher_cfg.output_index}, "
             f"normalize {args.teacher_cfg.normalize}); distill_weight {args.distill_weight}"
         )
     print_table(results)

@@ -84,7 +84,8 @@ def main() -> None:
         )
         steady = timer.times[args.warmup :]
         print(
-            f"{label:<34} median {np.median(steady) * 1000:7.1f} ms/step  mean {np.mean(steady) * 1000:7.1f}"
+            f"{label:<34} median {np.median(steady) * 1000:7.1f} ms/step  mean "
+            f"{np.mean(steady) * 1000:7.1f}"
         )
         return float(np.median(steady))
 
@@ -96,8 +97,10 @@ def main() -> None:
         (tf.concat([b[0] for b in batches], 0), tf.concat([b[1] for b in batches], 0))
     ).batch(cfg.batch_size)
     print(
-        f"{cfg.arch} at {cfg.height}x{cfg.width}, batch {cfg.batch_size}, {len(train_rows)} train images "
-        f"({'cached in RAM' if pairs.cached else 'decoded per step'}), {args.steps} timed steps after {args.warmup}"
+        f"{cfg.arch} at {cfg.height}x{cfg.width}, batch {cfg.batch_size}, {len(train_rows)} train "
+        "images "
+        f"({'cached in RAM' if pairs.cached else 'decoded per step'}), {args.steps} timed steps "
+        f"after {args.warmup}"
     )
     t_mem = timed_fit(in_memory, "in-memory tensors")
     t_pipe = timed_fit(ds, "tf.data pipeline (decode+augment)")

@@ -77,7 +77,8 @@ def main() -> int:
                 repeats=args.pairs,
             )
     print(
-        f"# 480x640 input, output_resize {output_resize}, {rows[0]['threads']} threads, median of {args.runs} runs"
+        f"# 480x640 input, output_resize {output_resize}, {rows[0]['threads']} threads, median of "
+        f"{args.runs} runs"
     )
     print(format_table(rows))
     for line in rpi4.describe_rows(rows):
@@ -109,7 +110,8 @@ def main() -> int:
         print(
             f"{arch:<18}  {fp32['median_ms']:8.2f}  {int8['median_ms']:8.2f}  "
             f"{fp32['median_ms'] / int8['median_ms']:5.2f}x  {speedup[arch]:7.2f}x  "
-            f"{fp32['delegate_partitions']!s:>10}  {int8['delegate_partitions']!s:>10}  {'MISS' if missed else 'ok'}"
+            f"{fp32['delegate_partitions']!s:>10}  {int8['delegate_partitions']!s:>10}  "
+            f"{'MISS' if missed else 'ok'}"
         )
     target = params.export.target_runtime
     print()
@@ -118,11 +120,13 @@ def main() -> int:
     for row in rows:
         ok = version_key(row["min_runtime"]) <= version_key(target)
         print(
-            f"{row['arch']:<18}  {row['precision']:<9}  {row['min_runtime']:>11}  {'yes' if ok else 'NO'}"
+            f"{row['arch']:<18}  {row['precision']:<9}  {row['min_runtime']:>11}  "
+            f"{'yes' if ok else 'NO'}"
         )
     print()
     print(
-        f"# targets: one XNNPACK partition, int8 >= {MIN_SPEEDUP}x faster than fp32 (same threads, this run)"
+        f"# targets: one XNNPACK partition, int8 >= {MIN_SPEEDUP}x faster than fp32 (same threads, "
+        "this run)"
     )
     for line in misses or ["all met"]:
         print(f"# {'MISS ' if misses else ''}{line}")

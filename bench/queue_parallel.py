@@ -61,7 +61,8 @@ def main() -> int:
     args = parser.parse_args()
 
     print(
-        f"{len(args.archs)} queued tiny experiments ({', '.join(args.archs)}, {args.epochs} epoch(s)), "
+        f"{len(args.archs)} queued tiny experiments ({', '.join(args.archs)}, {args.epochs} "
+        "epoch(s)), "
         f"{host.usable_cpus()} CPU cores"
     )
     results = []
@@ -73,7 +74,8 @@ def main() -> int:
             ok = all(s == "Success" for s in statuses.values())
             results.append((jobs, wall))
             cpu = (
-                f"; CPU busy {cpu1['busy'] - cpu0['busy']:.0f} s, stolen {cpu1['steal'] - cpu0['steal']:.0f} s"
+                f"; CPU busy {cpu1['busy'] - cpu0['busy']:.0f} s, stolen "
+                f"{cpu1['steal'] - cpu0['steal']:.0f} s"
                 if cpu0 and cpu1
                 else ""
             )

@@ -128,7 +128,8 @@ def run(root: Path, stage: str, *args: str) -> dict:
     )
     if proc.returncode != 0 or "RESULT " not in proc.stdout:
         sys.exit(
-            f"{stage} in {root} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+            f"{stage} in {root} failed "
+            f"({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
         )
     result = json.loads(proc.stdout.rsplit("RESULT ", 1)[1])
     result["log"] = proc.stdout
@@ -205,13 +206,15 @@ def main() -> int:
     cores = host.usable_cpus()
     gpu = "no GPU" if not shutil.which("nvidia-smi") else "an NVIDIA GPU (see nvidia-smi)"
     print(
-        f"machine: {cores} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, "
+        f"machine: {cores} cores, "
+        f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, "
         f"{gpu}; load average {load:.1f} at the start (other jobs share the cores)"
     )
     tmp = Path(tempfile.mkdtemp(prefix="scale."))
     pairs = shared_pairs()
     print(
-        f"data: {len(pairs)} shared pairs ({', '.join(s.name for s in SOURCES)}: 640x480 and 540x360 mixed), "
+        f"data: {len(pairs)} shared pairs ({', '.join(s.name for s in SOURCES)}: 640x480 and "
+        "540x360 mixed), "
         f"linked under new names in {tmp}; sizes {sizes}"
     )
     try:
@@ -219,7 +222,8 @@ def main() -> int:
         prep = {}
         print("\n== prepare (index: decode + check every pair; prepare: the split) ==")
         print(
-            f"{'pairs':>6} {'index s':>8} {'prepare s':>9} {'total s':>8} {'growth':>7} {'ms/pair':>8} {'peak RSS MB':>12}"
+            f"{'pairs':>6} {'index s':>8} {'prepare s':>9} {'total s':>8} {'growth':>7} "
+            f"{'ms/pair':>8} {'peak RSS MB':>12}"
         )
         for n in sizes:
             data = linked_set(tmp / f"data{n}", pairs, n)
@@ -231,14 +235,16 @@ def main() -> int:
             }
             print(
                 f"{n:6d} {index['wall_s']:8.1f} {prepare['wall_s']:9.1f} {prep[n]['s']:8.1f} "
-                f"{growth({k: v['s'] for k, v in prep.items()}, n):>7} {prep[n]['s'] / n * 1000:8.2f} "
+                f"{growth({k: v['s'] for k, v in prep.items()}, n):>7} "
+                f"{prep[n]['s'] / n * 1000:8.2f} "
                 f"{prep[n]['peak']:12.0f}",
                 flush=True,
             )
 
         print(f"\n== train: one epoch of {args.steps} steps, default model, batch {batches[0]} ==")
         print(
-            f"{'pairs':>6} {'cache_max_mb':>12} {'cache':>38} {'step ms':>8} {'peak RSS MB':>12} {'stage s':>8}"
+            f"{'pairs':>6} {'cache_max_mb':>12} {'cache':>38} {'step ms':>8} {'peak RSS MB':>12} "
+            f"{'stage s':>8}"
         )
         runs = {}
         plan = [(n, args.cache_mb) for n in sizes] + [
@@ -248,7 +254,8 @@ def main() -> int:
             r = train(roots[n], steps=args.steps, batch=batches[0], cache_mb=cache_mb)
             runs[n, cache_mb, batches[0]] = r
             print(
-                f"{n:6d} {cache_mb:12d} {r['cache']:>38} {r['step_ms']:8.0f} {r['peak_mb']:12.0f} {r['wall_s']:8.1f}",
+                f"{n:6d} {cache_mb:12d} {r['cache']:>38} {r['step_ms']:8.0f} {r['peak_mb']:12.0f} "
+                f"{r['wall_s']:8.1f}",
                 flush=True,
             )
         for batch in batches[1:]:
@@ -256,7 +263,8 @@ def main() -> int:
                 r = train(roots[sizes[0]], steps=args.steps, batch=batch, cache_mb=cache_mb)
                 runs[sizes[0], cache_mb, batch] = r
                 print(
-                    f"{sizes[0]:6d} {cache_mb:12d} {r['cache']:>38} {r['step_ms']:8.0f} {r['peak_mb']:12.0f} "
+                    f"{sizes[0]:6d} {cache_mb:12d} {r['cache']:>38} {r['step_ms']:8.0f} "
+                    f"{r['peak_mb']:12.0f} "
                     f"{r['wall_s']:8.1f}  (batch {batch})",
                     flush=True,
                 )
@@ -280,7 +288,8 @@ def main() -> int:
             for stage in ("evaluate", "package"):
                 r = evals[stage, m] = run(big, stage)
                 print(
-                    f"{stage:>9} {m:7d} {r['wall_s']:7.1f} {r['wall_s'] / m * 1000:9.1f} {r['peak_mb']:12.0f}",
+                    f"{stage:>9} {m:7d} {r['wall_s']:7.1f} {r['wall_s'] / m * 1000:9.1f} "
+                    f"{r['peak_mb']:12.0f}",
                     flush=True,
                 )
 
@@ -288,7 +297,8 @@ def main() -> int:
         first, last = sizes[0], sizes[-1]
         ok = prep[last]["s"] <= PREPARE_TARGET_S
         print(
-            f"prepare of {last} pairs: {prep[last]['s']:.0f} s on {cores} cores (target <= {PREPARE_TARGET_S:.0f} s): "
+            f"prepare of {last} pairs: {prep[last]['s']:.0f} s on {cores} cores (target <= "
+            f"{PREPARE_TARGET_S:.0f} s): "
             f"{'met' if ok else 'MISSED'}; {prep[last]['s'] / prep[first]['s']:.2f}x the time for "
             f"{last / first:.0f}x the pairs"
         )
@@ -309,25 +319,31 @@ def main() -> int:
             cached, streamed = runs[first, args.cache_mb, batch], runs[first, 0, batch]
             ratio = streamed["step_ms"] / cached["step_ms"]
             print(
-                f"streaming / cached step time at batch {batch} ({first} pairs): {streamed['step_ms']:.0f} / "
+                f"streaming / cached step time at batch {batch} ({first} pairs): "
+                f"{streamed['step_ms']:.0f} / "
                 f"{cached['step_ms']:.0f} ms = {ratio:.2f} (target <= {RATIO_TARGET}): "
                 f"{'met' if ratio <= RATIO_TARGET else 'MISSED'}"
             )
         big_step = runs[last, args.cache_mb, batches[0]]
         print(
-            f"  {last} pairs at cache_max_mb {args.cache_mb} ({big_step['cache']}): {big_step['step_ms']:.0f} ms/step, "
-            f"{big_step['step_ms'] / runs[first, args.cache_mb, batches[0]]['step_ms']:.2f}x the cached step"
+            f"  {last} pairs at cache_max_mb {args.cache_mb} ({big_step['cache']}): "
+            f"{big_step['step_ms']:.0f} ms/step, "
+            f"{big_step['step_ms'] / runs[first, args.cache_mb, batches[0]]['step_ms']:.2f}x the "
+            "cached step"
         )
         for stage in ("evaluate", "package"):
             small, large = evals[stage, args.eval_images // 4], evals[stage, args.eval_images]
             extra = args.eval_images - args.eval_images // 4
             print(
-                f"{stage}: {args.eval_images // 4} -> {args.eval_images} images: time x{large['wall_s'] / small['wall_s']:.2f} "
+                f"{stage}: {args.eval_images // 4} -> {args.eval_images} images: time "
+                f"x{large['wall_s'] / small['wall_s']:.2f} "
                 f"({(large['wall_s'] - small['wall_s']) / extra * 1000:.1f} ms per added image), "
-                f"peak RSS {small['peak_mb']:.0f} -> {large['peak_mb']:.0f} MB ({large['peak_mb'] - small['peak_mb']:+.0f} MB)"
+                f"peak RSS {small['peak_mb']:.0f} -> {large['peak_mb']:.0f} MB "
+                f"({large['peak_mb'] - small['peak_mb']:+.0f} MB)"
             )
         print(
-            f"load average at the end {os.getloadavg()[0]:.1f}; GPU: none on this machine, so no fp32 vs "
+            f"load average at the end {os.getloadavg()[0]:.1f}; GPU: none on this machine, so no "
+            "fp32 vs "
             "mixed-precision images/s figure"
             if gpu == "no GPU"
             else ""

@@ -130,7 +130,8 @@ def main() -> None:
                 )
             )
     print(
-        f"\n{'scene':<9} {'alignment':<15} {'images':>6} {'residual':>8} {'si-RMSE':>8} {'constant':>8} "
+        f"\n{'scene':<9} {'alignment':<15} {'images':>6} {'residual':>8} {'si-RMSE':>8} "
+        f"{'constant':>8} "
         f"{'ratio':>6} {'|ln s - median|':>15} {'median fit: si-RMSE':>19} {'ratio':>6}"
     )
     for scene, alignment, n, residual, si, constant, spread, si_median in table:
@@ -140,7 +141,8 @@ def main() -> None:
         )
         print(
             f"{scene:<9} {alignment:<15} {n:>6} {residual:>8.4f} {si:>8.4f} {constant:>8.4f} "
-            f"{si / constant:>6.2f} {spread:>15.3f} {si_median:>19.4f} {si_median / constant:>6.2f}  {chosen}"
+            f"{si / constant:>6.2f} {spread:>15.3f} {si_median:>19.4f} "
+            f"{si_median / constant:>6.2f}  {chosen}"
         )
 
 

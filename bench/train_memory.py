@@ -121,10 +121,12 @@ def main() -> int:
         t = params["train"]
         print(f"data: {args.data}")
         print(
-            f"train: {t['arch']} at {t['height']}x{t['width']}, batch {t['batch_size']}, {args.epochs} epoch(s)"
+            f"train: {t['arch']} at {t['height']}x{t['width']}, batch {t['batch_size']}, "
+            f"{args.epochs} epoch(s)"
         )
         print(
-            f"decoded data set: train split {sizes['train']:.0f} MiB + val split {sizes['val']:.0f} MiB "
+            f"decoded data set: train split {sizes['train']:.0f} MiB + val split "
+            f"{sizes['val']:.0f} MiB "
             f"= {sizes['train'] + sizes['val']:.0f} MiB (uint8 RGB + uint16 depth at source size)"
         )
 

@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     capped = f" (capped from {cfg.threads})" if out["threads_capped"] else ""
     print(
         f"benchmark: {device}, {out['threads']} threads{capped}: median {out['median_ms']:.1f} ms, "
-        f"p90 {out['p90_ms']:.1f} ms, init {out['init_ms']:.1f} ms, peak RAM {out['peak_rss_mb']:.0f} MB "
+        f"p90 {out['p90_ms']:.1f} ms, init {out['init_ms']:.1f} ms, peak RAM "
+        f"{out['peak_rss_mb']:.0f} MB "
         f"-> {METRICS}"
     )
     if out["est_rpi4_ms"] is None:

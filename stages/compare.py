@@ -46,12 +46,14 @@ def main(argv: list[str] | None = None) -> None:
     print(paths["markdown"].read_text())
     groups = data_groups(table)
     print(
-        f"{count_runs(len(table))} of {experiment!r} in {len(groups)} data group(s), never ranked across groups:"
+        f"{count_runs(len(table))} of {experiment!r} in {len(groups)} data group(s), never ranked "
+        "across groups:"
     )
     for label, rows in groups:
         fronts = [", ".join(rows.loc[rows[front], "run"]) or "none" for _, _, front, _ in SPEEDS]
         print(
-            f"- {label}: {count_runs(len(rows))}; Pareto front: {fronts[0]}; est. Pi 4 front: {fronts[1]}; "
+            f"- {label}: {count_runs(len(rows))}; Pareto front: {fronts[0]}; est. Pi 4 front: "
+            f"{fronts[1]}; "
             f"{describe_best(rows)}; plot {paths['plots'][label]}"
             + (f" (also in run {logged[label][:8]}, artifacts compare/)" if label in logged else "")
         )

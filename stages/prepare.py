@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     for name, s in per_source.items():
         print(
-            f"prepare: {name}: {s['train_images']} train / {s['val_images']} val pairs from {s['path']}"
+            f"prepare: {name}: {s['train_images']} train / {s['val_images']} val pairs from "
+            f"{s['path']}"
         )
     print(f"prepare: {count('train')} train / {count('val')} val pairs -> {SPLIT_CSV}")
 

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     names = sweep.queue(plan, root=Path.cwd(), force=args.force)
     print(
-        f"started {len(names)} experiments, {plan.jobs} at a time (workers' output: {sweep.QUEUE_LOG})"
+        f"started {len(names)} experiments, {plan.jobs} at a time (workers' output: "
+        f"{sweep.QUEUE_LOG})"
     )
     if not args.wait:
         print("follow: dvc queue status; dvc queue logs NAME -f; when done: make compare")

@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         for row in read_unlabeled(f"{UNLABELED_DIR}/{name}.csv")
     ]
     print(
-        f"teacher: {cfg.model} ({cfg.output}) on {len(labelled)} train + {len(unlabeled)} unlabeled images",
+        f"teacher: {cfg.model} ({cfg.output}) on {len(labelled)} train + {len(unlabeled)} "
+        "unlabeled images",
         flush=True,
     )
     with atomic_dir(TEACHER_MAPS) as tmp:
@@ -64,8 +65,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"(constant {m['baseline_si_rmse']:.4f}, ratio {m['ratio_to_constant']:.2f})"
             )
     print(
-        f"teacher: median residual {summary['median_residual']} (RMS log error to the ground truth), "
-        f"dropped {summary['dropped']}/{summary['labelled_images']} maps above {cfg.max_residual} -> {TEACHER_MAPS}"
+        f"teacher: median residual {summary['median_residual']} (RMS log error to the ground "
+        "truth), "
+        f"dropped {summary['dropped']}/{summary['labelled_images']} maps above {cfg.max_residual} "
+        f"-> {TEACHER_MAPS}"
     )
 
 

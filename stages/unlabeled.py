@@ -27,13 +27,15 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in args.names if n not in folders]
     if unknown:
         raise ConfigError(
-            f"params: data.unlabeled has no entry {unknown[0]!r} (known: {', '.join(folders) or 'none'})"
+            f"params: data.unlabeled has no entry {unknown[0]!r} (known: "
+            f"{', '.join(folders) or 'none'})"
         )
     for name in args.names or list(folders):
         rows = list_unlabeled(folders[name].path, max_images=params.data.max_images)
         write_unlabeled(f"{UNLABELED_DIR}/{name}.csv", rows)
         print(
-            f"unlabeled {name}: {len(rows)} RGB images from {folders[name].path} -> {UNLABELED_DIR}/{name}.csv"
+            f"unlabeled {name}: {len(rows)} RGB images from {folders[name].path} -> "
+            f"{UNLABELED_DIR}/{name}.csv"
         )
 
 

@@ -74,7 +74,8 @@ def serving(cmd: list[str], health_url: str, log_path: Path, *, cwd: Path, env: 
         while True:
             if proc.poll() is not None:
                 pytest.fail(
-                    f"{Path(cmd[0]).name} exited with {proc.returncode}: {log_path.read_text()[-2000:]}"
+                    f"{Path(cmd[0]).name} exited with {proc.returncode}: "
+                    f"{log_path.read_text()[-2000:]}"
                 )
             try:
                 with urllib.request.urlopen(health_url, timeout=2) as resp:
@@ -210,7 +211,8 @@ def run(cmd, cwd: Path, *, check: bool = True, timeout: float = 900) -> subproce
     )
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+            f"{' '.join(map(str, cmd))} failed "
+            f"({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
         )
     return proc
 

@@ -116,7 +116,8 @@ def queue(tmp_path_factory):
 
 def assert_success(queue, name: str) -> None:
     assert queue.statuses.get(name) == "Success", (
-        f"{name}: {queue.statuses.get(name)}\n--- dvc queue logs {name} ---\n{queue.logs[name][-6000:]}"
+        f"{name}: {queue.statuses.get(name)}\n--- dvc queue logs {name} "
+        f"---\n{queue.logs[name][-6000:]}"
     )
 
 

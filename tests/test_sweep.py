@@ -95,19 +95,23 @@ def test_invalid_combinations_are_skipped_with_their_reason(project):
     [
         (
             "grid: {train.arch: [mobile_unet], export.precision: [fp32, fp33]}",
-            "grid g: export.precision=fp33 is invalid in every combination: params: export.precision='fp33' is not one of",
+            "grid g: export.precision=fp33 is invalid in every combination: params: "
+            "export.precision='fp33' is not one of",
         ),
         (
             "grid: {train.archh: [mobile_unet, fastdepth]}",
-            "grid g: no valid combination: -S 'train.archh=mobile_unet': params have no train.archh",
+            "grid g: no valid combination: -S 'train.archh=mobile_unet': params have no "
+            "train.archh",
         ),
         (
             "grid: {train.arch: [mobile_unet, fastdepth], train.height: [100]}",
-            "grid g: no valid combination: params: train.height=100 must be divisible by 32 for mobile_unet",
+            "grid g: no valid combination: params: train.height=100 must be divisible by 32 for "
+            "mobile_unet",
         ),
         (
             "grid: {train.arch: [mobile_unet, fastdepth], train.height: [128, 100]}",
-            "grid g: train.height=100 is invalid in every combination: params: train.height=100 must be divisible by 32",
+            "grid g: train.height=100 is invalid in every combination: params: train.height=100 "
+            "must be divisible by 32",
         ),
         (
             "grid:\n  train.height,train.width: [[192]]",

@@ -582,7 +582,8 @@ def _check_teacher(params: Params) -> None:
     both = sorted(set(d.unlabeled) & set(d.sources))
     if both:
         raise ConfigError(
-            f"params: data.unlabeled.{both[0]} has the name of a data.sources entry; use another name"
+            f"params: data.unlabeled.{both[0]} has the name of a data.sources entry; use another "
+            "name"
         )
     if not tc.model:
         needs = [
@@ -596,7 +597,8 @@ def _check_teacher(params: Params) -> None:
         ]
         if needs:
             raise ConfigError(
-                f"params: {needs[0]} needs a teacher; set teacher.model to a file under {TEACHER_DIR}/"
+                f"params: {needs[0]} needs a teacher; set teacher.model to a file under "
+                f"{TEACHER_DIR}/"
             )
         return
     if Path(tc.model).suffix not in TEACHER_SUFFIXES:
@@ -610,7 +612,8 @@ def _check_teacher(params: Params) -> None:
         )
     if (tc.height == 0) != (tc.width == 0):
         raise ConfigError(
-            f"params: teacher.height={tc.height} and teacher.width={tc.width}: set both, or 0 for both"
+            f"params: teacher.height={tc.height} and teacher.width={tc.width}: set both, or 0 for "
+            "both"
         )
 
 

@@ -37,7 +37,8 @@ class TFLiteDepthModel:
         outputs = self._interp.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise DataError(
-                f"{self.path}: expected 1 input and 1 output tensor, found {len(inputs)} and {len(outputs)}"
+                f"{self.path}: expected 1 input and 1 output tensor, found {len(inputs)} and "
+                f"{len(outputs)}"
             )
         self._in, self._out = inputs[0], outputs[0]
         shape = tuple(int(s) for s in self._in["shape"])

@@ -90,7 +90,8 @@ class _Ssh:
         err = proc.stderr
         if "Permission denied" in err or "Too many authentication failures" in err:
             return (
-                f"{self.target}: ssh authentication failed (key-based only; add your public key to the "
+                f"{self.target}: ssh authentication failed (key-based only; add your public key to "
+                "the "
                 "host's authorized_keys or pass an identity via MAI_SSH_IDENTITY)"
             )
         if "Host key verification failed" in err or "IDENTIFICATION HAS CHANGED" in err:

@@ -391,7 +391,8 @@ def convert(
         ops = non_builtin_ops(text)
         if ops:
             raise ExportError(
-                f"model needs non-builtin TF ops: {', '.join(ops)}; the device runtime has builtin ops only",
+                f"model needs non-builtin TF ops: {', '.join(ops)}; the device runtime has builtin "
+                "ops only",
                 text,
             ) from None
         raise ExportError(

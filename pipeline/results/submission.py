@@ -367,7 +367,8 @@ def validate_submission(
                 info.compress_size, 1
             ):
                 problems.append(
-                    f"{name}: compression ratio {info.file_size / max(info.compress_size, 1):.0f}:1 "
+                    f"{name}: compression ratio "
+                    f"{info.file_size / max(info.compress_size, 1):.0f}:1 "
                     f"exceeds {MAX_RATIO:.0f}:1 (zip bomb?)"
                 )
             else:

@@ -100,7 +100,8 @@ def read_grid(path: str | os.PathLike) -> Sweep:
     seen = [k for axis in axes for k in axis.keys]
     if len(seen) != len(set(seen)):
         raise ConfigError(
-            f"{path}: a key is in the grid twice: {sorted(k for k in set(seen) if seen.count(k) > 1)[0]}"
+            f"{path}: a key is in the grid twice: "
+            f"{sorted(k for k in set(seen) if seen.count(k) > 1)[0]}"
         )
     return Sweep(name=path.stem, axes=axes, jobs=jobs)
 
@@ -251,12 +252,14 @@ def dvc_env() -> dict[str, str]:
 def describe(sweep: Sweep) -> list[str]:
     lines = [
         f"grid {sweep.name}: {len(sweep.points) + len(sweep.skipped)} combinations, "
-        f"{len(sweep.points)} to queue, {len(sweep.skipped)} skipped; dvc queue start -j {sweep.jobs}"
+        f"{len(sweep.points)} to queue, {len(sweep.skipped)} skipped; dvc queue start -j "
+        f"{sweep.jobs}"
     ]
     lines += [f"skip {' '.join(point_args(point))}: {why}" for point, why in sweep.skipped]
     if sweep.jobs > 1:
         lines.append(
-            f"note: {sweep.jobs} experiments at a time share the cores: their benchmark timings are not "
+            f"note: {sweep.jobs} experiments at a time share the cores: their benchmark timings "
+            "are not "
             "comparable (docs/scale-out.md); time the front again alone"
         )
     return lines
