@@ -133,10 +133,9 @@ def train_and_score(
         )
         print(
             f"{label} (seed {params.base.seed}): {summary['train_images']} train images, "
-            f"{summary['epochs']} "
-            f"epochs x {summary['steps_per_epoch']} steps of batch {summary['batch_size']} in "
-            f"{minutes:.1f} min "
-            f"(epoch shipped {summary['best_epoch']}); {scores}",
+            f"{summary['epochs']} epochs x {summary['steps_per_epoch']} steps of batch "
+            f"{summary['batch_size']} in {minutes:.1f} min (epoch shipped "
+            f"{summary['best_epoch']}); {scores}",
             flush=True,
         )
     return {
@@ -326,9 +325,9 @@ def prepare_teacher(model: CachedTeacher, work: Path, train_on: str, held_out: s
     stats = summarize(rows, model.cfg)
     print(
         f"teacher maps for {train_on}: {stats['labelled_images']} labelled + "
-        f"{stats['unlabeled_images']} "
-        f"unlabeled in {time.time() - start:.0f} s; dropped {stats['dropped']} above "
-        f"{stats['max_residual']}; on {train_on} itself: {stats['sources'][train_on]}",
+        f"{stats['unlabeled_images']} unlabeled in {time.time() - start:.0f} s; dropped "
+        f"{stats['dropped']} above {stats['max_residual']}; on {train_on} itself: "
+        f"{stats['sources'][train_on]}",
         flush=True,
     )
     return {

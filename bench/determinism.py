@@ -49,8 +49,7 @@ def main() -> int:
         print(f"data: {args.data}")
         print(
             f"train: {t['arch']} at {t['height']}x{t['width']}, batch {t['batch_size']}, "
-            f"{args.epochs} epochs, "
-            f"seed {params['base']['seed']}"
+            f"{args.epochs} epochs, seed {params['base']['seed']}"
         )
         rows = []
         for flag in (True, False):
@@ -87,9 +86,8 @@ def main() -> int:
         )
         for r in rows:
             print(
-                f"{str(r['deterministic']):<14} {r['s_per_epoch']:8.2f} "
-                f"{r['loss1'][0]:14.7f} {r['loss1'][1]:14.7f}  {r['loss_end'][0]:13.7f} "
-                f"{r['loss_end'][1]:13.7f}  "
+                f"{str(r['deterministic']):<14} {r['s_per_epoch']:8.2f} {r['loss1'][0]:14.7f} "
+                f"{r['loss1'][1]:14.7f}  {r['loss_end'][0]:13.7f} {r['loss_end'][1]:13.7f}  "
                 f"{r['si_rmse_end'][0]:9.5f} {r['si_rmse_end'][1]:9.5f} {r['max_dw']:9.2e}"
             )
         print(

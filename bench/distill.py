@@ -152,10 +152,9 @@ def main() -> None:
         stats = summarize(maps, teacher_cfg)
         print(
             f"teacher maps: {stats['labelled_images']} labelled + {stats['unlabeled_images']} "
-            "unlabeled in "
-            f"{time.time() - start:.0f} s; median residual {stats['median_residual']} (RMS log "
-            "error to TUM "
-            f"ground truth), dropped {stats['dropped']} above {stats['max_residual']}",
+            f"unlabeled in {time.time() - start:.0f} s; median residual {stats['median_residual']} "
+            f"(RMS log error to TUM ground truth), dropped {stats['dropped']} above "
+            f"{stats['max_residual']}",
             flush=True,
         )
 
@@ -187,11 +186,10 @@ def main() -> None:
     )
     print(
         f"\nstudent: {t.arch} x{t.width_multiplier} at {t.height}x{t.width}, {args.epochs} x "
-        f"{args.steps_per_epoch} "
-        f"steps of batch {t.batch_size} per run; teacher: {teacher}; distill_weight "
-        f"{taught.train.loss.distill_weight}, fill_invalid "
-        f"{'on' if taught.teacher.fill_invalid else 'off'}; "
-        "official metrics of the fp32 TFLite models on the second half of HoloLens"
+        f"{args.steps_per_epoch} steps of batch {t.batch_size} per run; teacher: {teacher}; "
+        f"distill_weight {taught.train.loss.distill_weight}, fill_invalid "
+        f"{'on' if taught.teacher.fill_invalid else 'off'}; official metrics of the fp32 TFLite "
+        "models on the second half of HoloLens"
     )
     print_table(results, scene="val scene")
 

@@ -274,11 +274,9 @@ def main() -> None:
 
     print(
         f"\nmodel: {default.train.arch} x{default.train.width_multiplier} at "
-        f"{default.train.height}x"
-        f"{default.train.width}; budget {args.epochs} x {args.steps_per_epoch} steps of batch "
-        f"{default.train.batch_size} per run; seeds {', '.join(map(str, seeds))}; official metrics "
-        "of the "
-        f"fp32 TFLite model"
+        f"{default.train.height}x{default.train.width}; budget {args.epochs} x "
+        f"{args.steps_per_epoch} steps of batch {default.train.batch_size} per run; seeds "
+        f"{', '.join(map(str, seeds))}; official metrics of the fp32 TFLite model"
         + (f"; --set {' '.join(args.set)}" if args.set else "")
         + (f"; --synthetic-weight {args.synthetic_weight}" if args.synthetic_weight != 1.0 else "")
     )
@@ -290,8 +288,8 @@ def main() -> None:
     if args.teacher:
         print(
             f"teacher: {args.teacher} ({args.teacher_cfg.output}, output "
-            f"{args.teacher_cfg.output_index}, "
-            f"normalize {args.teacher_cfg.normalize}); distill_weight {args.distill_weight}"
+            f"{args.teacher_cfg.output_index}, normalize {args.teacher_cfg.normalize}); "
+            f"distill_weight {args.distill_weight}"
         )
     print_table(results)
 

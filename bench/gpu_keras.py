@@ -180,11 +180,9 @@ def main() -> None:
         m = run["held_out"]
         print(
             f"{run['policy']:<14} images/s batch 8 {run['images_per_s_batch8']:8.0f}  batch "
-            f"{args.big_batch} "
-            f"{run[f'images_per_s_batch{args.big_batch}']:8.0f}  held-out si-RMSE "
-            f"{m['si_rmse']:.4f} "
-            f"(constant {m['baseline_si_rmse']:.4f}, ratio {m['ratio_to_constant']:.2f})  "
-            f"{args.steps} steps in {run['train_seconds']:.0f} s"
+            f"{args.big_batch} {run[f'images_per_s_batch{args.big_batch}']:8.0f}  held-out si-RMSE "
+            f"{m['si_rmse']:.4f} (constant {m['baseline_si_rmse']:.4f}, ratio "
+            f"{m['ratio_to_constant']:.2f})  {args.steps} steps in {run['train_seconds']:.0f} s"
         )
 
 

@@ -98,9 +98,8 @@ def main() -> None:
     ).batch(cfg.batch_size)
     print(
         f"{cfg.arch} at {cfg.height}x{cfg.width}, batch {cfg.batch_size}, {len(train_rows)} train "
-        "images "
-        f"({'cached in RAM' if pairs.cached else 'decoded per step'}), {args.steps} timed steps "
-        f"after {args.warmup}"
+        f"images ({'cached in RAM' if pairs.cached else 'decoded per step'}), {args.steps} timed "
+        f"steps after {args.warmup}"
     )
     t_mem = timed_fit(in_memory, "in-memory tensors")
     t_pipe = timed_fit(ds, "tf.data pipeline (decode+augment)")

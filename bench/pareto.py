@@ -163,8 +163,7 @@ def run(label: str, presets, overrides: dict, work: Path, split_csv: Path, args)
     shutil.rmtree(folder, ignore_errors=True)  # what a killed run left
     print(
         f"\n== {label}: {t.arch} x{t.width_multiplier} at {t.height}x{t.width}, batch "
-        f"{t.batch_size}, "
-        f"lr {t.learning_rate:g}"
+        f"{t.batch_size}, lr {t.learning_rate:g}"
         + (
             f", {step_s:.2f} s/step measured -> {t.epochs} x {t.steps_per_epoch} steps"
             if step_s
@@ -192,8 +191,7 @@ def run(label: str, presets, overrides: dict, work: Path, split_csv: Path, args)
     zeros = float((preds <= 0).mean())  # a ReLU head's dead pixels: scored as 1 mm
     print(
         f"{label}: {summary['steps']} steps x batch {summary['batch_size']} in "
-        f"{done['minutes']:.1f} min "
-        f"(with validation), si-RMSE {result['si_rmse']:.4f} vs constant "
+        f"{done['minutes']:.1f} min (with validation), si-RMSE {result['si_rmse']:.4f} vs constant "
         f"{result['baseline_si_rmse']:.4f}" + (f"; {note}" if note else ""),
         flush=True,
     )
@@ -349,8 +347,7 @@ def print_targets(rows: list[dict], ref: dict | None) -> None:
     )
     print(
         f"- si-RMSE {default['si_rmse']:.4f} no worse than the baseline's {ref['si_rmse']:.4f} at "
-        "the same "
-        f"budget: {verdict(default['si_rmse'] <= ref['si_rmse'])}"
+        f"the same budget: {verdict(default['si_rmse'] <= ref['si_rmse'])}"
     )
     ratio = default["score"] / ref["score"]
     print(
@@ -417,15 +414,13 @@ def main() -> None:
     print(
         f"\ndata: {', '.join(f'{n} ({p})' for n, p in args.sources.items())}; val {args.val}: "
         f"{n_train} train / {len(rows) - n_train} val images; official metrics of the fp32 TFLite "
-        "model at "
-        f"480x640 (aspect {params.data.aspect})"
+        f"model at 480x640 (aspect {params.data.aspect})"
     )
     print(
         f"budget: {args.minutes:g} min of training steps per model; timing at 480x640, "
         f"{results[0]['threads']} threads, median of {params.benchmark.runs} (fastest of "
-        f"{args.timing_rounds} "
-        f"rounds); score = 2^(-20 si-RMSE) / "
-        f"(100 s), ratios (xN) to {ref['label'] if ref else 'no baseline'}"
+        f"{args.timing_rounds} rounds); score = 2^(-20 si-RMSE) / (100 s), ratios (xN) to "
+        f"{ref['label'] if ref else 'no baseline'}"
     )
     print_comparison(results, ref)
     for line in rpi4.describe_rows([{**r, "precision": "fp32"} for r in results]):

@@ -62,8 +62,7 @@ def main() -> int:
 
     print(
         f"{len(args.archs)} queued tiny experiments ({', '.join(args.archs)}, {args.epochs} "
-        "epoch(s)), "
-        f"{host.usable_cpus()} CPU cores"
+        f"epoch(s)), {host.usable_cpus()} CPU cores"
     )
     results = []
     with tempfile.TemporaryDirectory(prefix="queue_parallel_") as tmp:

@@ -105,13 +105,11 @@ def main() -> int:
     print(
         f"# resizes: {part['input_resize'] + part['output_bilinear']:.1%} of the device graph "
         f"(input {part['input_resize']:.1%}, output {part['output_bilinear']:.1%}); network + "
-        "resizes "
-        f"timed apart = {parts:.3f} ms vs the graph {ms['device']:.3f} ms"
+        f"resizes timed apart = {parts:.3f} ms vs the graph {ms['device']:.3f} ms"
     )
     print(
         f"# separable output resize: {ms['output_bilinear'] / ms['output_separable']:.1f}x cheaper "
-        "alone; "
-        f"device graph {ms['device'] / ms['device_separable']:.2f}x faster "
+        f"alone; device graph {ms['device'] / ms['device_separable']:.2f}x faster "
         f"({ms['device'] - ms['device_separable']:+.3f} ms saved)"
     )
 
@@ -122,8 +120,7 @@ def main() -> int:
     print()
     print(
         f"# accuracy: {model.relative_to(REPO) if model.is_relative_to(REPO) else model} exported "
-        f"{precision}, "
-        f"scored on the last 20% of {data.name} (official metrics, centre crop)"
+        f"{precision}, scored on the last 20% of {data.name} (official metrics, centre crop)"
     )
     print(
         f"{'output_resize':<14}  {'si-RMSE':>8}  {'RMSE m':>7}  {'rel':>6}  {'images':>6}  "
@@ -133,8 +130,7 @@ def main() -> int:
     for output_resize, summary, parity in accuracy(model, data, export_cfg):
         print(
             f"{output_resize:<14}  {summary['si_rmse']:8.4f}  {summary['rmse']:7.3f}  "
-            f"{summary['rel']:6.3f}  "
-            f"{summary['n_images']:>6}  {parity['si_rmse_diff']:11.5f}"
+            f"{summary['rel']:6.3f}  {summary['n_images']:>6}  {parity['si_rmse_diff']:11.5f}"
         )
     return 0
 

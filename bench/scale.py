@@ -207,15 +207,14 @@ def main() -> int:
     gpu = "no GPU" if not shutil.which("nvidia-smi") else "an NVIDIA GPU (see nvidia-smi)"
     print(
         f"machine: {cores} cores, "
-        f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, "
-        f"{gpu}; load average {load:.1f} at the start (other jobs share the cores)"
+        f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, {gpu}; "
+        f"load average {load:.1f} at the start (other jobs share the cores)"
     )
     tmp = Path(tempfile.mkdtemp(prefix="scale."))
     pairs = shared_pairs()
     print(
         f"data: {len(pairs)} shared pairs ({', '.join(s.name for s in SOURCES)}: 640x480 and "
-        "540x360 mixed), "
-        f"linked under new names in {tmp}; sizes {sizes}"
+        f"540x360 mixed), linked under new names in {tmp}; sizes {sizes}"
     )
     try:
         roots = {}
@@ -236,8 +235,7 @@ def main() -> int:
             print(
                 f"{n:6d} {index['wall_s']:8.1f} {prepare['wall_s']:9.1f} {prep[n]['s']:8.1f} "
                 f"{growth({k: v['s'] for k, v in prep.items()}, n):>7} "
-                f"{prep[n]['s'] / n * 1000:8.2f} "
-                f"{prep[n]['peak']:12.0f}",
+                f"{prep[n]['s'] / n * 1000:8.2f} {prep[n]['peak']:12.0f}",
                 flush=True,
             )
 
@@ -264,8 +262,7 @@ def main() -> int:
                 runs[sizes[0], cache_mb, batch] = r
                 print(
                     f"{sizes[0]:6d} {cache_mb:12d} {r['cache']:>38} {r['step_ms']:8.0f} "
-                    f"{r['peak_mb']:12.0f} "
-                    f"{r['wall_s']:8.1f}  (batch {batch})",
+                    f"{r['peak_mb']:12.0f} {r['wall_s']:8.1f}  (batch {batch})",
                     flush=True,
                 )
 
@@ -298,9 +295,8 @@ def main() -> int:
         ok = prep[last]["s"] <= PREPARE_TARGET_S
         print(
             f"prepare of {last} pairs: {prep[last]['s']:.0f} s on {cores} cores (target <= "
-            f"{PREPARE_TARGET_S:.0f} s): "
-            f"{'met' if ok else 'MISSED'}; {prep[last]['s'] / prep[first]['s']:.2f}x the time for "
-            f"{last / first:.0f}x the pairs"
+            f"{PREPARE_TARGET_S:.0f} s): {'met' if ok else 'MISSED'}; "
+            f"{prep[last]['s'] / prep[first]['s']:.2f}x the time for {last / first:.0f}x the pairs"
         )
         on = {n: runs[n, args.cache_mb, batches[0]]["peak_mb"] for n in sizes}
         off = {n: runs[n, 0, batches[0]]["peak_mb"] for n in dict.fromkeys((first, last))}
@@ -320,9 +316,8 @@ def main() -> int:
             ratio = streamed["step_ms"] / cached["step_ms"]
             print(
                 f"streaming / cached step time at batch {batch} ({first} pairs): "
-                f"{streamed['step_ms']:.0f} / "
-                f"{cached['step_ms']:.0f} ms = {ratio:.2f} (target <= {RATIO_TARGET}): "
-                f"{'met' if ratio <= RATIO_TARGET else 'MISSED'}"
+                f"{streamed['step_ms']:.0f} / {cached['step_ms']:.0f} ms = {ratio:.2f} (target <= "
+                f"{RATIO_TARGET}): {'met' if ratio <= RATIO_TARGET else 'MISSED'}"
             )
         big_step = runs[last, args.cache_mb, batches[0]]
         print(
@@ -343,8 +338,7 @@ def main() -> int:
             )
         print(
             f"load average at the end {os.getloadavg()[0]:.1f}; GPU: none on this machine, so no "
-            "fp32 vs "
-            "mixed-precision images/s figure"
+            "fp32 vs mixed-precision images/s figure"
             if gpu == "no GPU"
             else ""
         )

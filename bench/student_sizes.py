@@ -205,20 +205,16 @@ def main() -> None:
     print(
         f"\nstudents: mobile_unet, {args.epochs} x {args.steps_per_epoch} steps of batch "
         f"{default.train.batch_size} each, seeds {', '.join(map(str, seeds))}; trained on "
-        f"{TRAIN_ON} + "
-        f"{ROOMS.name} labelled by {args.teacher.name}; held out: all of {HELD_OUT} "
-        f"({anchor['n_images']} "
-        f"images, constant si-RMSE {anchor['baseline_si_rmse']:.4f}); timing at 480x640, "
-        f"{bench.threads} "
-        f"threads (capped at the cores here), fp32 TFLite"
+        f"{TRAIN_ON} + {ROOMS.name} labelled by {args.teacher.name}; held out: all of {HELD_OUT} "
+        f"({anchor['n_images']} images, constant si-RMSE {anchor['baseline_si_rmse']:.4f}); timing "
+        f"at 480x640, {bench.threads} threads (capped at the cores here), fp32 TFLite"
     )
     print(
         f"teacher itself on {HELD_OUT}: si-RMSE {anchor['si_rmse']:.4f}, ratio {teacher_ratio:.2f}"
     )
     print(
         f"{'student (alpha x HxW)':<22} {'local ms':>8} {'est Pi4 ms':>10} {'si-RMSE':>8} "
-        f"{'ratio':>6} "
-        f"{'range':>11} {'- teacher':>9} {'front':>5} {'min':>5}"
+        f"{'ratio':>6} {'range':>11} {'- teacher':>9} {'front':>5} {'min':>5}"
     )
     for row in sorted(rows, key=lambda r: r["ms"]):
         spread = f"{row['range'][0]:.2f}..{row['range'][1]:.2f}" if len(seeds) > 1 else ""
@@ -232,8 +228,8 @@ def main() -> None:
         best = min(within, key=lambda r: r["ratio"])
         print(
             f"best at est. Pi 4 <= {LITEDEPTH_MS:.0f} ms: {best['size']}, ratio "
-            f"{best['ratio']:.2f}, "
-            f"{best['ratio'] - teacher_ratio:+.2f} from the teacher's (target: within 0.15)"
+            f"{best['ratio']:.2f}, {best['ratio'] - teacher_ratio:+.2f} from the teacher's "
+            "(target: within 0.15)"
         )
     plot(
         rows,

@@ -131,8 +131,8 @@ def main() -> None:
             )
     print(
         f"\n{'scene':<9} {'alignment':<15} {'images':>6} {'residual':>8} {'si-RMSE':>8} "
-        f"{'constant':>8} "
-        f"{'ratio':>6} {'|ln s - median|':>15} {'median fit: si-RMSE':>19} {'ratio':>6}"
+        f"{'constant':>8} {'ratio':>6} {'|ln s - median|':>15} {'median fit: si-RMSE':>19} "
+        f"{'ratio':>6}"
     )
     for scene, alignment, n, residual, si, constant, spread, si_median in table:
         chosen = " ".join(

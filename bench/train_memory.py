@@ -126,8 +126,8 @@ def main() -> int:
         )
         print(
             f"decoded data set: train split {sizes['train']:.0f} MiB + val split "
-            f"{sizes['val']:.0f} MiB "
-            f"= {sizes['train'] + sizes['val']:.0f} MiB (uint8 RGB + uint16 depth at source size)"
+            f"{sizes['val']:.0f} MiB = {sizes['train'] + sizes['val']:.0f} MiB (uint8 RGB + uint16 "
+            "depth at source size)"
         )
 
         cache_mb = t["cache_max_mb"]

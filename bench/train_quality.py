@@ -107,16 +107,13 @@ def main() -> None:
     print(f"constant-prediction baseline si-RMSE (per-image std of ln GT): {baseline:.4f}")
     print(
         f"{'arch':<20} {'res':>8} {'params':>9} {'epochs':>6} {'min':>5} {'si-RMSE':>8} "
-        f"{'x const':>7} "
-        f"{'RMSE m':>7} {'rel':>6} {'d1':>6}"
+        f"{'x const':>7} {'RMSE m':>7} {'rel':>6} {'d1':>6}"
     )
     for r in results:
         print(
             f"{r['arch']:<20} {r['res']:>8} {r['params']:>9,} {r['epochs']:>6} "
-            f"{r['minutes']:>5.1f} "
-            f"{r['si_rmse']:>8.4f} {r['si_rmse'] / baseline:>7.2f} {r['rmse']:>7.3f} "
-            f"{r['rel']:>6.3f} "
-            f"{r['delta1']:>6.3f}"
+            f"{r['minutes']:>5.1f} {r['si_rmse']:>8.4f} {r['si_rmse'] / baseline:>7.2f} "
+            f"{r['rmse']:>7.3f} {r['rel']:>6.3f} {r['delta1']:>6.3f}"
         )
 
 

@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"benchmark: {device}, {out['threads']} threads{capped}: median {out['median_ms']:.1f} ms, "
         f"p90 {out['p90_ms']:.1f} ms, init {out['init_ms']:.1f} ms, peak RAM "
-        f"{out['peak_rss_mb']:.0f} MB "
-        f"-> {METRICS}"
+        f"{out['peak_rss_mb']:.0f} MB -> {METRICS}"
     )
     if out["est_rpi4_ms"] is None:
         print(f"benchmark: {rpi4.describe(out)}")

@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         fronts = [", ".join(rows.loc[rows[front], "run"]) or "none" for _, _, front, _ in SPEEDS]
         print(
             f"- {label}: {count_runs(len(rows))}; Pareto front: {fronts[0]}; est. Pi 4 front: "
-            f"{fronts[1]}; "
-            f"{describe_best(rows)}; plot {paths['plots'][label]}"
+            f"{fronts[1]}; {describe_best(rows)}; plot {paths['plots'][label]}"
             + (f" (also in run {logged[label][:8]}, artifacts compare/)" if label in logged else "")
         )
     print(f"wrote {paths['csv']}, {paths['markdown']}")

@@ -66,9 +66,8 @@ def main(argv: list[str] | None = None) -> None:
             )
     print(
         f"teacher: median residual {summary['median_residual']} (RMS log error to the ground "
-        "truth), "
-        f"dropped {summary['dropped']}/{summary['labelled_images']} maps above {cfg.max_residual} "
-        f"-> {TEACHER_MAPS}"
+        f"truth), dropped {summary['dropped']}/{summary['labelled_images']} maps above "
+        f"{cfg.max_residual} -> {TEACHER_MAPS}"
     )
 
 

@@ -27,22 +27,40 @@ HERE = "tests/test_param_effects.py"
 EFFECTS = {
     "base.seed": f"{HERE}::test_synthesize_follows_its_params",
     "base.deterministic": "tests/test_determinism.py::test_deterministic_runs_one_op_at_a_time",
-    "data.sources.*.path": "tests/test_sources.py::test_two_real_sources_of_different_sizes_through_dvc_repro",
-    "data.sources.*.weight": f"{HERE}::test_source_weights_set_each_sources_share_of_the_drawn_epochs",
-    "data.unlabeled.*.path": "tests/test_teacher.py::test_repro_with_pipeline_made_teachers_reruns_only_the_student",
-    "data.unlabeled.*.weight": f"{HERE}::test_unlabeled_weights_set_their_share_of_the_drawn_epochs",
+    "data.sources.*.path": (
+        "tests/test_sources.py::test_two_real_sources_of_different_sizes_through_dvc_repro"
+    ),
+    "data.sources.*.weight": (
+        f"{HERE}::test_source_weights_set_each_sources_share_of_the_drawn_epochs"
+    ),
+    "data.unlabeled.*.path": (
+        "tests/test_teacher.py::test_repro_with_pipeline_made_teachers_reruns_only_the_student"
+    ),
+    "data.unlabeled.*.weight": (
+        f"{HERE}::test_unlabeled_weights_set_their_share_of_the_drawn_epochs"
+    ),
     "data.val": f"{HERE}::test_a_held_out_source_ships_the_last_epoch_not_the_best_on_it",
-    "data.val_fraction": "tests/test_sources.py::test_split_blocks_per_source_and_a_held_out_source",
+    "data.val_fraction": (
+        "tests/test_sources.py::test_split_blocks_per_source_and_a_held_out_source"
+    ),
     "data.aspect": f"{HERE}::test_crop_and_stretch_are_told_apart_in_both_axes",
-    "data.max_images": "tests/test_sources.py::test_two_real_sources_of_different_sizes_through_dvc_repro",
-    "data.skip_empty_depth": "tests/test_bad_data.py::test_empty_depth_is_an_error_when_not_skipped",
+    "data.max_images": (
+        "tests/test_sources.py::test_two_real_sources_of_different_sizes_through_dvc_repro"
+    ),
+    "data.skip_empty_depth": (
+        "tests/test_bad_data.py::test_empty_depth_is_an_error_when_not_skipped"
+    ),
     "data.synthetic.count": f"{HERE}::test_synthesize_follows_its_params",
     "data.synthetic.height": f"{HERE}::test_synthesize_follows_its_params",
     "data.synthetic.width": f"{HERE}::test_synthesize_follows_its_params",
     "data.synthetic.invalid_fraction": f"{HERE}::test_synthesize_follows_its_params",
-    "train.arch": "tests/test_models_losses.py::test_mai_baseline_unet_is_the_organizers_model_exactly",
+    "train.arch": (
+        "tests/test_models_losses.py::test_mai_baseline_unet_is_the_organizers_model_exactly"
+    ),
     "train.encoder": f"{HERE}::test_network_params_shape_the_network",
-    "train.encoder_weights": "tests/test_sources.py::test_imagenet_encoder_weights_load_from_the_keras_cache",
+    "train.encoder_weights": (
+        "tests/test_sources.py::test_imagenet_encoder_weights_load_from_the_keras_cache"
+    ),
     "train.init_from": "tests/test_sources.py::test_init_from_copies_every_weight",
     "train.width_multiplier": f"{HERE}::test_network_params_shape_the_network",
     "train.decoder_channels": f"{HERE}::test_network_params_shape_the_network",
@@ -57,31 +75,63 @@ EFFECTS = {
     "train.warmup_epochs": "tests/test_training.py::test_learning_rate_warms_up_then_decays",
     "train.min_lr_ratio": "tests/test_training.py::test_learning_rate_warms_up_then_decays",
     "train.ema": "tests/test_training.py::test_weight_average_is_shipped_and_resumes_exactly",
-    "train.steps_per_epoch": f"{HERE}::test_source_weights_set_each_sources_share_of_the_drawn_epochs",
+    "train.steps_per_epoch": (
+        f"{HERE}::test_source_weights_set_each_sources_share_of_the_drawn_epochs"
+    ),
     "train.cache_max_mb": "tests/test_input_pipeline.py::test_train_and_val_share_one_cache_budget",
     "train.strategy": "tests/test_training.py::test_mirrored_strategy_on_two_cpu_devices",
-    "train.mixed_precision": f"{HERE}::test_layers_compute_in_the_mixed_precision_policy_during_training",
+    "train.mixed_precision": (
+        f"{HERE}::test_layers_compute_in_the_mixed_precision_policy_during_training"
+    ),
     "train.loss.silog_weight": "tests/test_models_losses.py::test_loss_weights_combine_terms",
-    "train.loss.silog_lambda": f"{HERE}::test_silog_lambda_and_berhu_weight_reach_the_training_loss",
+    "train.loss.silog_lambda": (
+        f"{HERE}::test_silog_lambda_and_berhu_weight_reach_the_training_loss"
+    ),
     "train.loss.grad_weight": "tests/test_models_losses.py::test_loss_weights_combine_terms",
     "train.loss.l1_weight": "tests/test_models_losses.py::test_loss_weights_combine_terms",
-    "train.loss.berhu_weight": f"{HERE}::test_silog_lambda_and_berhu_weight_reach_the_training_loss",
-    "train.loss.rmse_weight": "tests/test_models_losses.py::test_rmse_loss_is_the_per_image_rmse_of_valid_pixels",
+    "train.loss.berhu_weight": (
+        f"{HERE}::test_silog_lambda_and_berhu_weight_reach_the_training_loss"
+    ),
+    "train.loss.rmse_weight": (
+        "tests/test_models_losses.py::test_rmse_loss_is_the_per_image_rmse_of_valid_pixels"
+    ),
     "train.loss.distill_weight": "tests/test_teacher.py::test_distill_and_fill_invalid_losses",
-    "train.augment.flip": "tests/test_input_pipeline.py::test_augmentation_keeps_rgb_and_depth_aligned",
-    "train.augment.brightness": f"{HERE}::test_each_colour_jitter_does_its_own_change_within_its_bound",
-    "train.augment.contrast": f"{HERE}::test_each_colour_jitter_does_its_own_change_within_its_bound",
-    "train.augment.saturation": f"{HERE}::test_each_colour_jitter_does_its_own_change_within_its_bound",
+    "train.augment.flip": (
+        "tests/test_input_pipeline.py::test_augmentation_keeps_rgb_and_depth_aligned"
+    ),
+    "train.augment.brightness": (
+        f"{HERE}::test_each_colour_jitter_does_its_own_change_within_its_bound"
+    ),
+    "train.augment.contrast": (
+        f"{HERE}::test_each_colour_jitter_does_its_own_change_within_its_bound"
+    ),
+    "train.augment.saturation": (
+        f"{HERE}::test_each_colour_jitter_does_its_own_change_within_its_bound"
+    ),
     "train.augment.hue": f"{HERE}::test_each_colour_jitter_does_its_own_change_within_its_bound",
-    "train.augment.crop_min_scale": f"{HERE}::test_crop_prob_and_crop_min_scale_set_how_often_and_how_far_it_zooms",
-    "train.augment.crop_prob": f"{HERE}::test_crop_prob_and_crop_min_scale_set_how_often_and_how_far_it_zooms",
-    "teacher.model": "tests/test_teacher.py::test_repro_with_pipeline_made_teachers_reruns_only_the_student",
+    "train.augment.crop_min_scale": (
+        f"{HERE}::test_crop_prob_and_crop_min_scale_set_how_often_and_how_far_it_zooms"
+    ),
+    "train.augment.crop_prob": (
+        f"{HERE}::test_crop_prob_and_crop_min_scale_set_how_often_and_how_far_it_zooms"
+    ),
+    "teacher.model": (
+        "tests/test_teacher.py::test_repro_with_pipeline_made_teachers_reruns_only_the_student"
+    ),
     "teacher.output": "tests/test_teacher.py::"
     "test_alignment_recovers_scale_and_shift_of_an_onnx_inverse_depth_teacher",
-    "teacher.output_index": "tests/test_teacher.py::test_a_wrong_output_index_is_one_line_that_lists_the_outputs",
-    "teacher.height": "tests/test_teacher.py::test_onnx_teacher_with_a_dynamic_size_runs_at_the_params_size",
-    "teacher.width": "tests/test_teacher.py::test_onnx_teacher_with_a_dynamic_size_runs_at_the_params_size",
-    "teacher.normalize": "tests/test_teacher.py::test_onnx_teacher_with_a_dynamic_size_runs_at_the_params_size",
+    "teacher.output_index": (
+        "tests/test_teacher.py::test_a_wrong_output_index_is_one_line_that_lists_the_outputs"
+    ),
+    "teacher.height": (
+        "tests/test_teacher.py::test_onnx_teacher_with_a_dynamic_size_runs_at_the_params_size"
+    ),
+    "teacher.width": (
+        "tests/test_teacher.py::test_onnx_teacher_with_a_dynamic_size_runs_at_the_params_size"
+    ),
+    "teacher.normalize": (
+        "tests/test_teacher.py::test_onnx_teacher_with_a_dynamic_size_runs_at_the_params_size"
+    ),
     "teacher.max_residual": f"{HERE}::test_max_residual_decides_which_teacher_maps_are_kept",
     "teacher.fill_invalid": f"{HERE}::test_fill_invalid_sets_the_loss_that_fit_minimises",
     "export.precision": "tests/test_tflite.py::test_quantized_models_are_smaller",
@@ -89,25 +139,41 @@ EFFECTS = {
     "export.width": "tests/test_tflite.py::test_export_model_report_on_real_images",
     "export.representative_images": "tests/test_tflite.py::test_export_model_report_on_real_images",
     "export.parity_images": "tests/test_tflite.py::test_export_model_report_on_real_images",
-    "export.max_parity_drop": "tests/test_tflite.py::test_export_fails_when_tflite_scores_worse_than_keras",
-    "export.target_runtime": "tests/test_tflite.py::test_export_fails_when_the_model_needs_a_newer_runtime",
-    "export.output_resize": "tests/test_models_losses.py::test_device_graph_computes_what_training_computed",
+    "export.max_parity_drop": (
+        "tests/test_tflite.py::test_export_fails_when_tflite_scores_worse_than_keras"
+    ),
+    "export.target_runtime": (
+        "tests/test_tflite.py::test_export_fails_when_the_model_needs_a_newer_runtime"
+    ),
+    "export.output_resize": (
+        "tests/test_models_losses.py::test_device_graph_computes_what_training_computed"
+    ),
     "benchmark.threads": "tests/test_benchmark.py::test_threads_are_capped_and_reported",
     "benchmark.warmup": f"{HERE}::test_warmup_runs_untimed_invokes_before_the_timed_ones",
     "benchmark.runs": "tests/test_benchmark.py::test_benchmark_stage_writes_metrics",
     "benchmark.device": "tests/test_remote_ssh.py::test_benchmark_stage_over_ssh_with_env_config",
     "benchmark.ssh_python": "tests/test_remote_ssh.py::test_missing_python_on_host",
-    "evaluate.panels": "tests/test_end_to_end.py::test_evaluate_param_change_reruns_evaluate_without_training",
+    "evaluate.panels": (
+        "tests/test_end_to_end.py::test_evaluate_param_change_reruns_evaluate_without_training"
+    ),
     "package.inputs": "tests/test_predict_package.py::test_package_stage_with_odd_sized_inputs",
     "package.extra_data": "tests/test_teacher.py::test_extra_data_follows_what_trained_the_model",
-    "package.challenge_sources": "tests/test_teacher.py::test_extra_data_follows_what_trained_the_model",
-    "package.description": "tests/test_predict_package.py::test_package_stage_with_odd_sized_inputs",
-    "track.force": "tests/test_tracking.py::test_track_stage_logs_once_per_pipeline_state_unless_forced",
+    "package.challenge_sources": (
+        "tests/test_teacher.py::test_extra_data_follows_what_trained_the_model"
+    ),
+    "package.description": (
+        "tests/test_predict_package.py::test_package_stage_with_odd_sized_inputs"
+    ),
+    "track.force": (
+        "tests/test_tracking.py::test_track_stage_logs_once_per_pipeline_state_unless_forced"
+    ),
 }
 # Keys with no effect a test could observe, and why.
 EXEMPT = {
     "track.experiment": "only names the MLflow experiment that the runs are logged to",
-    "train.jit_compile": "XLA compiles the same train step: the speed changes, not what it computes",
+    "train.jit_compile": (
+        "XLA compiles the same train step: the speed changes, not what it computes"
+    ),
 }
 
 

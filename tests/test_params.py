@@ -271,11 +271,9 @@ STAGES = (
 OUTPUT_DIRS = ("data", "models", "metrics", "reports", "submission")
 # Runs a stage as `python -m` would and reports at exit whether TensorFlow was imported.
 PROBE = (
-    "import atexit, runpy, sys; "
-    "atexit.register(lambda: print('TF_IMPORTED' if 'tensorflow' in sys.modules else "
-    "'TF_NOT_IMPORTED')); "
-    "stage = sys.argv.pop(1); "
-    "runpy.run_module('stages.' + stage, run_name='__main__', alter_sys=True)"
+    "import atexit, runpy, sys; atexit.register(lambda: print('TF_IMPORTED' if 'tensorflow' in "
+    "sys.modules else 'TF_NOT_IMPORTED')); stage = sys.argv.pop(1); runpy.run_module('stages.' + "
+    "stage, run_name='__main__', alter_sys=True)"
 )
 
 

@@ -38,19 +38,38 @@ COMMANDS = {
     "make repro": "tests/test_readme.py::test_make_repro_reruns_what_changed_with_the_venvs_python",
     "make test": "tests/test_readme.py::test_make_test_runs_pytest_and_names_each_skipped_test",
     "CI=true make test": "tests/test_readme.py::test_ci_make_test_fails_where_a_program_is_missing",
-    "make exp PRESET=presets/tum.yaml": "tests/test_make_exp.py::test_make_exp_applies_a_preset_through_dvc",
-    "python -m stages.exp --print presets/tum.yaml": "tests/test_sources.py::test_a_preset_replaces_the_sources_and_its_experiment_says_so",
-    "ln -s ../../../shared/teachers/pydnet_matterport/pydnet_matterport.tflite models/teacher/": "tests/test_teacher.py::test_readme_teacher_commands_label_every_source_with_the_shared_teacher",
-    "make exp PRESET=presets/teacher.yaml": "tests/test_teacher.py::test_readme_teacher_commands_label_every_source_with_the_shared_teacher",
+    "make exp PRESET=presets/tum.yaml": (
+        "tests/test_make_exp.py::test_make_exp_applies_a_preset_through_dvc"
+    ),
+    "python -m stages.exp --print presets/tum.yaml": (
+        "tests/test_sources.py::test_a_preset_replaces_the_sources_and_its_experiment_says_so"
+    ),
+    "ln -s ../../../shared/teachers/pydnet_matterport/pydnet_matterport.tflite models/teacher/": (
+        "tests/test_teacher.py::test_readme_teacher_commands_label_every_source_with_the_shared_teacher"
+    ),
+    "make exp PRESET=presets/teacher.yaml": (
+        "tests/test_teacher.py::test_readme_teacher_commands_label_every_source_with_the_shared_teacher"
+    ),
     "dvc exp show": "tests/test_readme.py::test_dvc_exp_show_lists_the_workspace_and_its_metrics",
-    "make sweep DRY=1": "tests/test_readme.py::test_make_sweep_dry_prints_the_grid_and_queues_nothing",
-    "python -m stages.probe --arch fastdepth --precision int8": "tests/test_readme.py::test_probe_times_fastdepth_in_int8_in_one_xnnpack_partition",
-    "python -m pipeline.results.submission validate submission/submission.zip --inputs path/to/rgb": "tests/test_submission.py::test_valid_zip_from_writer_is_accepted",
+    "make sweep DRY=1": (
+        "tests/test_readme.py::test_make_sweep_dry_prints_the_grid_and_queues_nothing"
+    ),
+    "python -m stages.probe --arch fastdepth --precision int8": (
+        "tests/test_readme.py::test_probe_times_fastdepth_in_int8_in_one_xnnpack_partition"
+    ),
+    (
+        "python -m pipeline.results.submission validate submission/submission.zip"
+        " --inputs path/to/rgb"
+    ): "tests/test_submission.py::test_valid_zip_from_writer_is_accepted",
     "make ui": "tests/test_ui_browser.py::test_make_ui_link_opens_the_training_runs_with_si_rmse",
     "make compare": "tests/test_readme.py::test_make_compare_writes_the_table_of_the_stores_runs",
     "make factsheet": "tests/test_readme.py::test_make_factsheet_writes_the_newest_runs_sheet",
-    "make tracking-server": "tests/test_readme.py::test_make_tracking_server_takes_a_clients_dvc_exp_run",
-    "MLFLOW_TRACKING_URI=http://SERVER:5000 dvc exp run": "tests/test_readme.py::test_make_tracking_server_takes_a_clients_dvc_exp_run",
+    "make tracking-server": (
+        "tests/test_readme.py::test_make_tracking_server_takes_a_clients_dvc_exp_run"
+    ),
+    "MLFLOW_TRACKING_URI=http://SERVER:5000 dvc exp run": (
+        "tests/test_readme.py::test_make_tracking_server_takes_a_clients_dvc_exp_run"
+    ),
 }
 
 

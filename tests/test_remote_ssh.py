@@ -71,9 +71,8 @@ def sshd(tmp_path_factory):
     )
     # The client side as a user would write it in ~/.ssh/config; -F keeps ours isolated.
     (d / "ssh_config").write_text(
-        f"Host *\n  IdentityFile {d}/client_key\n  IdentitiesOnly yes\n"
-        f"  UserKnownHostsFile {d}/known_hosts\n  GlobalKnownHostsFile /dev/null\n  LogLevel "
-        "ERROR\n"
+        f"Host *\n  IdentityFile {d}/client_key\n  IdentitiesOnly yes\n  UserKnownHostsFile "
+        f"{d}/known_hosts\n  GlobalKnownHostsFile /dev/null\n  LogLevel ERROR\n"
     )
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation dir

@@ -126,9 +126,8 @@ def test_non_builtin_op_is_rejected_with_its_name():
 
 def test_non_builtin_parser():
     log = (
-        "error: 'tf.Erfinv' op is neither a custom op nor a flex op\n"
-        "Some ops are not supported by the native TFLite runtime\n\tFlex ops: FlexStringJoin, "
-        "FlexErfinv\n"
+        "error: 'tf.Erfinv' op is neither a custom op nor a flex op\nSome ops are not supported "
+        "by the native TFLite runtime\n\tFlex ops: FlexStringJoin, FlexErfinv\n"
     )
     assert tflite.non_builtin_ops(log) == ["Erfinv", "StringJoin"]
     assert tflite.non_builtin_ops("all fine") == []

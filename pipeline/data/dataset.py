@@ -214,15 +214,13 @@ def validate_source(
     if median_mm < lo:
         report.warnings.append(
             f"{source}: median valid depth is {median_mm:.1f} (expected millimetres, e.g. 1000 for "
-            "1 m);"
-            " wrong units? the depth PNGs look like metres or centimetres; convert them to "
+            "1 m); wrong units? the depth PNGs look like metres or centimetres; convert them to "
             "millimetres"
         )
     elif median_mm > hi:
         report.warnings.append(
             f"{source}: median valid depth is {median_mm:.0f} mm = {median_mm / 1000:.1f} m; wrong "
-            "units? "
-            "the depth PNGs look scaled (e.g. TUM's raw 1/5000 m units); convert them to "
+            "units? the depth PNGs look scaled (e.g. TUM's raw 1/5000 m units); convert them to "
             "millimetres"
         )
     return report

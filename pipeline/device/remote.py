@@ -91,8 +91,7 @@ class _Ssh:
         if "Permission denied" in err or "Too many authentication failures" in err:
             return (
                 f"{self.target}: ssh authentication failed (key-based only; add your public key to "
-                "the "
-                "host's authorized_keys or pass an identity via MAI_SSH_IDENTITY)"
+                "the host's authorized_keys or pass an identity via MAI_SSH_IDENTITY)"
             )
         if "Host key verification failed" in err or "IDENTIFICATION HAS CHANGED" in err:
             return f"{self.target}: host key verification failed (the host's key changed? check known_hosts)"

@@ -135,9 +135,8 @@ def describe(row: Mapping) -> str:
     listed = ", ".join(f"{name} {ratio:.2f}" for name, ratio in ratios.items())
     return (
         f"an estimate, not a measurement: local median x {row['est_rpi4_ratio']:.2f}, the median "
-        "of "
-        f"published Pi 4 / local latency of 4 fp32 MobileNets at {REFERENCE_SIZE}x{REFERENCE_SIZE} "
-        f"({listed}); its range uses their min..max"
+        "of published Pi 4 / local latency of 4 fp32 MobileNets at "
+        f"{REFERENCE_SIZE}x{REFERENCE_SIZE} ({listed}); its range uses their min..max"
     )
 
 
@@ -250,15 +249,13 @@ def time_local(
         if not 1 / MAX_DRIFT <= drift <= MAX_DRIFT:
             log(
                 f"the Pi 4 calibration does not hold now: {ANCHOR} runs at {drift:.2f}x its "
-                "calibrated "
-                "time (another load on the cores?); calibrating again"
+                "calibrated time (another load on the cores?); calibrating again"
             )
             calibration = None
     if calibration is None:
         log(
             "calibrating the Pi 4 estimate: timing 4 reference MobileNets after the model for "
-            "this machine, "
-            f"runtime and {key['threads']} threads (cached in {path})"
+            f"this machine, runtime and {key['threads']} threads (cached in {path})"
         )
         missing = {name: ref for name, ref in refs.items() if not ref.is_file()}
         if missing:

@@ -368,8 +368,8 @@ def validate_submission(
             ):
                 problems.append(
                     f"{name}: compression ratio "
-                    f"{info.file_size / max(info.compress_size, 1):.0f}:1 "
-                    f"exceeds {MAX_RATIO:.0f}:1 (zip bomb?)"
+                    f"{info.file_size / max(info.compress_size, 1):.0f}:1 exceeds "
+                    f"{MAX_RATIO:.0f}:1 (zip bomb?)"
                 )
             else:
                 top[name] = info

@@ -259,8 +259,7 @@ def describe(sweep: Sweep) -> list[str]:
     if sweep.jobs > 1:
         lines.append(
             f"note: {sweep.jobs} experiments at a time share the cores: their benchmark timings "
-            "are not "
-            "comparable (docs/scale-out.md); time the front again alone"
+            "are not comparable (docs/scale-out.md); time the front again alone"
         )
     return lines
 
