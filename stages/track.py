@@ -13,15 +13,7 @@ from pathlib import Path
 
 from pipeline.core.cli import run_stage, stage_parser
 from pipeline.core.config import load_params
-from pipeline.tracking.runs import (
-    find_experiment_id,
-    find_tracked_run,
-    log_pipeline_run,
-    pipeline_key,
-    runs_link,
-    tracking_uri,
-    ui_base_url,
-)
+from pipeline.tracking.runs import runs_link, track_pipeline, tracking_uri, ui_base_url
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,18 +25,14 @@ def main(argv: list[str] | None = None) -> None:
     root = Path.cwd()
     experiment = args.experiment or params.track.experiment
     uri = tracking_uri(root)
-    key = pipeline_key(root, params)
-    tracked = find_tracked_run(uri, experiment, key) if key and not params.track.force else None
-    if tracked:
-        exp_id, run_id = tracked
-        print(f"already tracked: MLflow run {run_id} of experiment {experiment!r} has these outputs and "
-              "params (set track.force: true to log another run)")
+    done = track_pipeline(project_root=root, params=params, experiment_name=experiment,
+                          run_name=args.run_name)
+    if done.logged:
+        print(f"MLflow run {done.run_id} logged to experiment {experiment!r} at {uri}")
     else:
-        run_id = log_pipeline_run(project_root=root, params=params, experiment_name=experiment,
-                                  run_name=args.run_name)
-        exp_id = find_experiment_id(uri, experiment)
-        print(f"MLflow run {run_id} logged to experiment {experiment!r} at {uri}")
-    link = runs_link(ui_base_url(uri), exp_id)
+        print(f"already tracked: MLflow run {done.run_id} of experiment {experiment!r} has these "
+              "outputs and params (set track.force: true to log another run)")
+    link = runs_link(ui_base_url(uri), done.experiment_id)
     print(f"Browse: make ui  -> {link}" if uri.startswith("sqlite:///") else f"Browse: {link}")
 
 

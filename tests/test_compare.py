@@ -52,6 +52,10 @@ RUNS = {  # run name -> (arch, precision, evaluate.json, benchmark.json, export.
                  {"size_mb": 1.0}),
     "no-bench": ("mobile_unet", "fp32", {"si_rmse": 0.10, "rmse": 0.9}, None, None),
 }
+# Where two of them were trained (metrics/train.json `host`): the table tells the machines apart.
+HOSTS = {"fast-int8": {"cpu": "AMD EPYC", "vector_path": "AVX-512"},
+         "good-fp32": {"cpu": "AMD EPYC", "vector_path": "AVX2 (capped)",
+                       "onednn_max_cpu_isa": "AVX2"}}
 
 
 @pytest.fixture
@@ -66,7 +70,9 @@ def tracked(tmp_path, monkeypatch):
         proj = tmp_path / name
         (proj / "metrics").mkdir(parents=True)
         shutil.copy(REPO / "params.yaml", proj / "params.yaml")
-        for stage, content in (("evaluate", ev), ("benchmark", bench), ("export", export)):
+        train = {"host": HOSTS[name]} if name in HOSTS else None
+        stages = (("evaluate", ev), ("benchmark", bench), ("export", export), ("train", train))
+        for stage, content in stages:
             if content is not None:
                 (proj / "metrics" / f"{stage}.json").write_text(json.dumps(content))
         params = dataclasses.replace(
@@ -94,6 +100,10 @@ def test_compare_stage_writes_table_and_plot(tracked, tmp_path, monkeypatch, cap
     assert by_run.loc["fast-int8", "latency_ms"] == pytest.approx(20.0)
     assert by_run.loc["good-fp32", "size_mb"] == pytest.approx(2.0)
     assert by_run.loc["bad-fp16", "rmse_m"] == pytest.approx(1.5)
+    for name, host in HOSTS.items():
+        assert by_run.loc[name, "cpu"] == host["cpu"]
+        assert by_run.loc[name, "vector_path"] == host["vector_path"]
+    assert by_run[["cpu", "vector_path"]].loc["no-bench"].isna().all()  # logged before host facts
     assert by_run.loc["good-fp32", "score"] == pytest.approx(challenge_score(si_rmse=0.30, runtime_s=0.05))
     assert math.isnan(by_run.loc["no-bench", "score"]) and math.isnan(by_run.loc["no-bench", "latency_ms"])
     assert by_run.loc["good-fp32", "score_rpi4"] == pytest.approx(challenge_score(si_rmse=0.30, runtime_s=0.1))
@@ -193,8 +203,8 @@ def test_runs_table_tolerates_missing_columns():
     assert table.loc[0, "run"] == "abcdef12" and table.loc[0, "si_rmse"] == pytest.approx(0.4)
     assert math.isnan(table.loc[0, "latency_ms"]) and not table.loc[0, "pareto"]
     assert table.loc[0, "data"] == "unknown data"
-    assert "| abcdef12 | - | - | 0.4000 | - | - | - | - | unknown data | - | - | - |  |  | abcdef12 |" in \
-        to_markdown(table)
+    assert ("| abcdef12 | - | - | 0.4000 | - | - | - | - | - | - | unknown data | - | - | - |  |  "
+            "| abcdef12 |") in to_markdown(table)
 
 
 def test_best_score_is_named_per_group_by_the_pi4_estimate_when_there_is_one():

@@ -12,7 +12,7 @@ import pytest
 from pipeline.core.cli import run_stage
 from pipeline.core.errors import ReportError
 from pipeline.core.config import SourceConfig, as_flat_dict, load_params
-from pipeline.tracking.factsheet import reproduce_overrides, run_params
+from pipeline.tracking.factsheet import made_on, reproduce_overrides, run_params
 from pipeline.tracking.runs import log_pipeline_run
 from stages import factsheet
 
@@ -111,3 +111,14 @@ def test_factsheet_without_runs_is_a_one_line_error(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert err == f"error: no MLflow store at {tmp_path}/empty.db; run the pipeline first\n"
     assert not (tmp_path / "reports").exists() and not (tmp_path / "empty.db").exists()
+
+
+def test_the_training_machine_line_names_the_vector_path_settings():
+    facts = {"cpu": "AMD EPYC", "cpu_extensions": "AVX2, AVX-512", "tensorflow": "2.21.0",
+             "keras": "3.15.1", "onednn_max_cpu_isa": "AVX2", "tf_enable_onednn_opts": "0"}
+    assert made_on({"host": facts, "op_determinism": False}) == (
+        "AMD EPYC (AVX2, AVX-512), oneDNN off (Eigen kernels); TensorFlow 2.21.0, Keras 3.15.1; "
+        "op determinism off")
+    facts.update(tf_enable_onednn_opts="none", onednn_max_cpu_isa="none")
+    assert made_on({"host": facts}) == "AMD EPYC (AVX2, AVX-512); TensorFlow 2.21.0, Keras 3.15.1"
+    assert made_on({"hardware": "CPU (x), 2 cores"}).startswith("not recorded")

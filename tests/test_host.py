@@ -37,7 +37,8 @@ Model\t\t: Raspberry Pi 4 Model B Rev 1.4
 
 
 @pytest.mark.parametrize("text, machine, model, extensions", [
-    (EPYC, "x86_64", "AMD EPYC 9454 48-Core Processor", ("AVX2", "FMA", "AVX-512", "AVX-512 VNNI", "AVX-512 BF16")),
+    (EPYC, "x86_64", "AMD EPYC 9454 48-Core Processor",
+     ("AVX2", "FMA", "AVX-512", "AVX-512 VNNI", "AVX-512 BF16")),
     (HASWELL, "x86_64", "Intel(R) Xeon(R) CPU E5-2680 v3 @ 2.50GHz", ("AVX2", "FMA")),
     (PI4, "aarch64", "Raspberry Pi 4 Model B Rev 1.4", ("NEON",)),
     ("Features\t: half thumb vfp neon\n", "armv7l", "", ("NEON",)),  # 32-bit Arm says neon
@@ -48,6 +49,18 @@ def test_model_and_vector_extensions_from_cpuinfo(text, machine, model, extensio
     found_model, flags = host.parse_cpuinfo(text)
     assert found_model == model
     assert host.extensions_from_flags(flags, machine) == extensions
+
+
+@pytest.mark.parametrize("extensions, cap, onednn, path", [
+    (("AVX2", "FMA", "AVX-512", "AVX-512 VNNI", "AMX"), "", True, "AVX-512"),
+    (("AVX2", "FMA", "AVX-512"), "AVX2", True, "AVX2 (capped)"),
+    (("AVX2", "FMA", "AVX-512"), "AVX2", False, host.EIGEN_PATH),
+    (("AVX2", "FMA"), "", True, "AVX2"),
+    (("NEON",), "", True, "NEON"),
+    ((), "", True, host.NONE),
+])
+def test_vector_path_is_the_widest_float32_path_the_cap_or_eigen(extensions, cap, onednn, path):
+    assert host.vector_path(extensions, cap, onednn) == path
 
 
 def test_usable_cpus_falls_back_to_the_core_count_without_affinity(monkeypatch):
@@ -64,6 +77,7 @@ def test_facts_name_this_machine_the_cap_and_the_installed_frameworks(monkeypatc
     import tensorflow as tf
 
     monkeypatch.delenv(host.ONEDNN_ISA_ENV, raising=False)
+    monkeypatch.delenv(host.ONEDNN_OPTS_ENV, raising=False)
     facts = host.facts()
     assert facts["tensorflow"] == tf.__version__ and facts["keras"] == keras.__version__
     assert facts["cores"] == host.usable_cpus() and facts["onednn_max_cpu_isa"] == host.NONE
@@ -74,5 +88,9 @@ def test_facts_name_this_machine_the_cap_and_the_installed_frameworks(monkeypatc
         assert facts["cpu"] == model
         assert ("AVX-512" in facts["cpu_extensions"].split(", ")) == ("avx512f" in flags)
     monkeypatch.setenv(host.ONEDNN_ISA_ENV, "AVX2")
-    assert host.facts()["onednn_max_cpu_isa"] == "AVX2"
+    capped = host.facts()
+    assert capped["onednn_max_cpu_isa"] == "AVX2" and capped["vector_path"] == "AVX2 (capped)"
+    monkeypatch.setenv(host.ONEDNN_OPTS_ENV, "0")
+    eigen = host.facts()
+    assert eigen["tf_enable_onednn_opts"] == "0" and eigen["vector_path"] == host.EIGEN_PATH
     assert host.hardware(["NVIDIA H200", "NVIDIA H200"]) == "2 x GPU (NVIDIA H200)"

@@ -322,3 +322,81 @@ def test_ui_link_names_the_experiment_in_the_store(tmp_path):
     log_pipeline_run(project_root=project, params=load_params(project / "params.yaml"), experiment_name="mai-depth")
     assert ui_link() == ("MLflow UI: http://127.0.0.1:5123/#/experiments/2/runs?workflowType=machine_learning"
                          "&viewStateShareKey=pipeline\n")
+
+
+def test_runs_say_where_they_were_trained(tmp_path):
+    """metrics/train.json's host facts become `host.*` tags (text a search or compare can
+    filter on), op determinism a train tag; the numbers stay metrics."""
+    from mlflow import MlflowClient
+
+    project = make_project(tmp_path / "p")
+    facts = {"cpu": "AMD EPYC 9454", "cpu_extensions": "AVX2, FMA, AVX-512",
+             "onednn_max_cpu_isa": "AVX2", "vector_path": "AVX2 (capped)", "cores": 2,
+             "machine": "x86_64", "tensorflow": "2.21.0", "keras": "3.15.1"}
+    (project / "metrics" / "train.json").write_text(json.dumps({
+        "best_val_si_rmse": 0.25, "hardware": "CPU (AMD EPYC 9454), 2 cores", "host": facts,
+        "op_determinism": True, "inter_op_threads": 1}))
+    run_id = log_pipeline_run(project_root=project, params=load_params(project / "params.yaml"),
+                              experiment_name="hosts")
+    run = MlflowClient(tracking_uri=tracking_uri(project)).get_run(run_id)
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith(("host.", "train.op_"))}
+    assert tags == {**{f"host.{k}": str(v) for k, v in facts.items()},
+                    "host.hardware": "CPU (AMD EPYC 9454), 2 cores", "train.op_determinism": "true"}
+    assert run.data.metrics["train.host.cores"] == 2
+    assert run.data.metrics["train.inter_op_threads"] == 1
+
+
+# Two identical experiments finishing at once: each process waits for the other at a
+# barrier, so both get past the quick "already tracked?" look before either has logged.
+TRACK_RACE = """
+import json, sys, time
+from pathlib import Path
+import pipeline.model.archs  # registers train.arch's choices, as stages/ does
+from pipeline.core.config import load_params
+from pipeline.tracking.runs import track_pipeline
+import mlflow
+project, me, other = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+me.touch()
+deadline = time.time() + 120
+while not other.exists() and time.time() < deadline:
+    time.sleep(0.01)
+params = load_params(project / "params.yaml")
+done = track_pipeline(project_root=project, params=params, experiment_name="race")
+print("RESULT", json.dumps({"run_id": done.run_id, "logged": done.logged}))
+"""
+
+
+def race_track(projects: list[Path], env: dict, barrier: Path) -> list[dict]:
+    """Run TRACK_RACE in one process per project, all at once; their results."""
+    procs = []
+    for i, project in enumerate(projects):
+        me, other = barrier / f"ready_{i}", barrier / f"ready_{1 - i}"
+        cmd = [sys.executable, "-c", TRACK_RACE, str(project), str(me), str(other)]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.split("RESULT", 1)[1]))
+    return results
+
+
+def test_two_identical_experiments_finishing_at_once_log_one_run(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO),
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # the same dvc.lock, params and outputs
+    projects = [make_project(tmp_path / name) for name in ("a", "b")]
+    results = race_track(projects, env, tmp_path)
+    assert sorted(r["logged"] for r in results) == [False, True]
+    assert results[0]["run_id"] == results[1]["run_id"]
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("race")
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.run_id for r in runs] == [results[0]["run_id"]]
+    assert runs[0].info.status == "FINISHED"
+    # the claim is a deleted experiment: out of the experiment list
+    assert sorted(e.name for e in client.search_experiments()) == ["Default", "race"]

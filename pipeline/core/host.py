@@ -23,6 +23,10 @@ from importlib import metadata
 CPUINFO = "/proc/cpuinfo"
 # oneDNN's ISA cap, e.g. ONEDNN_MAX_CPU_ISA=AVX2 runs an AVX-512 machine on the AVX2 path.
 ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
+# TensorFlow's switch for its oneDNN kernels (on by default on x86 Linux): 0 = Eigen's own.
+ONEDNN_OPTS_ENV = "TF_ENABLE_ONEDNN_OPTS"
+ONEDNN_OFF = ("0", "false")
+EIGEN_PATH = "Eigen (oneDNN off)"
 # (label, flag) in the order they are reported: the x86 flags of /proc/cpuinfo (Linux) or of
 # sysctl machdep.cpu (macOS, read in lower case), the Arm features of /proc/cpuinfo.
 VECTOR_EXTENSIONS = (
@@ -36,6 +40,9 @@ VECTOR_EXTENSIONS = (
     ("SVE", "sve"),
 )
 NEON_FLAGS = ("asimd", "neon")
+# The float32 code path a CPU gives TensorFlow's oneDNN kernels, widest first (AMX and the
+# VNNI/BF16 additions serve int8 and bfloat16 only).
+VECTOR_PATHS = ("AVX-512", "AVX2", "SVE", "NEON")
 ARM64_MACHINES = ("arm64", "aarch64")  # NEON is part of every ARMv8-A core
 # CPU model keys of /proc/cpuinfo, best first: x86 `model name`, Raspberry Pi `Model`, `Hardware`.
 MODEL_KEYS = ("model name", "Model", "Hardware")
@@ -85,7 +92,8 @@ def _cpu() -> tuple[str, frozenset[str]]:
         model, flags = "", frozenset()
     if platform.system() == "Darwin":
         model = model or _sysctl("machdep.cpu.brand_string")
-        flags = flags or frozenset(_sysctl("machdep.cpu.features", "machdep.cpu.leaf7_features").lower().split())
+        features = _sysctl("machdep.cpu.features", "machdep.cpu.leaf7_features")
+        flags = flags or frozenset(features.lower().split())
     return model or platform.processor() or platform.machine() or "unknown", flags
 
 
@@ -96,14 +104,30 @@ def cpu_model() -> str:
 
 def extensions_from_flags(flags: frozenset[str], machine: str) -> tuple[str, ...]:
     """The VECTOR_EXTENSIONS labels that `flags` (or the architecture itself) provide."""
-    found = [label for label, flag in VECTOR_EXTENSIONS
-             if flag in flags or (flag == "asimd" and (flags & set(NEON_FLAGS) or machine in ARM64_MACHINES))]
-    return tuple(found)
+    neon = bool(flags & set(NEON_FLAGS)) or machine in ARM64_MACHINES
+    return tuple(label for label, flag in VECTOR_EXTENSIONS
+                 if flag in flags or (flag == "asimd" and neon))
 
 
 def vector_extensions() -> tuple[str, ...]:
     """The CPU's vector extensions among VECTOR_EXTENSIONS, e.g. ("AVX2", "FMA", "AVX-512")."""
     return extensions_from_flags(_cpu()[1], platform.machine().lower())
+
+
+def vector_path(extensions: tuple[str, ...], cap: str = "", onednn: bool = True) -> str:
+    """`AVX-512`, `AVX2`, `NEON`...: the widest of VECTOR_PATHS the CPU has, the oneDNN cap in
+    force (`AVX2 (capped)`), or EIGEN_PATH with oneDNN off; what tells two machines' float32
+    training apart."""
+    if not onednn:
+        return EIGEN_PATH
+    if cap:
+        return f"{cap} (capped)"
+    return next((path for path in VECTOR_PATHS if path in extensions), NONE)
+
+
+def onednn_enabled() -> bool:
+    """False when TF_ENABLE_ONEDNN_OPTS turns TensorFlow's oneDNN kernels off."""
+    return os.environ.get(ONEDNN_OPTS_ENV, "").strip().lower() not in ONEDNN_OFF
 
 
 def isa_cap() -> str:
@@ -134,12 +158,16 @@ def hardware(gpus: tuple[str, ...] | list[str] = ()) -> str:
 
 
 def facts() -> dict:
-    """What a result records about where it was made (metrics/train.json `host`): the CPU
-    and its vector extensions, the oneDNN cap, cores, architecture, framework versions."""
+    """What a result records about where it was made (metrics/train.json `host`): the CPU,
+    its vector extensions, the oneDNN cap and the path they leave, cores, architecture,
+    framework versions."""
+    extensions = vector_extensions()
     return {
         "cpu": cpu_model(),
-        "cpu_extensions": ", ".join(vector_extensions()) or NONE,
+        "cpu_extensions": ", ".join(extensions) or NONE,
         "onednn_max_cpu_isa": isa_cap() or NONE,
+        "tf_enable_onednn_opts": os.environ.get(ONEDNN_OPTS_ENV, "").strip() or NONE,
+        "vector_path": vector_path(extensions, isa_cap(), onednn_enabled()),
         "cores": usable_cpus(),
         "machine": platform.machine(),
         **framework_versions(),

@@ -20,7 +20,8 @@ import numpy as np
 from pipeline.core.errors import ReportError
 from pipeline.core.files import atomic_path
 from pipeline.core.metrics import BENCHMARK_RUNTIME_KEY, challenge_score
-from pipeline.tracking.runs import VAL_DIGEST_TAG, VAL_NAME_TAG, check_reachable, mlflow_errors
+from pipeline.tracking.runs import (HOST_TAG_PREFIX, VAL_DIGEST_TAG, VAL_NAME_TAG, check_reachable,
+                                    mlflow_errors)
 
 # Table column -> search_runs column. The metric names are `<stage>.<key>` as logged by
 # pipeline.tracking.runs from metrics/<stage>.json.
@@ -33,10 +34,13 @@ COLUMNS = {
     "latency_ms": f"metrics.benchmark.{BENCHMARK_RUNTIME_KEY}",
     "est_rpi4_ms": "metrics.benchmark.est_rpi4_ms",
     "size_mb": "metrics.export.size_mb",
+    # which machine trained it: two CPUs' float32 paths give different weights
+    "cpu": f"tags.{HOST_TAG_PREFIX}cpu",
+    "vector_path": f"tags.{HOST_TAG_PREFIX}vector_path",
     "data": f"tags.{VAL_NAME_TAG}",
     "data_digest": f"tags.{VAL_DIGEST_TAG}",
 }
-TEXT_COLUMNS = ("run", "arch", "precision", "data", "data_digest", "run_id")
+TEXT_COLUMNS = ("run", "arch", "precision", "cpu", "vector_path", "data", "data_digest", "run_id")
 GROUP_COLUMNS = ("data", "data_digest")
 UNKNOWN_DATA = "unknown data"  # runs logged before data digests existed, or without a split
 COMPARE_ARTIFACT_DIR = "compare"

@@ -17,6 +17,7 @@ import types
 import typing
 from pathlib import Path
 
+from pipeline.core import host as host_facts
 from pipeline.core.config import SYNTHETIC_SOURCE, VAL_BLOCKS, Params, TrainConfig, build_params
 from pipeline.core.errors import ConfigError, ReportError
 from pipeline.core.overrides import diff_args
@@ -137,10 +138,12 @@ def made_on(train: dict) -> str:
     host = train.get("host")
     if not isinstance(host, dict):
         return "not recorded (a run from before host facts were kept)"
-    cap = host.get("onednn_max_cpu_isa", "none")
+    cap = host.get("onednn_max_cpu_isa", host_facts.NONE)
+    onednn_off = host.get("tf_enable_onednn_opts", host_facts.NONE).lower() in host_facts.ONEDNN_OFF
     determinism = train.get("op_determinism")
     return (f"{host.get('cpu', 'n/a')} ({host.get('cpu_extensions', 'n/a')})"
-            + (f", oneDNN capped at {cap}" if cap != "none" else "")
+            + (", oneDNN off (Eigen kernels)" if onednn_off else
+               f", oneDNN capped at {cap}" if cap != host_facts.NONE else "")
             + f"; TensorFlow {host.get('tensorflow', 'n/a')}, Keras {host.get('keras', 'n/a')}"
             + ("" if determinism is None else f"; op determinism {'on' if determinism else 'off'}"))
 

@@ -69,6 +69,17 @@ PIPELINE_KEY_TAG = "pipeline.sha256"
 VAL_DIGEST_TAG = "data.val_digest"
 VAL_NAME_TAG = "data.val_name"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
+# Where the model was trained (metrics/train.json `host`, pipeline.core.host.facts) as tags
+# `host.<key>`: two CPUs' vector paths train different weights, so runs say which one.
+HOST_TAG_PREFIX = "host."
+DETERMINISM_TAG = "train.op_determinism"
+# The first of several identical runs to be logged takes the name
+# `<experiment>/tracked/<pipeline key>` as a deleted MLflow experiment: the store's unique
+# name constraint decides, on sqlite and on a server's database alike (claim_pipeline_key).
+CLAIM_INFIX = "/tracked/"
+# A claimant's run still RUNNING after this long died while logging (killed, machine lost):
+# its claim no longer stops another run with the same outputs.
+CLAIM_STALE_S = 15 * 60
 DATASET_CONTEXT_TAG = "mlflow.data.context"
 # The runs table the link opens: MLflow 3 opens on its GenAI overview unless the link
 # asks for the training workflow, and shows no metric column unless a view names them.
@@ -310,6 +321,23 @@ def pipeline_key(project_root: str | os.PathLike, params: Params) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def host_tags(project_root: str | os.PathLike) -> dict[str, str]:
+    """metrics/train.json's `host` facts as `host.<key>` tags, its hardware line and whether
+    op determinism was on; {} without a train.json (a stage run by hand, an old run)."""
+    path = Path(project_root) / METRICS_DIR / "train.json"
+    if not path.is_file():
+        return {}
+    train = read_json(path)
+    facts = train.get("host") if isinstance(train.get("host"), dict) else {}
+    tags = {f"{HOST_TAG_PREFIX}{key}": str(value) for key, value in facts.items()
+            if isinstance(value, (str, int, float))}
+    if isinstance(train.get("hardware"), str):
+        tags[f"{HOST_TAG_PREFIX}hardware"] = train["hardware"]
+    if isinstance(train.get("op_determinism"), bool):
+        tags[DETERMINISM_TAG] = str(train["op_determinism"]).lower()
+    return tags
+
+
 def run_tags(project_root: Path, params: Params) -> dict[str, str]:
     commit, dirty = git_state(project_root)
     tags = {
@@ -318,6 +346,7 @@ def run_tags(project_root: Path, params: Params) -> dict[str, str]:
         "dvc.lock_sha256": file_sha256(project_root / "dvc.lock") or "missing",
         "train.arch": params.train.arch,
         "export.precision": params.export.precision,
+        **host_tags(project_root),
     }
     key = pipeline_key(project_root, params)
     if key is not None:
@@ -449,6 +478,39 @@ def _experiment_id(client, name: str, artifact_location: str | None) -> str:
     return exp.experiment_id
 
 
+def claim_pipeline_key(client, experiment_name: str, key: str,
+                       artifact_location: str | None) -> bool:
+    """True when this is the first run logged with pipeline key `key` in `experiment_name`.
+
+    The claim is an experiment named `<experiment>/tracked/<key>`, deleted at once (hidden
+    from the experiment list; a deleted experiment keeps its name taken): creating it
+    succeeds in one process only, however many finish at the same moment on however many
+    machines, because the database's unique name constraint decides.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        claim = client.create_experiment(f"{experiment_name}{CLAIM_INFIX}{key}",
+                                         artifact_location=artifact_location)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_ALREADY_EXISTS":
+            return False
+        raise
+    client.delete_experiment(claim)
+    return True
+
+
+def _live_run_with_key(client, exp_id: str, key: str, other_than: str) -> str | None:
+    """The oldest finished, or recently started and running, run of the experiment with this
+    pipeline key, but `other_than`; None when the claimant failed or died."""
+    runs = client.search_runs([exp_id], order_by=["attributes.start_time ASC"],
+                              filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'")
+    fresh = (time.time() - CLAIM_STALE_S) * 1000
+    live = [r.info for r in runs if r.info.run_id != other_than and (
+        r.info.status == "FINISHED" or (r.info.status == "RUNNING" and r.info.start_time > fresh))]
+    return live[0].run_id if live else None
+
+
 def log_pipeline_run(
     *,
     project_root: str | os.PathLike,
@@ -461,6 +523,41 @@ def log_pipeline_run(
     Missing optional files (no model, no history, ...) are skipped; a corrupt metrics JSON
     is a DataError. Returns the run id.
     """
+    return _log_run(project_root, params, experiment_name, run_name, unique=False)[0]
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """What `track_pipeline` did: the run that holds these outputs, and whether it logged it."""
+
+    experiment_id: str | None
+    run_id: str
+    logged: bool
+
+
+def track_pipeline(*, project_root: str | os.PathLike, params: Params, experiment_name: str,
+                   run_name: str | None = None) -> Tracked:
+    """The track stage: log a run unless one with the same outputs and params is tracked.
+
+    The quick look (find_tracked_run) misses a run that another process is logging right
+    now; two identical experiments that finish together both get past it, and the claim
+    (claim_pipeline_key) lets only the first of them log. track.force logs a run anyway.
+    """
+    uri = tracking_uri(project_root)
+    key = pipeline_key(project_root, params)
+    if key and not params.track.force:
+        found = find_tracked_run(uri, experiment_name, key)
+        if found:
+            return Tracked(found[0], found[1], logged=False)
+    run_id, logged = _log_run(project_root, params, experiment_name, run_name,
+                              unique=bool(key) and not params.track.force)
+    return Tracked(find_experiment_id(uri, experiment_name), run_id, logged)
+
+
+def _log_run(project_root, params: Params, experiment_name: str, run_name: str | None, *,
+             unique: bool) -> tuple[str, bool]:
+    """(run id, logged): with `unique`, the run another process logged with the same
+    pipeline key, and False, when that process claimed the key first."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunStatus
 
@@ -483,11 +580,20 @@ def log_pipeline_run(
 
     with store_lock(uri), mlflow_errors(uri):
         client = MlflowClient(tracking_uri=uri)
-        exp_id = _experiment_id(client, experiment_name, _artifact_location(uri, root, experiment_name))
+        location = _artifact_location(uri, root, experiment_name)
+        exp_id = _experiment_id(client, experiment_name, location)
         client.set_experiment_tag(exp_id, VIEW_TAG, json.dumps(RUNS_VIEW))
         run = client.create_run(exp_id, run_name=run_name or default_run_name(params), tags=tags)
         run_id = run.info.run_id
         try:
+            # The run exists before the claim: whoever loses the claim finds the winner's run.
+            key = tags.get(PIPELINE_KEY_TAG)
+            if unique and not claim_pipeline_key(client, experiment_name, key, location):
+                first = _live_run_with_key(client, exp_id, key, other_than=run_id)
+                if first is not None:
+                    client.delete_run(run_id)
+                    return first, False
+                # the claimant's run failed: this one logs the outputs after all
             if splits:
                 client.log_inputs(run_id, datasets=_dataset_inputs(splits))
             now = int(time.time() * 1000)
@@ -505,7 +611,7 @@ def log_pipeline_run(
                 client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
             raise
         client.set_terminated(run_id)
-    return run_id
+    return run_id, True
 
 
 @contextlib.contextmanager
