@@ -64,7 +64,7 @@ factsheet: $(INSTALLED)
 
 # Team server: a SQL backend plus an artifact root that the server proxies.
 # Clients: MLFLOW_TRACKING_URI=http://<host>:$(TRACKING_PORT) dvc exp run ...
-# TRACKING_DB e.g. postgresql://mlflow:PW@dbhost/mlflow (needs psycopg2, not installed)
+# TRACKING_DB e.g. postgresql://mlflow:PW@dbhost/mlflow (driver: psycopg, in requirements.txt)
 # TRACKING_ARTIFACTS e.g. s3://bucket/mlflow (needs boto3) or a shared folder
 TRACKING_DB ?= sqlite:///$(CURDIR)/mlflow-server.db
 TRACKING_ARTIFACTS ?= $(CURDIR)/mlartifacts-server
