@@ -2,12 +2,12 @@
 
     .venv/bin/python -m bench.determinism [--data ../shared/data/tum_fr1_xyz] [--epochs 3]
 
-In a throw-away copy of the project (params.yaml + presets/tum.yaml, epochs reduced) it
-runs `python -m stages.index` and `stages.prepare` once, then `python -m stages.train` four times, each a
-fresh process training from scratch: twice with base.deterministic true, twice with false.
-For each setting it prints the seconds per epoch (epochs after the first, which includes
-graph tracing), the epoch-1 and final losses and val si-RMSE of both runs, and the largest
-weight difference between the two runs' final weights (0 = bit-identical training).
+In a throw-away copy of the project (params.yaml + presets/tum.yaml, epochs reduced) it runs
+`python -m stages.index` and `stages.prepare` once, then `python -m stages.train` four
+times, each a fresh process training from scratch: twice with base.deterministic true, twice
+with false. For each setting it prints the seconds per epoch (epochs after the first, which
+includes graph tracing), the epoch-1 and final losses and val si-RMSE of both runs, and the
+largest weight difference between the two runs' final weights (0 = bit-identical training).
 """
 
 from __future__ import annotations

@@ -182,7 +182,10 @@ def main() -> None:
     teacher = (
         f"{args.teacher.name} ({teacher_cfg.output}, output {teacher_cfg.output_index})"
         if args.teacher
-        else f"mobile_unet x1.0 at 256x320, {args.teacher_epochs} x {args.teacher_steps_per_epoch} steps on TUM"
+        else (
+            f"mobile_unet x1.0 at 256x320, {args.teacher_epochs} x "
+            f"{args.teacher_steps_per_epoch} steps on TUM"
+        )
     )
     print(
         f"\nstudent: {t.arch} x{t.width_multiplier} at {t.height}x{t.width}, {args.epochs} x "

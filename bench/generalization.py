@@ -206,7 +206,10 @@ def main() -> None:
 
     default = bench_params(args.overrides)
     seeds = [default.base.seed + k for k in range(args.seeds)]
-    wanted = lambda label: not args.only or label in args.only
+
+    def wanted(label):
+        return not args.only or label in args.only
+
     results = []
 
     def runs(label, **kwargs):  # one row of the table: the same run under every seed

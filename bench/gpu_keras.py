@@ -130,7 +130,7 @@ def run_policy(policy: str, data, args) -> dict:
     )
     batch = params.train.batch_size
     start = time.perf_counter()
-    for step in range(args.steps):
+    for _ in range(args.steps):
         idx = rng.integers(0, len(x), size=batch)
         flip = rng.random() < 0.5  # the one augmentation: a horizontal flip
         xb, yb = (x[idx, :, ::-1], y[idx, :, ::-1]) if flip else (x[idx], y[idx])

@@ -1,7 +1,8 @@
 """Latency at 480x640 of every architecture in fp32 and int8, the int8/fp32 ratio, the XNNPACK
 partitions of each model, and the oldest TFLite runtime each runs on next to export.target_runtime.
 
-    .venv/bin/python -m bench.latency [--threads N] [--runs N] [--output-resize separable] [--params params.yaml]
+    .venv/bin/python -m bench.latency [--threads N] [--runs N] [--output-resize separable]
+        [--params params.yaml]
 
 Random weights (timing does not depend on them; batch norms fitted to random images so that
 int8 calibrates like a trained model). Each model runs in a fresh process; the int8 speed-up

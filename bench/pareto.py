@@ -3,13 +3,14 @@
     .venv/bin/python -m bench.pareto [--minutes 3] [--source NAME=PATH ...] [--val blocks|NAME]
 
 Each model trains on the same split (default: TUM fr1_xyz + HoloLens office mixed, validated
-on the last block of each), for `--minutes` of wall-clock in its training steps, the first one's graph tracing
-included (validation passes and the step-time probe are not counted;
-pipeline.model.training.StepBudget stops before a step that would not fit), is exported to TFLite by the export stage's code,
-scored with the official metrics by the evaluate stage's code, and timed at 480x640 with
-the same threads, one model after another at the end, with the calibrated Pi 4 estimate
-(pipeline.device.rpi4). Learning-rate schedules are sized to the budget: the number of steps
-comes from a step time measured on random batches before training.
+on the last block of each), for `--minutes` of wall-clock in its training steps, the first
+one's graph tracing included (validation passes and the step-time probe are not counted;
+pipeline.model.training.StepBudget stops before a step that would not fit), is exported to
+TFLite by the export stage's code, scored with the official metrics by the evaluate stage's
+code, and timed at 480x640 with the same threads, one model after another at the end, with
+the calibrated Pi 4 estimate (pipeline.device.rpi4). Learning-rate schedules are sized to
+the budget: the number of steps comes from a step time measured on random batches before
+training.
 
   baseline-organizers   mai_baseline_unet at its own size (the organizers' U-Net) with their
                         recipe: presets/organizers.yaml (RMSE loss, Adam 2e-5, batch 32)

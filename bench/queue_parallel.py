@@ -1,6 +1,7 @@
 """Wall time of a DVC experiment queue with one worker vs several, on this machine.
 
-    .venv/bin/python -m bench.queue_parallel [--archs mobile_unet litedepth] [--jobs 1 2] [--epochs 1]
+    .venv/bin/python -m bench.queue_parallel [--archs mobile_unet litedepth] [--jobs 1 2]
+        [--epochs 1]
 
 For each -j value: a fresh tiny project (the test configuration, tests/conftest.py), one
 queued `dvc exp run` per architecture, then `dvc queue start -j N`, timed until every task

@@ -2,7 +2,7 @@
 and what export.output_resize=separable buys, in latency and in accuracy.
 
     .venv/bin/python -m bench.resize_share [--precision fp32] [--threads N] [--repeats 3]
-                                            [--model models/model.keras] [--data ../shared/data/tum_fr1_xyz]
+        [--model models/model.keras] [--data ../shared/data/tum_fr1_xyz]
 
 Latency (random weights, `pipeline.device.probe.resize_share`): the device graph, its core alone at
 the working size, the input resize (480x640x3 -> working size, bilinear) alone and the output

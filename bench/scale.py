@@ -65,7 +65,8 @@ start = time.perf_counter()
 code = run_stage(importlib.import_module("stages." + stage).main, sys.argv[2:])
 wall = time.perf_counter() - start
 hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print("RESULT " + json.dumps({"code": code, "wall_s": wall, "peak_mb": int(hwm.split()[1]) / 1024, "steps": steps}))
+result = {"code": code, "wall_s": wall, "peak_mb": int(hwm.split()[1]) / 1024, "steps": steps}
+print("RESULT " + json.dumps(result))
 """
 
 
@@ -154,7 +155,8 @@ def train(root: Path, *, steps: int, batch: int, cache_mb: int) -> dict:
 
 
 def eval_subset(root: Path, n: int, folder: Path) -> None:
-    """split.csv's first n rows as the val split (evaluate) and their RGB in `folder` (package.inputs)."""
+    """split.csv's first n rows as the val split (evaluate), and their RGB in `folder`
+    (package.inputs)."""
     split, full = root / "data/prepared/split.csv", root / "data/prepared/split_all.csv"
     if not full.exists():
         shutil.copy(split, full)

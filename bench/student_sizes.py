@@ -1,6 +1,7 @@
 """Students of several sizes under a published teacher: held-out ratio against est. Pi 4 ms.
 
-    .venv/bin/python -m bench.student_sizes --teacher ../shared/teachers/pydnet_matterport/pydnet_matterport.tflite
+    .venv/bin/python -m bench.student_sizes
+        --teacher ../shared/teachers/pydnet_matterport/pydnet_matterport.tflite
         [--sizes 0.35x128x160 0.5x128x160 1.0x128x160 0.35x192x256 0.5x192x256 1.0x192x256]
         [--epochs 15] [--steps-per-epoch 20] [--seeds 1] [--plot docs/teacher-pareto.png]
 

@@ -2,8 +2,8 @@
 
     .venv/bin/python -m bench.train_memory [--data ../shared/data/tum_fr1_xyz] [--epochs 1]
 
-Runs `python -m stages.index` and `stages.prepare` once and then `python -m stages.train` in a throw-away
-copy of the project (params.yaml + presets/tum.yaml, epochs reduced), each train run a
+Runs `python -m stages.index` and `stages.prepare` once and then `python -m stages.train` in a
+throw-away copy of the project (params.yaml + presets/tum.yaml, epochs reduced), each train run a
 fresh process whose peak RSS is read from outside with os.wait4 (the kernel's maxrss of
 exactly that child). Once with train.cache_max_mb from the params (decoded tensors kept
 in RAM when they fit) and once with 0 (decoded from disk every epoch). Prints both and

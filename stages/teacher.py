@@ -3,7 +3,8 @@
 Writes data/teacher/SOURCE/depth/NAME.png (uint16 mm, the challenge layout) for every kept
 map and data/teacher/alignment.csv (scale, shift, residual, kept, si-RMSE per image), plus
 metrics/teacher.json (per source: the teacher's own si-RMSE, a constant's, the ratio). The
-maps are a DVC output: retraining the student never reruns the teacher. With teacher.model "" (the default) it writes an empty alignment.csv and nothing else.
+maps are a DVC output: retraining the student never reruns the teacher. With teacher.model ""
+(the default) it writes an empty alignment.csv and nothing else.
 """
 
 from __future__ import annotations

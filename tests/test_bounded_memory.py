@@ -138,14 +138,20 @@ def rss_mb():
     return int(line.split()[1]) / 1024
 folder, n = Path(sys.argv[1]), int(sys.argv[2])
 names = sorted(p.name for p in (folder / "rgb").iterdir())[:n]
-source = tfdata.PairSource([str(folder / "rgb" / m) for m in names], [str(folder / "depth" / m) for m in names],
-                           cache_max_mb=1024)
+source = tfdata.PairSource(
+    [str(folder / "rgb" / m) for m in names],
+    [str(folder / "depth" / m) for m in names],
+    cache_max_mb=1024,
+)
 assert source.cached
 if os.environ.get("COPY") == "1":
-    source.rgb_all, source.depth_all = tf.convert_to_tensor(source.rgb_all), tf.convert_to_tensor(source.depth_all)
+    source.rgb_all = tf.convert_to_tensor(source.rgb_all)
+    source.depth_all = tf.convert_to_tensor(source.depth_all)
 before = rss_mb()
-train = tfdata.train_dataset(source, seed=1, first_epoch=0, epochs=1, steps_per_epoch=4, batch_size=4,
-                             height=64, width=64, augment_cfg=AugmentConfig())
+train = tfdata.train_dataset(
+    source, seed=1, first_epoch=0, epochs=1, steps_per_epoch=4, batch_size=4,
+    height=64, width=64, augment_cfg=AugmentConfig(),
+)
 for _ in train:
     pass
 for _ in tfdata.eval_dataset(source, batch_size=4, height=64, width=64):
@@ -156,8 +162,9 @@ print("RESULT", tfdata.cache_bytes(names) / 2**20, rss_mb() - before)
 
 @pytest.mark.parametrize("copy", [False, True])
 def test_reading_the_training_cache_adds_no_copy_of_it(images, copy):
-    """The cache is the RAM that train.cache_max_mb bounds. Held in plain tensors (COPY=1), tf.data's
-    rewrite of the pipeline under op determinism turns it into a constant: a second copy."""
+    """The cache is the RAM that train.cache_max_mb bounds. Held in plain tensors (COPY=1),
+    tf.data's rewrite of the pipeline under op determinism turns it into a constant: a second
+    copy."""
     env = {**project_env(), "PYTHONPATH": str(REPO), "COPY": "1" if copy else "0"}
     proc = subprocess.run(
         [sys.executable, "-c", CACHE_READ, str(images), "120"],

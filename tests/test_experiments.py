@@ -4,8 +4,8 @@ One queue (`dvc exp run --queue` + `dvc queue start -j 2`) serves every test her
 - two full pipelines with different `train.arch` run at the same time; each lands in
   `dvc exp show --json` with its own outputs and as exactly one MLflow run in the
   project's absolute mlflow.db (issues 7 and 9);
-- three `prepare`-only experiments show which source paths (`data.sources.NAME.path`) resolve inside DVC's
-  temporary experiment copies (.dvc/tmp/exps/...): an absolute path and a DVC-tracked
+- three `prepare`-only experiments show which source paths (`data.sources.NAME.path`) resolve
+  inside DVC's temporary experiment copies (.dvc/tmp/exps/...): an absolute path and a DVC-tracked
   folder do, a relative path outside the repo does not (docs/scale-out.md).
 """
 
@@ -248,7 +248,8 @@ me.touch()
 deadline = time.time() + 120
 while not other.exists() and time.time() < deadline:
     time.sleep(0.01)
-print(log_pipeline_run(project_root=project, params=load_params(project / "params.yaml"), experiment_name="race"))
+params = load_params(project / "params.yaml")
+print(log_pipeline_run(project_root=project, params=params, experiment_name="race"))
 """
 
 
@@ -284,7 +285,7 @@ def test_parallel_tracking_on_a_fresh_store(tmp_path):
             )
         )
     results = [p.communicate(timeout=300) for p in procs]
-    for proc, (out, err) in zip(procs, results):
+    for proc, (_out, err) in zip(procs, results):
         assert proc.returncode == 0, err[-3000:]
     db = sqlite3.connect(tmp_path / "mlflow.db")
     assert db.execute("select count(*) from runs where status = 'FINISHED'").fetchone() == (2,)

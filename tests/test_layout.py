@@ -127,7 +127,9 @@ def group_of(module: str) -> str | None:
 
 
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
-    """Imports against the groups' order (pipeline.LAYERS): a group uses only itself and those before it."""
+    """Imports against the groups' order (pipeline.LAYERS).
+
+    A group uses only itself and those before it."""
     rank = {group: i for i, group in enumerate(LAYERS)}
     return [
         f"{module} imports {dep} ({group_of(module)} may not use {group_of(dep)})"

@@ -71,7 +71,8 @@ def test_scale_invariance():
 
 
 def test_per_image_average_differs_from_pooled():
-    # A: P = G = [1, 1] m -> si 0, RMSE 0 ; B: P = [2, 2], G = [1, 1] -> d = [ln2, ln2]: si 0, RMSE 1
+    # A: P = G = [1, 1] m -> si 0, RMSE 0
+    # B: P = [2, 2], G = [1, 1] -> d = [ln2, ln2]: si 0, RMSE 1
     # per-image average: si = (0 + 0)/2 = 0 ; RMSE = (0 + 1)/2 = 0.5
     # pooled over the 4 pixels: d = [0, 0, ln2, ln2] -> si = sqrt(2 ln2^2/4 - (2 ln2)^2/16) = ln2/2
     #                           RMSE = sqrt((0 + 0 + 1 + 1)/4) = sqrt(0.5)

@@ -1,4 +1,6 @@
-"""The track stage against a real `mlflow server` (sqlite + proxied artifact root), read back over REST."""
+"""The track stage against a real `mlflow server` (sqlite + proxied artifact root).
+
+Read back over REST."""
 
 from __future__ import annotations
 

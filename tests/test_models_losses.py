@@ -63,7 +63,8 @@ def test_arch_trains_one_step_and_converts_with_builtin_ops(arch):
     }
 
 
-# mai_baseline_unet's int8 partitions: tests/test_benchmark.py's probe test, which converts it anyway.
+# mai_baseline_unet's int8 partitions: tests/test_benchmark.py's probe test, which converts it
+# anyway.
 @pytest.mark.parametrize("arch", [arch for arch in ARCHS if arch != "mai_baseline_unet"])
 def test_arch_int8_runs_in_one_xnnpack_partition(arch):
     """Full-integer export leaves no op to the builtin kernels: nearest upsampling without

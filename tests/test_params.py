@@ -175,7 +175,8 @@ def test_auto_sizes_are_each_archs_own():
         128,
         160,
     )
-    # = dvc exp run -S train.arch=mai_baseline_unet: the organizers' U-Net, 64 base filters at 240x320
+    # = dvc exp run -S train.arch=mai_baseline_unet: the organizers' U-Net, 64 base filters at
+    # 240x320
     baseline = load_with({"train": {"arch": "mai_baseline_unet"}}).train
     assert (baseline.width_multiplier, baseline.height, baseline.width) == (1.0, 240, 320)
     for arch in ("fastdepth", "litedepth"):

@@ -250,13 +250,15 @@ IMAGENET_CHECK = """
 import os, sys, numpy as np, keras
 from pipeline.core.config import load_params
 from pipeline.model.networks import build_model
-cfg = load_params('params.yaml', overrides={'train': {'encoder_weights': 'imagenet', 'height': 96, 'width': 128}}).train
+overrides = {'train': {'encoder_weights': 'imagenet', 'height': 96, 'width': 128}}
+cfg = load_params('params.yaml', overrides=overrides).train
 # where keras.applications looks first: $KERAS_HOME/models/<file>; a random model of the
 # same shape stands in for the real weights (no internet here)
 keras.utils.set_random_seed(7)
 ref = keras.applications.MobileNetV2(input_shape=(96, 128, 3), include_top=False, weights=None,
                                      alpha=cfg.width_multiplier)
-name = f'mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(cfg.width_multiplier)}_224_no_top.h5'
+alpha = float(cfg.width_multiplier)
+name = f'mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_224_no_top.h5'
 os.makedirs(os.path.join(os.environ['KERAS_HOME'], 'models'))
 import h5py
 from keras.src.legacy.saving import legacy_h5_format
@@ -270,7 +272,8 @@ assert len(got) == len(want) > 100, (len(got), len(want))
 assert all(np.array_equal(a, b) for a, b in zip(got, want))
 fresh = keras.applications.MobileNetV2(input_shape=(96, 128, 3), include_top=False, weights=None,
                                        alpha=cfg.width_multiplier)
-assert not all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), want))  # not equal by chance
+# not equal by chance
+assert not all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), want))
 print('loaded', len(got))
 """
 

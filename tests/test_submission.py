@@ -138,7 +138,7 @@ def test_rejects_wrong_size(valid_zip, inputs, tmp_path):
 
 def test_rejects_missing_readme_line(valid_zip, inputs, tmp_path):
     lines = format_readme(**README).splitlines()
-    readme = "\n".join(l for l in lines if not l.startswith("CPU")).encode()
+    readme = "\n".join(line for line in lines if not line.startswith("CPU")).encode()
     text = _problems(_variant(valid_zip, tmp_path / "bad.zip", add={"readme.txt": readme}), inputs)
     assert text == "readme.txt: missing line 'CPU[1] / GPU[0] : ...'"
 

@@ -1,4 +1,5 @@
-"""pipeline.tracking.sweep + stages.sweep: a grid file -> checked combinations -> queued DVC experiments.
+"""pipeline.tracking.sweep + stages.sweep: a grid file -> checked combinations -> queued DVC
+experiments.
 
 No training and no real queue here (tests/test_experiments.py runs DVC's queue): a fake
 `dvc` on PATH records what the sweep asks of it.

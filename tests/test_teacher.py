@@ -29,7 +29,8 @@ from pipeline.data.dataset import read_teacher_index
 
 # The ONNX teacher below: inverse depth = A * red + B, red in 0..1 (teacher.normalize unit).
 A, B = 3.0, 0.5
-# The scenes: 1 / depth = INV_NEAR_FAR[0] * red + INV_NEAR_FAR[1], i.e. 0.5 m (red 1) to 5 m (red 0).
+# The scenes: 1 / depth = INV_NEAR_FAR[0] * red + INV_NEAR_FAR[1],
+# i.e. 0.5 m (red 1) to 5 m (red 0).
 INV_SLOPE, INV_FAR = 1.8, 0.2
 SCALE, SHIFT = INV_SLOPE / A, INV_FAR - INV_SLOPE * B / A  # what the alignment must recover
 
@@ -300,7 +301,8 @@ def test_extra_data_follows_what_trained_the_model():
         "extra data: source tum (../tum), unlabeled web (../web), teacher big.onnx"
         in describe_run(taught)
     )
-    # naming tum as the challenge's own leaves only what is really extra; package.extra_data forces it
+    # naming tum as the challenge's own leaves only what is really extra;
+    # package.extra_data forces it
     mine = load_params(
         overrides={
             "data": {"sources": {"tum": {"path": "../tum"}}},
@@ -373,7 +375,8 @@ def test_repro_with_pipeline_made_teachers_reruns_only_the_student(
     assert "Running stage 'train'" in second and "Running stage 'teacher'" not in second
     assert "Stage 'teacher' didn't change" in second
 
-    # the Keras teacher of the same model gives nearly the same maps (its core runs at the working size)
+    # the Keras teacher of the same model gives nearly the same maps (its core runs at the
+    # working size)
     tflite_maps = {r["name"]: read_depth_m(root / r["teacher"]) for r in rows}
     _set_params(root, teacher={"model": "models/teacher/own.keras"})
     run(["python", "-m", "stages.teacher"], root)

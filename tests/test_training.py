@@ -278,8 +278,9 @@ MIRRORED = textwrap.dedent("""
     print("FIRST_EPOCHS", first["epochs"])
     core = load_keras_model("models/model.keras")
     ops = op_summary(convert(wrap_for_device(core, height=96, width=128), precision="fp32"))
-    print("RESULT", json.dumps({"replicas": summary["replicas"], "steps": summary["steps_per_epoch"],
-                                "non_builtin": ops["non_builtin"]}))
+    result = {"replicas": summary["replicas"], "steps": summary["steps_per_epoch"],
+              "non_builtin": ops["non_builtin"]}
+    print("RESULT", json.dumps(result))
 """)
 
 
@@ -337,8 +338,8 @@ EMA_RUN = textwrap.dedent("""
     from pipeline.model.training import train
     ema, out, cut = float(sys.argv[1]), sys.argv[2], sys.argv[3] == "cut"
     params = load_params(overrides={"train": {"ema": ema}})
-    paths = dict(split_csv="data/prepared/split.csv", model_out=f"{out}/model.keras", ckpt_dir=f"{out}/ckpt",
-                 history_csv=f"{out}/history.csv", fingerprint="ema")
+    paths = dict(split_csv="data/prepared/split.csv", model_out=f"{out}/model.keras",
+                 ckpt_dir=f"{out}/ckpt", history_csv=f"{out}/history.csv", fingerprint="ema")
     if cut:  # stopped after the first epoch (the budget runs out at once), then resumed
         train(params, time_budget_s=1e-6, **paths)
     train(params, **paths)

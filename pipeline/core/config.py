@@ -273,7 +273,8 @@ class ExportConfig:
     max_parity_drop: float = knob(0.01, lo=0.0)
     # Oldest TFLite runtime the model must run on; export fails if it needs a newer one.
     target_runtime: str = TARGET_RUNTIME
-    # separable: bilinear by columns then rows, ~0.6 ms cheaper at 480x640; bilinear: one RESIZE_BILINEAR op.
+    # separable: bilinear by columns then rows, ~0.6 ms cheaper at 480x640;
+    # bilinear: one RESIZE_BILINEAR op.
     output_resize: str = knob(OUTPUT_RESIZE, choices=OUTPUT_RESIZES)
 
 
@@ -299,7 +300,8 @@ class PackageConfig:
     )  # 1 forces Extra Data; else it follows what trained the model
     # data.sources that are the challenge's own training set (the embedded synthetic set stands
     # in for it by default); any other source, a teacher, unlabeled data or pretrained or
-    # initial weights make the readme say Extra Data 1 (pipeline/results/submission.py extra_data_used).
+    # initial weights make the readme say Extra Data 1
+    # (pipeline/results/submission.py extra_data_used).
     challenge_sources: tuple[str, ...] = ("synthetic",)
     description: str = ""
 

@@ -111,7 +111,9 @@ def list_pairs(source: str | os.PathLike) -> tuple[list[str], list[str]]:
 
 
 def _check_pair(source: Path, name: str) -> tuple[dict, float, float, int]:
-    """Decode one pair fully (catches truncation) -> (index row, median mm, invalid share, valid count)."""
+    """Decode one pair fully (catches truncation).
+
+    -> (index row, median mm, invalid share, valid count)."""
     rgb_path, depth_path = source / "rgb" / name, source / "depth" / name
     rgb = read_rgb(rgb_path)
     depth = read_depth_mm(depth_path)
@@ -350,7 +352,7 @@ def aspect_crop_box(
     return 0, (width - w) // 2, height, w
 
 
-# ----------------------------------------------------------------------------- unlabeled RGB and teacher maps
+# ------------------------------------------------------------------- unlabeled RGB and teacher maps
 # One row per image of an unlabeled folder (data/prepared/sources/unlabeled/NAME.csv, the
 # unlabeled stage): RGB only; a depth/ folder beside it, if any, is never read.
 UNLABELED_COLUMNS = ("name", "rgb", "width", "height", "digest")

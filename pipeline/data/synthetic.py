@@ -244,7 +244,9 @@ def render_scene(seed: int, *, height: int = 480, width: int = 640, invalid_frac
 
 
 def _furnish(hit: _Surface, rng, tex: _Texture, room: dict):
-    """Furniture at real sizes in world coordinates (camera at the origin, y down, floor at y = floor)."""
+    """Furniture at real sizes in world coordinates.
+
+    Camera at the origin, y down, floor at y = floor."""
     floor, x0, x1, z0, z1 = room["floor"], room["x0"], room["x1"], room["z0"], room["z1"]
 
     def spot(margin):  # a floor position inside the room, not on top of the camera
@@ -454,7 +456,9 @@ def write_dataset(
     with ExitStack() as stack:
         if workers == 1:
             done = map(scene, range(count))
-        else:  # spawned, not forked: the caller may hold TensorFlow's threads, which fork would copy half-alive
+        else:
+            # spawned, not forked: the caller may hold TensorFlow's threads, which fork would
+            # copy half-alive
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
             stack.callback(
                 pool.shutdown, cancel_futures=True

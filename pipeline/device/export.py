@@ -72,7 +72,8 @@ def check_runtime(tflite_bytes: bytes, *, precision: str, target: str) -> str:
         newer = ops_newer_than(builtin_ops(tflite_bytes), target)
         which = (
             ", ".join(f"{op} v{version} ({runtime})" for op, version, runtime in newer)
-            or "its min_runtime_version metadata (no op in pipeline/device/tflite.py's OP_MIN_RUNTIME is that new)"
+            or "its min_runtime_version metadata "
+            "(no op in pipeline/device/tflite.py's OP_MIN_RUNTIME is that new)"
         )
         raise ExportError(
             f"{precision} model needs TFLite runtime {needed} but export.target_runtime "

@@ -20,7 +20,12 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.core.config import SshTarget, is_remote, parse_device, validate_python  # noqa: F401  (re-exported)
+from pipeline.core.config import (  # noqa: F401  (re-exported)
+    SshTarget,
+    is_remote,
+    parse_device,
+    validate_python,
+)
 from pipeline.core.errors import ConfigError, RemoteError
 from pipeline.device.timing import RUNNER, parse_runner_output, runner_error
 
@@ -94,7 +99,10 @@ class _Ssh:
                 "the host's authorized_keys or pass an identity via MAI_SSH_IDENTITY)"
             )
         if "Host key verification failed" in err or "IDENTIFICATION HAS CHANGED" in err:
-            return f"{self.target}: host key verification failed (the host's key changed? check known_hosts)"
+            return (
+                f"{self.target}: host key verification failed "
+                "(the host's key changed? check known_hosts)"
+            )
         if "Could not resolve hostname" in err:
             return f"{self.target}: host unreachable (cannot resolve the host name)"
         for text in (

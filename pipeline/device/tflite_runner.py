@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Time one .tflite model the way the AI Benchmark app does; print ONE JSON line.
 
-    python tflite_runner.py MODEL [--threads 4] [--warmup 2] [--runs 10] [--reference NAME=PATH ...] [--interleave]
+    python tflite_runner.py MODEL [--threads 4] [--warmup 2] [--runs 10]
+        [--reference NAME=PATH ...] [--interleave]
 
 Self-contained on purpose (stdlib + numpy + ai_edge_litert or tflite_runtime): it is
 copied as-is to a device (e.g. a Raspberry Pi) and run there, so it must not import the
@@ -54,7 +55,7 @@ def _load_runtime():
     try:
         import numpy  # noqa: F401  (both runtimes need it; a missing one is the same fix)
     except ImportError as err:
-        errors.append("numpy: %s" % err)
+        errors.append(f"numpy: {err}")
         _runtime_missing(errors)
     try:
         from ai_edge_litert import interpreter as mod
@@ -67,21 +68,22 @@ def _load_runtime():
             ver = getattr(sys.modules.get("ai_edge_litert"), "__version__", "unknown")
         return mod, "ai_edge_litert", ver
     except ImportError as err:
-        errors.append("ai_edge_litert: %s" % err)
+        errors.append(f"ai_edge_litert: {err}")
     try:
         import tflite_runtime
         from tflite_runtime import interpreter as mod
 
         return mod, "tflite_runtime", getattr(tflite_runtime, "__version__", "unknown")
     except ImportError as err:
-        errors.append("tflite_runtime: %s" % err)
+        errors.append(f"tflite_runtime: {err}")
     _runtime_missing(errors)
 
 
 def _runtime_missing(errors):
+    joined = "; ".join(errors)  # no quotes inside an f-string before Python 3.12
     sys.stderr.write(
-        "%s: install ai-edge-litert or tflite-runtime for %s (ImportError: %s)\n"
-        % (RUNTIME_MISSING_TAG, sys.executable, "; ".join(errors))
+        f"{RUNTIME_MISSING_TAG}: install ai-edge-litert or tflite-runtime for {sys.executable} "
+        f"(ImportError: {joined})\n"
     )
     sys.exit(RUNTIME_MISSING_EXIT)
 
@@ -277,7 +279,7 @@ def run(model_path, threads, warmup, runs, references=(), interleave=False):
 def _reference(text):
     name, sep, path = text.partition("=")
     if not (name and sep and path):
-        raise argparse.ArgumentTypeError("expected NAME=PATH, got %r" % text)
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
     return name, path
 
 
@@ -305,7 +307,7 @@ def main(argv=None):
         ap.error("need --threads >= 1, --warmup >= 0, --runs >= 1")
     for path in [args.model] + [path for _, path in args.reference]:
         if not os.path.isfile(path):
-            sys.stderr.write("tflite_runner: %s: model file not found\n" % path)
+            sys.stderr.write(f"tflite_runner: {path}: model file not found\n")
             return 2
     try:
         result = run(
@@ -313,9 +315,8 @@ def main(argv=None):
         )
     except (ValueError, RuntimeError) as err:
         msg = str(err).strip().splitlines()
-        sys.stderr.write(
-            "tflite_runner: %s: cannot run model (%s)\n" % (args.model, msg[0] if msg else err)
-        )
+        reason = msg[0] if msg else err
+        sys.stderr.write(f"tflite_runner: {args.model}: cannot run model ({reason})\n")
         return 2
     sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
     return 0

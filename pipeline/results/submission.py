@@ -419,7 +419,7 @@ def validate_submission(
 
 # ----------------------------------------------------------------------------- packaging
 def extra_data_flag(params) -> int:
-    """The readme's Extra Data flag: package.extra_data: 1 forces it; else 1 when extra_data_used."""
+    """The readme's Extra Data flag: package.extra_data: 1 forces it, else 1 if extra_data_used."""
     return int(params.package.extra_data == 1 or bool(extra_data_used(params)))
 
 
@@ -445,7 +445,8 @@ def describe_run(
     if method.extra_data:
         parts.append("extra data: " + ", ".join(method.extra_data))
     if benchmark:
-        # benchmark.json (stages/benchmark.py): `device` is local or ssh://..., `machine` the CPU arch
+        # benchmark.json (stages/benchmark.py): `device` is local or ssh://...,
+        # `machine` the CPU arch
         timing = [str(benchmark[k]) for k in ("device", "machine") if benchmark.get(k)]
         if benchmark.get("threads"):
             timing.append(f"{benchmark['threads']} threads")

@@ -171,7 +171,9 @@ def check(
 
 
 def exp_name(sweep: Sweep, point: dict) -> str:
-    """The grid's name and the value of every axis with more than one choice: default-fastdepth-192x256-int8."""
+    """The grid's name and the value of every axis with more than one choice.
+
+    E.g. default-fastdepth-192x256-int8."""
     parts = [sweep.name]
     for axis in sweep.axes:
         if len(axis.values) > 1:
@@ -286,7 +288,8 @@ def _run(cmd: list[str], *, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
 
 
 def taken_names(*, root: Path, dvc: str = "dvc") -> set[str]:
-    """Experiments of this commit and tasks in the queue: a second one of a name would fail or clash."""
+    """Experiments of this commit and tasks in the queue: a second one of a name would fail or
+    clash."""
     listed = _run([dvc, "exp", "list", "--name-only"], cwd=root, capture_output=True).stdout.split()
     return set(listed) | set(statuses(None, root=root, dvc=dvc))
 
