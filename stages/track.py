@@ -19,19 +19,24 @@ from pipeline.tracking.runs import runs_link, track_pipeline, tracking_uri, ui_b
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser("track", __doc__)
     parser.add_argument("--experiment", help="MLflow experiment (default: params track.experiment)")
-    parser.add_argument("--run-name", help="default: the DVC experiment name, else arch-precision-time")
+    parser.add_argument(
+        "--run-name", help="default: the DVC experiment name, else arch-precision-time"
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
     root = Path.cwd()
     experiment = args.experiment or params.track.experiment
     uri = tracking_uri(root)
-    done = track_pipeline(project_root=root, params=params, experiment_name=experiment,
-                          run_name=args.run_name)
+    done = track_pipeline(
+        project_root=root, params=params, experiment_name=experiment, run_name=args.run_name
+    )
     if done.logged:
         print(f"MLflow run {done.run_id} logged to experiment {experiment!r} at {uri}")
     else:
-        print(f"already tracked: MLflow run {done.run_id} of experiment {experiment!r} has these "
-              "outputs and params (set track.force: true to log another run)")
+        print(
+            f"already tracked: MLflow run {done.run_id} of experiment {experiment!r} has these "
+            "outputs and params (set track.force: true to log another run)"
+        )
     link = runs_link(ui_base_url(uri), done.experiment_id)
     print(f"Browse: make ui  -> {link}" if uri.startswith("sqlite:///") else f"Browse: {link}")
 

@@ -16,7 +16,13 @@ from PIL import Image
 from pipeline.core.cli import run_stage
 from pipeline.core.config import load_params
 from pipeline.core.metrics import challenge_score
-from pipeline.tracking.compare import best_score, describe_best, pareto_front, runs_table, to_markdown
+from pipeline.tracking.compare import (
+    best_score,
+    describe_best,
+    pareto_front,
+    runs_table,
+    to_markdown,
+)
 from pipeline.tracking.runs import log_pipeline_run
 from stages import compare
 
@@ -44,18 +50,34 @@ def test_pareto_front_minimises_both():
 RUNS = {  # run name -> (arch, precision, evaluate.json, benchmark.json, export.json)
     # fast-int8 was timed on idle cores, the others under load: the est. Pi 4 ms (the local
     # median x that moment's calibration) ranks good-fp32 first, the local median fast-int8
-    "fast-int8": ("fastdepth", "int8", {"si_rmse": 0.35, "rmse": 1.4}, {"median_ms": 20.0, "est_rpi4_ms": 150.0},
-                  {"size_mb": 0.5}),
-    "good-fp32": ("mobile_unet", "fp32", {"si_rmse": 0.30, "rmse": 1.2}, {"median_ms": 50.0, "est_rpi4_ms": 100.0},
-                  {"size_mb": 2.0}),
-    "bad-fp16": ("litedepth", "fp16", {"si_rmse": 0.36, "rmse": 1.5}, {"median_ms": 60.0, "est_rpi4_ms": 120.0},
-                 {"size_mb": 1.0}),
+    "fast-int8": (
+        "fastdepth",
+        "int8",
+        {"si_rmse": 0.35, "rmse": 1.4},
+        {"median_ms": 20.0, "est_rpi4_ms": 150.0},
+        {"size_mb": 0.5},
+    ),
+    "good-fp32": (
+        "mobile_unet",
+        "fp32",
+        {"si_rmse": 0.30, "rmse": 1.2},
+        {"median_ms": 50.0, "est_rpi4_ms": 100.0},
+        {"size_mb": 2.0},
+    ),
+    "bad-fp16": (
+        "litedepth",
+        "fp16",
+        {"si_rmse": 0.36, "rmse": 1.5},
+        {"median_ms": 60.0, "est_rpi4_ms": 120.0},
+        {"size_mb": 1.0},
+    ),
     "no-bench": ("mobile_unet", "fp32", {"si_rmse": 0.10, "rmse": 0.9}, None, None),
 }
 # Where two of them were trained (metrics/train.json `host`): the table tells the machines apart.
-HOSTS = {"fast-int8": {"cpu": "AMD EPYC", "vector_path": "AVX-512"},
-         "good-fp32": {"cpu": "AMD EPYC", "vector_path": "AVX2 (capped)",
-                       "onednn_max_cpu_isa": "AVX2"}}
+HOSTS = {
+    "fast-int8": {"cpu": "AMD EPYC", "vector_path": "AVX-512"},
+    "good-fp32": {"cpu": "AMD EPYC", "vector_path": "AVX2 (capped)", "onednn_max_cpu_isa": "AVX2"},
+}
 
 
 @pytest.fixture
@@ -104,24 +126,41 @@ def test_compare_stage_writes_table_and_plot(tracked, tmp_path, monkeypatch, cap
         assert by_run.loc[name, "cpu"] == host["cpu"]
         assert by_run.loc[name, "vector_path"] == host["vector_path"]
     assert by_run[["cpu", "vector_path"]].loc["no-bench"].isna().all()  # logged before host facts
-    assert by_run.loc["good-fp32", "score"] == pytest.approx(challenge_score(si_rmse=0.30, runtime_s=0.05))
-    assert math.isnan(by_run.loc["no-bench", "score"]) and math.isnan(by_run.loc["no-bench", "latency_ms"])
-    assert by_run.loc["good-fp32", "score_rpi4"] == pytest.approx(challenge_score(si_rmse=0.30, runtime_s=0.1))
+    assert by_run.loc["good-fp32", "score"] == pytest.approx(
+        challenge_score(si_rmse=0.30, runtime_s=0.05)
+    )
+    assert math.isnan(by_run.loc["no-bench", "score"]) and math.isnan(
+        by_run.loc["no-bench", "latency_ms"]
+    )
+    assert by_run.loc["good-fp32", "score_rpi4"] == pytest.approx(
+        challenge_score(si_rmse=0.30, runtime_s=0.1)
+    )
     assert by_run.loc["fast-int8", "score"] > by_run.loc["good-fp32", "score"]
-    assert by_run["pareto"].to_dict() == {"fast-int8": True, "good-fp32": True, "bad-fp16": False,
-                                          "no-bench": False}
-    assert by_run["pareto_rpi4"].to_dict() == {"fast-int8": False, "good-fp32": True, "bad-fp16": False,
-                                               "no-bench": False}
+    assert by_run["pareto"].to_dict() == {
+        "fast-int8": True,
+        "good-fp32": True,
+        "bad-fp16": False,
+        "no-bench": False,
+    }
+    assert by_run["pareto_rpi4"].to_dict() == {
+        "fast-int8": False,
+        "good-fp32": True,
+        "bad-fp16": False,
+        "no-bench": False,
+    }
     # best score (at est. Pi 4, the challenge's device) first, runs without a score last
     assert list(table["run"]) == ["good-fp32", "bad-fp16", "fast-int8", "no-bench"]
-    best = f"best challenge score: good-fp32, {challenge_score(si_rmse=0.30, runtime_s=0.1):.4g} at est. Pi 4 100.0 ms"
+    score = challenge_score(si_rmse=0.30, runtime_s=0.1)
+    best = f"best challenge score: good-fp32, {score:.4g} at est. Pi 4 100.0 ms"
 
     assert set(table["data"]) == {"unknown data"}  # logged without a split: one group of their own
 
     md = (out / "runs.md").read_text()
     assert md.splitlines()[0] == "### unknown data: 4 runs"
     assert md.splitlines()[2].startswith(best)
-    assert md.splitlines()[4].startswith("| run | arch | precision | si_rmse | rmse_m | latency_ms | est_rpi4_ms |")
+    assert md.splitlines()[4].startswith(
+        "| run | arch | precision | si_rmse | rmse_m | latency_ms | est_rpi4_ms |"
+    )
     assert len(md.strip().splitlines()) == 6 + len(RUNS)
     assert md in printed
     group = next(line for line in printed.splitlines() if line.startswith("- unknown data"))
@@ -132,9 +171,11 @@ def test_compare_stage_writes_table_and_plot(tracked, tmp_path, monkeypatch, cap
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
     # the plot opens in the MLflow UI: an image artifact of the group's best-score run
     from mlflow import MlflowClient
+
     best = by_run.loc["good-fp32", "run_id"]
     assert [a.path for a in MlflowClient(tracking_uri=tracked).list_artifacts(best, "compare")] == [
-        "compare/pareto-unknown-data.png"]
+        "compare/pareto-unknown-data.png"
+    ]
 
 
 def test_runs_on_other_data_are_never_ranked_together(tmp_path, monkeypatch, capsys):
@@ -144,8 +185,12 @@ def test_runs_on_other_data_are_never_ranked_together(tmp_path, monkeypatch, cap
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     params = load_params(REPO / "params.yaml")
-    runs = {"syn-a": ("synthetic", 0.30, 50.0), "syn-b": ("synthetic", 0.35, 20.0),
-            "tum-a": ("tum_fr1_xyz", 0.20, 40.0), "tum-b": ("tum_fr1_xyz", 0.25, 70.0)}
+    runs = {
+        "syn-a": ("synthetic", 0.30, 50.0),
+        "syn-b": ("synthetic", 0.35, 20.0),
+        "tum-a": ("tum_fr1_xyz", 0.20, 40.0),
+        "tum-b": ("tum_fr1_xyz", 0.25, 70.0),
+    }
     for name, (source, si_rmse, ms) in runs.items():
         proj = tmp_path / name
         write_split(proj, f"data/{source}", {"a.png": "train", "b.png": "val"}, size=len(source))
@@ -160,10 +205,16 @@ def test_runs_on_other_data_are_never_ranked_together(tmp_path, monkeypatch, cap
 
     table = pd.read_csv(tmp_path / "out" / "runs.csv")
     # tum-a alone would dominate syn-a in a mixed ranking; per data set both fronts stand
-    assert table.set_index("run")["pareto"].to_dict() == {"syn-a": True, "syn-b": True, "tum-a": True,
-                                                          "tum-b": False}
+    assert table.set_index("run")["pareto"].to_dict() == {
+        "syn-a": True,
+        "syn-b": True,
+        "tum-a": True,
+        "tum-b": False,
+    }
     assert table.groupby("data")["run"].apply(sorted).to_dict() == {
-        "synthetic/val": ["syn-a", "syn-b"], "tum_fr1_xyz/val": ["tum-a", "tum-b"]}
+        "synthetic/val": ["syn-a", "syn-b"],
+        "tum_fr1_xyz/val": ["tum-a", "tum-b"],
+    }
     assert "in 2 data group(s)" in printed
     groups = [line for line in printed.splitlines() if line.startswith("- ")]
     assert len(groups) == 2 and groups[0].startswith("- synthetic/val (val digest ")
@@ -171,7 +222,8 @@ def test_runs_on_other_data_are_never_ranked_together(tmp_path, monkeypatch, cap
     assert "Pareto front: tum-a;" in groups[1]
     md = (tmp_path / "out" / "runs.md").read_text()
     assert [line for line in md.splitlines() if line.startswith("###")] == [
-        line.split(";")[0].replace("- ", "### ", 1) for line in groups]
+        line.split(";")[0].replace("- ", "### ", 1) for line in groups
+    ]
     assert len(list((tmp_path / "out").glob("pareto-*.png"))) == 2
 
 
@@ -181,7 +233,10 @@ def test_compare_without_store_or_runs_is_a_clear_error(tracked, tmp_path, monke
     # no store at all: not created as a side effect
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/none.db")
     assert run_stage(compare.main, []) == 2
-    assert capsys.readouterr().err == f"error: no MLflow store at {tmp_path}/none.db; run the pipeline first\n"
+    assert (
+        capsys.readouterr().err
+        == f"error: no MLflow store at {tmp_path}/none.db; run the pipeline first\n"
+    )
     assert not (tmp_path / "none.db").exists()
     # a store without that experiment
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked)
@@ -190,6 +245,7 @@ def test_compare_without_store_or_runs_is_a_clear_error(tracked, tmp_path, monke
     assert err.startswith("error: no MLflow experiment 'nothing-here' at sqlite:///")
     # an experiment without runs
     from mlflow import MlflowClient
+
     MlflowClient(tracking_uri=tracked).create_experiment("empty")
     assert run_stage(compare.main, ["--experiment", "empty"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -203,31 +259,48 @@ def test_runs_table_tolerates_missing_columns():
     assert table.loc[0, "run"] == "abcdef12" and table.loc[0, "si_rmse"] == pytest.approx(0.4)
     assert math.isnan(table.loc[0, "latency_ms"]) and not table.loc[0, "pareto"]
     assert table.loc[0, "data"] == "unknown data"
-    assert ("| abcdef12 | - | - | 0.4000 | - | - | - | - | - | - | unknown data | - | - | - |  |  "
-            "| abcdef12 |") in to_markdown(table)
+    assert (
+        "| abcdef12 | - | - | 0.4000 | - | - | - | - | - | - | unknown data | - | - | - |  |  "
+        "| abcdef12 |"
+    ) in to_markdown(table)
 
 
 def test_best_score_is_named_per_group_by_the_pi4_estimate_when_there_is_one():
     def table(rows):
-        return runs_table(pd.DataFrame({
-            "run_id": [f"id{i}" for i in range(len(rows))], "tags.mlflow.runName": [r[0] for r in rows],
-            "metrics.evaluate.si_rmse": [r[1] for r in rows], "metrics.benchmark.median_ms": [r[2] for r in rows],
-            "metrics.benchmark.est_rpi4_ms": [r[3] for r in rows]}))
+        return runs_table(
+            pd.DataFrame(
+                {
+                    "run_id": [f"id{i}" for i in range(len(rows))],
+                    "tags.mlflow.runName": [r[0] for r in rows],
+                    "metrics.evaluate.si_rmse": [r[1] for r in rows],
+                    "metrics.benchmark.median_ms": [r[2] for r in rows],
+                    "metrics.benchmark.est_rpi4_ms": [r[3] for r in rows],
+                }
+            )
+        )
 
-    local_only = table([("a", 0.30, 10.0, np.nan), ("b", 0.20, 40.0, np.nan), ("c", 0.50, np.nan, np.nan)])
+    local_only = table(
+        [("a", 0.30, 10.0, np.nan), ("b", 0.20, 40.0, np.nan), ("c", 0.50, np.nan, np.nan)]
+    )
     best = best_score(local_only)
     assert (best["run"], best["by"]) == ("a", "latency_ms")  # 2^-6/1 beats 2^-4/4
     assert best["score"] == pytest.approx(challenge_score(si_rmse=0.30, runtime_s=0.01))
-    assert describe_best(local_only).startswith("best challenge score: a, 0.01562 at the local median 10.0 ms")
+    assert describe_best(local_only).startswith(
+        "best challenge score: a, 0.01562 at the local median 10.0 ms"
+    )
     # one run with an estimate: the estimate decides, and is named with the local score beside it
     mixed = table([("a", 0.30, 10.0, np.nan), ("b", 0.20, 40.0, 200.0)])
     assert best_score(mixed)["run"] == "b" and list(mixed["run"]) == ["b", "a"]
-    assert describe_best(mixed) == (f"best challenge score: b, {challenge_score(si_rmse=0.2, runtime_s=0.2):.4g} "
-                                    f"at est. Pi 4 200.0 ms, si-RMSE 0.2000 "
-                                    f"({challenge_score(si_rmse=0.2, runtime_s=0.04):.4g} at the local median 40.0 ms)")
+    assert describe_best(mixed) == (
+        f"best challenge score: b, {challenge_score(si_rmse=0.2, runtime_s=0.2):.4g} "
+        f"at est. Pi 4 200.0 ms, si-RMSE 0.2000 "
+        f"({challenge_score(si_rmse=0.2, runtime_s=0.04):.4g} at the local median 40.0 ms)"
+    )
     # a tie in score, and a run without a score: the front keeps both ties, the best is one of them
     tied = table([("x", 0.25, 20.0, np.nan), ("y", 0.25, 20.0, np.nan), ("z", np.nan, 5.0, np.nan)])
     assert tied.set_index("run")["pareto"].to_dict() == {"x": True, "y": True, "z": False}
     assert best_score(tied)["run"] in ("x", "y")
     assert best_score(table([("z", np.nan, 5.0, np.nan)])) is None
-    assert describe_best(table([("z", np.nan, 5.0, np.nan)])).startswith("best challenge score: none")
+    assert describe_best(table([("z", np.nan, 5.0, np.nan)])).startswith(
+        "best challenge score: none"
+    )

@@ -36,29 +36,39 @@ Model\t\t: Raspberry Pi 4 Model B Rev 1.4
 """
 
 
-@pytest.mark.parametrize("text, machine, model, extensions", [
-    (EPYC, "x86_64", "AMD EPYC 9454 48-Core Processor",
-     ("AVX2", "FMA", "AVX-512", "AVX-512 VNNI", "AVX-512 BF16")),
-    (HASWELL, "x86_64", "Intel(R) Xeon(R) CPU E5-2680 v3 @ 2.50GHz", ("AVX2", "FMA")),
-    (PI4, "aarch64", "Raspberry Pi 4 Model B Rev 1.4", ("NEON",)),
-    ("Features\t: half thumb vfp neon\n", "armv7l", "", ("NEON",)),  # 32-bit Arm says neon
-    ("", "arm64", "", ("NEON",)),  # Apple silicon: no cpuinfo, NEON in every ARMv8 core
-    ("", "x86_64", "", ()),
-])
+@pytest.mark.parametrize(
+    "text, machine, model, extensions",
+    [
+        (
+            EPYC,
+            "x86_64",
+            "AMD EPYC 9454 48-Core Processor",
+            ("AVX2", "FMA", "AVX-512", "AVX-512 VNNI", "AVX-512 BF16"),
+        ),
+        (HASWELL, "x86_64", "Intel(R) Xeon(R) CPU E5-2680 v3 @ 2.50GHz", ("AVX2", "FMA")),
+        (PI4, "aarch64", "Raspberry Pi 4 Model B Rev 1.4", ("NEON",)),
+        ("Features\t: half thumb vfp neon\n", "armv7l", "", ("NEON",)),  # 32-bit Arm says neon
+        ("", "arm64", "", ("NEON",)),  # Apple silicon: no cpuinfo, NEON in every ARMv8 core
+        ("", "x86_64", "", ()),
+    ],
+)
 def test_model_and_vector_extensions_from_cpuinfo(text, machine, model, extensions):
     found_model, flags = host.parse_cpuinfo(text)
     assert found_model == model
     assert host.extensions_from_flags(flags, machine) == extensions
 
 
-@pytest.mark.parametrize("extensions, cap, onednn, path", [
-    (("AVX2", "FMA", "AVX-512", "AVX-512 VNNI", "AMX"), "", True, "AVX-512"),
-    (("AVX2", "FMA", "AVX-512"), "AVX2", True, "AVX2 (capped)"),
-    (("AVX2", "FMA", "AVX-512"), "AVX2", False, host.EIGEN_PATH),
-    (("AVX2", "FMA"), "", True, "AVX2"),
-    (("NEON",), "", True, "NEON"),
-    ((), "", True, host.NONE),
-])
+@pytest.mark.parametrize(
+    "extensions, cap, onednn, path",
+    [
+        (("AVX2", "FMA", "AVX-512", "AVX-512 VNNI", "AMX"), "", True, "AVX-512"),
+        (("AVX2", "FMA", "AVX-512"), "AVX2", True, "AVX2 (capped)"),
+        (("AVX2", "FMA", "AVX-512"), "AVX2", False, host.EIGEN_PATH),
+        (("AVX2", "FMA"), "", True, "AVX2"),
+        (("NEON",), "", True, "NEON"),
+        ((), "", True, host.NONE),
+    ],
+)
 def test_vector_path_is_the_widest_float32_path_the_cap_or_eigen(extensions, cap, onednn, path):
     assert host.vector_path(extensions, cap, onednn) == path
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_tracking import make_project, race_track
 
 from conftest import SERVER_START_TIMEOUT_S, free_port, require_program, serving
-from test_tracking import make_project, race_track
 
 REPO = Path(__file__).resolve().parents[1]
 PG_USER = "mlflow"
@@ -30,13 +30,27 @@ PG_USER = "mlflow"
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 # PostgreSQL refuses to run as root; Debian's package creates this account for it.
 PG_SYSTEM_ACCOUNT = "postgres"
-VERSIONS = {"machine": "x86_64", "tensorflow": "2.21.0", "keras": "3.15.1",
-            "onednn_max_cpu_isa": "none"}
+VERSIONS = {
+    "machine": "x86_64",
+    "tensorflow": "2.21.0",
+    "keras": "3.15.1",
+    "onednn_max_cpu_isa": "none",
+}
 HOSTS = {  # project -> where its model was trained (metrics/train.json `host`)
-    "machine-a": {"cpu": "AMD EPYC 9454", "cpu_extensions": "AVX2, FMA, AVX-512",
-                  "vector_path": "AVX-512", "cores": 2, **VERSIONS},
-    "machine-b": {"cpu": "Intel(R) Xeon(R) CPU E5-2680 v3", "cpu_extensions": "AVX2, FMA",
-                  "vector_path": "AVX2", "cores": 8, **VERSIONS},
+    "machine-a": {
+        "cpu": "AMD EPYC 9454",
+        "cpu_extensions": "AVX2, FMA, AVX-512",
+        "vector_path": "AVX-512",
+        "cores": 2,
+        **VERSIONS,
+    },
+    "machine-b": {
+        "cpu": "Intel(R) Xeon(R) CPU E5-2680 v3",
+        "cpu_extensions": "AVX2, FMA",
+        "vector_path": "AVX2",
+        "cores": 8,
+        **VERSIONS,
+    },
 }
 
 
@@ -53,8 +67,10 @@ def as_database_user() -> dict:
     try:
         pwd.getpwnam(PG_SYSTEM_ACCOUNT)
     except KeyError:
-        pytest.fail(f"running as root and no {PG_SYSTEM_ACCOUNT!r} account to run PostgreSQL as",
-                    pytrace=False)
+        pytest.fail(
+            f"running as root and no {PG_SYSTEM_ACCOUNT!r} account to run PostgreSQL as",
+            pytrace=False,
+        )
     return {"user": PG_SYSTEM_ACCOUNT}
 
 
@@ -81,17 +97,39 @@ def postgres():
     if sudo:
         shutil.chown(root, PG_SYSTEM_ACCOUNT)
     data, log = root / "data", root / "postgres.log"
-    subprocess.run([initdb, "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8",
-                    "--no-locale"], check=True, capture_output=True, **sudo)
+    subprocess.run(
+        [initdb, "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--no-locale"],
+        check=True,
+        capture_output=True,
+        **sudo,
+    )
     port = free_port()
-    proc = subprocess.Popen([postgres_bin, "-D", str(data), "-p", str(port), "-k", str(root),
-                             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True, **sudo)
+    proc = subprocess.Popen(
+        [
+            postgres_bin,
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-k",
+            str(root),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+        ],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        **sudo,
+    )
     try:
         wait_for_port(port, proc, log)
-        subprocess.run([pg_program("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER,
-                        "mlflow"], check=True, capture_output=True)
+        subprocess.run(
+            [pg_program("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "mlflow"],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql://{PG_USER}@127.0.0.1:{port}/mlflow"
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # PostgreSQL's fast shutdown
@@ -106,28 +144,52 @@ def team_server(postgres, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("team-server")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", postgres,
-           "--artifacts-destination", str(workdir / "artifacts"), "--workers", "2",
-           "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--backend-store-uri",
+        postgres,
+        "--artifacts-destination",
+        str(workdir / "artifacts"),
+        "--workers",
+        "2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with serving(cmd, url + "/health", workdir / "server.log", cwd=workdir, env=env):
         yield url, workdir / "artifacts"
 
 
 def client_env(url: str) -> dict:
     """A machine that knows the server's URL and nothing else (no database, no shared folder)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": url,
-           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "MLFLOW_TRACKING_URI": url,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     for name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
         env.pop(name, None)
     return env
 
 
 def stage(name: str, cwd: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", f"stages.{name}", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"stages.{name}", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -141,10 +203,19 @@ def test_two_machines_log_to_the_postgres_server_and_read_it_back(team_server, t
     for i, (name, host) in enumerate(HOSTS.items()):
         project = make_project(tmp_path / name)
         (project / "dvc.lock").write_text(f"schema: '2.0'\nstages: {{train: {{cmd: run {i}}}}}\n")
-        (project / "metrics" / "train.json").write_text(json.dumps({
-            "best_val_si_rmse": 0.25 + i / 100, "params": 1000, "batch_size": 8, "replicas": 1,
-            "hardware": f"CPU ({host['cpu']}), {host['cores']} cores", "host": host,
-            "op_determinism": True}))
+        (project / "metrics" / "train.json").write_text(
+            json.dumps(
+                {
+                    "best_val_si_rmse": 0.25 + i / 100,
+                    "params": 1000,
+                    "batch_size": 8,
+                    "replicas": 1,
+                    "hardware": f"CPU ({host['cpu']}), {host['cores']} cores",
+                    "host": host,
+                    "op_determinism": True,
+                }
+            )
+        )
         out = stage("track", project, env, "--experiment", "team", "--run-name", name).stdout
         run_ids[name] = out.split("MLflow run ", 1)[1].split()[0]
         assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()
@@ -154,8 +225,9 @@ def test_two_machines_log_to_the_postgres_server_and_read_it_back(team_server, t
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
     assert {name: r.info.run_id for name, r in runs.items()} == run_ids
     for name, host in HOSTS.items():  # a search tells the two machines apart
-        found = client.search_runs([exp.experiment_id],
-                                   filter_string=f"tags.`host.cpu` = '{host['cpu']}'")
+        found = client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`host.cpu` = '{host['cpu']}'"
+        )
         assert [r.info.run_name for r in found] == [name]
         assert runs[name].data.tags["host.vector_path"] == host["vector_path"]
     # the artifacts went through the server into its own folder
@@ -168,8 +240,17 @@ def test_two_machines_log_to_the_postgres_server_and_read_it_back(team_server, t
     table = pd.read_csv(reader / "cmp" / "runs.csv").set_index("run")
     for column in ("cpu", "vector_path"):
         assert table.loc[list(HOSTS), column].to_dict() == {n: h[column] for n, h in HOSTS.items()}
-    sheet = stage("factsheet", reader, env, "--experiment", "team", "--run", run_ids["machine-b"],
-                  "--out", "sheet.md")
+    sheet = stage(
+        "factsheet",
+        reader,
+        env,
+        "--experiment",
+        "team",
+        "--run",
+        run_ids["machine-b"],
+        "--out",
+        "sheet.md",
+    )
     text = (reader / "sheet.md").read_text()
     assert text in sheet.stdout and text.startswith("# Fact sheet: machine-b")
     assert "Trained on Intel(R) Xeon(R) CPU E5-2680 v3 (AVX2, FMA); TensorFlow 2.21.0" in text

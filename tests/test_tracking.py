@@ -1,4 +1,5 @@
-"""pipeline.tracking.runs: one complete MLflow run from a project's outputs, absolute store paths."""
+"""pipeline.tracking.runs: one complete MLflow run from a project's outputs, absolute store
+paths."""
 
 from __future__ import annotations
 
@@ -51,11 +52,22 @@ def make_project(root: Path, *, git: bool = False) -> Path:
     (root / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
     metrics = root / "metrics"
     metrics.mkdir()
-    (metrics / "evaluate.json").write_text(json.dumps({
-        "si_rmse": 0.31, "rmse": 1.25, "n_images": 10, "ok": True, "source": "synthetic",
-        "per_image": [0.1, 0.2], "deltas": {"d1": 0.8},
-    }))
-    (metrics / "benchmark.json").write_text(json.dumps({"median_ms": 42.5, "init_ms": 12, "threads": 2}))
+    (metrics / "evaluate.json").write_text(
+        json.dumps(
+            {
+                "si_rmse": 0.31,
+                "rmse": 1.25,
+                "n_images": 10,
+                "ok": True,
+                "source": "synthetic",
+                "per_image": [0.1, 0.2],
+                "deltas": {"d1": 0.8},
+            }
+        )
+    )
+    (metrics / "benchmark.json").write_text(
+        json.dumps({"median_ms": 42.5, "init_ms": 12, "threads": 2})
+    )
     (metrics / "export.json").write_text(json.dumps({"size_mb": 1.4, "precision": "fp32"}))
     reports = root / "reports"
     (reports / "eval_panels").mkdir(parents=True)
@@ -72,8 +84,13 @@ def make_project(root: Path, *, git: bool = False) -> Path:
         zf.writestr("readme.txt", "runtime per image [s] : 0.0425\n")
     write_split(root, "data/scenes", {"a.png": "train", "b.png": "train", "c.png": "val"})
     if git:
-        env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+        env = {
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        }
         for cmd in (["init", "-q"], ["add", "params.yaml", "dvc.lock"], ["commit", "-qm", "init"]):
             subprocess.run(["git", *cmd], cwd=root, check=True, env=env, capture_output=True)
     return root
@@ -128,40 +145,61 @@ def test_log_pipeline_run_logs_params_metrics_history_artifacts_tags(tmp_path, m
     assert not {"evaluate.ok", "evaluate.source", "evaluate.per_image", "export.precision"} & set(m)
 
     history = client.get_metric_history(run_id, "history.val_loss")
-    assert [(h.step, h.value) for h in sorted(history, key=lambda h: h.step)] == [(0, 1.6), (1, 1.2), (2, 1.1)]
+    assert [(h.step, h.value) for h in sorted(history, key=lambda h: h.step)] == [
+        (0, 1.6),
+        (1, 1.2),
+        (2, 1.1),
+    ]
     assert len(client.get_metric_history(run_id, "history.learning_rate")) == 3
     assert "history.epoch" not in m
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True,
-                            text=True, check=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True
+    ).stdout.strip()
     t = run.data.tags
     assert t["git.commit"] == commit and t["mlflow.source.git.commit"] == commit
     assert t["git.dirty"] == "false"
     assert t["dvc.exp_name"] == "fishy-dace" and t["dvc.baseline_rev"] == "abc123"
     import hashlib
+
     assert t["dvc.lock_sha256"] == hashlib.sha256((project / "dvc.lock").read_bytes()).hexdigest()
     assert t["train.arch"] == params.train.arch and t["export.precision"] == params.export.precision
 
     assert t[PIPELINE_KEY_TAG] == pipeline_key(project, params)
     # the data it trained and was validated on, as dataset inputs (the UI's Dataset column)
     splits = {s.split: s for s in data_splits(project)}
-    assert {s: (d.pairs, d.name) for s, d in splits.items()} == {"train": (2, "scenes/train"), "val": (1, "scenes/val")}
-    inputs = {(i.dataset.name, i.dataset.digest): ({t.key: t.value for t in i.tags}, json.loads(i.dataset.source))
-              for i in run.inputs.dataset_inputs}
+    assert {s: (d.pairs, d.name) for s, d in splits.items()} == {
+        "train": (2, "scenes/train"),
+        "val": (1, "scenes/val"),
+    }
+    inputs = {
+        (i.dataset.name, i.dataset.digest): (
+            {t.key: t.value for t in i.tags},
+            json.loads(i.dataset.source),
+        )
+        for i in run.inputs.dataset_inputs
+    }
     assert inputs == {
-        ("scenes", splits["train"].digest): ({"mlflow.data.context": "train"}, {"uri": "data/scenes"}),
+        ("scenes", splits["train"].digest): (
+            {"mlflow.data.context": "train"},
+            {"uri": "data/scenes"},
+        ),
         ("scenes", splits["val"].digest): ({"mlflow.data.context": "val"}, {"uri": "data/scenes"}),
     }
     assert t[VAL_DIGEST_TAG] == splits["val"].digest and t["data.val_name"] == "scenes/val"
     # the description a person reads first
     note = t[NOTE_TAG]
-    assert note.startswith(f"**{params.train.arch}** at {params.train.height}x{params.train.width}, "
-                           f"{params.export.precision} TFLite")
+    assert note.startswith(
+        f"**{params.train.arch}** at {params.train.height}x{params.train.width}, "
+        f"{params.export.precision} TFLite"
+    )
     assert "trained on scenes/train (2 pairs); validated on scenes/val (1 pair)" in note
     assert "si-RMSE 0.3100, latency 42.5 ms (median, 2 threads), score -" in note
     # the runs view the UI link opens shows si-RMSE and latency columns
     view = json.loads(client.get_experiment(run.info.experiment_id).tags[VIEW_TAG])
-    assert {"metrics.`evaluate.si_rmse`", "metrics.`benchmark.median_ms`"} <= set(view["selectedColumns"])
+    assert {"metrics.`evaluate.si_rmse`", "metrics.`benchmark.median_ms`"} <= set(
+        view["selectedColumns"]
+    )
 
     def listing(path=None):
         return {a.path for a in client.list_artifacts(run_id, path)}
@@ -169,9 +207,20 @@ def test_log_pipeline_run_logs_params_metrics_history_artifacts_tags(tmp_path, m
     assert listing() >= {"models", "submission", "reports", "metrics", "dvc.lock", "params.yaml"}
     assert listing("models") == {"models/model.tflite"}
     assert listing("submission") == {"submission/submission.zip"}
-    assert listing("metrics") == {"metrics/evaluate.json", "metrics/benchmark.json", "metrics/export.json"}
-    assert listing("reports") >= {"reports/history.csv", "reports/eval_per_image.csv", "reports/eval_panels"}
-    assert listing("reports/eval_panels") == {"reports/eval_panels/worst_0.png", "reports/eval_panels/best_0.png"}
+    assert listing("metrics") == {
+        "metrics/evaluate.json",
+        "metrics/benchmark.json",
+        "metrics/export.json",
+    }
+    assert listing("reports") >= {
+        "reports/history.csv",
+        "reports/eval_per_image.csv",
+        "reports/eval_panels",
+    }
+    assert listing("reports/eval_panels") == {
+        "reports/eval_panels/worst_0.png",
+        "reports/eval_panels/best_0.png",
+    }
     # artifacts stored beside the store (absolute), not under the cwd
     assert run.info.artifact_uri.startswith((project.resolve() / "mlartifacts").as_uri())
     assert not any(elsewhere.iterdir())
@@ -187,7 +236,9 @@ def test_missing_optional_files_and_no_git_still_log(tmp_path):
     run_id = log_pipeline_run(project_root=project, params=params, experiment_name="bare")
     run = MlflowClient(tracking_uri=tracking_uri(project)).get_run(run_id)
     assert run.data.metrics == {}
-    assert run.data.tags["git.commit"] == "unknown" and run.data.tags["dvc.lock_sha256"] == "missing"
+    assert (
+        run.data.tags["git.commit"] == "unknown" and run.data.tags["dvc.lock_sha256"] == "missing"
+    )
     assert "dvc.exp_name" not in run.data.tags
     # readable default name: arch-precision-timestamp
     assert run.info.run_name.startswith(f"{params.train.arch}-{params.export.precision}-")
@@ -201,8 +252,9 @@ def test_dvc_temp_copy_logs_into_the_real_root(tmp_path):
     assert store_root(copy) == root.resolve()
     assert tracking_uri(copy) == f"sqlite:///{root.resolve()}/mlflow.db"
 
-    run_id = log_pipeline_run(project_root=copy, params=load_params(copy / "params.yaml"),
-                              experiment_name="exps")
+    run_id = log_pipeline_run(
+        project_root=copy, params=load_params(copy / "params.yaml"), experiment_name="exps"
+    )
     assert (root / "mlflow.db").is_file() and not (copy / "mlflow.db").exists()
     run = MlflowClient(tracking_uri=tracking_uri(root)).get_run(run_id)
     assert run.info.artifact_uri.startswith((root.resolve() / "mlartifacts").as_uri())
@@ -211,7 +263,10 @@ def test_dvc_temp_copy_logs_into_the_real_root(tmp_path):
 
 def test_tracking_uri_mapping(tmp_path, monkeypatch):
     root = tmp_path / "r"
-    assert tracking_uri(root / ".dvc" / "tmp" / "exps" / "tmpq1") == f"sqlite:///{root.resolve()}/mlflow.db"
+    assert (
+        tracking_uri(root / ".dvc" / "tmp" / "exps" / "tmpq1")
+        == f"sqlite:///{root.resolve()}/mlflow.db"
+    )
     assert store_root(root / "sub") == (root / "sub").resolve()  # only the exps temp dir maps
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.1:5000")
     assert tracking_uri(root) == "http://10.0.0.1:5000"
@@ -236,18 +291,29 @@ def test_unreachable_server_fails_fast_and_touches_nothing(tmp_path, monkeypatch
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     start = time.monotonic()
     with pytest.raises(TrackingError, match="unreachable"):
-        log_pipeline_run(project_root=project, params=load_params(project / "params.yaml"),
-                         experiment_name="x")
+        log_pipeline_run(
+            project_root=project, params=load_params(project / "params.yaml"), experiment_name="x"
+        )
     assert time.monotonic() - start < 10
     assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
 
 
 def test_track_stage_exit_1_with_one_line_error(tmp_path):
     project = make_project(tmp_path / "p")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+    }
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "stages.track"], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.track"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1  # the tracking store failed, the pipeline's outputs are fine
     assert proc.stderr.startswith("error: MLflow tracking server http://127.0.0.1:")
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -267,7 +333,10 @@ def test_data_digest_follows_the_files_not_their_folder(tmp_path):
 def test_pipeline_key_ignores_the_track_stage_and_follows_outputs_and_params(tmp_path):
     project = make_project(tmp_path / "p")
     params = load_params(project / "params.yaml")
-    lock = {"schema": "2.0", "stages": {"train": {"outs": [{"path": "models/model.keras", "md5": "aa"}]}}}
+    lock = {
+        "schema": "2.0",
+        "stages": {"train": {"outs": [{"path": "models/model.keras", "md5": "aa"}]}},
+    }
 
     def key_with(lock, params=params):
         (project / "dvc.lock").write_text(yaml.safe_dump(lock))
@@ -275,10 +344,16 @@ def test_pipeline_key_ignores_the_track_stage_and_follows_outputs_and_params(tmp
 
     key = key_with(lock)
     # DVC writes track's own entry after track ran: the next no-op repro must find the same key
-    assert key_with({**lock, "stages": {**lock["stages"], "track": {"cmd": "python -m stages.track"}}}) == key
+    assert (
+        key_with({**lock, "stages": {**lock["stages"], "track": {"cmd": "python -m stages.track"}}})
+        == key
+    )
     forced = dataclasses.replace(params, track=dataclasses.replace(params.track, force=True))
     assert key_with(lock, forced) == key
-    assert key_with({"stages": {"train": {"outs": [{"path": "models/model.keras", "md5": "bb"}]}}}) != key
+    assert (
+        key_with({"stages": {"train": {"outs": [{"path": "models/model.keras", "md5": "bb"}]}}})
+        != key
+    )
     reseeded = dataclasses.replace(params, base=dataclasses.replace(params.base, seed=7))
     assert key_with(lock, reseeded) != key
     (project / "dvc.lock").unlink()
@@ -298,7 +373,10 @@ def test_track_stage_logs_once_per_pipeline_state_unless_forced(tmp_path, monkey
 
     assert run_stage(track.main, []) == 0  # nothing changed: no second run
     out = capsys.readouterr().out
-    assert out.startswith(f"already tracked: MLflow run {run_id} of experiment 'mai-depth'") and link in out
+    assert (
+        out.startswith(f"already tracked: MLflow run {run_id} of experiment 'mai-depth'")
+        and link in out
+    )
 
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["track"]["force"] = True
@@ -314,14 +392,32 @@ def test_ui_link_names_the_experiment_in_the_store(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def ui_link():
-        return subprocess.run([sys.executable, "-m", "pipeline.tracking.runs", "ui-link", "--port", "5123"], cwd=project,
-                              env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline.tracking.runs", "ui-link", "--port", "5123"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
 
-    assert ui_link() == "MLflow UI: http://127.0.0.1:5123  (no run of experiment 'mai-depth' yet: run `make repro` first)\n"
-    log_pipeline_run(project_root=project, params=load_params(project / "params.yaml"), experiment_name="other")
-    log_pipeline_run(project_root=project, params=load_params(project / "params.yaml"), experiment_name="mai-depth")
-    assert ui_link() == ("MLflow UI: http://127.0.0.1:5123/#/experiments/2/runs?workflowType=machine_learning"
-                         "&viewStateShareKey=pipeline\n")
+    assert (
+        ui_link() == "MLflow UI: http://127.0.0.1:5123  (no run of experiment 'mai-depth' yet: "
+        "run `make repro` first)\n"
+    )
+    log_pipeline_run(
+        project_root=project, params=load_params(project / "params.yaml"), experiment_name="other"
+    )
+    log_pipeline_run(
+        project_root=project,
+        params=load_params(project / "params.yaml"),
+        experiment_name="mai-depth",
+    )
+    assert ui_link() == (
+        "MLflow UI: http://127.0.0.1:5123/#/experiments/2/runs?workflowType=machine_learning"
+        "&viewStateShareKey=pipeline\n"
+    )
 
 
 def test_runs_say_where_they_were_trained(tmp_path):
@@ -330,18 +426,37 @@ def test_runs_say_where_they_were_trained(tmp_path):
     from mlflow import MlflowClient
 
     project = make_project(tmp_path / "p")
-    facts = {"cpu": "AMD EPYC 9454", "cpu_extensions": "AVX2, FMA, AVX-512",
-             "onednn_max_cpu_isa": "AVX2", "vector_path": "AVX2 (capped)", "cores": 2,
-             "machine": "x86_64", "tensorflow": "2.21.0", "keras": "3.15.1"}
-    (project / "metrics" / "train.json").write_text(json.dumps({
-        "best_val_si_rmse": 0.25, "hardware": "CPU (AMD EPYC 9454), 2 cores", "host": facts,
-        "op_determinism": True, "inter_op_threads": 1}))
-    run_id = log_pipeline_run(project_root=project, params=load_params(project / "params.yaml"),
-                              experiment_name="hosts")
+    facts = {
+        "cpu": "AMD EPYC 9454",
+        "cpu_extensions": "AVX2, FMA, AVX-512",
+        "onednn_max_cpu_isa": "AVX2",
+        "vector_path": "AVX2 (capped)",
+        "cores": 2,
+        "machine": "x86_64",
+        "tensorflow": "2.21.0",
+        "keras": "3.15.1",
+    }
+    (project / "metrics" / "train.json").write_text(
+        json.dumps(
+            {
+                "best_val_si_rmse": 0.25,
+                "hardware": "CPU (AMD EPYC 9454), 2 cores",
+                "host": facts,
+                "op_determinism": True,
+                "inter_op_threads": 1,
+            }
+        )
+    )
+    run_id = log_pipeline_run(
+        project_root=project, params=load_params(project / "params.yaml"), experiment_name="hosts"
+    )
     run = MlflowClient(tracking_uri=tracking_uri(project)).get_run(run_id)
     tags = {k: v for k, v in run.data.tags.items() if k.startswith(("host.", "train.op_"))}
-    assert tags == {**{f"host.{k}": str(v) for k, v in facts.items()},
-                    "host.hardware": "CPU (AMD EPYC 9454), 2 cores", "train.op_determinism": "true"}
+    assert tags == {
+        **{f"host.{k}": str(v) for k, v in facts.items()},
+        "host.hardware": "CPU (AMD EPYC 9454), 2 cores",
+        "train.op_determinism": "true",
+    }
     assert run.data.metrics["train.host.cores"] == 2
     assert run.data.metrics["train.inter_op_threads"] == 1
 
@@ -372,8 +487,11 @@ def race_track(projects: list[Path], env: dict, barrier: Path) -> list[dict]:
     for i, project in enumerate(projects):
         me, other = barrier / f"ready_{i}", barrier / f"ready_{1 - i}"
         cmd = [sys.executable, "-c", TRACK_RACE, str(project), str(me), str(other)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=300)
@@ -386,8 +504,12 @@ def test_two_identical_experiments_finishing_at_once_log_one_run(tmp_path):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO),
-           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "PYTHONPATH": str(REPO),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     # the same dvc.lock, params and outputs
     projects = [make_project(tmp_path / name) for name in ("a", "b")]
     results = race_track(projects, env, tmp_path)

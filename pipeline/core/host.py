@@ -105,8 +105,9 @@ def cpu_model() -> str:
 def extensions_from_flags(flags: frozenset[str], machine: str) -> tuple[str, ...]:
     """The VECTOR_EXTENSIONS labels that `flags` (or the architecture itself) provide."""
     neon = bool(flags & set(NEON_FLAGS)) or machine in ARM64_MACHINES
-    return tuple(label for label, flag in VECTOR_EXTENSIONS
-                 if flag in flags or (flag == "asimd" and neon))
+    return tuple(
+        label for label, flag in VECTOR_EXTENSIONS if flag in flags or (flag == "asimd" and neon)
+    )
 
 
 def vector_extensions() -> tuple[str, ...]:

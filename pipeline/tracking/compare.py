@@ -20,8 +20,13 @@ import numpy as np
 from pipeline.core.errors import ReportError
 from pipeline.core.files import atomic_path
 from pipeline.core.metrics import BENCHMARK_RUNTIME_KEY, challenge_score
-from pipeline.tracking.runs import (HOST_TAG_PREFIX, VAL_DIGEST_TAG, VAL_NAME_TAG, check_reachable,
-                                    mlflow_errors)
+from pipeline.tracking.runs import (
+    HOST_TAG_PREFIX,
+    VAL_DIGEST_TAG,
+    VAL_NAME_TAG,
+    check_reachable,
+    mlflow_errors,
+)
 
 # Table column -> search_runs column. The metric names are `<stage>.<key>` as logged by
 # pipeline.tracking.runs from metrics/<stage>.json.
@@ -45,8 +50,10 @@ GROUP_COLUMNS = ("data", "data_digest")
 UNKNOWN_DATA = "unknown data"  # runs logged before data digests existed, or without a split
 COMPARE_ARTIFACT_DIR = "compare"
 # (latency column, its score, its front, axis label): one plot panel and front each
-SPEEDS = (("latency_ms", "score", "pareto", "latency, local median per image [ms]"),
-          ("est_rpi4_ms", "score_rpi4", "pareto_rpi4", "est. Raspberry Pi 4 latency per image [ms]"))
+SPEEDS = (
+    ("latency_ms", "score", "pareto", "latency, local median per image [ms]"),
+    ("est_rpi4_ms", "score_rpi4", "pareto_rpi4", "est. Raspberry Pi 4 latency per image [ms]"),
+)
 
 
 def require_store(tracking_uri: str) -> None:
@@ -54,7 +61,9 @@ def require_store(tracking_uri: str) -> None:
     prefix = "sqlite:///"
     if tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix) :]).is_file():
         # MLflow would silently create an empty store here
-        raise ReportError(f"no MLflow store at {tracking_uri[len(prefix):]}; run the pipeline first")
+        raise ReportError(
+            f"no MLflow store at {tracking_uri[len(prefix) :]}; run the pipeline first"
+        )
     check_reachable(tracking_uri)
 
 
@@ -66,10 +75,16 @@ def load_runs(*, tracking_uri: str, experiment: str):
     with mlflow_errors(tracking_uri):
         mlflow.set_tracking_uri(tracking_uri)
         if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:
-            raise ReportError(f"no MLflow experiment {experiment!r} at {tracking_uri}; run the pipeline first")
-        runs = mlflow.search_runs(experiment_names=[experiment], order_by=["attributes.start_time DESC"])
+            raise ReportError(
+                f"no MLflow experiment {experiment!r} at {tracking_uri}; run the pipeline first"
+            )
+        runs = mlflow.search_runs(
+            experiment_names=[experiment], order_by=["attributes.start_time DESC"]
+        )
     if len(runs) == 0:
-        raise ReportError(f"experiment {experiment!r} at {tracking_uri} has no runs yet; run `dvc exp run` first")
+        raise ReportError(
+            f"experiment {experiment!r} at {tracking_uri} has no runs yet; run `dvc exp run` first"
+        )
     return runs
 
 
@@ -115,20 +130,29 @@ def runs_table(runs):
     ]
     known = [isinstance(d, str) and bool(d) for d in table["data_digest"]]
     table["data_digest"] = [d if ok else "-" for d, ok in zip(table["data_digest"], known)]
-    table["data"] = [(d if isinstance(d, str) and d else "-") if ok else UNKNOWN_DATA
-                     for d, ok in zip(table["data"], known)]
+    table["data"] = [
+        (d if isinstance(d, str) and d else "-") if ok else UNKNOWN_DATA
+        for d, ok in zip(table["data"], known)
+    ]
     for latency, score, front, _ in SPEEDS:
         table[score] = [_score(s, t) for s, t in zip(table["si_rmse"], table[latency])]
         table[front] = False
         for rows in table.groupby("data_digest").groups.values():
-            table.loc[rows, front] = pareto_front(table.loc[rows, latency], table.loc[rows, "si_rmse"])
-    # best first, by the score that names the group's best (best_score): est. Pi 4 when any run has it
+            table.loc[rows, front] = pareto_front(
+                table.loc[rows, latency], table.loc[rows, "si_rmse"]
+            )
+    # best first, by the score that names the group's best (best_score): est. Pi 4 when any run
+    # has it
     table["rank"] = table["score"]
     for rows in table.groupby("data_digest").groups.values():
         if np.isfinite(table.loc[rows, "score_rpi4"].to_numpy(float)).any():
             table.loc[rows, "rank"] = table.loc[rows, "score_rpi4"]
-    table = table.sort_values(["data", "data_digest", "rank"], ascending=[True, True, False],
-                              na_position="last", kind="stable")
+    table = table.sort_values(
+        ["data", "data_digest", "rank"],
+        ascending=[True, True, False],
+        na_position="last",
+        kind="stable",
+    )
     order = [*COLUMNS, *(s for _, s, _, _ in SPEEDS), *(f for _, _, f, _ in SPEEDS), "run_id"]
     return table[order].reset_index(drop=True)
 
@@ -153,8 +177,14 @@ def best_score(rows) -> dict | None:
         scored = rows[np.isfinite(rows[score].to_numpy(float))]
         if len(scored):
             row = scored.loc[scored[score].idxmax()]
-            return {"run": row["run"], "score": float(row[score]), "latency_ms": float(row[latency]),
-                    "by": latency, "si_rmse": float(row["si_rmse"]), "row": row}
+            return {
+                "run": row["run"],
+                "score": float(row[score]),
+                "latency_ms": float(row[latency]),
+                "by": latency,
+                "si_rmse": float(row["si_rmse"]),
+                "row": row,
+            }
     return None
 
 
@@ -164,8 +194,11 @@ def describe_best(rows) -> str:
     if best is None:
         return "best challenge score: none (no run has both si-RMSE and latency)"
     where = "est. Pi 4" if best["by"] == "est_rpi4_ms" else "the local median"
-    line = (f"best challenge score: {best['run']}, {best['score']:.4g} at {where} {best['latency_ms']:.1f} ms, "
-            f"si-RMSE {best['si_rmse']:.4f}")
+    line = (
+        f"best challenge score: {best['run']}, {best['score']:.4g} at {where} "
+        f"{best['latency_ms']:.1f} ms, "
+        f"si-RMSE {best['si_rmse']:.4f}"
+    )
     local = best["row"]["score"]
     if best["by"] == "est_rpi4_ms" and math.isfinite(local):
         line += f" ({local:.4g} at the local median {best['row']['latency_ms']:.1f} ms)"
@@ -180,7 +213,9 @@ def _fmt(value, column: str) -> str:
     if column == "run_id" and isinstance(value, str):
         return value[:8]  # enough to find it in the UI; the CSV keeps the full id
     if isinstance(value, float):
-        digits = {"si_rmse": 4, "rmse_m": 3, "latency_ms": 1, "est_rpi4_ms": 1, "size_mb": 2}.get(column)
+        digits = {"si_rmse": 4, "rmse_m": 3, "latency_ms": 1, "est_rpi4_ms": 1, "size_mb": 2}.get(
+            column
+        )
         return f"{value:.{digits}f}" if digits is not None else f"{value:.4g}"
     return str(value).replace("|", "\\|")
 
@@ -197,9 +232,11 @@ def groups_markdown(table) -> str:
     """One heading and table per data group (the group's columns go in the heading)."""
     parts = []
     for label, rows in data_groups(table):
-        parts.append(f"### {label}: {count_runs(len(rows))}\n\n{describe_best(rows)}; "
-                     "Pareto fronts marked in `pareto` (local median) and `pareto_rpi4` (est. Pi 4)\n\n"
-                     + to_markdown(rows.drop(columns=list(GROUP_COLUMNS))))
+        parts.append(
+            f"### {label}: {count_runs(len(rows))}\n\n{describe_best(rows)}; "
+            "Pareto fronts marked in `pareto` (local median) and `pareto_rpi4` (est. Pi 4)\n\n"
+            + to_markdown(rows.drop(columns=list(GROUP_COLUMNS)))
+        )
     return "\n".join(parts)
 
 
@@ -210,13 +247,27 @@ def _draw_score_isolines(ax, scores) -> None:
     latency_ms = np.geomspace(max(xlim[0], 1e-3), max(xlim[1], 2e-3), 200)
     for i, score in enumerate(sorted(set(scores))):
         si_rmse = -np.log2(score * 100.0 * latency_ms / 1000.0) / 20.0
-        ax.plot(latency_ms, si_rmse, ls=":", lw=1, c="tab:blue", alpha=0.7, zorder=0,
-                label="equal score (better towards lower left)" if i == 0 else None)
+        ax.plot(
+            latency_ms,
+            si_rmse,
+            ls=":",
+            lw=1,
+            c="tab:blue",
+            alpha=0.7,
+            zorder=0,
+            label="equal score (better towards lower left)" if i == 0 else None,
+        )
         inside = np.flatnonzero((si_rmse >= ylim[0]) & (si_rmse <= ylim[1]))
         if inside.size:
             end = inside[-1]
-            ax.annotate(f"score {score:.3g}", (latency_ms[end], si_rmse[end]), fontsize=7, color="tab:blue",
-                        ha="right", va="bottom")
+            ax.annotate(
+                f"score {score:.3g}",
+                (latency_ms[end], si_rmse[end]),
+                fontsize=7,
+                color="tab:blue",
+                ha="right",
+                va="bottom",
+            )
     ax.set_xlim(xlim)
     ax.set_ylim(ylim)
 
@@ -232,18 +283,38 @@ def _panel(ax, table, latency: str, score: str, front_col: str, xlabel: str, bes
     ax.step(front[latency], front["si_rmse"], where="post", c="tab:red", alpha=0.5, zorder=1)
     best = pts[pts["run"] == best_run]
     if len(best):
-        ax.scatter(best[latency], best["si_rmse"], marker="*", s=260, c="gold", edgecolors="k", zorder=4,
-                   label=f"best challenge score ({best_run})")
+        ax.scatter(
+            best[latency],
+            best["si_rmse"],
+            marker="*",
+            s=260,
+            c="gold",
+            edgecolors="k",
+            zorder=4,
+            label=f"best challenge score ({best_run})",
+        )
     for _, row in pts.iterrows():
-        ax.annotate(row["run"], (row[latency], row["si_rmse"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)
+        ax.annotate(
+            row["run"],
+            (row[latency], row["si_rmse"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
     ax.set_xlabel(f"{xlabel} (lower is better)")
     ax.set_ylabel("si-RMSE (lower is better)")
     missing = len(table) - len(pts)
     note = f" ({missing} without si-RMSE or this latency not shown)" if missing else ""
     ax.set_title(f"{count_runs(len(pts))}{note}", fontsize=9)
     if not len(pts):
-        ax.text(0.5, 0.5, "no run has this latency", transform=ax.transAxes, ha="center", color="tab:gray")
+        ax.text(
+            0.5,
+            0.5,
+            "no run has this latency",
+            transform=ax.transAxes,
+            ha="center",
+            color="tab:gray",
+        )
         return 0
     values = pts[latency].to_numpy(float)
     if values.min() > 0 and values.max() > 20 * values.min():
@@ -269,7 +340,10 @@ def plot_pareto(table, path: str | os.PathLike, title: str = "") -> int:
     best = best_score(table)
     fig, axes = plt.subplots(1, len(SPEEDS), figsize=(6 * len(SPEEDS), 5), dpi=100)
     try:
-        drawn = [_panel(ax, table, *speed, best["run"] if best else None) for ax, speed in zip(axes, SPEEDS)]
+        drawn = [
+            _panel(ax, table, *speed, best["run"] if best else None)
+            for ax, speed in zip(axes, SPEEDS)
+        ]
         fig.suptitle(f"{title}\nquality vs speed; {describe_best(table)}".strip(), fontsize=10)
         fig.tight_layout()
         with atomic_path(path, suffix=".png.tmp") as tmp:

@@ -29,7 +29,9 @@ from pipeline.tracking.runs import mlflow_errors
 
 # metrics/<stage>.json files the sheet reads from the run's artifacts
 STAGE_FILES = ("prepare", "train", "export", "benchmark", "evaluate")
-SYNTHETIC_NOTE = "procedural indoor scenes with exact depth, rendered by the pipeline (no external data)"
+SYNTHETIC_NOTE = (
+    "procedural indoor scenes with exact depth, rendered by the pipeline (no external data)"
+)
 
 
 def load_run(*, tracking_uri: str, experiment: str, run_id: str | None = None):
@@ -44,18 +46,32 @@ def load_run(*, tracking_uri: str, experiment: str, run_id: str | None = None):
         if run_id is None:
             exp = client.get_experiment_by_name(experiment)
             if exp is None:
-                raise ReportError(f"no MLflow experiment {experiment!r} at {tracking_uri}; run the pipeline first")
-            runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                                      order_by=["attributes.start_time DESC"], max_results=1)
+                raise ReportError(
+                    f"no MLflow experiment {experiment!r} at {tracking_uri}; run the pipeline first"
+                )
+            runs = client.search_runs(
+                [exp.experiment_id],
+                filter_string="attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
             if not runs:
-                raise ReportError(f"experiment {experiment!r} at {tracking_uri} has no finished runs yet")
+                raise ReportError(
+                    f"experiment {experiment!r} at {tracking_uri} has no finished runs yet"
+                )
             run = runs[0]
         else:
             run = client.get_run(run_id)
         stage_metrics = {}
         with tempfile.TemporaryDirectory(prefix="factsheet-") as tmp:
-            folder = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="metrics",
-                                                              dst_path=tmp, tracking_uri=tracking_uri))
+            folder = Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run.info.run_id,
+                    artifact_path="metrics",
+                    dst_path=tmp,
+                    tracking_uri=tracking_uri,
+                )
+            )
             for stage in STAGE_FILES:
                 path = folder / f"{stage}.json"
                 stage_metrics[stage] = json.loads(path.read_text()) if path.is_file() else {}
@@ -141,11 +157,18 @@ def made_on(train: dict) -> str:
     cap = host.get("onednn_max_cpu_isa", host_facts.NONE)
     onednn_off = host.get("tf_enable_onednn_opts", host_facts.NONE).lower() in host_facts.ONEDNN_OFF
     determinism = train.get("op_determinism")
-    return (f"{host.get('cpu', 'n/a')} ({host.get('cpu_extensions', 'n/a')})"
-            + (", oneDNN off (Eigen kernels)" if onednn_off else
-               f", oneDNN capped at {cap}" if cap != host_facts.NONE else "")
-            + f"; TensorFlow {host.get('tensorflow', 'n/a')}, Keras {host.get('keras', 'n/a')}"
-            + ("" if determinism is None else f"; op determinism {'on' if determinism else 'off'}"))
+    return (
+        f"{host.get('cpu', 'n/a')} ({host.get('cpu_extensions', 'n/a')})"
+        + (
+            ", oneDNN off (Eigen kernels)"
+            if onednn_off
+            else f", oneDNN capped at {cap}"
+            if cap != host_facts.NONE
+            else ""
+        )
+        + f"; TensorFlow {host.get('tensorflow', 'n/a')}, Keras {host.get('keras', 'n/a')}"
+        + ("" if determinism is None else f"; op determinism {'on' if determinism else 'off'}")
+    )
 
 
 def render(run, stages: dict[str, dict]) -> str:
@@ -158,16 +181,26 @@ def render(run, stages: dict[str, dict]) -> str:
     data_line = "; ".join(
         f"{name} `{src.path}` (weight {src.weight})"
         + (f": {SYNTHETIC_NOTE}" if src.path == SYNTHETIC_SOURCE else "")
-        for name, src in sorted(d.sources.items()))
-    validation = (f"the last {d.val_fraction:.0%} of every source" if d.val == VAL_BLOCKS
-                  else f"source {d.val} held out whole")
-    extra = f"{extra_data_flag(params)}" + (f" ({', '.join(method.extra_data)})"
-                                            if method.extra_data else "")
+        for name, src in sorted(d.sources.items())
+    )
+    validation = (
+        f"the last {d.val_fraction:.0%} of every source"
+        if d.val == VAL_BLOCKS
+        else f"source {d.val} held out whole"
+    )
+    extra = f"{extra_data_flag(params)}" + (
+        f" ({', '.join(method.extra_data)})" if method.extra_data else ""
+    )
     par = export.get("parity", {})
     baseline = ev.get("baseline_si_rmse")
-    ratio = f" ({ev['si_rmse'] / baseline:.2f}x the constant prediction's {baseline:.4f})" if ev.get("si_rmse") and baseline else ""
-    exp_run = shlex.join(["dvc", "exp", "run",
-                          *(a for o in reproduce_overrides(params) for a in ("-S", o))])
+    ratio = (
+        f" ({ev['si_rmse'] / baseline:.2f}x the constant prediction's {baseline:.4f})"
+        if ev.get("si_rmse") and baseline
+        else ""
+    )
+    exp_run = shlex.join(
+        ["dvc", "exp", "run", *(a for o in reproduce_overrides(params) for a in ("-S", o))]
+    )
     commit = tags.get("git.commit", "unknown")
     dirty = " (with uncommitted changes)" if tags.get("git.dirty") == "true" else ""
     lines = [
@@ -175,8 +208,9 @@ def render(run, stages: dict[str, dict]) -> str:
         "",
         "## Model",
         f"- Architecture: {method.network}",
-        f"- Parameters: {_fmt(train.get('params'), ',')}; {_fmt(export.get('macs', 0) / 1e9 if export.get('macs') else None, '.3f')} GMACs "
-        f"at the device resolution",
+        f"- Parameters: {_fmt(train.get('params'), ',')}; "
+        f"{_fmt(export.get('macs', 0) / 1e9 if export.get('macs') else None, '.3f')} GMACs at the "
+        "device resolution",
         f"- {method.geometry[0].upper()}{method.geometry[1:]}",
         f"- Output: {method.output}",
         "",
@@ -187,36 +221,50 @@ def render(run, stages: dict[str, dict]) -> str:
         f"x{t.min_lr_ratio}), weight decay {t.weight_decay}, batch {_fmt(train.get('batch_size'))} "
         f"on {_fmt(train.get('replicas'))} replica(s)"
         + (f"; weights averaged (EMA, momentum {t.ema})" if t.ema > 0 else ""),
-        f"- {_fmt(train.get('epochs'))} epochs; shipped weights from epoch {_fmt(train.get('best_epoch'))} "
+        f"- {_fmt(train.get('epochs'))} epochs; shipped weights from epoch "
+        f"{_fmt(train.get('best_epoch'))} "
         f"(best val si-RMSE {_fmt(train.get('best_val_si_rmse'), '.4f')} at working resolution)",
-        f"- Training time {_fmt(train.get('train_seconds'), '.0f', ' s')} on {train.get('hardware', 'n/a')}; "
+        f"- Training time {_fmt(train.get('train_seconds'), '.0f', ' s')} on "
+        f"{train.get('hardware', 'n/a')}; "
         f"seed {params.base.seed}, deterministic {params.base.deterministic}",
         f"- Trained on {made_on(train)}",
         "",
         "## Data",
         f"- Sources: {data_line}",
-        f"- {_fmt(prep.get('train_images'))} train / {_fmt(prep.get('val_images'))} validation images; "
-        f"validation: {validation}; other aspect ratios: {d.aspect} to 4:3",
+        f"- {_fmt(prep.get('train_images'))} train / {_fmt(prep.get('val_images'))} validation "
+        f"images; validation: {validation}; other aspect ratios: {d.aspect} to 4:3",
         f"- Extra data: {extra}",
         "",
         "## Export and runtime",
-        f"- TFLite {method.precision}, {_fmt(export.get('size_mb'), '.2f', ' MB')}, {_fmt(export.get('n_ops'))} ops, "
-        f"builtin ops only; Keras vs TFLite si-RMSE {_fmt(par.get('si_rmse_keras'), '.4f')} -> {_fmt(par.get('si_rmse_tflite'), '.4f')}",
-        f"- Runtime (measured): median {_fmt(bench.get('median_ms'), '.2f', ' ms')}, p90 {_fmt(bench.get('p90_ms'), '.2f', ' ms')}, "
-        f"init {_fmt(bench.get('init_ms'), '.1f', ' ms')}, peak RAM {_fmt(bench.get('peak_rss_mb'), '.0f', ' MB')}",
+        f"- TFLite {method.precision}, {_fmt(export.get('size_mb'), '.2f', ' MB')}, "
+        f"{_fmt(export.get('n_ops'))} ops, "
+        f"builtin ops only; Keras vs TFLite si-RMSE {_fmt(par.get('si_rmse_keras'), '.4f')} -> "
+        f"{_fmt(par.get('si_rmse_tflite'), '.4f')}",
+        f"- Runtime (measured): median {_fmt(bench.get('median_ms'), '.2f', ' ms')}, p90 "
+        f"{_fmt(bench.get('p90_ms'), '.2f', ' ms')}, "
+        f"init {_fmt(bench.get('init_ms'), '.1f', ' ms')}, peak RAM "
+        f"{_fmt(bench.get('peak_rss_mb'), '.0f', ' MB')}",
         f"- Timed on {bench.get('device', 'n/a')} with {_fmt(bench.get('threads'))} thread(s)"
-        + (f" (asked for {bench['threads_requested']}, capped at the local cores)" if bench.get("threads_capped") else "")
-        + f", {bench.get('runtime', 'n/a')} {bench.get('runtime_version', '')} with {bench.get('delegate', 'n/a')}",
+        + (
+            f" (asked for {bench['threads_requested']}, capped at the local cores)"
+            if bench.get("threads_capped")
+            else ""
+        )
+        + f", {bench.get('runtime', 'n/a')} {bench.get('runtime_version', '')} "
+        f"with {bench.get('delegate', 'n/a')}",
         "",
         "## Results (official metrics, validation split)",
         f"- si-RMSE {_fmt(ev.get('si_rmse'), '.4f')}{ratio}",
-        f"- RMSE {_fmt(ev.get('rmse'), '.3f', ' m')}, log10 {_fmt(ev.get('log10'), '.4f')}, rel {_fmt(ev.get('rel'), '.4f')}, "
+        f"- RMSE {_fmt(ev.get('rmse'), '.3f', ' m')}, log10 {_fmt(ev.get('log10'), '.4f')}, rel "
+        f"{_fmt(ev.get('rel'), '.4f')}, "
         f"delta1 {_fmt(ev.get('delta1'), '.3f')} over {_fmt(ev.get('n_images'))} images",
         f"- Challenge score {_fmt(ev.get('score'), '.4g')} at the measured runtime",
         "",
         "## Reproduce",
-        f"- Code: git commit `{commit}`{dirty}; `dvc.lock` sha256 `{tags.get('dvc.lock_sha256', 'missing')}`",
-        f"- MLflow run `{run.info.run_id}`" + (f", DVC experiment `{tags['dvc.exp_name']}`" if tags.get("dvc.exp_name") else ""),
+        f"- Code: git commit `{commit}`{dirty}; `dvc.lock` sha256 "
+        f"`{tags.get('dvc.lock_sha256', 'missing')}`",
+        f"- MLflow run `{run.info.run_id}`"
+        + (f", DVC experiment `{tags['dvc.exp_name']}`" if tags.get("dvc.exp_name") else ""),
         "",
         "```bash",
         f"git checkout {commit}",

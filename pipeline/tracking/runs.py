@@ -329,8 +329,11 @@ def host_tags(project_root: str | os.PathLike) -> dict[str, str]:
         return {}
     train = read_json(path)
     facts = train.get("host") if isinstance(train.get("host"), dict) else {}
-    tags = {f"{HOST_TAG_PREFIX}{key}": str(value) for key, value in facts.items()
-            if isinstance(value, (str, int, float))}
+    tags = {
+        f"{HOST_TAG_PREFIX}{key}": str(value)
+        for key, value in facts.items()
+        if isinstance(value, (str, int, float))
+    }
     if isinstance(train.get("hardware"), str):
         tags[f"{HOST_TAG_PREFIX}hardware"] = train["hardware"]
     if isinstance(train.get("op_determinism"), bool):
@@ -353,7 +356,10 @@ def run_tags(project_root: Path, params: Params) -> dict[str, str]:
         tags[PIPELINE_KEY_TAG] = key
     if commit != "unknown":
         tags["mlflow.source.git.commit"] = commit  # shown in the MLflow UI's run header
-    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
+    for env, tag in (
+        ("DVC_EXP_NAME", "dvc.exp_name"),
+        ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
+    ):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     return tags
@@ -400,8 +406,13 @@ def data_splits(project_root: str | os.PathLike) -> list[DataSplit]:
             line = f"{row['name']}\t{_pair_fingerprint(root, row)}\n"
             groups.setdefault((source, location, row["split"]), []).append(line)
     return [
-        DataSplit(source, location, split, hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()[:16],
-                  len(lines))
+        DataSplit(
+            source,
+            location,
+            split,
+            hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()[:16],
+            len(lines),
+        )
         for (source, location, split), lines in sorted(groups.items())
     ]
 
@@ -414,9 +425,14 @@ def run_description(params: Params, metrics: dict[str, float], splits: list[Data
     """The few lines a person reads first (the run's description, markdown): the method as
     pipeline/results/describe.py words it, the data and the headline figures."""
     train, method = params.train, describe(params)
-    data = "; ".join(f"{'trained on' if s.split == 'train' else 'validated on'} {s.name} "
-                     f"({s.pairs} pair{'s' if s.pairs != 1 else ''})"
-                     for s in splits) or "no split (data/prepared/split.csv not found)"
+    data = (
+        "; ".join(
+            f"{'trained on' if s.split == 'train' else 'validated on'} {s.name} "
+            f"({s.pairs} pair{'s' if s.pairs != 1 else ''})"
+            for s in splits
+        )
+        or "no split (data/prepared/split.csv not found)"
+    )
     threads = metrics.get("benchmark.threads")
     where = f", {threads:.0f} threads" if threads is not None else ""
     lines = [
@@ -438,8 +454,13 @@ def _dataset_inputs(splits: list[DataSplit]):
 
     return [
         DatasetInput(
-            Dataset(name=s.source, digest=s.digest, source_type="local", source=json.dumps({"uri": s.location}),
-                    profile=json.dumps({"pairs": s.pairs})),
+            Dataset(
+                name=s.source,
+                digest=s.digest,
+                source_type="local",
+                source=json.dumps({"uri": s.location}),
+                profile=json.dumps({"pairs": s.pairs}),
+            ),
             tags=[InputTag(DATASET_CONTEXT_TAG, s.split)],
         )
         for s in splits
@@ -468,7 +489,9 @@ def _experiment_id(client, name: str, artifact_location: str | None) -> str:
             f"(mlflow experiments restore --experiment-id {exp.experiment_id}) "
             "or set another track.experiment"
         )
-    if exp.artifact_location.startswith("mlflow-artifacts:") and not uri_is_http(client.tracking_uri):
+    if exp.artifact_location.startswith("mlflow-artifacts:") and not uri_is_http(
+        client.tracking_uri
+    ):
         # created through a server that proxies artifacts: only that server can store them
         raise TrackingError(
             f"MLflow experiment {name!r} stores artifacts through a tracking server "
@@ -478,8 +501,9 @@ def _experiment_id(client, name: str, artifact_location: str | None) -> str:
     return exp.experiment_id
 
 
-def claim_pipeline_key(client, experiment_name: str, key: str,
-                       artifact_location: str | None) -> bool:
+def claim_pipeline_key(
+    client, experiment_name: str, key: str, artifact_location: str | None
+) -> bool:
     """True when this is the first run logged with pipeline key `key` in `experiment_name`.
 
     The claim is an experiment named `<experiment>/tracked/<key>`, deleted at once (hidden
@@ -490,8 +514,9 @@ def claim_pipeline_key(client, experiment_name: str, key: str,
     from mlflow.exceptions import MlflowException
 
     try:
-        claim = client.create_experiment(f"{experiment_name}{CLAIM_INFIX}{key}",
-                                         artifact_location=artifact_location)
+        claim = client.create_experiment(
+            f"{experiment_name}{CLAIM_INFIX}{key}", artifact_location=artifact_location
+        )
     except MlflowException as err:
         if err.error_code == "RESOURCE_ALREADY_EXISTS":
             return False
@@ -503,11 +528,21 @@ def claim_pipeline_key(client, experiment_name: str, key: str,
 def _live_run_with_key(client, exp_id: str, key: str, other_than: str) -> str | None:
     """The oldest finished, or recently started and running, run of the experiment with this
     pipeline key, but `other_than`; None when the claimant failed or died."""
-    runs = client.search_runs([exp_id], order_by=["attributes.start_time ASC"],
-                              filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'")
+    runs = client.search_runs(
+        [exp_id],
+        order_by=["attributes.start_time ASC"],
+        filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'",
+    )
     fresh = (time.time() - CLAIM_STALE_S) * 1000
-    live = [r.info for r in runs if r.info.run_id != other_than and (
-        r.info.status == "FINISHED" or (r.info.status == "RUNNING" and r.info.start_time > fresh))]
+    live = [
+        r.info
+        for r in runs
+        if r.info.run_id != other_than
+        and (
+            r.info.status == "FINISHED"
+            or (r.info.status == "RUNNING" and r.info.start_time > fresh)
+        )
+    ]
     return live[0].run_id if live else None
 
 
@@ -535,8 +570,13 @@ class Tracked:
     logged: bool
 
 
-def track_pipeline(*, project_root: str | os.PathLike, params: Params, experiment_name: str,
-                   run_name: str | None = None) -> Tracked:
+def track_pipeline(
+    *,
+    project_root: str | os.PathLike,
+    params: Params,
+    experiment_name: str,
+    run_name: str | None = None,
+) -> Tracked:
     """The track stage: log a run unless one with the same outputs and params is tracked.
 
     The quick look (find_tracked_run) misses a run that another process is logging right
@@ -549,13 +589,15 @@ def track_pipeline(*, project_root: str | os.PathLike, params: Params, experimen
         found = find_tracked_run(uri, experiment_name, key)
         if found:
             return Tracked(found[0], found[1], logged=False)
-    run_id, logged = _log_run(project_root, params, experiment_name, run_name,
-                              unique=bool(key) and not params.track.force)
+    run_id, logged = _log_run(
+        project_root, params, experiment_name, run_name, unique=bool(key) and not params.track.force
+    )
     return Tracked(find_experiment_id(uri, experiment_name), run_id, logged)
 
 
-def _log_run(project_root, params: Params, experiment_name: str, run_name: str | None, *,
-             unique: bool) -> tuple[str, bool]:
+def _log_run(
+    project_root, params: Params, experiment_name: str, run_name: str | None, *, unique: bool
+) -> tuple[str, bool]:
     """(run id, logged): with `unique`, the run another process logged with the same
     pipeline key, and False, when that process claimed the key first."""
     from mlflow import MlflowClient
@@ -575,8 +617,11 @@ def _log_run(project_root, params: Params, experiment_name: str, run_name: str |
     val = [split for split in splits if split.split == "val"]
     if val:
         tags[VAL_NAME_TAG] = " + ".join(split.name for split in val)
-        tags[VAL_DIGEST_TAG] = val[0].digest if len(val) == 1 else hashlib.sha256(
-            " ".join(split.digest for split in val).encode()).hexdigest()[:16]
+        tags[VAL_DIGEST_TAG] = (
+            val[0].digest
+            if len(val) == 1
+            else hashlib.sha256(" ".join(split.digest for split in val).encode()).hexdigest()[:16]
+        )
 
     with store_lock(uri), mlflow_errors(uri):
         client = MlflowClient(tracking_uri=uri)
@@ -605,7 +650,9 @@ def _log_run(project_root, params: Params, experiment_name: str, run_name: str |
                 client.log_batch(run_id, metrics=batch)
             for rel in artifacts:
                 folder = rel.parent.as_posix()
-                client.log_artifact(run_id, str(root / rel), artifact_path=None if folder == "." else folder)
+                client.log_artifact(
+                    run_id, str(root / rel), artifact_path=None if folder == "." else folder
+                )
         except BaseException:
             with contextlib.suppress(Exception):  # the original error is the one to report
                 client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
@@ -637,7 +684,9 @@ def _read_store(uri: str, sql: str, args: tuple) -> list[tuple] | None:
     if not db.is_file():
         return []
     try:
-        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as con:
+        with contextlib.closing(
+            sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        ) as con:
             return con.execute(sql, args).fetchall()
     except sqlite3.Error:
         return None
@@ -645,8 +694,11 @@ def _read_store(uri: str, sql: str, args: tuple) -> list[tuple] | None:
 
 def find_experiment_id(uri: str, experiment: str) -> str | None:
     """The id of the active experiment `experiment`, None when there is none yet."""
-    rows = _read_store(uri, "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
-                       (experiment,))
+    rows = _read_store(
+        uri,
+        "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
+        (experiment,),
+    )
     if rows is not None:
         return str(rows[0][0]) if rows else None
     check_reachable(uri)
@@ -679,7 +731,9 @@ def find_tracked_run(uri: str, experiment: str, key: str) -> tuple[str, str] | N
 
     with mlflow_errors(uri):
         runs = MlflowClient(tracking_uri=uri).search_runs(
-            [exp_id], max_results=1, order_by=["attributes.start_time DESC"],
+            [exp_id],
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
             filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
         )
     return (exp_id, runs[0].info.run_id) if runs else None
@@ -695,18 +749,27 @@ def runs_link(base_url: str, experiment_id: str | None) -> str:
     (MLflow 3 opens experiments on its GenAI overview otherwise)."""
     if experiment_id is None:
         return base_url
-    return f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    return (
+        f"{base_url}/#/experiments/{experiment_id}/runs"
+        f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    )
 
 
 def _ui_link(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tracking.runs ui-link",
-                                     description="Print the link `make ui` opens: the project's training runs.")
-    parser.add_argument("--params", default=DEFAULT_PARAMS, help=f"params file (default: {DEFAULT_PARAMS})")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.tracking.runs ui-link",
+        description="Print the link `make ui` opens: the project's training runs.",
+    )
+    parser.add_argument(
+        "--params", default=DEFAULT_PARAMS, help=f"params file (default: {DEFAULT_PARAMS})"
+    )
     parser.add_argument("--port", type=int, default=UI_PORT, help="the UI server's port")
     args = parser.parse_args(argv)
     experiment = load_params(args.params).track.experiment
     # the store `make ui` serves, whatever MLFLOW_TRACKING_URI says
-    exp_id = find_experiment_id(f"sqlite:///{(store_root(Path.cwd()) / STORE_NAME).as_posix()}", experiment)
+    exp_id = find_experiment_id(
+        f"sqlite:///{(store_root(Path.cwd()) / STORE_NAME).as_posix()}", experiment
+    )
     note = "" if exp_id else f"  (no run of experiment {experiment!r} yet: run `make repro` first)"
     print(f"MLflow UI: {runs_link(ui_base_url('', args.port), exp_id)}{note}", flush=True)
 
