@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: repro test exp sweep ui compare factsheet tracking-server probe bench clean-venv
+.PHONY: repro test exp sweep ui compare factsheet tracking-server workers probe bench clean-venv
 
 $(INSTALLED): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,6 +75,12 @@ tracking-server: $(INSTALLED)
 	$(MLFLOW_ENV) $(BIN)/mlflow server --backend-store-uri $(TRACKING_DB) \
 	  --artifacts-destination $(TRACKING_ARTIFACTS) --host $(TRACKING_HOST) --port $(TRACKING_PORT) \
 	  --workers 2 --allowed-hosts $(TRACKING_ALLOWED_HOSTS)
+
+# Training with WORKERS processes on this machine (train.strategy multi_worker, loopback
+# ports in TF_CONFIG); worker 0 writes the train stage's outputs. Real hosts: docs/scale-out.md
+WORKERS ?= 2
+workers: $(INSTALLED)
+	$(BIN)/python -m stages.workers --workers $(WORKERS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,11 +16,15 @@ def main(argv: list[str] | None = None) -> None:
     args = stage_parser("train", __doc__).parse_args(argv)
     params = load_params(args.params)
     # TensorFlow loads only after the params are known to be good.
-    from pipeline.model.training import resume_fingerprint, train
+    from pipeline.model.training import resume_fingerprint, train, writes_outputs
 
     fingerprint = resume_fingerprint(params, SPLIT_CSV, stage_code_files("train"), teacher_csv=TEACHER_INDEX)
     summary = train(params, split_csv=SPLIT_CSV, model_out=KERAS_MODEL, ckpt_dir=CHECKPOINTS,
                     history_csv=HISTORY_CSV, fingerprint=fingerprint, teacher_csv=TEACHER_INDEX)
+    if not writes_outputs(params.train.strategy):  # another worker of a cluster than the chief
+        print(f"train: best val si-RMSE {summary['best_val_si_rmse']:.4f}, weights sha256 "
+              f"{summary['weights_sha256'][:16]} (the chief's are the same)")
+        return
     write_json(METRICS, summary)
     print(f"train: best val si-RMSE {summary['best_val_si_rmse']:.4f} at epoch {summary['best_epoch']} -> {KERAS_MODEL}")
 

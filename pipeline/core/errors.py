@@ -54,5 +54,9 @@ class RemoteError(PipelineError, RuntimeError):
     """Timing on a device over SSH failed; the message names the host."""
 
 
+class TrainingError(PipelineError, RuntimeError):
+    """Training on good input failed: a worker of a multi-worker cluster died or hung."""
+
+
 class TrackingError(PipelineError, RuntimeError):
     """The MLflow store or server refused or is unreachable; the message says what to do."""

@@ -16,6 +16,8 @@ import hashlib
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +29,7 @@ import tensorflow as tf
 from pipeline.core import host
 from pipeline.core.config import PRECISION_AUTO, VAL_BLOCKS, Params, params_hash
 from pipeline.data.dataset import read_split, read_teacher_index
-from pipeline.core.errors import DataError
+from pipeline.core.errors import DataError, TrainingError
 from pipeline.core.files import atomic_path, read_depth_mm, read_rgb, write_json
 from pipeline.model.losses import make_loss
 from pipeline.core.metrics import average_metrics, image_metrics
@@ -233,6 +235,65 @@ def is_chief() -> bool:
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0
 
 
+def per_replica_loss(loss_fn, replicas: int):
+    """The loss each of `replicas` replicas minimises: its batch's mean / replicas, so that the
+    gradients summed across replicas are those of the global batch's mean. Keras divides a
+    per-sample loss itself, but passes a scalar through (losses.py returns batch means), which
+    made the gradients and the logged loss `replicas` times too large."""
+    if replicas == 1:
+        return loss_fn  # one process: the very same graph as ever
+
+    def scaled(gt, pred):
+        return loss_fn(gt, pred) / replicas
+
+    return scaled
+
+
+def writes_outputs(strategy: str) -> bool:
+    """Whether this process writes the train stage's outputs: always, but in a multi-worker
+    cluster, where only the chief does (a TF_CONFIG left in the environment of a one-process
+    run changes nothing)."""
+    return strategy != "multi_worker" or is_chief()
+
+
+def worker_index() -> int:
+    """This process's task index in TF_CONFIG (0 without one)."""
+    return int((json.loads(os.environ.get("TF_CONFIG") or "{}").get("task") or {}).get("index", 0))
+
+
+def fit_multi_worker(model, strategy, element_spec) -> None:
+    """Two changes that let Keras 3.15's fit run under MultiWorkerMirroredStrategy, which it
+    does not out of the box (keras-team/keras#20585), both on this model only:
+
+    - fit learns the input shapes by reducing a first batch across replicas, which this
+      strategy cannot do for a tuple ("Attempt to convert a value (PerReplica...)"): the
+      model, loss and optimizer state are built from the dataset's element spec instead, in
+      the strategy's scope, and fit's own build is skipped;
+    - fit averages each step's logs across workers along axis 0, which a scalar has not
+      ("Invalid reduction dimension 0"): the step returns them as 1-vectors.
+
+    Batch normalization takes its statistics over the global batch (all workers), so every
+    worker keeps the same moving statistics and the run trains as one process would on the
+    global batch (tests/test_multi_worker.py).
+    """
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True  # read at call time; the saved model is built afresh
+    with strategy.scope():
+        model._symbolic_build(data_batch=element_spec)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    train_step = model.train_step
+    model.train_step = lambda data: {k: tf.reshape(v, [1]) for k, v in train_step(data).items()}
+
+
+def weights_digest(model) -> str:
+    """sha256 of every weight's bytes, in order: equal exactly when the weights are."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
 def write_history(path: Path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
@@ -343,13 +404,34 @@ def _first_unreadable(rows: list[dict]) -> str | None:
 
 
 def train(params: Params, **kwargs) -> dict:
-    """Train (or resume); a file that TensorFlow cannot decode becomes a DataError naming it."""
+    """Train (or resume); a file that TensorFlow cannot decode becomes a DataError naming it,
+    a worker of a multi-worker cluster that died a TrainingError naming it."""
     try:
         return _train(params, **kwargs)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
         rows = read_split(kwargs["split_csv"])
         reason = _first_unreadable(rows) or f"TensorFlow could not read the data: {err.message.splitlines()[0]}"
         raise DataError(reason) from None
+    except (tf.errors.UnavailableError, tf.errors.AbortedError,
+            tf.errors.DeadlineExceededError) as err:
+        if params.train.strategy != "multi_worker":
+            raise
+        raise TrainingError(cluster_failure(err.message)) from None
+
+
+def cluster_failure(message: str) -> str:
+    """One line from TensorFlow's report of a lost peer: which workers stopped, or the
+    report's first telling line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if any("unhealthy" in line for line in lines):
+        tasks = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:(\d+)", "\n".join(
+            line for line in lines if line.startswith("/job:")))))
+        if tasks:
+            return (f"multi_worker: worker {', '.join(tasks)} stopped sending heartbeats "
+                    "(crashed or unreachable); start every worker again")
+    telling = next((line for line in lines
+                    if "coordination service" in line or "aborted" in line), lines[-1])
+    return f"multi_worker: the cluster lost a worker ({telling[:200]}); start every worker again"
 
 
 def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.PathLike,
@@ -365,8 +447,14 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
     Keras callbacks for fit (benches time the steps with one)."""
     cfg, seed = params.train, params.base.seed
     ckpt_dir, history_csv = Path(ckpt_dir), Path(history_csv)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    chief = writes_outputs(cfg.strategy)
+    if chief:  # the other workers of a cluster write nothing into the project
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     set_determinism(seed, params.base.deterministic, log)
+    # Before any TensorFlow op: a multi-worker strategy configures the runtime's collective
+    # ops, which TensorFlow refuses once it has started ("must be configured at program
+    # startup").
+    strategy = make_strategy(cfg.strategy)
 
     train_rows, val_rows = read_split(split_csv, "train"), read_split(split_csv, "val")
     if not train_rows or not val_rows:
@@ -381,7 +469,6 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
     train_src, val_src = split_sources(
         train_rows, val_rows, cache_max_mb=cfg.cache_max_mb, size=(params.export.height, params.export.width),
         aspect=params.data.aspect, source_weights=weights, teacher=teacher)
-    strategy = make_strategy(cfg.strategy)
     replicas = strategy.num_replicas_in_sync
     # train.batch_size is per replica; the global batch and the learning rate grow with the
     # number of replicas (linear scaling rule), so one set of params scales out unchanged.
@@ -391,6 +478,12 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
     steps = cfg.steps_per_epoch or max(len(train_rows) // batch, 1)
 
     state = _load_state(ckpt_dir, fingerprint, log)
+    if cfg.strategy == "multi_worker" and state["epoch"]:
+        # Only the chief keeps checkpoints; a worker resuming at epoch 0 beside a chief at
+        # epoch k would run other steps than it and stall the collectives.
+        log(f"multi_worker: the checkpoint of {state['epoch']} epochs is not resumed (the other "
+            "workers have none); starting over")
+        state = {"epoch": 0, "history": []}
     start = state["epoch"]
     total_steps = cfg.epochs * steps
     warmup = min(int(cfg.warmup_epochs * steps), total_steps - 1)
@@ -411,7 +504,8 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
         loss_fn = make_loss(cfg.loss, fill_invalid=params.teacher.fill_invalid)
         # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer (Keras's
         # auto_scale_loss); the loss itself is computed in float32 (pipeline.model.losses).
-        model.compile(optimizer=optimizer, loss=loss_fn, jit_compile=cfg.jit_compile)
+        model.compile(optimizer=optimizer, loss=per_replica_loss(loss_fn, replicas),
+                      jit_compile=cfg.jit_compile)
         if start:
             optimizer.build(model.trainable_variables)  # slots must exist before loading them
             model.load_weights(ckpt_dir / "last.weights.h5")
@@ -426,12 +520,12 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
         + (f", {policy}" if policy != "float32" else "") + (", XLA" if cfg.jit_compile else ""))
     val_ds = eval_dataset(val_src, batch_size=batch, height=cfg.height, width=cfg.width)
     # Non-chief workers keep their (identical) copy of the state out of the chief's way.
-    state_dir = ckpt_dir if is_chief() or start >= cfg.epochs else Path(tempfile.mkdtemp(prefix="worker_ckpt_"))
+    state_dir = ckpt_dir if chief else Path(tempfile.mkdtemp(prefix="worker_ckpt_"))
     if start < cfg.epochs:
         train_ds = train_dataset(train_src, seed=seed, first_epoch=start, epochs=cfg.epochs,
                                  steps_per_epoch=steps, batch_size=batch, height=cfg.height,
                                  width=cfg.width, augment_cfg=cfg.augment)
-        history_out = history_csv if is_chief() else state_dir / "history.csv"
+        history_out = history_csv if chief else state_dir / "history.csv"
         callbacks = [AveragedWeights(resumed=start > 0)] if cfg.ema else []  # first: the others see the average
         callbacks += [ValidationMetrics(val_ds, loss_fn), TrainingState(state_dir, history_out, state, fingerprint,
                                                                      select_best=params.data.val == VAL_BLOCKS)]
@@ -440,6 +534,8 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
         if step_budget_s:
             callbacks.append(StepBudget(step_budget_s, log))
         callbacks += list(extra_callbacks)
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            fit_multi_worker(model, strategy, train_ds.element_spec)
         model.fit(train_ds, epochs=cfg.epochs, initial_epoch=start,
                   steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=2)
     elif not history_csv.exists():
@@ -450,9 +546,12 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
     # float32 (built outside dtype_policy) whatever train.mixed_precision trained it in.
     final = build_model(cfg)
     final.set_weights(model.get_weights())
-    if is_chief():
+    if chief:
         with atomic_path(model_out, suffix=".keras") as tmp:
             final.save(tmp)
+    else:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        log(f"train: worker {worker_index()} done; the chief writes the model, history and metrics")
     last = state["history"][-1]
     return {
         "epochs": len(state["history"]), "best_epoch": state["best_epoch"], "best_val_si_rmse": state["best"],
@@ -463,6 +562,9 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
         # what the fact sheet reports as training time and hardware (a resumed run sums all epochs)
         "train_seconds": round(sum(row.get("seconds", 0.0) for row in state["history"]), 1),
         "hardware": describe_hardware(),
+        # the same on every worker of a cluster, and on two machines only if they took the
+        # same vector path (docs/reproducibility.md)
+        "weights_sha256": weights_digest(final),
         # where and how it was made: two CPUs' vector paths train different weights
         # (docs/reproducibility.md), so every result says which one made it
         "host": host.facts(),
