@@ -7,7 +7,14 @@ import sys
 from pipeline.core.cli import run_stage, stage_code_files, stage_parser
 from pipeline.core.config import load_params
 from pipeline.core.files import write_json
-from pipeline.core.paths import CHECKPOINTS, HISTORY_CSV, KERAS_MODEL, SPLIT_CSV, TEACHER_INDEX, metrics_json
+from pipeline.core.paths import (
+    CHECKPOINTS,
+    HISTORY_CSV,
+    KERAS_MODEL,
+    SPLIT_CSV,
+    TEACHER_INDEX,
+    metrics_json,
+)
 
 METRICS = metrics_json("train")
 
@@ -18,15 +25,29 @@ def main(argv: list[str] | None = None) -> None:
     # TensorFlow loads only after the params are known to be good.
     from pipeline.model.training import resume_fingerprint, train, writes_outputs
 
-    fingerprint = resume_fingerprint(params, SPLIT_CSV, stage_code_files("train"), teacher_csv=TEACHER_INDEX)
-    summary = train(params, split_csv=SPLIT_CSV, model_out=KERAS_MODEL, ckpt_dir=CHECKPOINTS,
-                    history_csv=HISTORY_CSV, fingerprint=fingerprint, teacher_csv=TEACHER_INDEX)
+    fingerprint = resume_fingerprint(
+        params, SPLIT_CSV, stage_code_files("train"), teacher_csv=TEACHER_INDEX
+    )
+    summary = train(
+        params,
+        split_csv=SPLIT_CSV,
+        model_out=KERAS_MODEL,
+        ckpt_dir=CHECKPOINTS,
+        history_csv=HISTORY_CSV,
+        fingerprint=fingerprint,
+        teacher_csv=TEACHER_INDEX,
+    )
     if not writes_outputs(params.train.strategy):  # another worker of a cluster than the chief
-        print(f"train: best val si-RMSE {summary['best_val_si_rmse']:.4f}, weights sha256 "
-              f"{summary['weights_sha256'][:16]} (the chief's are the same)")
+        print(
+            f"train: best val si-RMSE {summary['best_val_si_rmse']:.4f}, weights sha256 "
+            f"{summary['weights_sha256'][:16]} (the chief's are the same)"
+        )
         return
     write_json(METRICS, summary)
-    print(f"train: best val si-RMSE {summary['best_val_si_rmse']:.4f} at epoch {summary['best_epoch']} -> {KERAS_MODEL}")
+    print(
+        f"train: best val si-RMSE {summary['best_val_si_rmse']:.4f} at epoch "
+        f"{summary['best_epoch']} -> {KERAS_MODEL}"
+    )
 
 
 if __name__ == "__main__":

@@ -79,8 +79,9 @@ def _log(message: str) -> None:
     print(message, flush=True)  # before the chief's lines, which share this terminal
 
 
-def run_workers(params_file: str | os.PathLike, *, workers: int, timeout_s: float,
-                log=_log) -> None:
+def run_workers(
+    params_file: str | os.PathLike, *, workers: int, timeout_s: float, log=_log
+) -> None:
     """Start `workers` training processes here and wait for all; a TrainingError naming the
     first that failed (the others stopped) or the timeout."""
     raw = yaml.safe_load(Path(params_file).read_text()) or {}
@@ -91,17 +92,23 @@ def run_workers(params_file: str | os.PathLike, *, workers: int, timeout_s: floa
         cluster_params.write_text(yaml.safe_dump(raw, sort_keys=False))
         load_params(cluster_params)  # bad params: one error here, not one per worker
         logs = [None] + [Path(tmp) / f"worker_{i}.log" for i in range(1, workers)]
-        log(f"workers: {workers} on {', '.join(addresses)}; "
-            "worker 0 (the chief) writes the outputs")
+        log(
+            f"workers: {workers} on {', '.join(addresses)}; worker 0 (the chief) writes the outputs"
+        )
         procs = []
         try:
             for index, log_path in enumerate(logs):
                 # the chief's output goes to this terminal, the others' to their logs
                 out = open(log_path, "wb") if log_path else None
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "stages.train", "--params", str(cluster_params)],
-                    env={**os.environ, "TF_CONFIG": tf_config(addresses, index)},
-                    stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True))
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "stages.train", "--params", str(cluster_params)],
+                        env={**os.environ, "TF_CONFIG": tf_config(addresses, index)},
+                        stdout=out,
+                        stderr=subprocess.STDOUT if out else None,
+                        start_new_session=True,
+                    )
+                )
                 if out:
                     out.close()
             log(f"workers: pids {', '.join(str(p.pid) for p in procs)}")
@@ -125,24 +132,35 @@ def _wait(procs: list[subprocess.Popen], logs: list[Path | None], timeout_s: flo
             hung = [i for i, p in enumerate(procs) if p.poll() is None]
             raise TrainingError(
                 f"worker {first} of {len(procs)} exited with status {procs[first].returncode}"
-                + (f"; workers {hung} did not stop within {WORKER_STOP_S} s and were killed" if hung
-                   else "; the others stopped"))
+                + (
+                    f"; workers {hung} did not stop within {WORKER_STOP_S} s and were killed"
+                    if hung
+                    else "; the others stopped"
+                )
+            )
         if time.monotonic() > deadline:
             raise TrainingError(
-                f"workers: not done after {timeout_s:.0f} s (--timeout); all stopped")
+                f"workers: not done after {timeout_s:.0f} s (--timeout); all stopped"
+            )
         time.sleep(POLL_S)
     if any(p.returncode for p in procs):  # the last one failed after the others finished
         first = next(i for i, p in enumerate(procs) if p.returncode)
         raise TrainingError(
-            f"worker {first} of {len(procs)} exited with status {procs[first].returncode}")
+            f"worker {first} of {len(procs)} exited with status {procs[first].returncode}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser("workers", __doc__)
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                        help=f"default {DEFAULT_WORKERS}")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                        help=f"seconds until all are stopped (default {DEFAULT_TIMEOUT_S})")
+    parser.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help=f"default {DEFAULT_WORKERS}"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds until all are stopped (default {DEFAULT_TIMEOUT_S})",
+    )
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")

@@ -28,8 +28,13 @@ STEPS, EPOCHS, PER_REPLICA, LEARNING_RATE = 2, 2, 2, 0.002
 SHORT = {"train": {"epochs": EPOCHS, "steps_per_epoch": STEPS}}
 CLUSTER = {"train": {"strategy": "multi_worker", "batch_size": PER_REPLICA}}
 # One process on the cluster's global batch, at the rate the cluster scales to (x replicas).
-ONE_PROCESS = {"train": {"strategy": "default", "batch_size": 2 * PER_REPLICA,
-                         "learning_rate": 2 * LEARNING_RATE}}
+ONE_PROCESS = {
+    "train": {
+        "strategy": "default",
+        "batch_size": 2 * PER_REPLICA,
+        "learning_rate": 2 * LEARNING_RATE,
+    }
+}
 # The epochs' losses and the val metric of the cluster and of one process differ by float32
 # rounding only (batch statistics over the global batch, gradients summed over it; the sums
 # in another order), which Adam's first steps amplify: measured 0.01% after epoch 1, 0.23%
@@ -41,8 +46,13 @@ WORKER_TIMEOUT_S = 600  # a hang fails here instead of holding the suite
 # TensorFlow's coordination service declares a worker dead after missed heartbeats (measured
 # 30 s after a kill -9 on a busy 2-core machine); the survivor must be gone well within this.
 KILLED_BOUND_S = 120
-CHIEF_OUTPUTS = ("models/model.keras", "models/checkpoints/state.json",
-                 "models/checkpoints/best.weights.h5", "reports/history.csv", "metrics/train.json")
+CHIEF_OUTPUTS = (
+    "models/model.keras",
+    "models/checkpoints/state.json",
+    "models/checkpoints/best.weights.h5",
+    "reports/history.csv",
+    "metrics/train.json",
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +76,14 @@ def host(prepared: Path, folder: Path, overrides: dict) -> Path:
 def start_worker(project: Path, addresses: list[str], index: int, tmp: Path) -> subprocess.Popen:
     tmp.mkdir()
     env = {**project_env(), "TF_CONFIG": tf_config(addresses, index), "TMPDIR": str(tmp)}
-    return subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stages.train"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def losses(project: Path) -> list[float]:
@@ -107,13 +123,20 @@ def test_a_killed_worker_ends_the_cluster_with_one_clear_error(prepared, tmp_pat
     stops with a one-line error naming it, the launcher names it too."""
     project = host(prepared, tmp_path / "p", {"train": {"epochs": 50}})
     env = {**project_env(), "PYTHONPATH": str(project)}
-    launcher = subprocess.Popen([sys.executable, "-m", "stages.workers", "--workers", "2"],
-                                cwd=project, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "stages.workers", "--workers", "2"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     lines: queue.Queue = queue.Queue()
     errors: list[str] = []  # read all along: a full pipe would stall the launcher
-    threading.Thread(target=lambda: [lines.put(line) for line in launcher.stdout],
-                     daemon=True).start()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in launcher.stdout], daemon=True
+    ).start()
     reader = threading.Thread(target=lambda: errors.extend(launcher.stderr), daemon=True)
     reader.start()
     try:
@@ -139,5 +162,6 @@ def test_a_killed_worker_ends_the_cluster_with_one_clear_error(prepared, tmp_pat
     assert errors == [
         "error: multi_worker: worker 1 stopped sending heartbeats (crashed or unreachable); "
         "start every worker again",
-        "error: worker 1 of 2 exited with status -9; the others stopped"], err[-3000:]
+        "error: worker 1 of 2 exited with status -9; the others stopped",
+    ], err[-3000:]
     assert "Traceback" not in err

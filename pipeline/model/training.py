@@ -28,13 +28,13 @@ import tensorflow as tf
 
 from pipeline.core import host
 from pipeline.core.config import PRECISION_AUTO, VAL_BLOCKS, Params, params_hash
-from pipeline.data.dataset import read_split, read_teacher_index
 from pipeline.core.errors import DataError, TrainingError
 from pipeline.core.files import atomic_path, read_depth_mm, read_rgb, write_json
-from pipeline.model.losses import make_loss
 from pipeline.core.metrics import average_metrics, image_metrics
-from pipeline.model.networks import build_model, load_keras_model
+from pipeline.data.dataset import read_split, read_teacher_index
 from pipeline.data.tfdata import eval_dataset, split_sources, train_dataset
+from pipeline.model.losses import make_loss
+from pipeline.model.networks import build_model, load_keras_model
 
 STATE_FILE = "state.json"
 MONITOR = "val_si_rmse"
@@ -57,8 +57,10 @@ def set_determinism(seed: int, deterministic: bool, log=print) -> None:
             tf.config.threading.set_inter_op_parallelism_threads(1)
         except RuntimeError:  # TensorFlow already ran an op in this process (in-process callers)
             if tf.config.threading.get_inter_op_parallelism_threads() != 1:
-                log("warning: TensorFlow was started before training; ops may run concurrently, "
-                    "so reruns can differ in the last bits")
+                log(
+                    "warning: TensorFlow was started before training; ops may run concurrently, "
+                    "so reruns can differ in the last bits"
+                )
 
 
 class ValidationMetrics(keras.callbacks.Callback):
@@ -75,10 +77,14 @@ class ValidationMetrics(keras.callbacks.Callback):
         self.predict = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.predict is None:  # a graph, not eager op by op: several times faster on small batches
+        if (
+            self.predict is None
+        ):  # a graph, not eager op by op: several times faster on small batches
+
             def predict(rgb, depth):
                 pred = self.model(rgb, training=False)
                 return pred, self.loss_fn(depth, pred)
+
             self.predict = tf.function(predict, reduce_retracing=True)
         per_image, losses, sizes = [], [], []
         for rgb, depth in self.val_ds:
@@ -99,7 +105,14 @@ class TrainingState(keras.callbacks.Callback):
     held out to tell how the model does on an unseen scene, choosing the epoch on it
     would flatter the very figure it reports."""
 
-    def __init__(self, ckpt_dir: Path, history_csv: Path, state: dict, fingerprint: str, select_best: bool = True):
+    def __init__(
+        self,
+        ckpt_dir: Path,
+        history_csv: Path,
+        state: dict,
+        fingerprint: str,
+        select_best: bool = True,
+    ):
         super().__init__()
         self.ckpt_dir, self.history_csv = ckpt_dir, history_csv
         self.state, self.fingerprint, self.select_best = state, fingerprint, select_best
@@ -109,8 +122,11 @@ class TrainingState(keras.callbacks.Callback):
         self.epoch_start = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1, "seconds": round(time.time() - self.epoch_start, 2),
-               "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
+        row = {
+            "epoch": epoch + 1,
+            "seconds": round(time.time() - self.epoch_start, 2),
+            "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+        }
         row.update({k: float(logs[k]) for k in HISTORY_COLUMNS if k in logs})
         self.state["history"].append(row)
         # NaN (no valid val pixel at working size) never wins, but the first epoch is always
@@ -150,7 +166,9 @@ class TimeBudget(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if time.time() - self.start > self.budget_s:
-            self.log(f"time budget of {self.budget_s:.0f} s reached after epoch {epoch + 1}; stopping")
+            self.log(
+                f"time budget of {self.budget_s:.0f} s reached after epoch {epoch + 1}; stopping"
+            )
             self.model.stop_training = True
 
 
@@ -171,8 +189,13 @@ class StepBudget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.last = time.perf_counter() - self.started
         self.spent += self.last
-        if self.spent + self.last > self.budget_s:  # the next step, as long as this one, would not fit
-            self.log(f"budget of {self.budget_s:.0f} s of training steps spent ({self.spent:.0f} s); stopping")
+        if (
+            self.spent + self.last > self.budget_s
+        ):  # the next step, as long as this one, would not fit
+            self.log(
+                f"budget of {self.budget_s:.0f} s of training steps spent ({self.spent:.0f} s); "
+                "stopping"
+            )
             self.model.stop_training = True
 
 
@@ -219,7 +242,9 @@ def make_strategy(name: str):
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise DataError("train.strategy multi_worker needs the TF_CONFIG environment variable (see README)")
+            raise DataError(
+                "train.strategy multi_worker needs the TF_CONFIG environment variable (see README)"
+            )
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
@@ -297,13 +322,19 @@ def weights_digest(model) -> str:
 def write_history(path: Path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+            writer = csv.DictWriter(
+                f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n"
+            )
             writer.writeheader()
             writer.writerows(rows)
 
 
-def resume_fingerprint(params: Params, split_csv: str | os.PathLike, code_files: list[Path],
-                       teacher_csv: str | os.PathLike | None = None) -> str:
+def resume_fingerprint(
+    params: Params,
+    split_csv: str | os.PathLike,
+    code_files: list[Path],
+    teacher_csv: str | os.PathLike | None = None,
+) -> str:
     """What a checkpoint must match to be resumed.
 
     The base/train params (and the data geometry and weights), the split, the bytes of
@@ -313,15 +344,32 @@ def resume_fingerprint(params: Params, split_csv: str | os.PathLike, code_files:
     training starts over instead.
     """
     rows = read_split(split_csv)  # first: a missing split or image is a one-line error
-    geometry = [params.data.aspect, params.export.height, params.export.width,
-                sorted((name, src.weight) for name, src in params.data.sources.items())]
-    digest = hashlib.sha256((params_hash(params, ("base", "train")) + json.dumps(geometry)).encode())
-    if params.train.init_from and Path(params.train.init_from).is_file():  # the starting weights' bytes
+    geometry = [
+        params.data.aspect,
+        params.export.height,
+        params.export.width,
+        sorted((name, src.weight) for name, src in params.data.sources.items()),
+    ]
+    digest = hashlib.sha256(
+        (params_hash(params, ("base", "train")) + json.dumps(geometry)).encode()
+    )
+    if (
+        params.train.init_from and Path(params.train.init_from).is_file()
+    ):  # the starting weights' bytes
         digest.update(Path(params.train.init_from).read_bytes())
     digest.update(Path(split_csv).read_bytes())
     if params.teacher.model and teacher_csv:  # the teacher's maps and what trains on them
-        digest.update(Path(teacher_csv).read_bytes() + json.dumps([params.teacher.fill_invalid, sorted(
-            (name, src.path, src.weight) for name, src in params.data.unlabeled.items())]).encode())
+        digest.update(
+            Path(teacher_csv).read_bytes()
+            + json.dumps(
+                [
+                    params.teacher.fill_invalid,
+                    sorted(
+                        (name, src.path, src.weight) for name, src in params.data.unlabeled.items()
+                    ),
+                ]
+            ).encode()
+        )
     for path in code_files:
         digest.update(f"\0{path}\0".encode() + Path(path).read_bytes())
     for row in rows:
@@ -356,18 +404,26 @@ def init_weights(model, path: str | os.PathLike) -> None:
     want = [tuple(w.shape) for w in model.weights]
     have = [tuple(w.shape) for w in source.weights]
     if want != have:
-        first = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
-        detail = (f"weight {first} is {have[first] if first < len(have) else 'missing'}, "
-                  f"expected {want[first] if first < len(want) else 'none'}")
-        raise DataError(f"{path}: train.init_from is a different architecture than train ({source.name}, "
-                        f"{len(have)} weights vs {model.name}, {len(want)}; {detail})")
+        first = next(
+            (i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have))
+        )
+        detail = (
+            f"weight {first} is {have[first] if first < len(have) else 'missing'}, "
+            f"expected {want[first] if first < len(want) else 'none'}"
+        )
+        raise DataError(
+            f"{path}: train.init_from is a different architecture than train ({source.name}, "
+            f"{len(have)} weights vs {model.name}, {len(want)}; {detail})"
+        )
     model.set_weights(source.get_weights())
 
 
 def describe_hardware() -> str:
     """`2 x GPU (NVIDIA H100 ...)` or `CPU (<model name>), 2 cores`: where training ran."""
     gpus = tf.config.list_physical_devices("GPU")
-    return host.hardware([tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus])
+    return host.hardware(
+        [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+    )
 
 
 def determinism_in_force() -> dict:
@@ -375,21 +431,37 @@ def determinism_in_force() -> dict:
     now (an in-process caller may have started TensorFlow before set_determinism)."""
     from tensorflow.python.framework import config as tf_config  # TF 2.21 has no public getter
 
-    return {"op_determinism": bool(tf_config.is_op_determinism_enabled()),
-            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
+    return {
+        "op_determinism": bool(tf_config.is_op_determinism_enabled()),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
 
 
-def with_teacher(train_rows: list[dict], teacher_rows: list[dict], teacher_csv, unlabeled=()) -> list[dict]:
+def with_teacher(
+    train_rows: list[dict], teacher_rows: list[dict], teacher_csv, unlabeled=()
+) -> list[dict]:
     """Train rows with their teacher map ("" where it was dropped), then every image of the
-    `unlabeled` folders (data.unlabeled names): no ground truth (depth ""), the teacher's map alone."""
+    `unlabeled` folders (data.unlabeled names): no ground truth (depth ""), the teacher's map
+    alone."""
     maps = {r["rgb"]: r["teacher"] for r in teacher_rows if r["kind"] == "labelled"}
     missing = [r["rgb"] for r in train_rows if r["rgb"] not in maps]
     if missing:
-        raise DataError(f"{teacher_csv}: no teacher entry for {missing[0]} ({len(missing)} train images); "
-                        "the split changed after the teacher stage: rerun `dvc repro`")
+        raise DataError(
+            f"{teacher_csv}: no teacher entry for {missing[0]} ({len(missing)} train images); "
+            "the split changed after the teacher stage: rerun `dvc repro`"
+        )
     rows = [{**r, "teacher": maps[r["rgb"]]} for r in train_rows]
-    return rows + [{"name": r["name"], "source": r["source"], "rgb": r["rgb"], "depth": "", "teacher": r["teacher"]}
-                   for r in teacher_rows if r["kind"] == "unlabeled" and r["source"] in unlabeled]
+    return rows + [
+        {
+            "name": r["name"],
+            "source": r["source"],
+            "rgb": r["rgb"],
+            "depth": "",
+            "teacher": r["teacher"],
+        }
+        for r in teacher_rows
+        if r["kind"] == "unlabeled" and r["source"] in unlabeled
+    ]
 
 
 def _first_unreadable(rows: list[dict]) -> str | None:
@@ -410,10 +482,16 @@ def train(params: Params, **kwargs) -> dict:
         return _train(params, **kwargs)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
         rows = read_split(kwargs["split_csv"])
-        reason = _first_unreadable(rows) or f"TensorFlow could not read the data: {err.message.splitlines()[0]}"
+        reason = (
+            _first_unreadable(rows)
+            or f"TensorFlow could not read the data: {err.message.splitlines()[0]}"
+        )
         raise DataError(reason) from None
-    except (tf.errors.UnavailableError, tf.errors.AbortedError,
-            tf.errors.DeadlineExceededError) as err:
+    except (
+        tf.errors.UnavailableError,
+        tf.errors.AbortedError,
+        tf.errors.DeadlineExceededError,
+    ) as err:
         if params.train.strategy != "multi_worker":
             raise
         raise TrainingError(cluster_failure(err.message)) from None
@@ -424,20 +502,39 @@ def cluster_failure(message: str) -> str:
     report's first telling line."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if any("unhealthy" in line for line in lines):
-        tasks = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:(\d+)", "\n".join(
-            line for line in lines if line.startswith("/job:")))))
+        tasks = sorted(
+            set(
+                re.findall(
+                    r"/job:\w+/replica:\d+/task:(\d+)",
+                    "\n".join(line for line in lines if line.startswith("/job:")),
+                )
+            )
+        )
         if tasks:
-            return (f"multi_worker: worker {', '.join(tasks)} stopped sending heartbeats "
-                    "(crashed or unreachable); start every worker again")
-    telling = next((line for line in lines
-                    if "coordination service" in line or "aborted" in line), lines[-1])
+            return (
+                f"multi_worker: worker {', '.join(tasks)} stopped sending heartbeats "
+                "(crashed or unreachable); start every worker again"
+            )
+    telling = next(
+        (line for line in lines if "coordination service" in line or "aborted" in line), lines[-1]
+    )
     return f"multi_worker: the cluster lost a worker ({telling[:200]}); start every worker again"
 
 
-def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.PathLike,
-          ckpt_dir: str | os.PathLike, history_csv: str | os.PathLike, fingerprint: str,
-          time_budget_s: float | None = None, step_budget_s: float | None = None,
-          teacher_csv: str | os.PathLike | None = None, extra_callbacks=(), log=print) -> dict:
+def _train(
+    params: Params,
+    *,
+    split_csv: str | os.PathLike,
+    model_out: str | os.PathLike,
+    ckpt_dir: str | os.PathLike,
+    history_csv: str | os.PathLike,
+    fingerprint: str,
+    time_budget_s: float | None = None,
+    step_budget_s: float | None = None,
+    teacher_csv: str | os.PathLike | None = None,
+    extra_callbacks=(),
+    log=print,
+) -> dict:
     """Train (or resume) and save the best core model to `model_out`. Returns summary metrics.
 
     time_budget_s stops after the epoch in which it ran out (whole epochs, resumable);
@@ -458,21 +555,42 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
 
     train_rows, val_rows = read_split(split_csv, "train"), read_split(split_csv, "val")
     if not train_rows or not val_rows:
-        raise DataError(f"{split_csv}: needs both train and val rows (train={len(train_rows)}, val={len(val_rows)})")
+        raise DataError(
+            f"{split_csv}: needs both train and val rows (train={len(train_rows)}, "
+            f"val={len(val_rows)})"
+        )
     teacher = bool(params.teacher.model)
     if teacher:
         if teacher_csv is None:
-            raise DataError("teacher.model is set but training was given no teacher maps (teacher_csv)")
-        train_rows = with_teacher(train_rows, read_teacher_index(teacher_csv), teacher_csv, params.data.unlabeled)
-    weights = {n: s.weight for sources in (params.data.sources, params.data.unlabeled) for n, s in sources.items()}
+            raise DataError(
+                "teacher.model is set but training was given no teacher maps (teacher_csv)"
+            )
+        train_rows = with_teacher(
+            train_rows, read_teacher_index(teacher_csv), teacher_csv, params.data.unlabeled
+        )
+    weights = {
+        n: s.weight
+        for sources in (params.data.sources, params.data.unlabeled)
+        for n, s in sources.items()
+    }
     # Every pair is first brought to the device input's geometry (any source size, even mixed).
     train_src, val_src = split_sources(
-        train_rows, val_rows, cache_max_mb=cfg.cache_max_mb, size=(params.export.height, params.export.width),
-        aspect=params.data.aspect, source_weights=weights, teacher=teacher)
+        train_rows,
+        val_rows,
+        cache_max_mb=cfg.cache_max_mb,
+        size=(params.export.height, params.export.width),
+        aspect=params.data.aspect,
+        source_weights=weights,
+        teacher=teacher,
+    )
     replicas = strategy.num_replicas_in_sync
     # train.batch_size is per replica; the global batch and the learning rate grow with the
     # number of replicas (linear scaling rule), so one set of params scales out unchanged.
-    per_replica = min(cfg.batch_size, max(len(train_rows) // replicas, 1)) if not cfg.steps_per_epoch else cfg.batch_size
+    per_replica = (
+        min(cfg.batch_size, max(len(train_rows) // replicas, 1))
+        if not cfg.steps_per_epoch
+        else cfg.batch_size
+    )
     batch = per_replica * replicas
     learning_rate = cfg.learning_rate * replicas
     steps = cfg.steps_per_epoch or max(len(train_rows) // batch, 1)
@@ -481,8 +599,10 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
     if cfg.strategy == "multi_worker" and state["epoch"]:
         # Only the chief keeps checkpoints; a worker resuming at epoch 0 beside a chief at
         # epoch k would run other steps than it and stall the collectives.
-        log(f"multi_worker: the checkpoint of {state['epoch']} epochs is not resumed (the other "
-            "workers have none); starting over")
+        log(
+            f"multi_worker: the checkpoint of {state['epoch']} epochs is not resumed (the other "
+            "workers have none); starting over"
+        )
         state = {"epoch": 0, "history": []}
     start = state["epoch"]
     total_steps = cfg.epochs * steps
@@ -495,40 +615,78 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
             log(f"train: starting from the weights of {cfg.init_from}")
         schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=learning_rate * 0.01 if warmup else learning_rate,
-            decay_steps=max(total_steps - warmup, 1), alpha=cfg.min_lr_ratio,
-            warmup_target=learning_rate if warmup else None, warmup_steps=warmup,
+            decay_steps=max(total_steps - warmup, 1),
+            alpha=cfg.min_lr_ratio,
+            warmup_target=learning_rate if warmup else None,
+            warmup_steps=warmup,
         )
         # train.ema 0 = off (the momentum is then unused; 0.99 is Keras's default).
-        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay,
-                                           use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99)
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=schedule,
+            weight_decay=cfg.weight_decay,
+            use_ema=cfg.ema > 0,
+            ema_momentum=cfg.ema or 0.99,
+        )
         loss_fn = make_loss(cfg.loss, fill_invalid=params.teacher.fill_invalid)
         # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer (Keras's
         # auto_scale_loss); the loss itself is computed in float32 (pipeline.model.losses).
-        model.compile(optimizer=optimizer, loss=per_replica_loss(loss_fn, replicas),
-                      jit_compile=cfg.jit_compile)
+        model.compile(
+            optimizer=optimizer,
+            loss=per_replica_loss(loss_fn, replicas),
+            jit_compile=cfg.jit_compile,
+        )
         if start:
             optimizer.build(model.trainable_variables)  # slots must exist before loading them
             model.load_weights(ckpt_dir / "last.weights.h5")
             log(f"resuming from {ckpt_dir} after epoch {start}/{cfg.epochs}")
     if replicas > 1:
-        log(f"strategy {cfg.strategy}: {replicas} replicas, global batch {batch}, learning rate {learning_rate:g}")
+        log(
+            f"strategy {cfg.strategy}: {replicas} replicas, global batch {batch}, learning rate "
+            f"{learning_rate:g}"
+        )
 
-    log(f"train: {cfg.arch} at {cfg.height}x{cfg.width}, {len(train_rows)} train / {len(val_rows)} val images, "
+    log(
+        f"train: {cfg.arch} at {cfg.height}x{cfg.width}, {len(train_rows)} train / {len(val_rows)} "
+        "val images, "
         f"{steps} steps x batch {batch}, epochs {start + 1}..{cfg.epochs}, "
         f"cache {_cache_mode(train_src.cached, val_src.cached)}"
-        + (f", teacher maps for {sum(bool(r['teacher']) for r in train_rows)} of them" if teacher else "")
-        + (f", {policy}" if policy != "float32" else "") + (", XLA" if cfg.jit_compile else ""))
+        + (
+            f", teacher maps for {sum(bool(r['teacher']) for r in train_rows)} of them"
+            if teacher
+            else ""
+        )
+        + (f", {policy}" if policy != "float32" else "")
+        + (", XLA" if cfg.jit_compile else "")
+    )
     val_ds = eval_dataset(val_src, batch_size=batch, height=cfg.height, width=cfg.width)
     # Non-chief workers keep their (identical) copy of the state out of the chief's way.
     state_dir = ckpt_dir if chief else Path(tempfile.mkdtemp(prefix="worker_ckpt_"))
     if start < cfg.epochs:
-        train_ds = train_dataset(train_src, seed=seed, first_epoch=start, epochs=cfg.epochs,
-                                 steps_per_epoch=steps, batch_size=batch, height=cfg.height,
-                                 width=cfg.width, augment_cfg=cfg.augment)
+        train_ds = train_dataset(
+            train_src,
+            seed=seed,
+            first_epoch=start,
+            epochs=cfg.epochs,
+            steps_per_epoch=steps,
+            batch_size=batch,
+            height=cfg.height,
+            width=cfg.width,
+            augment_cfg=cfg.augment,
+        )
         history_out = history_csv if chief else state_dir / "history.csv"
-        callbacks = [AveragedWeights(resumed=start > 0)] if cfg.ema else []  # first: the others see the average
-        callbacks += [ValidationMetrics(val_ds, loss_fn), TrainingState(state_dir, history_out, state, fingerprint,
-                                                                     select_best=params.data.val == VAL_BLOCKS)]
+        callbacks = (
+            [AveragedWeights(resumed=start > 0)] if cfg.ema else []
+        )  # first: the others see the average
+        callbacks += [
+            ValidationMetrics(val_ds, loss_fn),
+            TrainingState(
+                state_dir,
+                history_out,
+                state,
+                fingerprint,
+                select_best=params.data.val == VAL_BLOCKS,
+            ),
+        ]
         if time_budget_s:
             callbacks.append(TimeBudget(time_budget_s, log))
         if step_budget_s:
@@ -536,8 +694,15 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
         callbacks += list(extra_callbacks)
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             fit_multi_worker(model, strategy, train_ds.element_spec)
-        model.fit(train_ds, epochs=cfg.epochs, initial_epoch=start,
-                  steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=2)
+        model.fit(
+            train_ds,
+            epochs=cfg.epochs,
+            initial_epoch=start,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            shuffle=False,
+            verbose=2,
+        )
     elif not history_csv.exists():
         write_history(history_csv, state["history"])
 
@@ -554,10 +719,17 @@ def _train(params: Params, *, split_csv: str | os.PathLike, model_out: str | os.
         log(f"train: worker {worker_index()} done; the chief writes the model, history and metrics")
     last = state["history"][-1]
     return {
-        "epochs": len(state["history"]), "best_epoch": state["best_epoch"], "best_val_si_rmse": state["best"],
-        "final_loss": last.get("loss"), "final_val_si_rmse": last.get(MONITOR),
-        "params": int(final.count_params()), "train_images": len(train_rows), "val_images": len(val_rows),
-        "steps_per_epoch": steps, "steps": optimizer_steps(model), "batch_size": batch,
+        "epochs": len(state["history"]),
+        "best_epoch": state["best_epoch"],
+        "best_val_si_rmse": state["best"],
+        "final_loss": last.get("loss"),
+        "final_val_si_rmse": last.get(MONITOR),
+        "params": int(final.count_params()),
+        "train_images": len(train_rows),
+        "val_images": len(val_rows),
+        "steps_per_epoch": steps,
+        "steps": optimizer_steps(model),
+        "batch_size": batch,
         "replicas": replicas,
         # what the fact sheet reports as training time and hardware (a resumed run sums all epochs)
         "train_seconds": round(sum(row.get("seconds", 0.0) for row in state["history"]), 1),
