@@ -647,9 +647,8 @@ def _train(
 
     log(
         f"train: {cfg.arch} at {cfg.height}x{cfg.width}, {len(train_rows)} train / {len(val_rows)} "
-        "val images, "
-        f"{steps} steps x batch {batch}, epochs {start + 1}..{cfg.epochs}, "
-        f"cache {_cache_mode(train_src.cached, val_src.cached)}"
+        f"val images, {steps} steps x batch {batch}, epochs {start + 1}..{cfg.epochs}, cache "
+        f"{_cache_mode(train_src.cached, val_src.cached)}"
         + (
             f", teacher maps for {sum(bool(r['teacher']) for r in train_rows)} of them"
             if teacher
