@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: repro test exp sweep ui compare factsheet tracking-server workers probe bench clean-venv
+.PHONY: repro test lint exp sweep ui compare factsheet tracking-server workers probe bench clean-venv
 
 $(INSTALLED): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ repro: $(INSTALLED)
 # -rs: the summary names every skipped test and why (a system program missing, see README).
 test: $(INSTALLED)
 	$(BIN)/python -m pytest tests -q -rs
+
+# Ruff's lint and format check (pyproject.toml: rules, line length 100); `ruff format .` fixes format.
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # A params preset as one DVC experiment: make exp PRESET=presets/tum.yaml [EXP_ARGS="-n tum"]
 # (EXP_ARGS: more `dvc exp run` arguments). stages/exp.py checks the params, then hands DVC
