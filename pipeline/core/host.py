@@ -116,14 +116,12 @@ def vector_extensions() -> tuple[str, ...]:
 
 
 def vector_path(extensions: tuple[str, ...], cap: str = "", onednn: bool = True) -> str:
-    """`AVX-512`, `AVX2`, `NEON`...: the widest of VECTOR_PATHS the CPU has, the oneDNN cap in
-    force (`AVX2 (capped)`), or EIGEN_PATH with oneDNN off; what tells two machines' float32
-    training apart."""
-    if not onednn:
-        return EIGEN_PATH
-    if cap:
-        return f"{cap} (capped)"
-    return next((path for path in VECTOR_PATHS if path in extensions), NONE)
+    """`AVX-512`, `AVX2`, `NEON`...: the widest of VECTOR_PATHS the CPU has, or the oneDNN cap
+    in force (`AVX2 (capped)`), after EIGEN_PATH when oneDNN's kernels are off (the cap still
+    counts then: the remaining matrix kernels dispatch on the CPU too, measured in
+    docs/reproducibility.md); what tells two machines' float32 training apart."""
+    path = f"{cap} (capped)" if cap else next((p for p in VECTOR_PATHS if p in extensions), NONE)
+    return path if onednn else f"{EIGEN_PATH}, {path}"
 
 
 def onednn_enabled() -> bool:
