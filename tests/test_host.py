@@ -64,7 +64,7 @@ def test_model_and_vector_extensions_from_cpuinfo(text, machine, model, extensio
         (("AVX2", "FMA", "AVX-512", "AVX-512 VNNI", "AMX"), "", True, "AVX-512"),
         (("AVX2", "FMA", "AVX-512"), "AVX2", True, "AVX2 (capped)"),
         (("AVX2", "FMA", "AVX-512"), "AVX2", False, f"{host.EIGEN_PATH}, AVX2 (capped)"),
-    (("AVX2", "FMA", "AVX-512"), "", False, f"{host.EIGEN_PATH}, AVX-512"),
+        (("AVX2", "FMA", "AVX-512"), "", False, f"{host.EIGEN_PATH}, AVX-512"),
         (("AVX2", "FMA"), "", True, "AVX2"),
         (("NEON",), "", True, "NEON"),
         ((), "", True, host.NONE),
