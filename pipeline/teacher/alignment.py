@@ -53,16 +53,23 @@ def _valid(raw: np.ndarray, gt_m: np.ndarray, positive_raw: bool) -> np.ndarray 
     return valid if valid.sum() >= MIN_FIT_PIXELS else None
 
 
-def fit_inverse_depth(
-    raw: np.ndarray, gt_m: np.ndarray, iterations: int = 5
+def _fit_affine(
+    raw: np.ndarray, gt_m: np.ndarray, target, iterations: int
 ) -> tuple[float, float] | None:
-    """(scale, shift) with scale * raw + shift ~ 1 / gt: raw is inverse depth (inverse_relative)."""
+    """(scale, shift) with scale * raw + shift ~ target(gt) over the valid pixels, trimmed."""
     valid = _valid(raw, gt_m, positive_raw=False)
     if valid is None:
         return None
     return _trimmed_affine(
-        raw[valid].astype(np.float64), 1.0 / gt_m[valid].astype(np.float64), iterations
+        raw[valid].astype(np.float64), target(gt_m[valid].astype(np.float64)), iterations
     )
+
+
+def fit_inverse_depth(
+    raw: np.ndarray, gt_m: np.ndarray, iterations: int = 5
+) -> tuple[float, float] | None:
+    """(scale, shift) with scale * raw + shift ~ 1 / gt: raw is inverse depth (inverse_relative)."""
+    return _fit_affine(raw, gt_m, lambda gt: 1.0 / gt, iterations)
 
 
 def fit_scale(raw: np.ndarray, gt_m: np.ndarray, iterations: int = 5) -> tuple[float, float] | None:
@@ -87,12 +94,7 @@ def fit_affine_depth(
     raw: np.ndarray, gt_m: np.ndarray, iterations: int = 5
 ) -> tuple[float, float] | None:
     """(scale, shift) with scale * raw + shift ~ gt (affine in depth)."""
-    valid = _valid(raw, gt_m, positive_raw=False)
-    if valid is None:
-        return None
-    return _trimmed_affine(
-        raw[valid].astype(np.float64), gt_m[valid].astype(np.float64), iterations
-    )
+    return _fit_affine(raw, gt_m, lambda gt: gt, iterations)
 
 
 def fit_affine_inverse(
