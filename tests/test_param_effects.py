@@ -96,6 +96,9 @@ EFFECTS = {
         "tests/test_models_losses.py::test_rmse_loss_is_the_per_image_rmse_of_valid_pixels"
     ),
     "train.loss.distill_weight": "tests/test_teacher.py::test_distill_and_fill_invalid_losses",
+    "train.loss.distill_grad_weight": (
+        "tests/test_teacher.py::test_distill_and_fill_invalid_losses"
+    ),
     "train.augment.flip": (
         "tests/test_input_pipeline.py::test_augmentation_keeps_rgb_and_depth_aligned"
     ),

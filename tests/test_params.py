@@ -99,6 +99,10 @@ def load_with(overrides: dict):
             {"train": {"loss": {"distill_weight": 1.0}}},
             ["train.loss.distill_weight needs a teacher", "teacher.model"],
         ),
+        (
+            {"train": {"loss": {"distill_grad_weight": 0.5}}},
+            ["train.loss.distill_grad_weight needs a teacher", "teacher.model"],
+        ),
         ({"teacher": {"fill_invalid": True}}, ["teacher.fill_invalid needs a teacher"]),
         ({"data": {"unlabeled": {"extra": {"path": "x"}}}}, ["data.unlabeled needs a teacher"]),
         (

@@ -243,7 +243,7 @@ def test_distill_and_fill_invalid_losses():
     import tensorflow as tf
 
     from pipeline.core.config import LossConfig
-    from pipeline.model.losses import make_loss, silog_loss
+    from pipeline.model.losses import gradient_loss, make_loss, silog_loss
 
     rng = np.random.default_rng(1)
     gt = rng.uniform(1.0, 4.0, (2, 8, 8, 1)).astype(np.float32)
@@ -261,6 +261,12 @@ def test_distill_and_fill_invalid_losses():
         silog_loss(teacher, pred, lam=0.85)
     )
     assert float(make_loss(both)(y, pred)) == pytest.approx(want, rel=1e-5)
+    # the teacher's edges: gradient matching to its map, on every image that has one
+    edges = LossConfig(grad_weight=0.0, distill_weight=0.5, distill_grad_weight=0.3)
+    assert float(make_loss(edges)(y, pred)) == pytest.approx(
+        want + 0.3 * float(gradient_loss(teacher, pred)), rel=1e-5
+    )
+    assert float(gradient_loss(teacher, pred)) > 0.01  # the term is not a vanishing one
     filled = np.where(gt > 0, gt, teacher)
     assert float(make_loss(gt_only, fill_invalid=True)(y, pred)) == pytest.approx(
         float(silog_loss(filled, pred, lam=0.85)), rel=1e-5

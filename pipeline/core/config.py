@@ -106,6 +106,8 @@ class LossConfig:
     )  # the organizers' baseline loss (presets/organizers.yaml)
     # Scale-invariant log loss to the teacher's depth over all its pixels (needs teacher.model).
     distill_weight: float = knob(0.0, lo=0.0)
+    # Gradient matching to the teacher's depth (its edges and shapes; scale-free like the above).
+    distill_grad_weight: float = knob(0.0, lo=0.0)
 
 
 @dataclass(frozen=True)
@@ -593,6 +595,7 @@ def _check_teacher(params: Params) -> None:
             for key, used in (
                 ("data.unlabeled", bool(d.unlabeled)),
                 ("train.loss.distill_weight", params.train.loss.distill_weight > 0),
+                ("train.loss.distill_grad_weight", params.train.loss.distill_grad_weight > 0),
                 ("teacher.fill_invalid", tc.fill_invalid),
             )
             if used

@@ -96,9 +96,10 @@ def make_loss(cfg: LossConfig, *, fill_invalid: bool = False):
 
     y_true is N x H x W x 1 ground truth, or N x H x W x 2 with the teacher's depth as the
     second channel (0 = no map): then distill_weight adds the scale-invariant log loss to
-    the teacher over its pixels, and fill_invalid lets the teacher's depth stand in where
-    the ground truth has a hole. An image without ground truth (unlabeled) trains on the
-    teacher alone: every ground-truth term gives it weight 0."""
+    the teacher over its pixels, distill_grad_weight the gradient matching to it (both blind
+    to the map's scale, which is a median guess on unlabeled images), and fill_invalid lets
+    the teacher's depth stand in where the ground truth has a hole. An image without ground
+    truth (unlabeled) trains on the teacher alone: every ground-truth term gives it weight 0."""
     terms = [
         (cfg.silog_weight, lambda gt, pred: silog_loss(gt, pred, lam=cfg.silog_lambda)),
         (cfg.grad_weight, gradient_loss),
@@ -107,7 +108,8 @@ def make_loss(cfg: LossConfig, *, fill_invalid: bool = False):
         (cfg.rmse_weight, rmse_loss),
     ]
     terms = [(w, fn) for w, fn in terms if w > 0]
-    if not terms and cfg.distill_weight <= 0:
+    distill = cfg.distill_weight > 0 or cfg.distill_grad_weight > 0
+    if not terms and not distill:
         raise ValueError("params: train.loss has no term with a positive weight")
 
     def depth_loss(y_true, y_pred):
@@ -122,6 +124,8 @@ def make_loss(cfg: LossConfig, *, fill_invalid: bool = False):
         parts = [w * fn(gt, y_pred) for w, fn in terms]
         if cfg.distill_weight > 0:
             parts.append(cfg.distill_weight * silog_loss(teacher, y_pred, lam=cfg.silog_lambda))
+        if cfg.distill_grad_weight > 0:
+            parts.append(cfg.distill_grad_weight * gradient_loss(teacher, y_pred))
         return tf.add_n(parts)
 
     return depth_loss

@@ -103,7 +103,7 @@ def losses(params: Params) -> str:
     loss = params.train.loss
     weights = {
         name: getattr(loss, f"{name}_weight")
-        for name in ("silog", "grad", "l1", "berhu", "rmse", "distill")
+        for name in ("silog", "grad", "l1", "berhu", "rmse", "distill", "distill_grad")
     }
     items = [
         f"{name} x{weight}" + (f" (lambda {loss.silog_lambda})" if name == "silog" else "")
