@@ -199,10 +199,11 @@ ROOMS = SHARED / "places365_rooms_unlabeled"  # 600 homes' rooms, RGB only
 
 
 def setup_teacher(teacher: Path, overrides: dict, work: Path) -> tuple[dict, object]:
-    """A published teacher file for the bench's runs: its settings and distill_weight from
-    presets/teacher.yaml, then `overrides` (--set, which win). teacher.model must be a path
-    under models/teacher/ of the project root, so the file is linked into `work` and the
-    process works from there. Returns the teacher runs' overrides and a CachedTeacher."""
+    """A published teacher file for the bench's runs: its settings and train.loss (the
+    distillation weights) from presets/teacher.yaml, then `overrides` (--set, which win).
+    teacher.model must be a path under models/teacher/ of the project root, so the file is
+    linked into `work` and the process works from there. Returns the teacher runs' overrides
+    and a CachedTeacher."""
     import os
 
     import yaml
@@ -214,7 +215,7 @@ def setup_teacher(teacher: Path, overrides: dict, work: Path) -> tuple[dict, obj
     with_teacher = merge(
         {
             "teacher": {**preset["teacher"], "model": f"{TEACHER_DIR}/{teacher.name}"},
-            "train": {"loss": {"distill_weight": preset["train"]["loss"]["distill_weight"]}},
+            "train": {"loss": preset["train"]["loss"]},
         },
         overrides,
     )

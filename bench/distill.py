@@ -11,7 +11,7 @@ it either.
 
 1. teacher: mobile_unet at width 1.0 and 256x320, trained on TUM alone (validated on
    TUM's last block), exported to TFLite: the "your own teacher" route of the README. With
-   --teacher PATH, that published file instead (settings and distill_weight from
+   --teacher PATH, that published file instead (settings and distillation weights from
    presets/teacher.yaml, fill_invalid off; its own figure: aligned per image to the ground
    truth). It is run once over TUM and the unlabeled half (pipeline/teacher/labels.py).
 2. students, the default model (params.yaml's train section) for the same number of
@@ -190,7 +190,8 @@ def main() -> None:
     print(
         f"\nstudent: {t.arch} x{t.width_multiplier} at {t.height}x{t.width}, {args.epochs} x "
         f"{args.steps_per_epoch} steps of batch {t.batch_size} per run; teacher: {teacher}; "
-        f"distill_weight {taught.train.loss.distill_weight}, fill_invalid "
+        f"distill_weight {taught.train.loss.distill_weight}, distill_grad_weight "
+        f"{taught.train.loss.distill_grad_weight}, fill_invalid "
         f"{'on' if taught.teacher.fill_invalid else 'off'}; official metrics of the fp32 TFLite "
         "models on the second half of HoloLens"
     )

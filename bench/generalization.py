@@ -20,10 +20,10 @@ si-RMSE (std of ln depth) and the ratio of the two:
   tum+hololens                    both scenes mixed, validated on the last block of each
 
 With --teacher PATH (a published teacher, e.g. ../shared/teachers/pydnet_matterport/
-pydnet_matterport.tflite; its settings and distill_weight from presets/teacher.yaml unless
+pydnet_matterport.tflite; its settings and distillation weights from presets/teacher.yaml unless
 --set says otherwise), per direction A->B, the teacher's maps made once by the teacher
 stage's code (labelled: A's images, aligned to A's ground truth; unlabeled: the median fit):
-  A->B+teacher                    distillation on A's images (train.loss.distill_weight)
+  A->B+teacher                    distillation on A's images (train.loss.distill_*weight)
   A->B+teacher+rooms              + the shared unlabeled photographs (data.unlabeled), teacher
                                   depth alone: still no image of B in training
   A->B+teacher+half (sees B)      + the first half of B's names as unlabeled RGB; scored on
@@ -193,7 +193,7 @@ def main() -> None:
         "--teacher",
         type=Path,
         help="a teacher model file: adds the teacher rows (settings "
-        "from presets/teacher.yaml's teacher section and distill_weight, then --set)",
+        "from presets/teacher.yaml's teacher section and distillation weights, then --set)",
     )
     args = parser.parse_args()
     args.overrides = parse_set(args.set)
@@ -292,7 +292,8 @@ def main() -> None:
         print(
             f"teacher: {args.teacher} ({args.teacher_cfg.output}, output "
             f"{args.teacher_cfg.output_index}, normalize {args.teacher_cfg.normalize}); "
-            f"distill_weight {args.distill_weight}"
+            f"distill_weight {args.distill.distill_weight}, distill_grad_weight "
+            f"{args.distill.distill_grad_weight}"
         )
     print_table(results)
 
@@ -301,10 +302,7 @@ def teacher_rows(args, work: Path, runs, wanted, directions) -> list[dict]:
     """The --teacher rows of both directions (see the docstring), the rows that see no image of
     the held-out scene first."""
     with_teacher, model = setup_teacher(args.teacher, args.overrides, work)
-    args.teacher_cfg, args.distill_weight = (
-        model.cfg,
-        bench_params(with_teacher).train.loss.distill_weight,
-    )
+    args.teacher_cfg, args.distill = model.cfg, bench_params(with_teacher).train.loss
     kinds = ("+rooms", "", "+half")
     maps, results = {}, []
     for train_on, held_out in directions:

@@ -7,7 +7,7 @@
 
 Every student (train.arch mobile_unet, width multiplier x working height x width) trains on
 TUM plus the shared unlabeled room photographs, both labelled by the teacher (settings and
-distill_weight from presets/teacher.yaml, as bench.generalization's A->B+teacher+rooms row),
+distillation weights from presets/teacher.yaml, as bench.generalization's A->B+teacher+rooms row),
 for the same number of optimizer steps, then is exported to fp32 TFLite, scored with the
 official metrics on all of HoloLens (never seen, not even its RGB) and timed at 480x640 with
 benchmark.threads, after all training, keeping each model's fastest of --rounds passes; the
