@@ -18,9 +18,10 @@ $(INSTALLED): requirements.txt
 repro: $(INSTALLED)
 	$(BIN)/dvc repro
 
-# -rs: the summary names every skipped test and why (a system program missing, see README).
+# -rs: the summary names every skipped test and why (a system program missing, see README);
+# --durations: the 25 slowest tests, to keep the suite short on 2 cores.
 test: $(INSTALLED)
-	$(BIN)/python -m pytest tests -q -rs
+	$(BIN)/python -m pytest tests -q -rs --durations=25
 
 # Ruff's lint and format check (pyproject.toml: rules, line length 100); `ruff format .` fixes format.
 lint: $(INSTALLED)
