@@ -106,7 +106,7 @@ def plot(rows: list[dict], teacher_ratio: float, path: Path, title: str) -> None
     ax.set_xlabel("est. Raspberry Pi 4 ms at 480x640 (fp32 TFLite)")
     ax.set_ylabel("si-RMSE / constant's, held-out scene")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="center right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
