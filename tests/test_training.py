@@ -362,17 +362,20 @@ def test_weight_average_is_shipped_and_resumes_exactly(straight, tmp_path):
         ],
     )
 
-    def shipped(ema: float, name: str, cut: bool = False) -> tuple[list[np.ndarray], list[float]]:
-        proc = subprocess.run(
+    def start(ema: float, name: str, cut: bool = False) -> subprocess.Popen:
+        return subprocess.Popen(
             [sys.executable, "-c", EMA_RUN, str(ema), name, "cut" if cut else "straight"],
             cwd=project,
             env=project_env(),
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=600,
         )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert ("resuming from" in proc.stdout) is cut
+
+    def shipped(proc, name: str, cut: bool = False) -> tuple[list[np.ndarray], list[float]]:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert ("resuming from" in out) is cut
         with open(project / name / "history.csv") as f:
             scores = [float(row["val_si_rmse"]) for row in csv.DictReader(f)]
         return keras.models.load_model(
@@ -383,11 +386,17 @@ def test_weight_average_is_shipped_and_resumes_exactly(straight, tmp_path):
         return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
 
     plain = _weights(straight), [row["val_si_rmse"] for row in _history(straight)]
-    near_plain, averaged, resumed = (
-        shipped(1e-6, "near"),
-        shipped(0.9, "averaged"),
-        shipped(0.9, "resumed", cut=True),
-    )
+    # three independent runs at once: each waits on its imports, one core's work (op determinism)
+    runs = [(1e-6, "near", False), (0.9, "averaged", False), (0.9, "resumed", True)]
+    procs = [start(*run) for run in runs]
+    try:
+        near_plain, averaged, resumed = (
+            shipped(proc, name, cut) for proc, (_, name, cut) in zip(procs, runs)
+        )
+    finally:  # one failed: the others do not outlive the test
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
     assert near_plain[1][0] == pytest.approx(plain[1][0], rel=1e-5)
     assert abs(averaged[1][0] - plain[1][0]) > 1e-4
     assert distance(plain[0], averaged[0]) > 20 * distance(plain[0], near_plain[0])
