@@ -249,9 +249,14 @@ def make_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
+def read_tf_config() -> dict:
+    """The TF_CONFIG environment variable, parsed ({} without one)."""
+    return json.loads(os.environ.get("TF_CONFIG") or "{}")
+
+
 def is_chief() -> bool:
     """Only the chief of a multi-worker cluster writes checkpoints, history and the model."""
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    config = read_tf_config()
     task = config.get("task")
     if not task:
         return True
@@ -283,7 +288,7 @@ def writes_outputs(strategy: str) -> bool:
 
 def worker_index() -> int:
     """This process's task index in TF_CONFIG (0 without one)."""
-    return int((json.loads(os.environ.get("TF_CONFIG") or "{}").get("task") or {}).get("index", 0))
+    return int((read_tf_config().get("task") or {}).get("index", 0))
 
 
 def fit_multi_worker(model, strategy, element_spec) -> None:
