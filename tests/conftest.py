@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ if str(REPO) not in sys.path:  # pytest puts tests/ on sys.path, not the root wi
 
 import pipeline.model.archs  # noqa: E402, F401  (registers train.arch's choices)
 from pipeline.core.config import merge  # noqa: E402
+from stages.workers import free_ports  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data" / "tum_fr1_xyz"
 # Tests that need a system program (sshd, chromium) skip without it, unless required:
@@ -56,9 +56,7 @@ def require_program(name: str, install_hint: str, candidates: tuple[str, ...] = 
 
 def free_port() -> int:
     """A loopback port nothing listens on (closed again on return)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @contextlib.contextmanager
