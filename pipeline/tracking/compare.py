@@ -67,6 +67,16 @@ def require_store(tracking_uri: str) -> None:
     check_reachable(tracking_uri)
 
 
+def require_experiment(client, experiment: str, tracking_uri: str):
+    """The MLflow experiment named `experiment`, or a ReportError."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise ReportError(
+            f"no MLflow experiment {experiment!r} at {tracking_uri}; run the pipeline first"
+        )
+    return found
+
+
 def load_runs(*, tracking_uri: str, experiment: str):
     """All runs of `experiment` as mlflow.search_runs' DataFrame (newest first)."""
     import mlflow
@@ -74,10 +84,7 @@ def load_runs(*, tracking_uri: str, experiment: str):
     require_store(tracking_uri)
     with mlflow_errors(tracking_uri):
         mlflow.set_tracking_uri(tracking_uri)
-        if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:
-            raise ReportError(
-                f"no MLflow experiment {experiment!r} at {tracking_uri}; run the pipeline first"
-            )
+        require_experiment(mlflow.MlflowClient(), experiment, tracking_uri)
         runs = mlflow.search_runs(
             experiment_names=[experiment], order_by=["attributes.start_time DESC"]
         )

@@ -24,7 +24,7 @@ from pipeline.core.overrides import diff_args
 from pipeline.model import archs  # noqa: F401  (registers train.arch's choices)
 from pipeline.results.describe import augmentation, describe, losses
 from pipeline.results.submission import extra_data_flag
-from pipeline.tracking.compare import require_store
+from pipeline.tracking.compare import require_experiment, require_store
 from pipeline.tracking.runs import mlflow_errors
 
 # metrics/<stage>.json files the sheet reads from the run's artifacts
@@ -44,11 +44,7 @@ def load_run(*, tracking_uri: str, experiment: str, run_id: str | None = None):
     with mlflow_errors(tracking_uri):
         client = MlflowClient(tracking_uri=tracking_uri)
         if run_id is None:
-            exp = client.get_experiment_by_name(experiment)
-            if exp is None:
-                raise ReportError(
-                    f"no MLflow experiment {experiment!r} at {tracking_uri}; run the pipeline first"
-                )
+            exp = require_experiment(client, experiment, tracking_uri)
             runs = client.search_runs(
                 [exp.experiment_id],
                 filter_string="attributes.status = 'FINISHED'",
