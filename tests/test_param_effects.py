@@ -59,7 +59,13 @@ EFFECTS = {
     ),
     "train.encoder": f"{HERE}::test_network_params_shape_the_network",
     "train.encoder_weights": (
-        "tests/test_sources.py::test_imagenet_encoder_weights_load_from_the_keras_cache"
+        "tests/test_pretrained.py::test_the_train_stage_starts_the_encoder_from_the_file_by_the_rule"
+    ),
+    "train.encoder_batchnorm": (
+        "tests/test_pretrained.py::test_the_train_stage_starts_the_encoder_from_the_file_by_the_rule"
+    ),
+    "train.encoder_lr_scale": (
+        "tests/test_pretrained.py::test_the_train_stage_starts_the_encoder_from_the_file_by_the_rule"
     ),
     "train.init_from": "tests/test_sources.py::test_init_from_copies_every_weight",
     "train.width_multiplier": f"{HERE}::test_network_params_shape_the_network",

@@ -135,6 +135,7 @@ class ArchFacts:
 
     stride: int  # total stride: the working resolution must be divisible by it
     auto: dict  # train key -> the value `auto` stands for (width_multiplier, height, width)
+    encoder: str = ""  # the encoder it builds on ("" = none: no pretrained weights to load)
 
 
 _ARCHS: dict[str, ArchFacts] = {}
@@ -187,13 +188,50 @@ PRECISION_AUTO = "auto"
 MIXED_PRECISIONS = ("float32", PRECISION_AUTO, "mixed_float16", "mixed_bfloat16")
 
 
+# train.encoder: keras.applications' encoders, and MobileNetV2 with DeepLab's channels (the
+# DeepLab file's width 0.5); pipeline/model/networks/encoders.py builds them
+ENCODERS = (
+    "mobilenet_v2",
+    "mobilenet_v1",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "mobilenet_v2_deeplab",
+)
+# train.encoder_weights: none (fresh), imagenet (keras.applications' own file, from its cache or
+# the internet) or a file: a Keras weights .h5 of the same encoder and width, or a TFLite
+# classifier of its family (pipeline/model/pretrained.py)
+WEIGHT_SUFFIXES = (".h5", ".tflite")
+
+
+class _EncoderWeights:
+    """train.encoder_weights' choices: none, imagenet or the path of a weights file."""
+
+    named = ("none", "imagenet")
+
+    def __contains__(self, value) -> bool:
+        return value in self.named or (isinstance(value, str) and value.endswith(WEIGHT_SUFFIXES))
+
+    def __iter__(self):
+        return iter((*self.named, *(f"PATH{suffix}" for suffix in WEIGHT_SUFFIXES)))
+
+
+ENCODER_WEIGHTS = _EncoderWeights()
+# train.encoder_batchnorm: what the batch norms loaded with pretrained weights do in training
+# (docs/pretrained.md measured the three): frozen = inference mode, the pretrained function;
+# trainable = batch statistics, as in a fresh network; refit = statistics re-estimated on
+# training images first, then trainable
+BATCHNORM_RULES = ("frozen", "trainable", "refit")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     arch: str = knob("mobile_unet", choices=ARCH_CHOICES)
-    encoder: str = knob(
-        "mobilenet_v2", choices=("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
-    )
-    encoder_weights: str = knob("none", choices=("none", "imagenet"))
+    encoder: str = knob("mobilenet_v2", choices=ENCODERS)
+    encoder_weights: str = knob("none", choices=ENCODER_WEIGHTS)
+    # What a pretrained encoder's loaded batch norms do, and its learning rate as a multiple of
+    # train.learning_rate (both act only when encoder_weights is not none).
+    encoder_batchnorm: str = knob("frozen", choices=BATCHNORM_RULES)
+    encoder_lr_scale: float = knob(1.0, lo=0.0, lo_open=True)
     # A .keras model of the same architecture whose weights the run starts from (transfer:
     # pretrain on the synthetic scenes, fine-tune on real data); "" = fresh weights.
     init_from: str = ""
@@ -564,6 +602,17 @@ def build_params(raw: dict) -> Params:
                 f"params: data.val={d.val!r} holds out the only source; add a source to train on"
             )
     _check_teacher(params)
+    if t.encoder_weights != "none":
+        if not arch_facts()[t.arch].encoder:
+            raise ConfigError(
+                f"params: train.encoder_weights={t.encoder_weights!r}: {t.arch} has no encoder "
+                "to start from pretrained weights"
+            )
+        if t.init_from:
+            raise ConfigError(
+                f"params: train.encoder_weights={t.encoder_weights!r} and train.init_from "
+                f"{t.init_from!r}: the init_from model's weights replace the encoder's; set one"
+            )
     stride = arch_facts()[t.arch].stride
     for key, size in (("train.height", t.height), ("train.width", t.width)):
         if size % stride:

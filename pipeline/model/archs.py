@@ -22,7 +22,6 @@ class Arch(ArchFacts):
     module: str  # its builder: pipeline/model/networks/<module>.py, build(cfg) -> keras.Model
     # What the readme, the MLflow run and the fact sheet say of it (pipeline/results/describe.py):
     about: str  # its decoder (or whole network, without an encoder) in a few words
-    encoder: str = ""  # the keras.applications encoder it builds on; ENCODER_KNOB; "" = none
     decoder_channels: bool = True  # train.decoder_channels sizes its decoder
     bounded: bool = True  # depth head: exp of a sigmoid-bounded log depth; False: a plain ReLU
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -35,6 +36,7 @@ from pipeline.data.dataset import read_split, read_teacher_index
 from pipeline.data.tfdata import eval_dataset, split_sources, train_dataset
 from pipeline.model.losses import make_loss
 from pipeline.model.networks import build_model, load_keras_model
+from pipeline.model.pretrained import REFIT_IMAGES, encoder_of, start_encoder
 
 STATE_FILE = "state.json"
 MONITOR = "val_si_rmse"
@@ -402,6 +404,41 @@ def _cache_mode(train_cached: bool, val_cached: bool) -> str:
     return "train in RAM, val decoded per epoch" if train_cached else "off (decode per epoch)"
 
 
+class EncoderScaledAdamW(keras.optimizers.AdamW):
+    """AdamW whose learning rate for some variables (a pretrained encoder's) is `scale` x the
+    schedule's, the rest's as scheduled (Keras 3 has no per-variable learning rate)."""
+
+    def __init__(self, *, scaled=(), scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self._scale = scale
+        self._scaled = {self._var_key(v) for v in scaled}
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._var_key(variable) in self._scaled:
+            learning_rate = learning_rate * self._scale
+        return super().update_step(gradient, variable, learning_rate)
+
+
+def make_optimizer(cfg, schedule, scaled=()):
+    """AdamW on the schedule; train.encoder_lr_scale on the `scaled` variables, if any."""
+    kwargs = {
+        "learning_rate": schedule,
+        "weight_decay": cfg.weight_decay,
+        "use_ema": cfg.ema > 0,
+        "ema_momentum": cfg.ema or 0.99,  # train.ema 0 = off (the momentum is then unused)
+    }
+    if not scaled:
+        return keras.optimizers.AdamW(**kwargs)
+    return EncoderScaledAdamW(scaled=scaled, scale=cfg.encoder_lr_scale, **kwargs)
+
+
+def refit_images(source, cfg, count: int = REFIT_IMAGES) -> list:
+    """The first `count` training images at working size, unaugmented: what a batch-norm refit
+    (train.encoder_batchnorm: refit) takes its statistics from."""
+    batches = eval_dataset(source, batch_size=8, height=cfg.height, width=cfg.width)
+    return [rgb for rgb, _ in batches.take(math.ceil(min(count, source.n) / 8))]
+
+
 def init_weights(model, path: str | os.PathLike) -> None:
     """Copy the weights of the saved model at `path` into `model`; the two must have the
     same architecture (same weight shapes in the same order), else a one-line DataError."""
@@ -618,6 +655,18 @@ def _train(
         if cfg.init_from and not start:
             init_weights(model, cfg.init_from)
             log(f"train: starting from the weights of {cfg.init_from}")
+        # A resumed run's weights come from its checkpoint: the file is read again (for its
+        # digest and the layers it fits), the batch norms' statistics are not refitted.
+        encoder = start_encoder(
+            model,
+            cfg,
+            None if start else lambda: refit_images(train_src, cfg),
+        )
+        if encoder is not None:
+            log(
+                f"train: encoder from {encoder.weights} ({len(encoder.loaded)} layers), batch "
+                f"norms {cfg.encoder_batchnorm}, learning rate x{cfg.encoder_lr_scale:g}"
+            )
         schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=learning_rate * 0.01 if warmup else learning_rate,
             decay_steps=max(total_steps - warmup, 1),
@@ -625,12 +674,10 @@ def _train(
             warmup_target=learning_rate if warmup else None,
             warmup_steps=warmup,
         )
-        # train.ema 0 = off (the momentum is then unused; 0.99 is Keras's default).
-        optimizer = keras.optimizers.AdamW(
-            learning_rate=schedule,
-            weight_decay=cfg.weight_decay,
-            use_ema=cfg.ema > 0,
-            ema_momentum=cfg.ema or 0.99,
+        optimizer = make_optimizer(
+            cfg,
+            schedule,
+            encoder_of(model).trainable_variables if encoder and cfg.encoder_lr_scale != 1 else (),
         )
         loss_fn = make_loss(cfg.loss, fill_invalid=params.teacher.fill_invalid)
         # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer (Keras's
@@ -713,7 +760,7 @@ def _train(
     model.load_weights(state_dir / "best.weights.h5")
     # A fresh, uncompiled copy: the saved model carries no optimizer or custom loss, and it is
     # float32 (built outside dtype_policy) whatever train.mixed_precision trained it in.
-    final = build_model(cfg)
+    final = build_model(dataclasses.replace(cfg, encoder_weights="none"))  # no file read again
     final.set_weights(model.get_weights())
     if chief:
         with atomic_path(model_out, suffix=".keras") as tmp:
@@ -741,6 +788,8 @@ def _train(
         # the same on every worker of a cluster, and on two machines only if they took the
         # same vector path (docs/reproducibility.md)
         "weights_sha256": weights_digest(final),
+        # which weights started the encoder (the fact sheet, readme.txt and MLflow say so)
+        "encoder": encoder.summary() if encoder else {"weights": "none"},
         # where and how it was made: two CPUs' vector paths train different weights
         # (docs/reproducibility.md), so every result says which one made it
         "host": host.facts(),

@@ -6,10 +6,10 @@ import keras
 from keras import layers
 
 from pipeline.core.config import TrainConfig
+from pipeline.model.networks.encoders import keras_encoder
 from pipeline.model.networks.layers import (
     conv_bn_relu,
     depth_head,
-    keras_encoder,
     sepconv_bn_relu,
     upsample,
 )

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import math
 
-import keras
 from keras import layers
 
 from pipeline.core.config import TrainConfig
-
-SKIP_STRIDES = (2, 4, 8, 16, 32)
 
 
 def depth_head(x, cfg: TrainConfig, name: str = "depth"):
@@ -78,59 +75,3 @@ def separable_resize(x, height: int, width: int, name: str):
         x
     )  # height x 1 x width
     return layers.Reshape((height, width, 1), name=name)(x)
-
-
-def encoder_skips(encoder: keras.Model, height: int, width: int) -> dict[int, keras.KerasTensor]:
-    """The last encoder tensor at each stride 2..32, found by shape, not by layer name.
-
-    keras.applications layer names differ between versions and between builds in one
-    session (activation_17 vs activation_35); the output shapes do not.
-    """
-    found = {}
-    for layer in encoder.layers:
-        shape = layer.output.shape
-        if len(shape) != 4:
-            continue
-        for stride in SKIP_STRIDES:
-            if shape[1] == height // stride and shape[2] == width // stride:
-                found[stride] = layer.output
-    missing = [s for s in SKIP_STRIDES if s not in found]
-    if missing:
-        raise ValueError(f"encoder {encoder.name} has no feature map at strides {missing}")
-    return found
-
-
-def keras_encoder(kind: str, cfg: TrainConfig, inputs):
-    """A keras.applications backbone on 0..255 RGB input, with its own preprocessing."""
-    weights = None if cfg.encoder_weights == "none" else "imagenet"
-    shape = (cfg.height, cfg.width, 3)
-    if kind == "mobilenet_v2":
-        x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
-        base = keras.applications.MobileNetV2(
-            input_shape=shape, include_top=False, weights=weights, alpha=cfg.width_multiplier
-        )
-    elif kind == "mobilenet_v1":
-        x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
-        base = keras.applications.MobileNet(
-            input_shape=shape, include_top=False, weights=weights, alpha=cfg.width_multiplier
-        )
-    elif kind in ("mobilenet_v3_small", "mobilenet_v3_large"):
-        ctor = (
-            keras.applications.MobileNetV3Small
-            if kind == "mobilenet_v3_small"
-            else keras.applications.MobileNetV3Large
-        )
-        x = inputs  # V3 rescales 0..255 itself (include_preprocessing)
-        base = ctor(
-            input_shape=shape,
-            include_top=False,
-            weights=weights,
-            alpha=cfg.width_multiplier,
-            include_preprocessing=True,
-        )
-    else:
-        raise ValueError(f"unknown encoder {kind!r}")
-    skips = encoder_skips(base, cfg.height, cfg.width)
-    # One functional model exposing every skip, applied to the (rescaled) input.
-    multi = keras.Model(base.inputs, [skips[s] for s in SKIP_STRIDES], name=f"{kind}_encoder")
-    return dict(zip(SKIP_STRIDES, multi(x)))

@@ -6,7 +6,8 @@ import keras
 from keras import layers
 
 from pipeline.core.config import TrainConfig
-from pipeline.model.networks.layers import depth_head, keras_encoder, sepconv_bn_relu, upsample
+from pipeline.model.networks.encoders import keras_encoder
+from pipeline.model.networks.layers import depth_head, sepconv_bn_relu, upsample
 
 
 def build(cfg: TrainConfig) -> keras.Model:
