@@ -19,6 +19,43 @@ PARAMS = REPO / "params.yaml"
 SHARED = REPO.parent / "shared" / "data"  # read-only, next to the checkout
 TUM, HOLOLENS = SHARED / "tum_fr1_xyz", SHARED / "hololens2_office"
 REAL = {"tum": str(TUM), "hololens": str(HOLOLENS)}  # the two real scenes by source name
+ENCODER_FILES = REPO.parent / "shared" / "encoders"  # ImageNet encoders (see its README)
+# A pretrained encoder by a short name: train overrides (encoder, width, weights file)
+PRETRAINED = {
+    "v2-1.0": (
+        "mobilenet_v2",
+        1.0,
+        "models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+    ),
+    "v2-0.5": ("mobilenet_v2_deeplab", 0.5, "deeplabv3_mnv2_dm05_pascal_quant.tflite"),
+    "v1-0.75": ("mobilenet_v1", 0.75, "mobilenet_v1_0.75_192_quant.tflite"),
+    "v1-0.5": ("mobilenet_v1", 0.5, "mobilenet_v1_0.5_160_quant.tflite"),
+    "v1-0.25": ("mobilenet_v1", 0.25, "mobilenet_v1_0.25_128_quant.tflite"),
+    "v3s-1.0": ("mobilenet_v3_small", 1.0, "mobilenet_v3_small_1.0_224_uint8.tflite"),
+}
+
+
+def encoder_overrides(spec: str) -> dict:
+    """'v1-0.5' (ImageNet, PRETRAINED) or 'v1-0.5-scratch' (the same encoder, fresh), with an
+    optional '@HxW' working size -> train overrides."""
+    name, _, size = spec.partition("@")
+    scratch = name.endswith("-scratch")
+    key = name.removesuffix("-scratch")
+    if key not in PRETRAINED:
+        raise SystemExit(
+            f"encoder {spec!r}: expected one of {', '.join(PRETRAINED)} [-scratch][@HxW]"
+        )
+    encoder, width, file = PRETRAINED[key]
+    train = {
+        "arch": "mobile_unet",
+        "encoder": encoder,
+        "width_multiplier": width,
+        "encoder_weights": "none" if scratch else str(ENCODER_FILES / file),
+    }
+    if size:
+        height, width_px = (int(n) for n in size.split("x"))
+        train.update(height=height, width=width_px)
+    return train
 
 
 def parse_set(items: list[str]) -> dict:
