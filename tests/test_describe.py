@@ -24,6 +24,15 @@ VARIANTS = [
         "data": {"sources": {"tum": {"path": "../t"}}},
     },
     {"train": {"height": 480, "width": 640}},
+    {
+        "train": {
+            "encoder": "mobilenet_v1",
+            "width_multiplier": 0.5,
+            "encoder_weights": "../shared/encoders/mobilenet_v1_0.5_160_quant.tflite",
+            "encoder_batchnorm": "refit",
+            "encoder_lr_scale": 0.3,
+        }
+    },
 ]
 
 
@@ -70,3 +79,31 @@ def test_every_architecture_is_described_from_its_registry_line():
         assert method.network.startswith(f"{name}: ") and arch.about in method.network
         assert ("decoder_channels" in method.network) == arch.decoder_channels
         assert ("sigmoid-bounded" in method.output) == arch.bounded
+
+
+def test_the_encoder_start_is_said_by_all_three_and_the_fact_sheet_names_its_file():
+    """Which weights started the encoder, how its batch norms trained and at what learning rate
+    (the readme.txt, MLflow and the fact sheet), Extra Data 1 with the file's name, and the fact
+    sheet's digest of the file from metrics/train.json."""
+    from pipeline.results.submission import extra_data_flag
+
+    file = "../shared/encoders/mobilenet_v1_0.5_160_quant.tflite"
+    params = load_params(REPO / "params.yaml", overrides=VARIANTS[-1])
+    start = (
+        "mobilenet_v1 encoder x0.5 (pretrained: mobilenet_v1_0.5_160_quant.tflite, batch norms "
+        "refit, learning rate x0.3)"
+    )
+    for name, text in three_outputs(params).items():
+        assert start in text, name
+        assert "encoder weights mobilenet_v1_0.5_160_quant.tflite" in text, name
+    assert extra_data_flag(params) == 1
+    logged = {key: str(value) for key, value in as_flat_dict(params).items()}
+    run = SimpleNamespace(
+        data=SimpleNamespace(params=logged, tags={}), info=SimpleNamespace(run_name="r", run_id="0")
+    )
+    train = {"encoder": {"weights": file, "sha256": "ab" * 32, "layers_loaded": 54}}
+    assert "(file sha256 `abababababababab`, 54 layers)" in render(run, {"train": train})
+    assert (
+        "Encoder start: from scratch\n"
+        in three_outputs(load_params(REPO / "params.yaml"))["factsheet"]
+    )

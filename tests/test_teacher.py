@@ -300,7 +300,7 @@ def test_extra_data_follows_what_trained_the_model():
         "source tum (../tum)",
         "unlabeled web (../web)",
         "teacher big.onnx (inverse_relative)",
-        "imagenet encoder weights",
+        "encoder weights ImageNet (keras.applications)",
     ]
     assert extra_data_flag(taught) == 1
     assert (

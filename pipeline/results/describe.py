@@ -52,8 +52,26 @@ def network(params: Params) -> str:
     if not arch.encoder:
         return f"{t.arch}: {decoder} at width x{t.width_multiplier}, from scratch"
     encoder = t.encoder if arch.encoder == ENCODER_KNOB else arch.encoder
-    weights = "ImageNet weights" if t.encoder_weights == "imagenet" else "from scratch"
-    return f"{t.arch}: {encoder} encoder x{t.width_multiplier} ({weights}) + {decoder}"
+    return (
+        f"{t.arch}: {encoder} encoder x{t.width_multiplier} ({encoder_start(params)}) + {decoder}"
+    )
+
+
+def encoder_weights(params: Params) -> str:
+    """Where the encoder's starting weights came from: a file by its name, or keras's own."""
+    w = params.train.encoder_weights
+    return "ImageNet (keras.applications)" if w == "imagenet" else Path(w).name
+
+
+def encoder_start(params: Params) -> str:
+    """'from scratch', or the pretrained start: the file, the batch-norm rule, the learning rate"""
+    t = params.train
+    if t.encoder_weights == "none":
+        return "from scratch"
+    return (
+        f"pretrained: {encoder_weights(params)}, batch norms {t.encoder_batchnorm}, learning "
+        f"rate x{t.encoder_lr_scale:g}"
+    )
 
 
 def output(params: Params) -> str:
@@ -92,7 +110,7 @@ def extra_data_used(params: Params) -> list[str]:
     if params.teacher.model:
         used.append(f"teacher {Path(params.teacher.model).name} ({params.teacher.output})")
     if t.encoder_weights != "none":
-        used.append(f"{t.encoder_weights} encoder weights")
+        used.append(f"encoder weights {encoder_weights(params)}")
     if t.init_from:
         used.append(f"initial weights {Path(t.init_from).name}")
     return used

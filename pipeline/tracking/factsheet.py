@@ -22,7 +22,7 @@ from pipeline.core.config import SYNTHETIC_SOURCE, VAL_BLOCKS, Params, TrainConf
 from pipeline.core.errors import ConfigError, ReportError
 from pipeline.core.overrides import diff_args
 from pipeline.model import archs  # noqa: F401  (registers train.arch's choices)
-from pipeline.results.describe import augmentation, describe, losses
+from pipeline.results.describe import augmentation, describe, encoder_start, losses
 from pipeline.results.submission import extra_data_flag
 from pipeline.tracking.compare import require_experiment, require_store
 from pipeline.tracking.runs import mlflow_errors
@@ -144,6 +144,14 @@ def _fmt(value, spec: str = "", unit: str = "") -> str:
     return f"{value:{spec}}{unit}" if spec else f"{value}{unit}"
 
 
+def started_from(train: dict) -> str:
+    """The digest of the encoder's weights file (metrics/train.json `encoder`), if any."""
+    start = train.get("encoder")
+    if isinstance(start, dict) and start.get("sha256"):
+        return f" (file sha256 `{start['sha256'][:16]}`, {start.get('layers_loaded')} layers)"
+    return ""
+
+
 def made_on(train: dict) -> str:
     """The fact sheet's line on where the weights were made (metrics/train.json `host`): the
     CPU's vector path decides the last bits of every weight (docs/reproducibility.md)."""
@@ -204,6 +212,7 @@ def render(run, stages: dict[str, dict]) -> str:
         "",
         "## Model",
         f"- Architecture: {method.network}",
+        f"- Encoder start: {encoder_start(params)}" + started_from(train),
         f"- Parameters: {_fmt(train.get('params'), ',')}; "
         f"{_fmt(export.get('macs', 0) / 1e9 if export.get('macs') else None, '.3f')} GMACs at the "
         "device resolution",
