@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, make_project, run_stage, split_csv
+from conftest import REPO, make_project, project_env, run_stage, split_csv
 from pipeline.core.config import TrainConfig, load_params
 from pipeline.core.errors import ConfigError, DataError
 
@@ -367,3 +371,45 @@ def test_the_train_stage_starts_the_encoder_from_the_file_by_the_rule(tmp_path):
     assert moved["frozen"][:2] == (0.0, 0.0)  # inference mode, not trained
     assert moved["refit"][0] > 1e-2 and moved["refit"][1] > 1e-2  # gamma = the std, beta + mean
     assert moved["frozen"][2] < 0.01 * moved["refit"][2]  # lr x0.001
+
+
+README_OFFLINE = (
+    "make exp PRESET=presets/pretrained.yaml",
+    "dvc exp run -S train.encoder=mobilenet_v1 -S train.width_multiplier=0.5 "
+    "-S train.encoder_weights=../shared/encoders/mobilenet_v1_0.5_160_quant.tflite",
+)
+
+
+def test_readme_offline_commands_start_the_encoder_from_the_shared_files(tmp_path):
+    """The README's two commands as a user types them, in a git copy of the project with
+    ../shared beside it and no internet: each trains (up to the train stage, a few images,
+    one short epoch) with its encoder started from the shared file it names."""
+    import hashlib
+    import os
+
+    from conftest import dvc_bin, require_program
+
+    readme = (REPO / "README.md").read_text()
+    assert all(command in readme for command in README_OFFLINE)  # what a user copies
+    make = require_program("make", "apt-get install make")
+    (tmp_path / "shared").symlink_to(ENCODERS.parent)  # ../shared, as beside a clone
+    project = make_project(tmp_path / "project")
+    shutil.copy(REPO / "Makefile", project / "Makefile")
+    (project / ".venv").symlink_to(Path(sys.executable).parent.parent)  # this venv
+    env = {**project_env(), "KERAS_HOME": str(tmp_path / "empty-keras-home")}  # no cache
+    quick = "-S data.max_images=3 -S train.epochs=1 -S train.steps_per_epoch=1"
+    preset, command = README_OFFLINE
+    runs = {
+        "preset": [make, *preset.split()[1:], f"EXP_ARGS=train {quick}", "INSTALLED="],
+        "command": [dvc_bin(), *command.split()[1:], *quick.split(), "train"],
+    }
+    for name, cmd in runs.items():
+        proc = subprocess.run(
+            cmd, cwd=project, env=env, capture_output=True, text=True, timeout=900
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        start = json.loads((project / "metrics/train.json").read_text())["encoder"]
+        file = ENCODERS / "mobilenet_v1_0.5_160_quant.tflite"
+        assert start["file"] == file.name and start["layers_loaded"] == 54, (name, start)
+        assert start["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+    assert not os.path.exists(tmp_path / "empty-keras-home" / "models")  # nothing downloaded

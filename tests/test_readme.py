@@ -50,6 +50,15 @@ COMMANDS = {
     "make exp PRESET=presets/teacher.yaml": (
         "tests/test_teacher.py::test_readme_teacher_commands_label_every_source_with_the_shared_teacher"
     ),
+    "make exp PRESET=presets/pretrained.yaml": (
+        "tests/test_pretrained.py::test_readme_offline_commands_start_the_encoder_from_the_shared_files"
+    ),
+    (
+        "dvc exp run -S train.encoder=mobilenet_v1 -S train.width_multiplier=0.5"
+        " -S train.encoder_weights=../shared/encoders/mobilenet_v1_0.5_160_quant.tflite"
+    ): (
+        "tests/test_pretrained.py::test_readme_offline_commands_start_the_encoder_from_the_shared_files"
+    ),
     "dvc exp show": "tests/test_readme.py::test_dvc_exp_show_lists_the_workspace_and_its_metrics",
     "make sweep DRY=1": (
         "tests/test_readme.py::test_make_sweep_dry_prints_the_grid_and_queues_nothing"
