@@ -284,21 +284,24 @@ class CachedTeacher:
         return self.cache[key]
 
 
-def split_scene(scene: Path, folder: Path) -> tuple[Path, Path]:
-    """Links: the first half of the scene's sorted names -> first/rgb only (its depth is never
-    read), the second half -> second/{rgb,depth}. Made once; a later call reuses them."""
+def split_scene(
+    scene: Path, folder: Path, *, fraction: float = 0.5, first_depth: bool = False
+) -> tuple[Path, Path]:
+    """Links: the first `fraction` of the scene's sorted names -> first/rgb (and first/depth with
+    first_depth; else its depth is never read), the rest -> second/{rgb,depth}. Made once; a
+    later call reuses them."""
     first, second = folder / "first", folder / "second"
     if second.is_dir():
         return first, second
     names = sorted(p.name for p in (scene / "rgb").glob("*.png"))
-    half = len(names) // 2
-    for sub in ("first/rgb", "second/rgb", "second/depth"):
-        (folder / sub).mkdir(parents=True)
-    for name in names[:half]:
-        (first / "rgb" / name).symlink_to(scene / "rgb" / name)
-    for name in names[half:]:
-        for sub in ("rgb", "depth"):
-            (second / sub / name).symlink_to(scene / sub / name)
+    cut = int(len(names) * fraction)
+    parts = [(first, names[:cut], ("rgb", "depth") if first_depth else ("rgb",))]
+    parts.append((second, names[cut:], ("rgb", "depth")))
+    for part, part_names, subs in parts:
+        for sub in subs:
+            (part / sub).mkdir(parents=True)
+            for name in part_names:
+                (part / sub / name).symlink_to(scene / sub / name)
     return first, second
 
 
@@ -325,21 +328,25 @@ def teacher_scores(model: CachedTeacher, rows: list[dict], label: str, source: s
     }
 
 
-def prepare_teacher(model: CachedTeacher, work: Path, train_on: str, held_out: str) -> dict:
+def prepare_teacher(
+    model: CachedTeacher, work: Path, train_on: str, held_out: str, sources: dict | None = None
+) -> dict:
     """The teacher's maps for the direction train_on -> held_out, by the teacher stage's code:
     labelled = train_on's images (fitted to their ground truth); unlabeled = the shared rooms
     and the first half of held_out's names (RGB only), which take the median fit of
     train_on's. Returns the maps' alignment.csv, the two halves of held_out, and the
-    teacher's own figures on held_out, whole and second half."""
+    teacher's own figures on held_out, whole and second half. `sources`: the runs' data.sources
+    folders by name (default: the two real scenes)."""
     from pipeline.core.cli import Progress
     from pipeline.data.dataset import list_unlabeled, write_teacher_index
     from pipeline.teacher.labels import run_teacher, summarize
 
-    first, second = split_scene(Path(REAL[held_out]), work / f"{held_out}_halves")
+    sources = sources or REAL
+    first, second = split_scene(Path(sources[held_out]), work / f"{held_out}_halves")
     labelled = [
         r
         for r in split_rows(
-            bench_params({"data": {"sources": source_entries(REAL), "val": held_out}})
+            bench_params({"data": {"sources": source_entries(sources), "val": held_out}})
         )
         if r["split"] == "train"
     ]  # exactly the train rows of the runs
@@ -373,7 +380,7 @@ def prepare_teacher(model: CachedTeacher, work: Path, train_on: str, held_out: s
         "first": first,
         "second": second,
         "scored": [
-            teacher_scores(model, val_rows(REAL, held_out), f"teacher on {held_out}", held_out),
+            teacher_scores(model, val_rows(sources, held_out), f"teacher on {held_out}", held_out),
             teacher_scores(
                 model,
                 val_rows({f"{held_out}_2nd_half": str(second)}, f"{held_out}_2nd_half"),
