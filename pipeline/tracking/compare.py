@@ -22,6 +22,7 @@ from pipeline.core.files import atomic_path
 from pipeline.core.metrics import BENCHMARK_RUNTIME_KEY, challenge_score
 from pipeline.tracking.runs import (
     HOST_TAG_PREFIX,
+    TOTAL_SECONDS_METRIC,
     VAL_DIGEST_TAG,
     VAL_NAME_TAG,
     check_reachable,
@@ -39,6 +40,9 @@ COLUMNS = {
     "latency_ms": f"metrics.benchmark.{BENCHMARK_RUNTIME_KEY}",
     "est_rpi4_ms": "metrics.benchmark.est_rpi4_ms",
     "size_mb": "metrics.export.size_mb",
+    # how long it took: training's epochs, and every stage of the result (the run's Duration)
+    "train_s": "metrics.train.train_seconds",
+    "total_s": f"metrics.{TOTAL_SECONDS_METRIC}",
     # which machine trained it: two CPUs' float32 paths give different weights
     "cpu": f"tags.{HOST_TAG_PREFIX}cpu",
     "vector_path": f"tags.{HOST_TAG_PREFIX}vector_path",
@@ -86,7 +90,7 @@ def load_runs(*, tracking_uri: str, experiment: str):
         mlflow.set_tracking_uri(tracking_uri)
         require_experiment(mlflow.MlflowClient(), experiment, tracking_uri)
         runs = mlflow.search_runs(
-            experiment_names=[experiment], order_by=["attributes.start_time DESC"]
+            experiment_names=[experiment], order_by=["attributes.end_time DESC"]
         )
     if len(runs) == 0:
         raise ReportError(
@@ -220,9 +224,15 @@ def _fmt(value, column: str) -> str:
     if column == "run_id" and isinstance(value, str):
         return value[:8]  # enough to find it in the UI; the CSV keeps the full id
     if isinstance(value, float):
-        digits = {"si_rmse": 4, "rmse_m": 3, "latency_ms": 1, "est_rpi4_ms": 1, "size_mb": 2}.get(
-            column
-        )
+        digits = {
+            "si_rmse": 4,
+            "rmse_m": 3,
+            "latency_ms": 1,
+            "est_rpi4_ms": 1,
+            "size_mb": 2,
+            "train_s": 0,
+            "total_s": 0,
+        }.get(column)
         return f"{value:.{digits}f}" if digits is not None else f"{value:.4g}"
     return str(value).replace("|", "\\|")
 

@@ -48,7 +48,7 @@ def load_run(*, tracking_uri: str, experiment: str, run_id: str | None = None):
             runs = client.search_runs(
                 [exp.experiment_id],
                 filter_string="attributes.status = 'FINISHED'",
-                order_by=["attributes.start_time DESC"],
+                order_by=["attributes.end_time DESC"],  # the start is set back: runs.py
                 max_results=1,
             )
             if not runs:
