@@ -75,8 +75,17 @@ RUNS = {  # run name -> (arch, precision, evaluate.json, benchmark.json, export.
 }
 # Where two of them were trained (metrics/train.json `host`): the table tells the machines apart.
 HOSTS = {
-    "fast-int8": {"cpu": "AMD EPYC", "vector_path": "AVX-512"},
-    "good-fp32": {"cpu": "AMD EPYC", "vector_path": "AVX2 (capped)", "onednn_max_cpu_isa": "AVX2"},
+    "fast-int8": {
+        "cpu": "AMD EPYC",
+        "cpu_id": "AuthenticAMD family 23 model 49 stepping 0",
+        "vector_path": "AVX-512",
+    },
+    "good-fp32": {
+        "cpu": "AMD EPYC",
+        "cpu_id": "AuthenticAMD family 25 model 17 stepping 1",
+        "vector_path": "AVX2 (capped)",
+        "onednn_max_cpu_isa": "AVX2",
+    },
 }
 # How long good-fp32's stages took (metrics JSON `stage_seconds`; train_seconds: its epochs)
 GOOD_TIMES = {"train": 600.0, "export": 30.0, "benchmark": 20.0, "evaluate": 10.0}
@@ -130,9 +139,10 @@ def test_compare_stage_writes_table_and_plot(tracked, tmp_path, monkeypatch, cap
     assert by_run.loc["good-fp32", "size_mb"] == pytest.approx(2.0)
     assert by_run.loc["bad-fp16", "rmse_m"] == pytest.approx(1.5)
     for name, host in HOSTS.items():
-        assert by_run.loc[name, "cpu"] == host["cpu"]
-        assert by_run.loc[name, "vector_path"] == host["vector_path"]
-    assert by_run[["cpu", "vector_path"]].loc["no-bench"].isna().all()  # logged before host facts
+        for column in ("cpu", "cpu_id", "vector_path"):
+            assert by_run.loc[name, column] == host[column]
+    # logged before host facts
+    assert by_run[["cpu", "cpu_id", "vector_path"]].loc["no-bench"].isna().all()
     # how long each took: training's epochs, and the whole result: the run's Duration in MLflow
     from mlflow import MlflowClient
 
@@ -277,8 +287,8 @@ def test_runs_table_tolerates_missing_columns():
     assert math.isnan(table.loc[0, "latency_ms"]) and not table.loc[0, "pareto"]
     assert table.loc[0, "data"] == "unknown data"
     assert (
-        "| abcdef12 | - | - | 0.4000 | - | - | - | - | - | - | - | - | unknown data | - | - | - "
-        "|  |  | abcdef12 |"
+        "| abcdef12 | - | - | 0.4000 | - | - | - | - | - | - | - | - | - | unknown data "
+        "| - | - | - |  |  | abcdef12 |"
     ) in to_markdown(table)
 
 

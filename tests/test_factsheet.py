@@ -161,6 +161,12 @@ def test_the_training_machine_line_names_the_vector_path_settings():
     )
     facts.update(tf_enable_onednn_opts="none", onednn_max_cpu_isa="none")
     assert made_on({"host": facts}) == "AMD EPYC (AVX2, AVX-512); TensorFlow 2.21.0, Keras 3.15.1"
+    # which EPYC: two of that name trained different models on the AVX2 path (issue #35)
+    facts.update(cpu_id="AuthenticAMD family 23 model 49 stepping 0")
+    assert made_on({"host": facts}) == (
+        "AMD EPYC, AuthenticAMD family 23 model 49 stepping 0 (AVX2, AVX-512); "
+        "TensorFlow 2.21.0, Keras 3.15.1"
+    )
     assert made_on({"hardware": "CPU (x), 2 cores"}).startswith("not recorded")
 
 

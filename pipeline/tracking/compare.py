@@ -43,13 +43,24 @@ COLUMNS = {
     # how long it took: training's epochs, and every stage of the result (the run's Duration)
     "train_s": "metrics.train.train_seconds",
     "total_s": f"metrics.{TOTAL_SECONDS_METRIC}",
-    # which machine trained it: two CPUs' float32 paths give different weights
+    # which machine trained it: two CPUs give different weights, on the same float32 path too
     "cpu": f"tags.{HOST_TAG_PREFIX}cpu",
+    "cpu_id": f"tags.{HOST_TAG_PREFIX}cpu_id",
     "vector_path": f"tags.{HOST_TAG_PREFIX}vector_path",
     "data": f"tags.{VAL_NAME_TAG}",
     "data_digest": f"tags.{VAL_DIGEST_TAG}",
 }
-TEXT_COLUMNS = ("run", "arch", "precision", "cpu", "vector_path", "data", "data_digest", "run_id")
+TEXT_COLUMNS = (
+    "run",
+    "arch",
+    "precision",
+    "cpu",
+    "cpu_id",
+    "vector_path",
+    "data",
+    "data_digest",
+    "run_id",
+)
 GROUP_COLUMNS = ("data", "data_digest")
 UNKNOWN_DATA = "unknown data"  # runs logged before data digests existed, or without a split
 COMPARE_ARTIFACT_DIR = "compare"
