@@ -3,7 +3,6 @@
 Predicts every input RGB (package.inputs, or the val split when empty) at its own size,
 writes submission/submission.zip with model.tflite and readme.txt (runtime from
 metrics/benchmark.json), validates it like the server would, and only then publishes it.
-Writes metrics/package.json (images, ZIP size, the stage's time).
 """
 
 from __future__ import annotations
@@ -13,10 +12,10 @@ import sys
 from pathlib import Path
 
 from pipeline.core import host
-from pipeline.core.cli import Progress, run_stage, stage_parser, timed
+from pipeline.core.cli import Progress, run_stage, stage_parser
 from pipeline.core.config import load_params
 from pipeline.core.errors import DataError
-from pipeline.core.files import read_json, write_json
+from pipeline.core.files import read_json
 from pipeline.core.metrics import BENCHMARK_RUNTIME_KEY, runtime_s_from_benchmark
 from pipeline.core.paths import SPLIT_CSV, SUBMISSION_ZIP, TFLITE_MODEL, metrics_json
 from pipeline.data.dataset import read_split
@@ -28,7 +27,7 @@ from pipeline.results.submission import (
     package_submission,
 )
 
-BENCHMARK_JSON, METRICS = metrics_json("benchmark"), metrics_json("package")
+BENCHMARK_JSON = metrics_json("benchmark")
 CPU_FLAG = 1  # TFLite on the CPU, as timed by the organizers on the Raspberry Pi 4
 
 
@@ -77,7 +76,6 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     size_mb = os.path.getsize(SUBMISSION_ZIP) / 1e6
-    write_json(METRICS, timed({"images": count, "zip_mb": round(size_mb, 3)}))
     print(f"wrote {SUBMISSION_ZIP} ({count} depth PNGs, {size_mb:.1f} MB), validated OK")
     print(f"readme: runtime {runtime_s:.4g} s; {readme['description']}")
 

@@ -1,20 +1,15 @@
-"""Stage synthesize: render the embedded procedural RGB-D set into data/synthetic.
-
-Writes metrics/synthesize.json (what was rendered, and in how long).
-"""
+"""Stage synthesize: render the embedded procedural RGB-D set into data/synthetic."""
 
 from __future__ import annotations
 
 import sys
 
-from pipeline.core.cli import Progress, run_stage, stage_parser, timed
+from pipeline.core.cli import Progress, run_stage, stage_parser
 from pipeline.core.config import SYNTHETIC_SOURCE, load_params
-from pipeline.core.files import atomic_dir, write_json
-from pipeline.core.paths import metrics_json
+from pipeline.core.files import atomic_dir
 from pipeline.data.synthetic import write_dataset
 
 OUT = SYNTHETIC_SOURCE
-METRICS = metrics_json("synthesize")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +26,6 @@ def main(argv: list[str] | None = None) -> None:
             invalid_fraction=syn.invalid_fraction,
             progress=Progress("synthesize: scene"),
         )
-    write_json(METRICS, timed({"scenes": syn.count, "height": syn.height, "width": syn.width}))
     print(f"synthesize: {syn.count} scenes of {syn.width}x{syn.height} in {OUT}/")
 
 

@@ -41,13 +41,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.cli import STAGE_SECONDS_KEY
-from pipeline.core.config import (
-    DEFAULT_PARAMS,
-    SYNTHETIC_SOURCE,
-    Params,
-    as_flat_dict,
-    load_params,
-)
+from pipeline.core.config import DEFAULT_PARAMS, Params, as_flat_dict, load_params
 from pipeline.core.errors import PipelineError, TrackingError
 from pipeline.core.files import read_json
 from pipeline.core.paths import HISTORY_CSV, METRICS_DIR, SPLIT_CSV
@@ -250,9 +244,10 @@ def stage_seconds(project_root: str | os.PathLike) -> dict[str, float]:
     pipeline.core.cli.timed), and DVC restores that file with the stage's outputs when it
     skips the stage or restores it from the run-cache: a stage counts with the time it took
     when it ran, wherever and whenever that was. index@NAME's time comes through
-    prepare.json (sources.NAME.index_seconds); synthesize counts only when a source is the
-    folder it renders. Stages without a recorded time (unlabeled@NAME, metrics written
-    before the times were) are left out.
+    prepare.json (sources.NAME.index_seconds). Stages without a metrics JSON (synthesize,
+    unlabeled@NAME, package) are left out: a `cache: false` file of their own would keep
+    DVC's remote run-cache from restoring them (tests/test_dvc_remote.py). So are metrics
+    written before the times were.
     """
     folder = Path(project_root) / METRICS_DIR
     found = {path.stem: read_json(path) for path in sorted(folder.glob("*.json"))}
@@ -269,10 +264,6 @@ def stage_seconds(project_root: str | os.PathLike) -> dict[str, float]:
     for name, source in sources.items():
         if isinstance(source, dict) and _is_number(source.get("index_seconds")):
             times[f"index@{name}"] = float(source["index_seconds"])
-    if "synthesize" in times and not any(
-        isinstance(s, dict) and s.get("path") == SYNTHETIC_SOURCE for s in sources.values()
-    ):
-        del times["synthesize"]  # rendered, but no source of this result reads it
     return times
 
 
