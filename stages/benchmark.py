@@ -14,7 +14,7 @@ from __future__ import annotations
 import platform
 import sys
 
-from pipeline.core.cli import run_stage, stage_parser
+from pipeline.core.cli import run_stage, stage_parser, timed
 from pipeline.core.config import load_params
 from pipeline.core.files import write_json
 from pipeline.core.paths import TFLITE_MODEL, metrics_json
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         **{k: result.get(k) for k in KEYS},
         "runtime_s": round(result["median_ms"] / 1000.0, 6),
     }
-    write_json(METRICS, out)
+    write_json(METRICS, timed(out))
     capped = f" (capped from {cfg.threads})" if out["threads_capped"] else ""
     print(
         f"benchmark: {device}, {out['threads']} threads{capped}: median {out['median_ms']:.1f} ms, "

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from pipeline.core import host
-from pipeline.core.cli import Progress, run_stage, stage_parser
+from pipeline.core.cli import Progress, run_stage, stage_parser, timed
 from pipeline.core.config import load_params
 from pipeline.core.errors import DataError
 from pipeline.core.files import read_json, write_json
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
 
     write_per_image_csv(PER_IMAGE_CSV, per_image)
     panels = write_panels(PANELS_DIR, model, rows, per_image, params.evaluate.panels, aspect)
-    write_json(METRICS, summary)
+    write_json(METRICS, timed(summary))
 
     if summary["n_skipped"]:
         print(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.core.cli import run_stage, stage_parser
+from pipeline.core.cli import run_stage, stage_parser, timed
 from pipeline.core.config import load_params
 from pipeline.core.files import write_json
 from pipeline.core.paths import KERAS_MODEL, SPLIT_CSV, TFLITE_MODEL, metrics_json
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     flatbuffer, report = export_file(KERAS_MODEL, SPLIT_CSV, cfg=cfg)
     write_tflite(TFLITE_MODEL, flatbuffer)
-    write_json(METRICS, report)
+    write_json(METRICS, timed(report))
     par = report["parity"]
     print(
         f"export: {TFLITE_MODEL} {report['size_mb']:.2f} MB, {report['n_ops']} ops, "

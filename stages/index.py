@@ -10,8 +10,9 @@ size and content digest) and NAME.json (what the check found).
 from __future__ import annotations
 
 import sys
+import time
 
-from pipeline.core.cli import Progress, run_stage, stage_parser
+from pipeline.core.cli import STAGE_SECONDS_KEY, Progress, run_stage, stage_parser, stage_started
 from pipeline.core.config import load_params
 from pipeline.core.errors import ConfigError
 from pipeline.core.files import write_json
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(
             f"params: data.sources has no source {unknown[0]!r} (known: {', '.join(data.sources)})"
         )
+    mark = stage_started()  # each NAME.json gets the seconds since the previous one
     for name in args.names or list(data.sources):
         path = data.sources[name].path
         report = validate_source(
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"warning: {warning}", file=sys.stderr)
         write_index(f"{SOURCES_DIR}/{name}.csv", report)
         sizes = sorted({(p["width"], p["height"]) for p in report.pairs})
+        now = time.time()
         write_json(
             f"{SOURCES_DIR}/{name}.json",
             {
@@ -53,8 +56,10 @@ def main(argv: list[str] | None = None) -> None:
                 "median_depth_m": round(report.median_depth_m, 4),
                 "invalid_fraction": round(report.invalid_fraction, 4),
                 "warnings": len(report.warnings),
+                STAGE_SECONDS_KEY: round(now - mark, 1),
             },
         )
+        mark = now
         print(
             f"index {name}: {len(report.pairs)} pairs ({', '.join(f'{w}x{h}' for w, h in sizes)}) "
             f"from {path} -> {SOURCES_DIR}/{name}.csv"

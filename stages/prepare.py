@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from pipeline.core.cli import run_stage, stage_parser
+from pipeline.core.cli import STAGE_SECONDS_KEY, run_stage, stage_parser, timed
 from pipeline.core.config import load_params
 from pipeline.core.files import read_json, write_json
 from pipeline.core.paths import SOURCES_DIR, SPLIT_CSV, metrics_json
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
             "weight": src.weight,
             "train_images": count("train", name),
             "val_images": count("val", name),
+            # the index@NAME stage's own time, for the pipeline's (None from an older index)
+            "index_seconds": checks[name].get(STAGE_SECONDS_KEY),
             **{
                 k: checks[name][k]
                 for k in (
@@ -51,26 +53,24 @@ def main(argv: list[str] | None = None) -> None:
         }
         for name, src in data.sources.items()
     }
-    write_json(
-        METRICS,
-        {
-            "train_images": count("train"),
-            "val_images": count("val"),
-            "val": data.val,
-            "median_depth_m": round(
-                float(np.median([c["median_depth_m"] for c in checks.values()])), 4
-            ),
-            "invalid_fraction": round(
-                sum(c["invalid_fraction"] * c["pairs"] for c in checks.values())
-                / sum(c["pairs"] for c in checks.values()),
-                4,
-            ),
-            "skipped_empty_depth": sum(c["skipped_empty_depth"] for c in checks.values()),
-            "ignored_files": sum(c["ignored_files"] for c in checks.values()),
-            "warnings": sum(c["warnings"] for c in checks.values()),
-            "sources": per_source,
-        },
-    )
+    summary = {
+        "train_images": count("train"),
+        "val_images": count("val"),
+        "val": data.val,
+        "median_depth_m": round(
+            float(np.median([c["median_depth_m"] for c in checks.values()])), 4
+        ),
+        "invalid_fraction": round(
+            sum(c["invalid_fraction"] * c["pairs"] for c in checks.values())
+            / sum(c["pairs"] for c in checks.values()),
+            4,
+        ),
+        "skipped_empty_depth": sum(c["skipped_empty_depth"] for c in checks.values()),
+        "ignored_files": sum(c["ignored_files"] for c in checks.values()),
+        "warnings": sum(c["warnings"] for c in checks.values()),
+        "sources": per_source,
+    }
+    write_json(METRICS, timed(summary))
     for name, s in per_source.items():
         print(
             f"prepare: {name}: {s['train_images']} train / {s['val_images']} val pairs from "

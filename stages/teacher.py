@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.core.cli import Progress, run_stage, stage_parser
+from pipeline.core.cli import Progress, run_stage, stage_parser, timed
 from pipeline.core.config import load_params
 from pipeline.core.files import atomic_dir, write_json
 from pipeline.core.paths import SPLIT_CSV, TEACHER_INDEX, TEACHER_MAPS, UNLABELED_DIR, metrics_json
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     if not cfg.model:
         with atomic_dir(TEACHER_MAPS) as tmp:
             write_teacher_index(tmp / index, [])
-        write_json(METRICS, {"model": ""})
+        write_json(METRICS, timed({"model": ""}))
         print(f"teacher: none configured (teacher.model is empty) -> empty {TEACHER_MAPS}")
         return
     from pipeline.teacher.labels import run_teacher, summarize  # loads TensorFlow / onnxruntime
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         write_teacher_index(tmp / index, rows)
     summary = summarize(rows, cfg)
-    write_json(METRICS, summary)
+    write_json(METRICS, timed(summary))
     for source, m in summary[
         "sources"
     ].items():  # the anchor a student on that source is compared to

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.core.cli import run_stage, stage_code_files, stage_parser
+from pipeline.core.cli import run_stage, stage_code_files, stage_parser, timed
 from pipeline.core.config import load_params
 from pipeline.core.files import write_json
 from pipeline.core.paths import (
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{summary['weights_sha256'][:16]} (the chief's are the same)"
         )
         return
-    write_json(METRICS, summary)
+    write_json(METRICS, timed(summary))
     print(
         f"train: best val si-RMSE {summary['best_val_si_rmse']:.4f} at epoch "
         f"{summary['best_epoch']} -> {KERAS_MODEL}"

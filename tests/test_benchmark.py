@@ -432,6 +432,82 @@ def test_calibration_is_measured_once_then_read_from_the_cache(tmp_path):
     ] == rpi4.calibration_key(1)
 
 
+def _other_version(distribution):
+    """host.installed, but `distribution`'s version is another one."""
+    real = host.installed
+
+    def installed(*asked):
+        found = real(*asked)
+        return f"{distribution} 99.0" if distribution in asked else found
+
+    return installed
+
+
+# What a calibration must not be reused across (issue #35): each change, applied with
+# monkeypatch, and the threads the second timing asks for (the first: 1).
+KEY_CHANGES = {
+    "thread count": (lambda mp: None, 2),
+    "CPU model": (lambda mp: mp.setattr(host, "cpu_model", lambda: "Another CPU"), 1),
+    "CPU identity": (lambda mp: mp.setattr(host, "cpu_id", lambda: "AuthenticAMD family 1"), 1),
+    "CPU flags": (lambda mp: mp.setattr(host, "cpu_flags_sha256", lambda: "0123456789ab"), 1),
+    "architecture": (lambda mp: mp.setattr(rpi4.platform, "machine", lambda: "aarch64"), 1),
+    "usable cores": (lambda mp: mp.setattr(host, "usable_cpus", lambda: 16), 1),
+    "runtime version": (
+        lambda mp: mp.setattr(host, "installed", _other_version("ai-edge-litert")),
+        1,
+    ),
+    "converter version": (
+        lambda mp: mp.setattr(host, "installed", _other_version("tensorflow")),
+        1,
+    ),
+    "reference models": (lambda mp: mp.setattr(rpi4, "CALIBRATION_VERSION", 99), 1),
+    "reference size": (lambda mp: mp.setattr(rpi4, "REFERENCE_SIZE", 160), 1),
+}
+
+
+@pytest.mark.parametrize("change", KEY_CHANGES)
+def test_a_calibration_is_not_reused_when_what_it_holds_for_changes(change, tmp_path, monkeypatch):
+    """Calibrated for 1 thread on this machine, runtime and converter: a change of any one
+    of them calibrates again (all four references timed), never reads the cached ratios."""
+    monkeypatch.setattr(host, "usable_cpus", lambda: 8)  # 1 and 2 threads, whatever the CPU
+    calls = []
+
+    def timer(path, *, threads, warmup, runs, references=None):
+        calls.append(sorted(references or ()))
+        return {
+            "median_ms": 10.0,
+            "threads": threads,
+            "references": {n: {"median_ms": FAKE_RPI4_LOCAL_MS[n]} for n in references or ()},
+        }
+
+    def build(paths):
+        for path in paths.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"tflite")
+
+    def timed(threads, model="m.tflite", runs=1):
+        rpi4.time_local(
+            model,
+            threads=threads,
+            warmup=0,
+            runs=runs,
+            directory=tmp_path,
+            timer=timer,
+            build=build,
+            log=lambda msg: None,
+        )
+        return calls[-1]
+
+    everything = sorted(rpi4.PUBLISHED_RPI4_MS)
+    assert timed(1) == everything  # calibrated
+    assert timed(1, model="other.tflite", runs=5) == [rpi4.ANCHOR]  # the model is not in it
+    before = rpi4.calibration_key(1)
+    apply, threads = KEY_CHANGES[change]
+    apply(monkeypatch)
+    assert rpi4.calibration_key(threads) != before
+    assert timed(threads) == everything, f"a calibration reused across a change of {change}"
+
+
 def test_probe_cli_prints_the_estimate_and_its_ratios(tmp_path, capsys):
     import stages.probe
     from pipeline.core.cli import run_stage

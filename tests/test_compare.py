@@ -75,9 +75,21 @@ RUNS = {  # run name -> (arch, precision, evaluate.json, benchmark.json, export.
 }
 # Where two of them were trained (metrics/train.json `host`): the table tells the machines apart.
 HOSTS = {
-    "fast-int8": {"cpu": "AMD EPYC", "vector_path": "AVX-512"},
-    "good-fp32": {"cpu": "AMD EPYC", "vector_path": "AVX2 (capped)", "onednn_max_cpu_isa": "AVX2"},
+    "fast-int8": {
+        "cpu": "AMD EPYC",
+        "cpu_id": "AuthenticAMD family 23 model 49 stepping 0",
+        "vector_path": "AVX-512",
+    },
+    "good-fp32": {
+        "cpu": "AMD EPYC",
+        "cpu_id": "AuthenticAMD family 25 model 17 stepping 1",
+        "vector_path": "AVX2 (capped)",
+        "onednn_max_cpu_isa": "AVX2",
+    },
 }
+# How long good-fp32's stages took (metrics JSON `stage_seconds`; train_seconds: its epochs)
+GOOD_TIMES = {"train": 600.0, "export": 30.0, "benchmark": 20.0, "evaluate": 10.0}
+GOOD_EPOCHS_S = 540.0
 
 
 @pytest.fixture
@@ -96,6 +108,10 @@ def tracked(tmp_path, monkeypatch):
         stages = (("evaluate", ev), ("benchmark", bench), ("export", export), ("train", train))
         for stage, content in stages:
             if content is not None:
+                if name == "good-fp32":
+                    content = {**content, "stage_seconds": GOOD_TIMES[stage]}
+                    if stage == "train":
+                        content["train_seconds"] = GOOD_EPOCHS_S
                 (proj / "metrics" / f"{stage}.json").write_text(json.dumps(content))
         params = dataclasses.replace(
             base,
@@ -123,9 +139,20 @@ def test_compare_stage_writes_table_and_plot(tracked, tmp_path, monkeypatch, cap
     assert by_run.loc["good-fp32", "size_mb"] == pytest.approx(2.0)
     assert by_run.loc["bad-fp16", "rmse_m"] == pytest.approx(1.5)
     for name, host in HOSTS.items():
-        assert by_run.loc[name, "cpu"] == host["cpu"]
-        assert by_run.loc[name, "vector_path"] == host["vector_path"]
-    assert by_run[["cpu", "vector_path"]].loc["no-bench"].isna().all()  # logged before host facts
+        for column in ("cpu", "cpu_id", "vector_path"):
+            assert by_run.loc[name, column] == host[column]
+    # logged before host facts
+    assert by_run[["cpu", "cpu_id", "vector_path"]].loc["no-bench"].isna().all()
+    # how long each took: training's epochs, and the whole result: the run's Duration in MLflow
+    from mlflow import MlflowClient
+
+    good = MlflowClient(tracking_uri=tracked).get_run(by_run.loc["good-fp32", "run_id"]).info
+    assert by_run.loc["good-fp32", "train_s"] == GOOD_EPOCHS_S
+    assert by_run.loc["good-fp32", "total_s"] == pytest.approx(
+        (good.end_time - good.start_time) / 1000, abs=0.06
+    )
+    assert sum(GOOD_TIMES.values()) <= by_run.loc["good-fp32", "total_s"] < 670
+    assert by_run[["train_s", "total_s"]].loc["no-bench"].isna().all()  # no stage times known
     assert by_run.loc["good-fp32", "score"] == pytest.approx(
         challenge_score(si_rmse=0.30, runtime_s=0.05)
     )
@@ -260,8 +287,8 @@ def test_runs_table_tolerates_missing_columns():
     assert math.isnan(table.loc[0, "latency_ms"]) and not table.loc[0, "pareto"]
     assert table.loc[0, "data"] == "unknown data"
     assert (
-        "| abcdef12 | - | - | 0.4000 | - | - | - | - | - | - | unknown data | - | - | - |  |  "
-        "| abcdef12 |"
+        "| abcdef12 | - | - | 0.4000 | - | - | - | - | - | - | - | - | - | unknown data "
+        "| - | - | - |  |  | abcdef12 |"
     ) in to_markdown(table)
 
 

@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 from conftest import dvc_bin, run
+from pipeline.tracking.runs import stage_seconds
 
 STAGES = (
     "synthesize",
@@ -88,11 +89,24 @@ def test_full_repro_produces_zip_metrics_and_mlflow_run(tiny_repro):
     assert n_inputs == 2  # the synthetic train and val splits
     (note,) = db.execute("select value from tags where key = 'mlflow.note.content'").fetchone()
     assert "validated on synthetic/val (2 pairs)" in note and "si-RMSE " in note
+    # every stage with a metrics JSON recorded its own time (index@NAME's through prepare's),
+    # and the run lasts as long as all of them and track
+    times = stage_seconds(root)
+    assert set(times) == set(STAGES) - {"synthesize", "package", "track"}, times
+    assert times["train"] > 1
+    assert run_seconds(root)[-1] >= sum(times.values())
 
 
 def tracked_runs(root) -> int:
     with sqlite3.connect(root / "mlflow.db") as db:
         return db.execute("select count(*) from runs").fetchone()[0]
+
+
+def run_seconds(root) -> list[float]:
+    """Each run's Duration in the MLflow UI (end - start), in the order they were logged."""
+    with sqlite3.connect(root / "mlflow.db") as db:
+        rows = db.execute("select start_time, end_time from runs order by end_time").fetchall()
+    return [(end - start) / 1000 for start, end in rows]
 
 
 def test_second_repro_reruns_only_track_which_logs_no_second_run(tiny_repro):
@@ -110,6 +124,9 @@ def test_evaluate_param_change_reruns_evaluate_without_training(tiny_repro):
     proc = run([dvc_bin(), "repro"], root)
     assert ran_stages(proc.stdout) == ["evaluate", "track"]
     assert tracked_runs(root) == 2  # new outputs, new run
+    # the new result took the skipped stages' time too: training's above all
+    times = stage_seconds(root)
+    assert run_seconds(root)[-1] >= sum(times.values()) > times["train"] > 1
     assert len(list((root / "reports/eval_panels").glob("*.png"))) == 4  # 2 worst + 2 best
     proc = run([dvc_bin(), "repro", "-s", "-f", "evaluate"], root)
     assert ran_stages(proc.stdout) == ["evaluate"]

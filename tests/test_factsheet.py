@@ -12,7 +12,7 @@ import pytest
 from pipeline.core.cli import run_stage
 from pipeline.core.config import SourceConfig, as_flat_dict, load_params
 from pipeline.core.errors import ReportError
-from pipeline.tracking.factsheet import made_on, reproduce_overrides, run_params
+from pipeline.tracking.factsheet import load_run, made_on, reproduce_overrides, run_params
 from pipeline.tracking.runs import log_pipeline_run
 from stages import factsheet
 
@@ -161,4 +161,27 @@ def test_the_training_machine_line_names_the_vector_path_settings():
     )
     facts.update(tf_enable_onednn_opts="none", onednn_max_cpu_isa="none")
     assert made_on({"host": facts}) == "AMD EPYC (AVX2, AVX-512); TensorFlow 2.21.0, Keras 3.15.1"
+    # which EPYC: two of that name trained different models on the AVX2 path (issue #35)
+    facts.update(cpu_id="AuthenticAMD family 23 model 49 stepping 0")
+    assert made_on({"host": facts}) == (
+        "AMD EPYC, AuthenticAMD family 23 model 49 stepping 0 (AVX2, AVX-512); "
+        "TensorFlow 2.21.0, Keras 3.15.1"
+    )
     assert made_on({"hardware": "CPU (x), 2 cores"}).startswith("not recorded")
+
+
+def test_the_newest_run_is_the_last_logged_whatever_its_pipeline_took(tmp_path, monkeypatch):
+    """A run starts its pipeline's time before track logged it: one logged later can start
+    earlier (an hour of training), and it is still the newest."""
+    for name in ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(name, raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    params = load_params(REPO / "params.yaml")
+    for name, train_s in (("quick", 60.0), ("long", 3600.0)):
+        proj = tmp_path / name
+        (proj / "metrics").mkdir(parents=True)
+        (proj / "metrics" / "train.json").write_text(json.dumps({"stage_seconds": train_s}))
+        log_pipeline_run(project_root=proj, params=params, experiment_name="order", run_name=name)
+    run, _ = load_run(tracking_uri=uri, experiment="order")
+    assert run.info.run_name == "long"

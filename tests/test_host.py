@@ -58,6 +58,90 @@ def test_model_and_vector_extensions_from_cpuinfo(text, machine, model, extensio
     assert host.extensions_from_flags(flags, machine) == extensions
 
 
+# Two cloud VMs that both call themselves `AMD EPYC` (issue #35): an AVX-512 one (Zen 4,
+# family 25 model 17) and an AVX2 one without AVX-512 (Zen 2, family 23 model 49). The first
+# capped at AVX2 and the second trained different models on "the AVX2 path".
+EPYC_AVX512 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu sse sse2 avx fma avx2 avx512f avx512dq avx512_vnni avx512_bf16
+"""
+EPYC_AVX2 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 23
+model\t\t: 49
+model name\t: AMD EPYC
+stepping\t: 0
+flags\t\t: fpu sse sse2 avx fma avx2
+"""
+
+
+@pytest.mark.parametrize(
+    "text, cpu_id",
+    [
+        (EPYC_AVX512, "AuthenticAMD family 25 model 17 stepping 1"),
+        (EPYC_AVX2, "AuthenticAMD family 23 model 49 stepping 0"),
+        (PI4, "implementer 0x41"),  # PI4 above lists only the implementer
+        (
+            "CPU implementer\t: 0x41\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n",
+            "implementer 0x41 part 0xd08 variant 0x0 revision 3",
+        ),
+        (HASWELL, host.UNKNOWN),  # a VM that hides the fields
+        ("", host.UNKNOWN),
+    ],
+)
+def test_cpu_identity_from_cpuinfo(text, cpu_id):
+    assert host.parse_cpu_id(text) == cpu_id
+
+
+def test_flags_digest_follows_the_set_of_flags_not_their_order():
+    _, flags = host.parse_cpuinfo(EPYC_AVX2)
+    digest = host.flags_digest(flags)
+    assert len(digest) == host.FLAGS_DIGEST_CHARS and digest != host.NONE
+    assert host.flags_digest(frozenset(reversed(sorted(flags)))) == digest
+    assert host.flags_digest(flags | {"avx512f"}) != digest
+    assert host.flags_digest(frozenset()) == host.NONE
+
+
+@pytest.fixture
+def cpuinfo(tmp_path, monkeypatch):
+    """facts() of a machine whose /proc/cpuinfo says `text` (on any OS the test runs on)."""
+    monkeypatch.setattr(host.platform, "system", lambda: "Linux")
+
+    def facts_of(text: str, cap: str = "") -> dict:
+        path = tmp_path / "cpuinfo"
+        path.write_text(text)
+        monkeypatch.setattr(host, "CPUINFO", str(path))
+        if cap:
+            monkeypatch.setenv(host.ONEDNN_ISA_ENV, cap)
+        else:
+            monkeypatch.delenv(host.ONEDNN_ISA_ENV, raising=False)
+        monkeypatch.delenv(host.ONEDNN_OPTS_ENV, raising=False)
+        host._cpu.cache_clear()
+        return host.facts()
+
+    yield facts_of
+    host._cpu.cache_clear()  # the real machine's again
+
+
+def test_two_cpus_on_the_avx2_path_are_told_apart(cpuinfo):
+    """The issue's two `AMD EPYC` machines: same name, both training on AVX2 float32 kernels,
+    different models. Their records differ in what tells them apart: the CPU's identity and
+    its flags (and the cap, which says the AVX-512 one was held back)."""
+    capped, plain = cpuinfo(EPYC_AVX512, cap="AVX2"), cpuinfo(EPYC_AVX2)
+    assert capped["cpu"] == plain["cpu"] == "AMD EPYC"
+    assert capped["vector_path"].startswith("AVX2") and plain["vector_path"] == "AVX2"
+    assert capped["cpu_id"] == "AuthenticAMD family 25 model 17 stepping 1"
+    assert plain["cpu_id"] == "AuthenticAMD family 23 model 49 stepping 0"
+    assert capped["cpu_flags_sha256"] != plain["cpu_flags_sha256"]
+    assert cpuinfo(EPYC_AVX2)["cpu_flags_sha256"] == plain["cpu_flags_sha256"]  # same machine
+    unknown = cpuinfo("")
+    assert unknown["cpu_id"] == host.UNKNOWN and unknown["cpu_flags_sha256"] == host.NONE
+
+
 @pytest.mark.parametrize(
     "extensions, cap, onednn, path",
     [

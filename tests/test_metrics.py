@@ -33,6 +33,13 @@ def test_two_pixel_image_all_metrics():
     assert (m["delta1"], m["delta2"], m["delta3"]) == (0.5, 0.5, 0.5)
 
 
+def test_each_delta_has_its_own_threshold_both_ways():
+    # G = 1 m; P = 1.2 m, 1/1.5 m, 1.9 m, 0.4 m -> max(P/G, G/P) = 1.2, 1.5, 1.9, 2.5
+    # against 1.25, 1.25^2 = 1.5625 and 1.25^3 = 1.953125: 1, 2 and 3 of the 4 pixels
+    m = image_metrics(pred=np.array([1.2, 1 / 1.5, 1.9, 0.4]), gt=np.ones(4))
+    assert (m["delta1"], m["delta2"], m["delta3"]) == (0.25, 0.5, 0.75)
+
+
 def test_invalid_pixels_ignored_and_clamping_at_1mm():
     # GT metres [0, 0.0005, 0.002, 1.0] -> mm [0, 0.5, 2, 1000] -> clamped [1, 1, 2, 1000]
     #   mask G > 1 mm keeps only the last two pixels (0.5 mm is clamped to 1 -> invalid)

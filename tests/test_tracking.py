@@ -20,15 +20,20 @@ from conftest import free_port
 from pipeline.core.cli import run_stage
 from pipeline.core.config import load_params
 from pipeline.tracking.runs import (
+    CLAIM_STALE_S,
+    LOGGING_SINCE_TAG,
     NOTE_TAG,
     PIPELINE_KEY_TAG,
+    TOTAL_SECONDS_METRIC,
     VAL_DIGEST_TAG,
     VIEW_TAG,
     TrackingError,
+    _live_run_with_key,
     collect_metrics,
     data_splits,
     log_pipeline_run,
     pipeline_key,
+    stage_seconds,
     store_root,
     tracking_uri,
 )
@@ -459,6 +464,101 @@ def test_runs_say_where_they_were_trained(tmp_path):
     }
     assert run.data.metrics["train.host.cores"] == 2
     assert run.data.metrics["train.inter_op_threads"] == 1
+
+
+# Each stage's own time (metrics JSON `stage_seconds`, index@NAME's through prepare.json),
+# as a pipeline that ran long ago, or was restored from DVC's run-cache, leaves them.
+STAGE_TIMES = {
+    "index@synthetic": 4.0,
+    "prepare": 1.5,
+    "teacher": 0.5,
+    "train": 100.0,
+    "export": 10.0,
+    "benchmark": 5.0,
+    "evaluate": 3.0,
+}
+
+
+def write_stage_times(project: Path, times: dict[str, float]):
+    """metrics/<stage>.json with `stage_seconds`, merged into what is there already."""
+    for stage, seconds in times.items():
+        if stage.startswith("index@"):
+            continue
+        path = project / "metrics" / f"{stage}.json"
+        content = json.loads(path.read_text()) if path.is_file() else {}
+        content["stage_seconds"] = seconds
+        if stage == "prepare":
+            content["sources"] = {
+                name.split("@", 1)[1]: {"path": "data/synthetic", "index_seconds": times[name]}
+                for name in times
+                if name.startswith("index@")
+            }
+        path.write_text(json.dumps(content))
+
+
+def test_a_run_lasts_as_long_as_its_result_took_to_make(tmp_path):
+    """Issue #35: the run's start is set back by every stage's own time, so the MLflow UI's
+    Duration is the pipeline's (not the track stage's 0.1 s), and pipeline.seconds says it."""
+    from mlflow import MlflowClient
+
+    project = make_project(tmp_path / "p")
+    write_stage_times(project, STAGE_TIMES)
+    made_in = sum(STAGE_TIMES.values())  # 124 s
+    assert stage_seconds(project) == STAGE_TIMES
+    before = time.time()
+    run_id = log_pipeline_run(
+        project_root=project, params=load_params(project / "params.yaml"), experiment_name="t"
+    )
+    after = time.time()
+    run = MlflowClient(tracking_uri=tracking_uri(project)).get_run(run_id)
+    start, end = run.info.start_time / 1000, run.info.end_time / 1000
+    assert before - 0.01 <= end <= after + 0.01  # ended when track was done
+    track_s = end - start - made_in  # what is left is the track stage's own time
+    assert -0.01 <= track_s <= after - before + 0.01
+    assert run.data.metrics[TOTAL_SECONDS_METRIC] == pytest.approx(end - start, abs=0.06)
+    assert run.data.metrics["train.stage_seconds"] == 100.0
+    # the moment logging began: what tells a running claimant from a dead one
+    assert before * 1000 - 10 <= int(run.data.tags[LOGGING_SINCE_TAG]) <= after * 1000 + 10
+
+
+def test_stage_seconds_counts_the_stages_of_this_result(tmp_path):
+    project = make_project(tmp_path / "p")
+    write_stage_times(project, STAGE_TIMES)
+    (project / "metrics" / "other.json").write_text(json.dumps({"stage_seconds": "long"}))
+    assert stage_seconds(project) == STAGE_TIMES  # numbers only
+    # a train resumed after an interruption: its file has the last attempt's time, its
+    # epochs' time (train_seconds) every attempt's
+    train = project / "metrics" / "train.json"
+    train.write_text(json.dumps({"stage_seconds": 30.0, "train_seconds": 250.0}))
+    assert stage_seconds(project)["train"] == 250.0
+    train.write_text(json.dumps({"stage_seconds": 30.0, "train_seconds": 25.0}))
+    assert stage_seconds(project)["train"] == 30.0
+    train.write_text(json.dumps({"train_seconds": 25.0}))  # written before stage times were
+    assert "train" not in stage_seconds(project)
+    assert stage_seconds(tmp_path / "nothing") == {}
+
+
+def test_a_running_claimant_set_back_by_its_pipeline_time_is_still_alive(tmp_path):
+    """The claim's loser waits for a RUNNING winner logged in the last CLAIM_STALE_S; the
+    winner's start is hours back (its training), its logging began now."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("claims")
+    now_ms = int(time.time() * 1000)
+    winner = client.create_run(
+        exp,
+        start_time=now_ms - 3 * 3600 * 1000,
+        tags={PIPELINE_KEY_TAG: "k", LOGGING_SINCE_TAG: str(now_ms)},
+    ).info.run_id
+    loser = client.create_run(exp, tags={PIPELINE_KEY_TAG: "k"}).info.run_id
+    assert _live_run_with_key(client, exp, "k", other_than=loser) == winner
+    dead = client.create_run(
+        exp,
+        start_time=now_ms - 3 * 3600 * 1000,
+        tags={PIPELINE_KEY_TAG: "d", LOGGING_SINCE_TAG: str(now_ms - 2 * CLAIM_STALE_S * 1000)},
+    ).info.run_id
+    assert dead and _live_run_with_key(client, exp, "d", other_than=loser) is None
 
 
 # Two identical experiments finishing at once: each process waits for the other at a

@@ -40,6 +40,10 @@ CHROMIUM_FLAGS = (
 # Virtual time the React app gets to fetch the runs and render (about 4 s of real time).
 RENDER_BUDGET_MS = 20000
 RUNS = {"synthetic-run": ("synthetic", 0.3141), "tum-run": ("tum_fr1_xyz", 0.2718)}
+# Each run's stages' own times (train, evaluate): the Duration column shows their sum and the
+# track stage's few seconds, as MLflow words it (1.0h = 3600..3780 s, 15.0min = 897..903 s).
+STAGE_TIMES = {"synthetic-run": (3000.0, 600.0), "tum-run": (300.0, 600.0)}
+DURATIONS = {"synthetic-run": "1.0h", "tum-run": "15.0min"}
 
 
 def chromium(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
@@ -92,9 +96,11 @@ def ui(tmp_path, monkeypatch):
     for name, (source, si_rmse) in RUNS.items():
         project = make_project(tmp_path / name)
         write_split(project, f"data/{source}", {"a.png": "train", "b.png": "val"}, size=len(source))
+        train_s, evaluate_s = STAGE_TIMES[name]
         (project / "metrics" / "evaluate.json").write_text(
-            json.dumps({"si_rmse": si_rmse, "score": si_rmse / 10})
+            json.dumps({"si_rmse": si_rmse, "score": si_rmse / 10, "stage_seconds": evaluate_s})
         )
+        (project / "metrics" / "train.json").write_text(json.dumps({"stage_seconds": train_s}))
         log_pipeline_run(
             project_root=project,
             params=load_params(project / "params.yaml"),
@@ -133,6 +139,9 @@ def test_make_ui_link_opens_the_training_runs_with_si_rmse(ui, tmp_path, monkeyp
     # the pipeline's columns: si-RMSE values, and the data each run was validated on
     assert "evaluate.si_rmse" in text and "0.3141" in text and "0.2718" in text
     assert "synthetic (" in text and "tum_fr1_xyz (" in text
+    # each run's Duration is its pipeline's, not the track stage's fraction of a second
+    # (the grid may put the pinned run names apart from the other cells: the values alone)
+    assert all(f" {duration} " in text for duration in DURATIONS.values()), text
     screenshot(link, tmp_path, "mlflow-runs.png")
 
     # make compare: one group per data set, each plot opens as an image in the run's artifacts

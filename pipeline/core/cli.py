@@ -68,6 +68,12 @@ for line in sys.stdin.buffer:
 """
 FILTER_EXIT_WAIT_S = 10  # a grandchild still holding fd 2 must not hold the stage up
 
+# Every stage's metrics JSON (and index@NAME's NAME.json) records how long the stage took,
+# from run_stage's start (TensorFlow is imported inside main, so that counts) to the write:
+# `track` adds these up into the pipeline's time (pipeline/tracking/runs.py, pipeline_seconds).
+STAGE_SECONDS_KEY = "stage_seconds"
+_clock = {"started": time.time()}  # run_stage restarts it; this covers a main() called alone
+
 
 def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
@@ -147,6 +153,7 @@ def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None =
     A PipelineError becomes `error: <one line>` on stderr and its exit code (2 for bad
     params or data, 1 for a failed conversion, timing or tracking); Ctrl-C exits 130.
     """
+    _clock["started"] = time.time()
     quiet_environment()
     try:
         with contextlib.nullcontext() if verbose() else filtered_stderr():
@@ -161,6 +168,16 @@ def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None =
         )
         return EXIT_INTERRUPTED
     return 0
+
+
+def stage_started() -> float:
+    """When this stage started (time.time()): run_stage's call, else this module's import."""
+    return _clock["started"]
+
+
+def timed(summary: dict) -> dict:
+    """`summary` plus STAGE_SECONDS_KEY: the seconds this stage has run so far (0.1 s steps)."""
+    return {**summary, STAGE_SECONDS_KEY: round(time.time() - stage_started(), 1)}
 
 
 class Progress:

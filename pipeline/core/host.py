@@ -9,12 +9,15 @@ runs on devices that have no copy of the project.
 Two machines with the same code, params and data can train different weights: TensorFlow's
 oneDNN kernels pick their code path (AVX2, AVX-512, AMX) at run time, and the rounding
 differs between paths. `vector_extensions` names what the CPU offers, `ONEDNN_ISA_ENV` what
-oneDNN was capped to (docs/reproducibility.md).
+oneDNN was capped to, and `cpu_id` / `cpu_flags_sha256` which CPU it is: two CPUs on the same
+path still trained different weights (an AVX2 EPYC and an AVX-512 one capped at AVX2,
+docs/reproducibility.md), so the path alone does not say two machines agree.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import subprocess
@@ -47,6 +50,29 @@ ARM64_MACHINES = ("arm64", "aarch64")  # NEON is part of every ARMv8-A core
 # CPU model keys of /proc/cpuinfo, best first: x86 `model name`, Raspberry Pi `Model`, `Hardware`.
 MODEL_KEYS = ("model name", "Model", "Hardware")
 FLAG_KEYS = ("flags", "Features")
+# Which CPU it is, beyond its marketing name (a VM often says only `AMD EPYC`): the fields of
+# /proc/cpuinfo as (label, key), x86 first, then Arm's (implementer, part, variant, revision).
+X86_ID_KEYS = (
+    ("", "vendor_id"),
+    ("family", "cpu family"),
+    ("model", "model"),
+    ("stepping", "stepping"),
+)
+ARM_ID_KEYS = (
+    ("implementer", "CPU implementer"),
+    ("part", "CPU part"),
+    ("variant", "CPU variant"),
+    ("revision", "CPU revision"),
+)
+# The same on macOS with an Intel CPU (sysctl machdep.cpu.*); Apple silicon has none of them.
+MACOS_ID_SYSCTLS = (
+    ("", "machdep.cpu.vendor"),
+    ("family", "machdep.cpu.family"),
+    ("model", "machdep.cpu.model"),
+    ("stepping", "machdep.cpu.stepping"),
+)
+UNKNOWN = "unknown"
+FLAGS_DIGEST_CHARS = 12
 # The distributions that provide each framework, in the order they are looked up.
 FRAMEWORKS = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "keras": ("keras",)}
 NONE = "none"  # an absent version, extension list or cap
@@ -61,17 +87,46 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
-    """(CPU model, lower-case flags) of /proc/cpuinfo text; ("", {}) for what is missing.
-    The model is the first of MODEL_KEYS present (a Pi lists `Hardware` before `Model`)."""
+def _fields(text: str) -> dict[str, str]:
+    """`key: value` lines of /proc/cpuinfo text, the first core's (like every core's)."""
     fields: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep and value.strip():
-            fields.setdefault(key.strip(), value.strip())  # the first core's, like every core's
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
+    """(CPU model, lower-case flags) of /proc/cpuinfo text; ("", {}) for what is missing.
+    The model is the first of MODEL_KEYS present (a Pi lists `Hardware` before `Model`)."""
+    fields = _fields(text)
     model = next((fields[key] for key in MODEL_KEYS if key in fields), "")
     flags = next((fields[key] for key in FLAG_KEYS if key in fields), "")
     return model, frozenset(flags.lower().split())
+
+
+def _identity(values: dict[str, str], keys: tuple[tuple[str, str], ...]) -> str:
+    """`AuthenticAMD family 25 model 17 stepping 1` of the `keys` found in `values`; "" unless
+    at least one is there."""
+    found = [(label, values[key]) for label, key in keys if values.get(key, "").strip()]
+    return " ".join(f"{label} {value}".strip() for label, value in found) if found else ""
+
+
+def parse_cpu_id(text: str) -> str:
+    """The CPU's identity in /proc/cpuinfo text: vendor, family, model, stepping on x86;
+    implementer, part, variant, revision on Arm; UNKNOWN where the text has none."""
+    fields = _fields(text)
+    return _identity(fields, X86_ID_KEYS) or _identity(fields, ARM_ID_KEYS) or UNKNOWN
+
+
+def flags_digest(flags: frozenset[str]) -> str:
+    """A short sha256 of the sorted flags (or features): equal exactly when the kernel reports
+    the same set; NONE without flags."""
+    if not flags:
+        return NONE
+    text = " ".join(sorted(flags)).encode()
+    return hashlib.sha256(text).hexdigest()[:FLAGS_DIGEST_CHARS]
 
 
 def _sysctl(*names: str) -> str:
@@ -84,22 +139,39 @@ def _sysctl(*names: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu() -> tuple[str, frozenset[str]]:
+def _cpu() -> tuple[str, frozenset[str], str]:
     try:
         with open(CPUINFO) as f:
-            model, flags = parse_cpuinfo(f.read())
+            text = f.read()
     except OSError:
-        model, flags = "", frozenset()
+        text = ""
+    model, flags = parse_cpuinfo(text)
+    cpu_id = parse_cpu_id(text)
     if platform.system() == "Darwin":
         model = model or _sysctl("machdep.cpu.brand_string")
         features = _sysctl("machdep.cpu.features", "machdep.cpu.leaf7_features")
         flags = flags or frozenset(features.lower().split())
-    return model or platform.processor() or platform.machine() or "unknown", flags
+        if cpu_id == UNKNOWN:
+            values = {name: _sysctl(name) for _, name in MACOS_ID_SYSCTLS}
+            cpu_id = _identity(values, MACOS_ID_SYSCTLS) or UNKNOWN
+    return model or platform.processor() or platform.machine() or UNKNOWN, flags, cpu_id
 
 
 def cpu_model() -> str:
     """`AMD EPYC 9454`, `Intel(R) Xeon(R) Processor`, `Raspberry Pi 4 Model B Rev 1.4`, ..."""
     return _cpu()[0]
+
+
+def cpu_id() -> str:
+    """`AuthenticAMD family 25 model 17 stepping 1`, `implementer 0x41 part 0xd08 ...`, or
+    UNKNOWN: which CPU this is, where the model name is as vague as `AMD EPYC`."""
+    return _cpu()[2]
+
+
+def cpu_flags_sha256() -> str:
+    """flags_digest of this CPU's flags: two machines whose digests differ offer different
+    instructions (docs/reproducibility.md)."""
+    return flags_digest(_cpu()[1])
 
 
 def extensions_from_flags(flags: frozenset[str], machine: str) -> tuple[str, ...]:
@@ -157,12 +229,14 @@ def hardware(gpus: tuple[str, ...] | list[str] = ()) -> str:
 
 
 def facts() -> dict:
-    """What a result records about where it was made (metrics/train.json `host`): the CPU,
-    its vector extensions, the oneDNN cap and the path they leave, cores, architecture,
-    framework versions."""
+    """What a result records about where it was made (metrics/train.json `host`): the CPU (its
+    name, identity and a digest of its flags), its vector extensions, the oneDNN cap and the
+    path they leave, cores, architecture, framework versions."""
     extensions = vector_extensions()
     return {
         "cpu": cpu_model(),
+        "cpu_id": cpu_id(),
+        "cpu_flags_sha256": cpu_flags_sha256(),
         "cpu_extensions": ", ".join(extensions) or NONE,
         "onednn_max_cpu_isa": isa_cap() or NONE,
         "tf_enable_onednn_opts": os.environ.get(ONEDNN_OPTS_ENV, "").strip() or NONE,

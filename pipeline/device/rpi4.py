@@ -7,11 +7,12 @@ the same runtime and thread count as the model, gives four Pi/local ratios:
     est_rpi4_ms = local median x median(ratios), range local median x min..max(ratios)
 
 It is an estimate, never a measurement: the submission's runtime stays the measured one.
-The calibration is measured once per machine (CPU model, usable cores), runtime and
-converter version and thread count: the four references run in the same fresh process,
-right after the model, and the result is cached as JSON (with the reference .tflite files)
-under `cache_dir()`. Later timings add only the smallest reference (ANCHOR, milliseconds),
-which tells whether the machine still runs as fast as when it was calibrated.
+The calibration is measured once per machine (CPU model, identity and flags, usable cores),
+runtime and converter version, reference models and thread count (calibration_key): the
+four references run in the same fresh process, right after the model, and the result is
+cached as JSON (with the reference .tflite files) under `cache_dir()`. Later timings add
+only the smallest reference (ANCHOR, milliseconds), which tells whether the machine still
+runs as fast as when it was calibrated.
 """
 
 from __future__ import annotations
@@ -75,10 +76,20 @@ def cache_dir() -> Path:
 
 
 def calibration_key(threads: int) -> dict:
-    """What a calibration holds for; read without importing the runtime or TensorFlow."""
+    """What a calibration holds for; read without importing the runtime or TensorFlow.
+
+    The machine is its CPU (name, identity and flags: a VM's name may be no more than
+    `AMD EPYC`, docs/reproducibility.md), architecture and usable cores, not its host name:
+    a cache shared by identical machines holds for all of them, and the anchor check catches
+    one that runs slower. The model timed, warmup and runs are not in it: the ratios are the
+    references'.
+    """
     return {
         "version": CALIBRATION_VERSION,
+        "reference_size": REFERENCE_SIZE,
         "cpu": host.cpu_model(),
+        "cpu_id": host.cpu_id(),
+        "cpu_flags_sha256": host.cpu_flags_sha256(),
         "machine": platform.machine(),
         "cores": host.usable_cpus(),
         "threads": timing.capped_threads(threads),

@@ -22,6 +22,7 @@ from pipeline.core.files import atomic_path
 from pipeline.core.metrics import BENCHMARK_RUNTIME_KEY, challenge_score
 from pipeline.tracking.runs import (
     HOST_TAG_PREFIX,
+    TOTAL_SECONDS_METRIC,
     VAL_DIGEST_TAG,
     VAL_NAME_TAG,
     check_reachable,
@@ -39,13 +40,27 @@ COLUMNS = {
     "latency_ms": f"metrics.benchmark.{BENCHMARK_RUNTIME_KEY}",
     "est_rpi4_ms": "metrics.benchmark.est_rpi4_ms",
     "size_mb": "metrics.export.size_mb",
-    # which machine trained it: two CPUs' float32 paths give different weights
+    # how long it took: training's epochs, and every stage of the result (the run's Duration)
+    "train_s": "metrics.train.train_seconds",
+    "total_s": f"metrics.{TOTAL_SECONDS_METRIC}",
+    # which machine trained it: two CPUs give different weights, on the same float32 path too
     "cpu": f"tags.{HOST_TAG_PREFIX}cpu",
+    "cpu_id": f"tags.{HOST_TAG_PREFIX}cpu_id",
     "vector_path": f"tags.{HOST_TAG_PREFIX}vector_path",
     "data": f"tags.{VAL_NAME_TAG}",
     "data_digest": f"tags.{VAL_DIGEST_TAG}",
 }
-TEXT_COLUMNS = ("run", "arch", "precision", "cpu", "vector_path", "data", "data_digest", "run_id")
+TEXT_COLUMNS = (
+    "run",
+    "arch",
+    "precision",
+    "cpu",
+    "cpu_id",
+    "vector_path",
+    "data",
+    "data_digest",
+    "run_id",
+)
 GROUP_COLUMNS = ("data", "data_digest")
 UNKNOWN_DATA = "unknown data"  # runs logged before data digests existed, or without a split
 COMPARE_ARTIFACT_DIR = "compare"
@@ -86,7 +101,7 @@ def load_runs(*, tracking_uri: str, experiment: str):
         mlflow.set_tracking_uri(tracking_uri)
         require_experiment(mlflow.MlflowClient(), experiment, tracking_uri)
         runs = mlflow.search_runs(
-            experiment_names=[experiment], order_by=["attributes.start_time DESC"]
+            experiment_names=[experiment], order_by=["attributes.end_time DESC"]
         )
     if len(runs) == 0:
         raise ReportError(
@@ -220,9 +235,15 @@ def _fmt(value, column: str) -> str:
     if column == "run_id" and isinstance(value, str):
         return value[:8]  # enough to find it in the UI; the CSV keeps the full id
     if isinstance(value, float):
-        digits = {"si_rmse": 4, "rmse_m": 3, "latency_ms": 1, "est_rpi4_ms": 1, "size_mb": 2}.get(
-            column
-        )
+        digits = {
+            "si_rmse": 4,
+            "rmse_m": 3,
+            "latency_ms": 1,
+            "est_rpi4_ms": 1,
+            "size_mb": 2,
+            "train_s": 0,
+            "total_s": 0,
+        }.get(column)
         return f"{value:.{digits}f}" if digits is not None else f"{value:.4g}"
     return str(value).replace("|", "\\|")
 

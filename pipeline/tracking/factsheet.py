@@ -48,7 +48,7 @@ def load_run(*, tracking_uri: str, experiment: str, run_id: str | None = None):
             runs = client.search_runs(
                 [exp.experiment_id],
                 filter_string="attributes.status = 'FINISHED'",
-                order_by=["attributes.start_time DESC"],
+                order_by=["attributes.end_time DESC"],  # the start is set back: runs.py
                 max_results=1,
             )
             if not runs:
@@ -154,15 +154,18 @@ def started_from(train: dict) -> str:
 
 def made_on(train: dict) -> str:
     """The fact sheet's line on where the weights were made (metrics/train.json `host`): the
-    CPU's vector path decides the last bits of every weight (docs/reproducibility.md)."""
+    CPU and its vector path decide the last bits of every weight (docs/reproducibility.md)."""
     host = train.get("host")
     if not isinstance(host, dict):
         return "not recorded (a run from before host facts were kept)"
     cap = host.get("onednn_max_cpu_isa", host_facts.NONE)
     onednn_off = host.get("tf_enable_onednn_opts", host_facts.NONE).lower() in host_facts.ONEDNN_OFF
     determinism = train.get("op_determinism")
+    cpu_id = host.get("cpu_id", host_facts.UNKNOWN)  # runs before it was kept have none
     return (
-        f"{host.get('cpu', 'n/a')} ({host.get('cpu_extensions', 'n/a')})"
+        f"{host.get('cpu', 'n/a')}"
+        + ("" if cpu_id == host_facts.UNKNOWN else f", {cpu_id}")
+        + f" ({host.get('cpu_extensions', 'n/a')})"
         + (
             ", oneDNN off (Eigen kernels)"
             if onednn_off

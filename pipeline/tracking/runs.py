@@ -40,6 +40,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.core.cli import STAGE_SECONDS_KEY
 from pipeline.core.config import DEFAULT_PARAMS, Params, as_flat_dict, load_params
 from pipeline.core.errors import PipelineError, TrackingError
 from pipeline.core.files import read_json
@@ -81,6 +82,11 @@ CLAIM_INFIX = "/tracked/"
 # its claim no longer stops another run with the same outputs.
 CLAIM_STALE_S = 15 * 60
 DATASET_CONTEXT_TAG = "mlflow.data.context"
+# A run lasts as long as its result took to make (pipeline_seconds): its start is set back
+# from the moment track logs it, so the moment logging began is a tag of its own (ms since
+# the epoch), what the claim's staleness is judged by.
+LOGGING_SINCE_TAG = "track.logging_since"
+TOTAL_SECONDS_METRIC = "pipeline.seconds"
 # The runs table the link opens: MLflow 3 opens on its GenAI overview unless the link
 # asks for the training workflow, and shows no metric column unless a view names them.
 # A view is an experiment tag `mlflow.sharedViewState.<key>`, picked by the link.
@@ -229,6 +235,36 @@ def collect_metrics(project_root: str | os.PathLike) -> dict[str, float]:
     for path in sorted((Path(project_root) / METRICS_DIR).glob("*.json")):
         _flatten_numbers(read_json(path), path.stem, out)
     return out
+
+
+def stage_seconds(project_root: str | os.PathLike) -> dict[str, float]:
+    """{stage: seconds} of the stages that made the outputs in `project_root`.
+
+    Each stage writes its own time into its metrics JSON (STAGE_SECONDS_KEY, from
+    pipeline.core.cli.timed), and DVC restores that file with the stage's outputs when it
+    skips the stage or restores it from the run-cache: a stage counts with the time it took
+    when it ran, wherever and whenever that was. index@NAME's time comes through
+    prepare.json (sources.NAME.index_seconds). Stages without a metrics JSON (synthesize,
+    unlabeled@NAME, package) are left out: a `cache: false` file of their own would keep
+    DVC's remote run-cache from restoring them (tests/test_dvc_remote.py). So are metrics
+    written before the times were.
+    """
+    folder = Path(project_root) / METRICS_DIR
+    found = {path.stem: read_json(path) for path in sorted(folder.glob("*.json"))}
+    times: dict[str, float] = {}
+    for stage, metrics in found.items():
+        if _is_number(metrics.get(STAGE_SECONDS_KEY)):
+            times[stage] = float(metrics[STAGE_SECONDS_KEY])
+    train = found.get("train", {})
+    if "train" in times and _is_number(train.get("train_seconds")):
+        # resumed after an interruption: the file has this attempt's time, train_seconds the
+        # time of every epoch, the earlier attempts' included
+        times["train"] = max(times["train"], float(train["train_seconds"]))
+    sources = found.get("prepare", {}).get("sources") or {}
+    for name, source in sources.items():
+        if isinstance(source, dict) and _is_number(source.get("index_seconds")):
+            times[f"index@{name}"] = float(source["index_seconds"])
+    return times
 
 
 def read_history(project_root: str | os.PathLike) -> list[tuple[str, float, int]]:
@@ -525,6 +561,14 @@ def claim_pipeline_key(
     return True
 
 
+def _logging_since(run) -> float:
+    """When track began to log `run` (ms): its LOGGING_SINCE_TAG, else (older runs) its start."""
+    try:
+        return float(run.data.tags[LOGGING_SINCE_TAG])
+    except (KeyError, ValueError):
+        return float(run.info.start_time)
+
+
 def _live_run_with_key(client, exp_id: str, key: str, other_than: str) -> str | None:
     """The oldest finished, or recently started and running, run of the experiment with this
     pipeline key, but `other_than`; None when the claimant failed or died."""
@@ -540,7 +584,7 @@ def _live_run_with_key(client, exp_id: str, key: str, other_than: str) -> str | 
         if r.info.run_id != other_than
         and (
             r.info.status == "FINISHED"
-            or (r.info.status == "RUNNING" and r.info.start_time > fresh)
+            or (r.info.status == "RUNNING" and _logging_since(r) > fresh)
         )
     ]
     return live[0].run_id if live else None
@@ -606,7 +650,10 @@ def _log_run(
     root = Path(project_root).resolve()
     uri = tracking_uri(root)
     check_reachable(uri)
+    began = time.time()  # this track's own time counts from here
     # Read everything before touching the store: a bad file leaves no half-logged run.
+    times = stage_seconds(root)
+    made_in = sum(times.values())
     flat_params = [Param(k, str(v)) for k, v in as_flat_dict(params).items()]
     metrics = collect_metrics(root)
     history = read_history(root)
@@ -628,7 +675,15 @@ def _log_run(
         location = _artifact_location(uri, root, experiment_name)
         exp_id = _experiment_id(client, experiment_name, location)
         client.set_experiment_tag(exp_id, VIEW_TAG, json.dumps(RUNS_VIEW))
-        run = client.create_run(exp_id, run_name=run_name or default_run_name(params), tags=tags)
+        # The run's Duration is the result's: the stages' times, then this track's own.
+        start_ms = int((began - made_in) * 1000)
+        tags[LOGGING_SINCE_TAG] = str(int(began * 1000))
+        run = client.create_run(
+            exp_id,
+            start_time=start_ms,
+            run_name=run_name or default_run_name(params),
+            tags=tags,
+        )
         run_id = run.info.run_id
         try:
             # The run exists before the claim: whoever loses the claim finds the winner's run.
@@ -653,11 +708,15 @@ def _log_run(
                 client.log_artifact(
                     run_id, str(root / rel), artifact_path=None if folder == "." else folder
                 )
+            end_ms = int(time.time() * 1000)
+            if times:  # without any stage's time, the run's Duration is track's alone
+                total = Metric(TOTAL_SECONDS_METRIC, round((end_ms - start_ms) / 1000, 1), now, 0)
+                client.log_batch(run_id, metrics=[total])
         except BaseException:
             with contextlib.suppress(Exception):  # the original error is the one to report
                 client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
             raise
-        client.set_terminated(run_id)
+        client.set_terminated(run_id, end_time=end_ms)
     return run_id, True
 
 
@@ -719,7 +778,7 @@ def find_tracked_run(uri: str, experiment: str, key: str) -> tuple[str, str] | N
         " JOIN tags t ON t.run_uuid = r.run_uuid"
         " WHERE e.name = ? AND e.lifecycle_stage = 'active' AND r.lifecycle_stage = 'active'"
         " AND r.status = 'FINISHED' AND t.key = ? AND t.value = ?"
-        " ORDER BY r.start_time DESC LIMIT 1",
+        " ORDER BY r.end_time DESC LIMIT 1",
         (experiment, PIPELINE_KEY_TAG, key),
     )
     if rows is not None:
@@ -733,7 +792,7 @@ def find_tracked_run(uri: str, experiment: str, key: str) -> tuple[str, str] | N
         runs = MlflowClient(tracking_uri=uri).search_runs(
             [exp_id],
             max_results=1,
-            order_by=["attributes.start_time DESC"],
+            order_by=["attributes.end_time DESC"],
             filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
         )
     return (exp_id, runs[0].info.run_id) if runs else None
