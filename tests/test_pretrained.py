@@ -413,3 +413,23 @@ def test_readme_offline_commands_start_the_encoder_from_the_shared_files(tmp_pat
         assert start["file"] == file.name and start["layers_loaded"] == 54, (name, start)
         assert start["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
     assert not os.path.exists(tmp_path / "empty-keras-home" / "models")  # nothing downloaded
+
+
+def test_refit_takes_images_from_the_whole_train_split():
+    """The refit's 64 images are spread over the train split (the training scene and the
+    unlabeled photographs after it alike), not its first 64 rows."""
+    import tensorflow as tf
+
+    from pipeline.model.training import refit_images
+
+    class Numbered:  # image i is filled with the value i
+        n = 200
+
+        def get(self, i):
+            value = tf.cast(i, tf.uint8)
+            return tf.fill([48, 64, 3], value), tf.zeros([48, 64, 1], tf.uint16)
+
+    batches = refit_images(Numbered(), small_cfg())
+    seen = np.concatenate([np.asarray(b)[:, 0, 0, 0] for b in batches]).round().astype(int)
+    assert len(seen) == 64 and seen[0] == 0 and seen[-1] == 199
+    assert np.all(np.diff(seen) >= 3)  # every third image or so, not a block

@@ -217,7 +217,8 @@ class _EncoderWeights:
 
 ENCODER_WEIGHTS = _EncoderWeights()
 # train.encoder_batchnorm: what the batch norms loaded with pretrained weights do in training
-# (docs/pretrained.md measured the three): frozen = inference mode, the pretrained function;
+# (docs/pretrained.md measured the three; refit at encoder_lr_scale 0.1 chosen on the training
+# scenes' own validation blocks): frozen = inference mode, the pretrained function;
 # trainable = batch statistics, as in a fresh network; refit = statistics re-estimated on
 # training images first, then trainable
 BATCHNORM_RULES = ("frozen", "trainable", "refit")
@@ -230,8 +231,8 @@ class TrainConfig:
     encoder_weights: str = knob("none", choices=ENCODER_WEIGHTS)
     # What a pretrained encoder's loaded batch norms do, and its learning rate as a multiple of
     # train.learning_rate (both act only when encoder_weights is not none).
-    encoder_batchnorm: str = knob("frozen", choices=BATCHNORM_RULES)
-    encoder_lr_scale: float = knob(1.0, lo=0.0, lo_open=True)
+    encoder_batchnorm: str = knob("refit", choices=BATCHNORM_RULES)
+    encoder_lr_scale: float = knob(0.1, lo=0.0, lo_open=True)
     # A .keras model of the same architecture whose weights the run starts from (transfer:
     # pretrain on the synthetic scenes, fine-tune on real data); "" = fresh weights.
     init_from: str = ""

@@ -280,13 +280,16 @@ def train_dataset(
     return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
-def eval_dataset(source: PairSource, *, batch_size: int, height: int, width: int):
-    """Unaugmented batches at working size, in split order.
+def eval_dataset(source: PairSource, *, batch_size: int, height: int, width: int, indices=None):
+    """Unaugmented batches at working size, in split order (or of these `indices` only).
 
     Read from the RAM cache when the source is in it, else decoded from disk on every
     validation pass; nothing more is kept, so RAM stays within train.cache_max_mb.
     """
-    ds = tf.data.Dataset.range(source.n)
+    if indices is None:
+        ds = tf.data.Dataset.range(source.n)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(tf.constant(indices, tf.int64))
     ds = ds.map(
         lambda i: to_working(*source.get(i), height, width),
         num_parallel_calls=AUTOTUNE,

@@ -406,6 +406,8 @@ def refit_statistics(encoder, norms: list, batches) -> None:
 
     if not norms:
         return
+    if not batches:
+        raise ValueError("refit_statistics needs at least one batch of images")
     probe = keras.Model(encoder.inputs, [norm.input for norm in norms])
     sums = [np.zeros(norm.input.shape[-1], np.float64) for norm in norms]
     squares = [np.zeros_like(s) for s in sums]
@@ -436,15 +438,16 @@ def refit_statistics(encoder, norms: list, batches) -> None:
 
 def apply_batchnorm_rule(encoder, start: EncoderStart, rule: str, batches=None) -> int:
     """train.encoder_batchnorm on the batch norms loaded from the file; fresh ones train as in
-    a fresh network. Returns how many it acted on."""
+    a fresh network. `batches`: the encoder inputs a refit takes its statistics from (None: no
+    refit, as in a resumed run). Returns how many it acted on."""
     if rule not in BATCHNORM_RULES:
         raise ValueError(f"unknown encoder batch-norm rule {rule!r}; known: {BATCHNORM_RULES}")
     norms = loaded_norms(encoder, start)
     if rule == "frozen":
         for norm in norms:
             norm.trainable = False  # Keras 3: a non-trainable batch norm runs in inference mode
-    elif rule == "refit":
-        refit_statistics(encoder, norms, batches or [])
+    elif rule == "refit" and batches is not None:  # None: resumed, the checkpoint has them
+        refit_statistics(encoder, norms, batches)
     return len(norms)
 
 

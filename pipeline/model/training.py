@@ -433,10 +433,14 @@ def make_optimizer(cfg, schedule, scaled=()):
 
 
 def refit_images(source, cfg, count: int = REFIT_IMAGES) -> list:
-    """The first `count` training images at working size, unaugmented: what a batch-norm refit
-    (train.encoder_batchnorm: refit) takes its statistics from."""
-    batches = eval_dataset(source, batch_size=8, height=cfg.height, width=cfg.width)
-    return [rgb for rgb, _ in batches.take(math.ceil(min(count, source.n) / 8))]
+    """`count` training images evenly spaced over the train split (every source and the
+    unlabeled images alike, as training batches mix them), at working size, unaugmented:
+    what a batch-norm refit (train.encoder_batchnorm: refit) takes its statistics from."""
+    indices = np.unique(np.linspace(0, source.n - 1, min(count, source.n)).round().astype(int))
+    batches = eval_dataset(
+        source, batch_size=8, height=cfg.height, width=cfg.width, indices=indices.tolist()
+    )
+    return [rgb for rgb, _ in batches]
 
 
 def init_weights(model, path: str | os.PathLike) -> None:
