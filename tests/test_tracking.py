@@ -427,7 +427,8 @@ def test_ui_link_names_the_experiment_in_the_store(tmp_path):
 
 def test_runs_say_where_they_were_trained(tmp_path):
     """metrics/train.json's host facts become `host.*` tags (text a search or compare can
-    filter on), op determinism a train tag; the numbers stay metrics."""
+    filter on), op determinism a train tag, the encoder's start `encoder.*` tags; the numbers
+    stay metrics."""
     from mlflow import MlflowClient
 
     project = make_project(tmp_path / "p")
@@ -449,6 +450,13 @@ def test_runs_say_where_they_were_trained(tmp_path):
                 "host": facts,
                 "op_determinism": True,
                 "inter_op_threads": 1,
+                "encoder": {
+                    "weights": "../shared/encoders/mobilenet_v1_0.5_160_quant.tflite",
+                    "file": "mobilenet_v1_0.5_160_quant.tflite",
+                    "sha256": "3cc6d2ca" * 8,
+                    "layers_loaded": 54,
+                    "layers_fresh": [],
+                },
             }
         )
     )
@@ -464,6 +472,13 @@ def test_runs_say_where_they_were_trained(tmp_path):
     }
     assert run.data.metrics["train.host.cores"] == 2
     assert run.data.metrics["train.inter_op_threads"] == 1
+    # and which weights started the encoder: a search on the file's digest finds the run
+    assert {k: v for k, v in run.data.tags.items() if k.startswith("encoder.")} == {
+        "encoder.weights": "../shared/encoders/mobilenet_v1_0.5_160_quant.tflite",
+        "encoder.file": "mobilenet_v1_0.5_160_quant.tflite",
+        "encoder.sha256": "3cc6d2ca" * 8,
+        "encoder.layers_loaded": "54",
+    }
 
 
 # Each stage's own time (metrics JSON `stage_seconds`, index@NAME's through prepare.json),

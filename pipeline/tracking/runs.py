@@ -73,6 +73,8 @@ NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 # Where the model was trained (metrics/train.json `host`, pipeline.core.host.facts) as tags
 # `host.<key>`: two CPUs' vector paths train different weights, so runs say which one.
 HOST_TAG_PREFIX = "host."
+# Which weights started the encoder (metrics/train.json `encoder`): `encoder.file`, `.sha256`, ...
+ENCODER_TAG_PREFIX = "encoder."
 DETERMINISM_TAG = "train.op_determinism"
 # The first of several identical runs to be logged takes the name
 # `<experiment>/tracked/<pipeline key>` as a deleted MLflow experiment: the store's unique
@@ -377,6 +379,20 @@ def host_tags(project_root: str | os.PathLike) -> dict[str, str]:
     return tags
 
 
+def encoder_tags(project_root: str | os.PathLike) -> dict[str, str]:
+    """metrics/train.json's `encoder` (which weights started it) as `encoder.<key>` tags: the
+    file, its sha256, the layers it set; {} without one (a run from scratch has weights none)."""
+    path = Path(project_root) / METRICS_DIR / "train.json"
+    start = read_json(path).get("encoder") if path.is_file() else None
+    if not isinstance(start, dict):
+        return {}
+    return {
+        f"{ENCODER_TAG_PREFIX}{key}": str(value)
+        for key, value in start.items()
+        if isinstance(value, (str, int, float)) and value != ""
+    }
+
+
 def run_tags(project_root: Path, params: Params) -> dict[str, str]:
     commit, dirty = git_state(project_root)
     tags = {
@@ -386,6 +402,7 @@ def run_tags(project_root: Path, params: Params) -> dict[str, str]:
         "train.arch": params.train.arch,
         "export.precision": params.export.precision,
         **host_tags(project_root),
+        **encoder_tags(project_root),
     }
     key = pipeline_key(project_root, params)
     if key is not None:
