@@ -34,6 +34,15 @@ PRETRAINED = {
     "v3s-1.0": ("mobilenet_v3_small", 1.0, "mobilenet_v3_small_1.0_224_uint8.tflite"),
 }
 
+# The ImageNet classifiers among them (TFLite): file -> (train.encoder, width)
+CLASSIFIERS = {
+    "mobilenet_v1_0.25_128_quant.tflite": ("mobilenet_v1", 0.25),
+    "mobilenet_v1_0.5_160_quant.tflite": ("mobilenet_v1", 0.5),
+    "mobilenet_v1_0.75_192_quant.tflite": ("mobilenet_v1", 0.75),
+    "mobilenet_v2_1.0_224_int8.tflite": ("mobilenet_v2", 1.0),
+    "mobilenet_v3_small_1.0_224_uint8.tflite": ("mobilenet_v3_small", 1.0),
+}
+
 
 def encoder_overrides(spec: str) -> dict:
     """'v1-0.5' (ImageNet, PRETRAINED) or 'v1-0.5-scratch' (the same encoder, fresh), with an

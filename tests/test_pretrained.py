@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.common import CLASSIFIERS
 from conftest import REPO, make_project, project_env, run_stage, split_csv
 from pipeline.core.config import TrainConfig, load_params
 from pipeline.core.errors import ConfigError, DataError
@@ -23,14 +24,6 @@ ENCODERS = REPO.parent / "shared" / "encoders"
 H5 = ENCODERS / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 DEEPLAB = ENCODERS / "deeplabv3_mnv2_dm05_pascal_quant.tflite"
 IMAGES = ("grace_hopper.bmp", "cat.bmp", "parrot.jpg")
-# file -> (train.encoder, width): the shared ImageNet classifiers
-CLASSIFIERS = {
-    "mobilenet_v1_0.25_128_quant.tflite": ("mobilenet_v1", 0.25),
-    "mobilenet_v1_0.5_160_quant.tflite": ("mobilenet_v1", 0.5),
-    "mobilenet_v1_0.75_192_quant.tflite": ("mobilenet_v1", 0.75),
-    "mobilenet_v2_1.0_224_int8.tflite": ("mobilenet_v2", 1.0),
-    "mobilenet_v3_small_1.0_224_uint8.tflite": ("mobilenet_v3_small", 1.0),
-}
 
 
 def small_cfg(**kw) -> TrainConfig:
