@@ -21,7 +21,8 @@ def main() -> None:
     from ai_edge_litert.interpreter import Interpreter
     from PIL import Image
 
-    from pipeline.model.pretrained import classifier, tflite_input, tflite_logits
+    from pipeline.model.pretrained import classifier
+    from pipeline.model.weight_files import tflite_input, tflite_logits
 
     labels = (ENCODER_FILES / "test_images/imagenet_labels.txt").read_text().splitlines()
     print(f"{'file':<42} {'photo':<17} {'Keras top-1':<28} {'TFLite top-1':<28} {'corr':>5}")

@@ -52,7 +52,8 @@ def test_a_classifier_built_from_a_tflite_file_gives_its_top1(file):
     three test photos as the TFLite itself does (same top-1, probabilities that agree)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from pipeline.model.pretrained import classifier, tflite_input, tflite_logits
+    from pipeline.model.pretrained import classifier
+    from pipeline.model.weight_files import tflite_input, tflite_logits
 
     path = ENCODERS / file
     kind, width = CLASSIFIERS[file]
@@ -71,7 +72,7 @@ def test_a_classifier_built_from_a_tflite_file_gives_its_top1(file):
 def test_encoder_weights_equal_the_file_and_differ_from_a_fresh_start():
     import h5py
 
-    from pipeline.model.pretrained import read_tflite
+    from pipeline.model.weight_files import read_tflite
 
     cfg = small_cfg(encoder="mobilenet_v2", width_multiplier=1.0, encoder_weights=str(H5))
     _, encoder, start = built(cfg)
@@ -108,7 +109,8 @@ def test_deeplab_encoder_computes_what_the_deeplab_file_does():
     from ai_edge_litert.interpreter import Interpreter
 
     from pipeline.model.networks.encoders import deeplab_mobilenet_v2
-    from pipeline.model.pretrained import load_encoder, tflite_input
+    from pipeline.model.pretrained import load_encoder
+    from pipeline.model.weight_files import tflite_input
 
     interpreter = Interpreter(model_path=str(DEEPLAB), experimental_preserve_all_tensors=True)
     size = int(interpreter.get_input_details()[0]["shape"][1])  # 513: odd sizes pad as TF does
@@ -338,7 +340,8 @@ def test_the_train_stage_starts_the_encoder_from_the_file_by_the_rule(tmp_path):
 
     import keras
 
-    from pipeline.model.pretrained import encoder_of, read_tflite
+    from pipeline.model.pretrained import encoder_of
+    from pipeline.model.weight_files import read_tflite
 
     path = ENCODERS / "mobilenet_v1_0.25_128_quant.tflite"
     items, _ = read_tflite(path)

@@ -455,7 +455,6 @@ def test_runs_say_where_they_were_trained(tmp_path):
                     "file": "mobilenet_v1_0.5_160_quant.tflite",
                     "sha256": "3cc6d2ca" * 8,
                     "layers_loaded": 54,
-                    "layers_fresh": [],
                 },
             }
         )
