@@ -189,6 +189,38 @@ def test_wrong_layout_without_rgb_subfolder(tmp_path):
     )
 
 
+def test_the_organizers_train_layout_is_read_from_train(tmp_path):
+    """Their archive unpacks as train/rgb + train/depth (val/ and test/ hold RGB only)."""
+    src = tmp_path / "mai2021"
+    make_source(src / "train", 4)
+    save(src / "val" / "rgb" / "0100.png", rgb_image(7))
+    proc, project = prepare(tmp_path, src)
+    metrics = assert_ok(proc, project)
+    assert metrics["train_images"] + metrics["val_images"] == 4
+    assert proc.stderr == ""
+    rows = (project / SPLIT).read_text().splitlines()[1:]
+    assert len(rows) == 4 and all(str(src / "train" / "rgb") in row for row in rows)
+    checked = json.loads((project / "data/prepared/sources/src.json").read_text())
+    assert checked["path"] == str(src) and checked["folder"] == str(src / "train")
+    index = run_stage("index", project)
+    assert f"from {src} (its train/, the organizers' layout)" in index.stdout
+
+
+def test_a_wrong_layout_names_a_folder_below_that_would_work(tmp_path):
+    src = tmp_path / "download"
+    make_source(src / "MAI2021" / "training", 4)  # not train/: found, named, not guessed
+    (src / "README.txt").write_text("unpacked\n")
+    proc, project = prepare(tmp_path, src)
+    assert_one_line_error(
+        proc,
+        project,
+        str(src),
+        "wrong layout",
+        "found MAI2021/, README.txt",
+        f"{src / 'MAI2021' / 'training'} has rgb/ and depth/: use that path",
+    )
+
+
 def test_folder_does_not_exist(tmp_path):
     src = tmp_path / "no_such_folder"
     proc, project = prepare(tmp_path, src)

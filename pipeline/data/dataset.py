@@ -42,6 +42,7 @@ MAX_ERRORS_SHOWN = 3  # bad files named in the one-line error; the rest are coun
 
 @dataclass
 class DataReport:
+    folder: str = ""  # where rgb/ and depth/ were read: the source, or its train/ (data_folder)
     pairs: list[dict] = field(default_factory=list)  # INDEX_COLUMNS of each usable pair
     skipped_empty: list[str] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
@@ -60,8 +61,34 @@ def _some(names: list[str], shown: int = 10) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def list_pairs(source: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """Names present in both rgb/ and depth/, plus the non-PNG files that were ignored."""
+# The organizers' training archive unpacks as train/rgb/NAME.png + train/depth/NAME.png
+# (../shared/CHALLENGE.md): a source folder without rgb/ and depth/ of its own whose train/
+# has both is read from its train/ (the index stage says so).
+ORGANIZERS_SUBFOLDER = "train"
+LAYOUT_SEARCH_DEPTH = 2  # how far below a wrong-layout source a folder that would work is sought
+
+
+def _has_layout(folder: Path) -> bool:
+    return (folder / "rgb").is_dir() and (folder / "depth").is_dir()
+
+
+def _folder_that_would_work(source: Path) -> Path | None:
+    """The first folder (by name, shallowest first) below `source` with rgb/ and depth/."""
+    level = [source]
+    for _ in range(LAYOUT_SEARCH_DEPTH):
+        level = sorted(
+            (Path(e.path) for d in level for e in os.scandir(d) if e.is_dir()),
+            key=lambda p: p.parts,
+        )
+        found = next((p for p in level if _has_layout(p)), None)
+        if found:
+            return found
+    return None
+
+
+def data_folder(source: str | os.PathLike) -> Path:
+    """The folder that holds a source's rgb/ and depth/: the source itself, or its train/ (the
+    organizers' layout). A DataError naming the source when it has neither."""
     source = Path(source)
     if not source.exists():
         raise DataError(
@@ -71,18 +98,30 @@ def list_pairs(source: str | os.PathLike) -> tuple[list[str], list[str]]:
         raise DataError(
             f"{source}: is a file; a path under data.sources must be a folder with rgb/ and depth/"
         )
-    rgb_dir, depth_dir = source / "rgb", source / "depth"
     if not any(source.iterdir()):
         raise DataError(
             f"{source}: data folder is empty (expected rgb/NAME.png and depth/NAME.png)"
         )
-    missing = [d.name for d in (rgb_dir, depth_dir) if not d.is_dir()]
-    if missing:
-        found = sorted(e.name + ("/" if e.is_dir() else "") for e in source.iterdir())
-        raise DataError(
-            f"{source}: wrong layout, missing {' and '.join(f'{m}/' for m in missing)}"
-            f" (expected rgb/NAME.png and depth/NAME.png; found {_some(found)})"
-        )
+    missing = [d for d in ("rgb", "depth") if not (source / d).is_dir()]
+    if not missing:
+        return source
+    if _has_layout(source / ORGANIZERS_SUBFOLDER):
+        return source / ORGANIZERS_SUBFOLDER
+    found = sorted(e.name + ("/" if e.is_dir() else "") for e in source.iterdir())
+    would_work = _folder_that_would_work(source)
+    hint = f"; {would_work} has rgb/ and depth/: use that path" if would_work else ""
+    raise DataError(
+        f"{source}: wrong layout, missing {' and '.join(f'{m}/' for m in missing)}"
+        f" (expected rgb/NAME.png and depth/NAME.png, or {ORGANIZERS_SUBFOLDER}/rgb and "
+        f"{ORGANIZERS_SUBFOLDER}/depth as the organizers ship them; found {_some(found)}){hint}"
+    )
+
+
+def list_pairs(source: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Names present in both rgb/ and depth/ of `source` (a folder with both: see
+    data_folder), plus the non-PNG files that were ignored."""
+    source = Path(source)
+    rgb_dir, depth_dir = source / "rgb", source / "depth"
     ignored, found = [], {}
     for sub in (rgb_dir, depth_dir):
         found[sub.name] = set()
@@ -165,11 +204,11 @@ def validate_source(
     large set (the first few by name, the rest counted), not one per run. workers: decoding
     threads (default: one per usable core).
     """
-    source = Path(source)
+    source = data_folder(source)  # the folder itself, or its train/ (the organizers' layout)
     names, ignored = list_pairs(source)
     if max_images:
         names = names[:max_images]
-    report = DataReport(ignored_files=ignored)
+    report = DataReport(folder=str(source), ignored_files=ignored)
     if ignored:
         shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
         report.warnings.append(f"{source}: ignored {len(ignored)} non-PNG entries: {shown}")
