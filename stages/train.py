@@ -15,6 +15,7 @@ from pipeline.core.paths import (
     TEACHER_INDEX,
     metrics_json,
 )
+from pipeline.model.cluster import read_tf_config
 
 METRICS = metrics_json("train")
 
@@ -22,6 +23,8 @@ METRICS = metrics_json("train")
 def main(argv: list[str] | None = None) -> None:
     args = stage_parser("train", __doc__).parse_args(argv)
     params = load_params(args.params)
+    if params.train.strategy == "multi_worker":
+        read_tf_config()  # the cluster is checked with the params, before TensorFlow loads
     # TensorFlow loads only after the params are known to be good.
     from pipeline.model.training import resume_fingerprint, train, writes_outputs
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_project, run_stage
+from conftest import make_project, project_env, run_stage
+from pipeline.model.cluster import EXAMPLE as EXAMPLE_TF_CONFIG
 
 SPLIT = "data/prepared/split.csv"
 METRICS = "metrics/prepare.json"
@@ -359,3 +362,88 @@ def test_split_leaves_at_least_one_pair_on_each_side():
         assert sum(s == "val" for s in splits.values()) == n_val
         # validation is the last contiguous block of names
         assert [splits[k] for k in sorted(splits)] == ["train"] * (n - n_val) + ["val"] * n_val
+
+
+# ------------------------------------------- TF_CONFIG, read by train.strategy multi_worker
+BAD_TF_CONFIGS = [
+    # (TF_CONFIG, what the one line says)
+    ('{"cluster": {"worker": ["127.0.0.1:1"', "TF_CONFIG: not valid JSON (Expecting"),
+    ("worker:0", "TF_CONFIG: not valid JSON"),
+    ('["127.0.0.1:1"]', "TF_CONFIG: must be a JSON object, got list"),
+    ('{"cluster": ["127.0.0.1:1"]}', "TF_CONFIG: cluster must map roles to lists"),
+    ('{"cluster": {"worker": "127.0.0.1:1"}}', "TF_CONFIG: cluster.worker must be a non-empty"),
+    ('{"cluster": {"worker": []}}', "TF_CONFIG: cluster.worker must be a non-empty"),
+    ('{"cluster": {"worker": ["127.0.0.1"]}}', "cluster.worker[0]='127.0.0.1' is not HOST:PORT"),
+    ('{"cluster": {"worker": ["h:99999"]}}', "cluster.worker[0]='h:99999' is not HOST:PORT"),
+    (
+        '{"cluster": {"worker": ["h:1", "h:1"]}, "task": {"type": "worker", "index": 0}}',
+        "TF_CONFIG: h:1 is in the cluster twice (worker[0] and worker[1])",
+    ),
+    ('{"cluster": {"worker": ["h:1"]}}', "TF_CONFIG: task must be this process's"),
+    ('{"task": {"type": "worker", "index": 0}}', "TF_CONFIG: cluster must map roles"),
+    (
+        '{"cluster": {"worker": ["h:1"]}, "task": {"type": "chief", "index": 0}}',
+        "TF_CONFIG: task.type='chief' is not a role of the cluster (worker)",
+    ),
+    (
+        '{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 2}}',
+        "TF_CONFIG: task.index=2 is out of range: cluster.worker has 2 address(es), so 0..1",
+    ),
+    (
+        '{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": "0"}}',
+        "TF_CONFIG: task.index must be an int, got '0'",
+    ),
+]
+
+
+@pytest.mark.parametrize("text, needle", BAD_TF_CONFIGS)
+def test_a_bad_tf_config_is_one_line(text, needle, monkeypatch):
+    from pipeline.core.errors import ConfigError
+    from pipeline.model.cluster import read_tf_config
+
+    monkeypatch.setenv("TF_CONFIG", text)
+    with pytest.raises(ConfigError) as err:
+        read_tf_config()
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_good_tf_configs_read_as_they_are(monkeypatch):
+    from pipeline.model.cluster import read_tf_config
+
+    for text, config in (
+        ("", {}),
+        ("{}", {}),
+        (
+            '{"cluster": {"worker": ["h:1", "[::1]:2"], "chief": ["h:3"]}, '
+            '"task": {"type": "worker", "index": 1}, "rpc_layer": "grpc"}',
+            {
+                "cluster": {"worker": ["h:1", "[::1]:2"], "chief": ["h:3"]},
+                "task": {"type": "worker", "index": 1},
+                "rpc_layer": "grpc",
+            },
+        ),
+    ):
+        monkeypatch.setenv("TF_CONFIG", text)
+        assert read_tf_config() == config
+
+
+def test_the_train_stage_stops_on_a_bad_tf_config_before_any_work(tmp_path):
+    """The issue's case: a cut-off TF_CONFIG with train.strategy multi_worker was a
+    json.decoder.JSONDecodeError traceback, exit 1."""
+    project = make_project(tmp_path / "proj", {"train": {"strategy": "multi_worker"}}, git=False)
+    env = {**project_env(), "TF_CONFIG": BAD_TF_CONFIGS[0][0]}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.train"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [
+        "error: TF_CONFIG: not valid JSON (Expecting ',' delimiter at line 1, column 38) "
+        f"(expected e.g. {EXAMPLE_TF_CONFIG}; docs/scale-out.md)"
+    ]
+    assert not (project / "models/checkpoints").exists() and not (project / "metrics").exists()

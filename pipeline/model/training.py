@@ -33,6 +33,7 @@ from pipeline.core.files import atomic_path, read_depth_mm, read_rgb, write_json
 from pipeline.core.metrics import average_metrics, image_metrics
 from pipeline.data.dataset import read_split, read_teacher_index
 from pipeline.data.tfdata import eval_dataset, split_sources, train_dataset
+from pipeline.model.cluster import read_tf_config
 from pipeline.model.losses import make_loss
 from pipeline.model.networks import build_model, load_keras_model
 
@@ -245,13 +246,9 @@ def make_strategy(name: str):
             raise DataError(
                 "train.strategy multi_worker needs the TF_CONFIG environment variable (see README)"
             )
+        read_tf_config()  # checked: TensorFlow's own parse of a bad one is a traceback or a hang
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
-
-
-def read_tf_config() -> dict:
-    """The TF_CONFIG environment variable, parsed ({} without one)."""
-    return json.loads(os.environ.get("TF_CONFIG") or "{}")
 
 
 def is_chief() -> bool:
