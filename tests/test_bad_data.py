@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import make_project, project_env, run_stage
@@ -447,3 +448,118 @@ def test_the_train_stage_stops_on_a_bad_tf_config_before_any_work(tmp_path):
         f"(expected e.g. {EXAMPLE_TF_CONFIG}; docs/scale-out.md)"
     ]
     assert not (project / "models/checkpoints").exists() and not (project / "metrics").exists()
+
+
+# ------------------- a stage run alone after data.sources changed: its inputs are stale
+def set_data(project: Path, **data) -> None:
+    """params.yaml's data section updated, as an edit (or dvc exp run -S) would."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"].update(data)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def assert_stale(proc, project: Path, before: dict[str, bytes], *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.splitlines()
+    for needle in needles:
+        assert needle in line, (needle, line)
+    after = {p: f.read_bytes() for p, f in outputs(project).items()}
+    assert after == before  # nothing written, nothing replaced
+    assert not (project / "models/checkpoints").exists()
+
+
+def outputs(project: Path) -> dict[str, Path]:
+    return {
+        str(p.relative_to(project)): p
+        for sub in ("data/prepared", "metrics", "models")
+        for p in sorted((project / sub).rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def prepared(tmp_path) -> tuple[Path, Path, Path]:
+    """(project, its source `a`'s folder, another folder) after index and prepare."""
+    src, other = make_source(tmp_path / "srcA", 4), make_source(tmp_path / "srcB", 4)
+    proc, project = prepare(tmp_path, src)
+    set_data(project, sources={"a": {"path": str(src)}})
+    assert run_stage("index", project).returncode == 0
+    assert run_stage("prepare", project).returncode == 0
+    return project, src, other
+
+
+def test_train_alone_on_a_split_of_other_sources_says_it_is_stale(prepared):
+    """The issue's case: sources changed, then the train stage rerun alone: a KeyError: 'a'
+    traceback from the source weights."""
+    project, src, _ = prepared
+    before = {p: f.read_bytes() for p, f in outputs(project).items()}
+    set_data(project, sources={"b": {"path": str(src)}})
+    proc = run_stage("train", project, check=False)
+    assert_stale(
+        proc,
+        project,
+        before,
+        "error: data/prepared/split.csv: the split is stale, made from other sources (a) than "
+        "data.sources names now (b): run `dvc repro train`, which remakes the index and the "
+        "split first",
+    )
+
+
+def test_train_alone_on_a_split_of_another_folder_says_it_is_stale(prepared):
+    """Same name, another folder: training would have run on the old folder's images."""
+    project, src, other = prepared
+    before = {p: f.read_bytes() for p, f in outputs(project).items()}
+    set_data(project, sources={"a": {"path": str(other)}})
+    proc = run_stage("train", project, check=False)
+    assert_stale(
+        proc,
+        project,
+        before,
+        "the split is stale, its source a lists ",
+        f"{src}/rgb/0000.png, outside data.sources.a.path={other}: run `dvc repro train`",
+    )
+
+
+def test_prepare_alone_on_an_index_of_another_folder_says_it_is_stale(prepared):
+    project, src, other = prepared
+    before = {p: f.read_bytes() for p, f in outputs(project).items()}
+    set_data(project, sources={"a": {"path": str(other)}})
+    proc = run_stage("prepare", project, check=False)
+    assert_stale(
+        proc,
+        project,
+        before,
+        f"error: data/prepared/sources/a.json: the index is stale, made from {src}, not "
+        f"data.sources.a.path={other}: run `dvc repro prepare`, which remakes index@a first",
+    )
+
+
+def test_train_alone_on_teacher_maps_without_a_new_unlabeled_folder_says_they_are_stale(
+    prepared, tmp_path
+):
+    from pipeline.data.dataset import read_split, write_teacher_index
+
+    project, src, other = prepared
+    rows = [
+        {"source": "a", "name": r["name"], "kind": "labelled", "rgb": r["rgb"], "teacher": ""}
+        for r in read_split(project / SPLIT, "train")
+    ]
+    rows.append(
+        {"source": "old", "name": "x.png", "kind": "unlabeled", "rgb": "u/rgb/x.png", "teacher": ""}
+    )
+    write_teacher_index(project / "data/teacher/alignment.csv", rows)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["teacher"]["model"] = "models/teacher/t.tflite"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_data(project, unlabeled={"rooms": {"path": str(other)}})
+    before = {p: f.read_bytes() for p, f in outputs(project).items()}
+    proc = run_stage("train", project, check=False)
+    assert_stale(
+        proc,
+        project,
+        before,
+        "error: data/teacher/alignment.csv: the teacher maps are stale, made for other unlabeled "
+        "folders (old) than data.unlabeled names now (rooms): run `dvc repro train`, which "
+        "remakes the teacher maps first",
+    )

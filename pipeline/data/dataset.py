@@ -380,6 +380,98 @@ def read_split(path: str | os.PathLike, split: str | None = None) -> list[dict[s
     return rows
 
 
+# --------------------------------------------------- outputs older than the params that name them
+# A stage run alone (`python -m stages.train`) after data.sources or data.unlabeled changed
+# reads what the stages before it made from the old ones: said so in one line, with what to run.
+def _inside(file: str, folder: str) -> bool:
+    return Path(os.path.normpath(folder)) in Path(os.path.normpath(file)).parents
+
+
+def _stale(path, what: str, problem: str, stage: str, first: str) -> DataError:
+    return DataError(
+        f"{path}: {what} stale, {problem}: run `dvc repro {stage}`, which remakes {first} first"
+    )
+
+
+def check_split_sources(path: str | os.PathLike, sources: dict[str, str], *, stage: str) -> None:
+    """The split at `path` was made from `sources` ({name: folder}: data.sources now): the same
+    names, and every row's files in its source's folder. A DataError saying that the split is
+    stale, and what to run, otherwise."""
+    rows = read_split(path)
+    made = list(dict.fromkeys(r["source"] for r in rows))
+    if set(made) != set(sources):
+        raise _stale(
+            path,
+            "the split is",
+            f"made from other sources ({', '.join(made)}) than data.sources names now "
+            f"({', '.join(sources)})",
+            stage,
+            "the index and the split",
+        )
+    moved = next((r for r in rows if not _inside(r["rgb"], sources[r["source"]])), None)
+    if moved:
+        name = moved["source"]
+        raise _stale(
+            path,
+            "the split is",
+            f"its source {name} lists {moved['rgb']}, outside data.sources.{name}.path="
+            f"{sources[name]}",
+            stage,
+            "the index and the split",
+        )
+
+
+def check_index_source(path: str | os.PathLike, name: str, folder: str, indexed: str) -> None:
+    """data/prepared/sources/NAME.json says the index was made from `indexed`; a DataError
+    saying that it is stale when data.sources.NAME.path (`folder`) is another folder now."""
+    if os.path.normpath(indexed) != os.path.normpath(folder):
+        raise _stale(
+            path,
+            "the index is",
+            f"made from {indexed}, not data.sources.{name}.path={folder}",
+            "prepare",
+            f"index@{name}",
+        )
+
+
+def check_teacher_unlabeled(
+    path: str | os.PathLike, unlabeled: dict[str, str], *, stage: str
+) -> None:
+    """The teacher stage's alignment.csv at `path` has maps for every data.unlabeled folder
+    (`unlabeled`: {name: folder}), of that folder; a DataError saying that the maps are stale,
+    and what to run, otherwise. (Maps of a folder no longer named are left out by training.)"""
+    rows = [r for r in read_teacher_index(path) if r["kind"] == "unlabeled"]
+    made = list(dict.fromkeys(r["source"] for r in rows))
+    missing = [name for name in unlabeled if name not in made]
+    if missing:
+        raise _stale(
+            path,
+            "the teacher maps are",
+            f"made for other unlabeled folders ({', '.join(made) or 'none'}) than "
+            f"data.unlabeled names now ({', '.join(unlabeled)})",
+            stage,
+            "the teacher maps",
+        )
+    moved = next(
+        (
+            r
+            for r in rows
+            if r["source"] in unlabeled and not _inside(r["rgb"], unlabeled[r["source"]])
+        ),
+        None,
+    )
+    if moved:
+        name = moved["source"]
+        raise _stale(
+            path,
+            "the teacher maps are",
+            f"its unlabeled {name} lists {moved['rgb']}, outside data.unlabeled.{name}.path="
+            f"{unlabeled[name]}",
+            stage,
+            "the teacher maps",
+        )
+
+
 def aspect_crop_box(
     height: int, width: int, target_height: int, target_width: int
 ) -> tuple[int, int, int, int]:
