@@ -31,6 +31,7 @@ from pipeline.core.config import PRECISION_AUTO, VAL_BLOCKS, Params, params_hash
 from pipeline.core.errors import DataError, TrainingError
 from pipeline.core.files import atomic_path, read_depth_mm, read_rgb, write_json
 from pipeline.core.metrics import average_metrics, image_metrics
+from pipeline.core.paths import resolve_user_path
 from pipeline.data.dataset import read_split, read_teacher_index
 from pipeline.data.tfdata import eval_dataset, split_sources, train_dataset
 from pipeline.model.cluster import read_tf_config
@@ -355,10 +356,9 @@ def resume_fingerprint(
     digest = hashlib.sha256(
         (params_hash(params, ("base", "train")) + json.dumps(geometry)).encode()
     )
-    if (
-        params.train.init_from and Path(params.train.init_from).is_file()
-    ):  # the starting weights' bytes
-        digest.update(Path(params.train.init_from).read_bytes())
+    init_from = resolve_user_path(params.train.init_from)
+    if init_from and Path(init_from).is_file():  # the starting weights' bytes
+        digest.update(Path(init_from).read_bytes())
     digest.update(Path(split_csv).read_bytes())
     if params.teacher.model and teacher_csv:  # the teacher's maps and what trains on them
         digest.update(
@@ -613,7 +613,7 @@ def _train(
     with strategy.scope(), dtype_policy(policy):
         model = build_model(cfg)
         if cfg.init_from and not start:
-            init_weights(model, cfg.init_from)
+            init_weights(model, resolve_user_path(cfg.init_from))
             log(f"train: starting from the weights of {cfg.init_from}")
         schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=learning_rate * 0.01 if warmup else learning_rate,
