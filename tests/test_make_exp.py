@@ -1,8 +1,9 @@
 """`make exp PRESET=...`: a preset reaches DVC as `-S` arguments DVC accepts and applies.
 
 Runs the real Makefile target in a tiny git + DVC copy of the project, limited to the
-`synthesize` stage (EXP_ARGS, a few seconds): DVC parses every argument and writes the
-preset into params.yaml before it runs anything, so the params.yaml it leaves is the proof.
+`synthesize` stage (EXP_ARGS; `check` runs before it; a few seconds): DVC parses every
+argument and writes the preset into params.yaml before it runs anything, so the params.yaml
+it leaves is the proof.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ DESCRIPTION = """it's a test, with spaces: and "quotes\""""
 def test_make_exp_applies_a_preset_through_dvc(tmp_path):
     make = require_program("make", "apt-get install make")
     project = make_project(tmp_path / "project")
+    # the preset's data where it says, ../shared/data/...: the check stage looks for it first
+    (tmp_path / "shared").symlink_to(REPO.parent / "shared")
     shutil.copy(REPO / "Makefile", project / "Makefile")
     (project / ".venv").symlink_to(Path(sys.executable).parent.parent)  # this venv, installed
     preset = project / "presets/tum.yaml"

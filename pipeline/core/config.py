@@ -341,6 +341,7 @@ def user_paths(params: Params) -> dict[str, str]:
         {f"data.unlabeled.{name}.path": src.path for name, src in params.data.unlabeled.items()}
     )
     found["train.init_from"] = params.train.init_from
+    found["teacher.model"] = params.teacher.model  # always under models/teacher/ (_check_teacher)
     found["package.inputs"] = params.package.inputs
     return {key: path for key, path in found.items() if path}
 

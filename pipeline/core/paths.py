@@ -7,6 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pipeline.core.errors import ConfigError
+
+# the check stage's constant output: the stages that read user paths run after it
+CHECKED = "data/prepared/checked.txt"
 SOURCES_DIR = "data/prepared/sources"  # index@NAME: NAME.csv (pairs) and NAME.json (the check)
 SPLIT_CSV = "data/prepared/split.csv"
 UNLABELED_DIR = "data/prepared/sources/unlabeled"  # unlabeled@NAME: NAME.csv (RGB-only images)
@@ -77,3 +81,17 @@ def resolve_user_path(path: str, cwd: str | os.PathLike | None = None) -> str:
     if not leaves_project(path):
         return path
     return os.path.normpath(project_root(cwd) / path)
+
+
+def check_dvc_dep(key: str, path: str, cwd: str | os.PathLike | None = None) -> None:
+    """A path param that DVC hashes as a stage's dep (a data folder) must be where DVC looks:
+    in DVC's copy of the project, a relative path that leaves the project is not, and DVC
+    fails on it before any stage runs. A ConfigError naming the key and the absolute path to
+    give instead (what make exp and make sweep queue; DVC's own advice, treeverse/dvc#8747)."""
+    if in_experiment_copy(cwd) and leaves_project(path):
+        looked = os.path.normpath(Path(cwd or os.getcwd()).resolve() / path)
+        raise ConfigError(
+            f"params: {key}={path!r} leaves the project, and this experiment runs in DVC's copy "
+            f"of it, where DVC would look for it at {looked}: give the absolute path "
+            f"{resolve_user_path(path, cwd)} instead (make exp and make sweep do that)"
+        )

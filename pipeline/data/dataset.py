@@ -518,14 +518,19 @@ def _unlabeled_row(rgb_path: Path) -> dict:
     }
 
 
-def list_unlabeled(folder: str | os.PathLike, *, max_images: int = 0) -> list[dict]:
-    """UNLABELED_COLUMNS rows of FOLDER/rgb/*.png, sorted by name, each decoded once."""
-    folder = Path(folder)
-    rgb_dir = folder / "rgb"
+def unlabeled_rgb(folder: str | os.PathLike) -> Path:
+    """FOLDER/rgb of a data.unlabeled folder; a DataError naming the folder without one."""
+    rgb_dir = Path(folder) / "rgb"
     if not rgb_dir.is_dir():
         raise DataError(
             f"{folder}: unlabeled folder needs rgb/NAME.png (data.unlabeled); no rgb/ found"
         )
+    return rgb_dir
+
+
+def list_unlabeled(folder: str | os.PathLike, *, max_images: int = 0) -> list[dict]:
+    """UNLABELED_COLUMNS rows of FOLDER/rgb/*.png, sorted by name, each decoded once."""
+    rgb_dir = unlabeled_rgb(folder)
     names = sorted(
         e.name
         for e in os.scandir(rgb_dir)
