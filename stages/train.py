@@ -28,7 +28,10 @@ def main(argv: list[str] | None = None) -> None:
         read_tf_config()  # the cluster is checked with the params, before TensorFlow loads
     # A split or teacher maps made for other sources (this stage run alone after they changed)
     check_split_sources(
-        SPLIT_CSV, {name: src.path for name, src in params.data.sources.items()}, stage="train"
+        SPLIT_CSV,
+        {name: src.path for name, src in params.data.sources.items()},
+        stage="train",
+        val=params.data.val,
     )
     if params.teacher.model:
         check_teacher_unlabeled(

@@ -563,3 +563,52 @@ def test_train_alone_on_teacher_maps_without_a_new_unlabeled_folder_says_they_ar
         "folders (old) than data.unlabeled names now (rooms): run `dvc repro train`, which "
         "remakes the teacher maps first",
     )
+
+
+@pytest.mark.parametrize(
+    "made_with, now, needle",
+    [
+        ("blocks", "b", "made with another data.val than 'b' (its source a is train and val)"),
+        ("b", "blocks", "made with another data.val than 'blocks' (its source a is train only)"),
+    ],
+)
+def test_train_alone_on_a_split_made_with_another_data_val_says_it_is_stale(
+    prepared, made_with, now, needle
+):
+    """data.val decides which epoch ships (a held-out source: the last): a split made with
+    another one would train and select on the wrong images."""
+    project, src, other = prepared
+    set_data(project, sources={"a": {"path": str(src)}, "b": {"path": str(other)}}, val=made_with)
+    assert run_stage("index", project).returncode == 0
+    assert run_stage("prepare", project).returncode == 0
+    before = {p: f.read_bytes() for p, f in outputs(project).items()}
+    set_data(project, val=now)
+    proc = run_stage("train", project, check=False)
+    assert_stale(
+        proc,
+        project,
+        before,
+        f"error: data/prepared/split.csv: the split is stale, {needle}: run `dvc repro train`, "
+        "which remakes the split first",
+    )
+
+
+def test_teacher_alone_on_an_unlabeled_index_of_another_folder_says_it_is_stale(prepared):
+    project, src, other = prepared
+    set_data(project, unlabeled={"u": {"path": str(src)}})
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["teacher"]["model"] = "models/teacher/t.tflite"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert run_stage("unlabeled", project).returncode == 0
+    before = {p: f.read_bytes() for p, f in outputs(project).items()}
+    set_data(project, unlabeled={"u": {"path": str(other)}})
+    proc = run_stage("teacher", project, check=False)
+    assert_stale(
+        proc,
+        project,
+        before,
+        "error: data/prepared/sources/unlabeled/u.csv: the unlabeled index is stale, it lists "
+        f"{src}/rgb/0000.png, outside data.unlabeled.u.path={other}: run `dvc repro teacher`, "
+        "which remakes unlabeled@u first",
+    )
+    assert not (project / "data/teacher").exists()

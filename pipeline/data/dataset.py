@@ -393,10 +393,13 @@ def _stale(path, what: str, problem: str, stage: str, first: str) -> DataError:
     )
 
 
-def check_split_sources(path: str | os.PathLike, sources: dict[str, str], *, stage: str) -> None:
+def check_split_sources(
+    path: str | os.PathLike, sources: dict[str, str], *, stage: str, val: str | None = None
+) -> None:
     """The split at `path` was made from `sources` ({name: folder}: data.sources now): the same
-    names, and every row's files in its source's folder. A DataError saying that the split is
-    stale, and what to run, otherwise."""
+    names, every row's files in its source's folder, and (given `val`, data.val now) its val
+    rows where that puts them. A DataError saying that the split is stale, and what to run,
+    otherwise."""
     rows = read_split(path)
     made = list(dict.fromkeys(r["source"] for r in rows))
     if set(made) != set(sources):
@@ -418,6 +421,27 @@ def check_split_sources(path: str | os.PathLike, sources: dict[str, str], *, sta
             f"{sources[name]}",
             stage,
             "the index and the split",
+        )
+    if val is None:
+        return
+    splits = {name: {r["split"] for r in rows if r["source"] == name} for name in sources}
+    if val == VAL_BLOCKS:
+        whole = next((n for n, kinds in splits.items() if kinds != {"train", "val"}), None)
+    else:
+        whole = next(
+            (n for n, kinds in splits.items() if kinds != ({"val"} if n == val else {"train"})),
+            None,
+        )
+    if whole:
+        held = ", ".join(sorted(splits[whole]))
+        raise _stale(
+            path,
+            "the split is",
+            f"made with another data.val than {val!r} (its source {whole} is {held} only)"
+            if len(splits[whole]) == 1
+            else f"made with another data.val than {val!r} (its source {whole} is train and val)",
+            stage,
+            "the split",
         )
 
 
@@ -555,8 +579,23 @@ def write_unlabeled(path: str | os.PathLike, rows: list[dict]) -> None:
     _write_csv(path, UNLABELED_COLUMNS, rows)
 
 
-def read_unlabeled(path: str | os.PathLike) -> list[dict[str, str]]:
-    return _read_csv(Path(path), UNLABELED_COLUMNS, "unlabeled index not found (run `dvc repro`)")
+def read_unlabeled(
+    path: str | os.PathLike, folder: str | None = None, *, stage: str = "teacher"
+) -> list[dict[str, str]]:
+    """Rows of an unlabeled@NAME index; given `folder` (data.unlabeled.NAME.path now), a
+    DataError saying that the index is stale when it lists images of another folder."""
+    rows = _read_csv(Path(path), UNLABELED_COLUMNS, "unlabeled index not found (run `dvc repro`)")
+    moved = next((r for r in rows if not _inside(r["rgb"], folder)), None) if folder else None
+    if moved:
+        name = Path(path).stem
+        raise _stale(
+            path,
+            "the unlabeled index is",
+            f"it lists {moved['rgb']}, outside data.unlabeled.{name}.path={folder}",
+            stage,
+            f"unlabeled@{name}",
+        )
+    return rows
 
 
 def write_teacher_index(path: str | os.PathLike, rows: list[dict]) -> None:
