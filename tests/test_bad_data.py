@@ -612,3 +612,33 @@ def test_teacher_alone_on_an_unlabeled_index_of_another_folder_says_it_is_stale(
         "which remakes unlabeled@u first",
     )
     assert not (project / "data/teacher").exists()
+
+
+@pytest.mark.parametrize("unreadable", ["", "rgb"])
+def test_an_unreadable_folder_is_one_line(tmp_path, monkeypatch, unreadable):
+    """No read permission (chmod 000; simulated: the tests may run as root, who reads all)."""
+    import os as os_module
+
+    from pipeline.core.errors import DataError
+    from pipeline.data import dataset
+
+    src = make_source(tmp_path / "src", 2)
+    denied = src / unreadable if unreadable else src
+    real_scandir, real_iterdir = os_module.scandir, Path.iterdir
+
+    def scandir(path="."):
+        if Path(path) == denied:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    def iterdir(self):
+        if self == denied:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(dataset.os, "scandir", scandir)
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(DataError) as err:
+        dataset.validate_source(src)
+    where = "the data folder" if not unreadable else "the folder"
+    assert str(err.value) == f"{denied}: cannot read {where} (Permission denied)"

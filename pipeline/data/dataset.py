@@ -72,14 +72,18 @@ def _has_layout(folder: Path) -> bool:
     return (folder / "rgb").is_dir() and (folder / "depth").is_dir()
 
 
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(folder) if e.is_dir()]
+    except OSError:  # unreadable: nothing to suggest below it
+        return []
+
+
 def _folder_that_would_work(source: Path) -> Path | None:
     """The first folder (by name, shallowest first) below `source` with rgb/ and depth/."""
     level = [source]
     for _ in range(LAYOUT_SEARCH_DEPTH):
-        level = sorted(
-            (Path(e.path) for d in level for e in os.scandir(d) if e.is_dir()),
-            key=lambda p: p.parts,
-        )
+        level = sorted((p for d in level for p in _subfolders(d)), key=lambda p: p.parts)
         found = next((p for p in level if _has_layout(p)), None)
         if found:
             return found
@@ -98,7 +102,11 @@ def data_folder(source: str | os.PathLike) -> Path:
         raise DataError(
             f"{source}: is a file; a path under data.sources must be a folder with rgb/ and depth/"
         )
-    if not any(source.iterdir()):
+    try:
+        entries = list(source.iterdir())
+    except OSError as err:  # e.g. no read permission
+        raise DataError(f"{source}: cannot read the data folder ({err.strerror})") from None
+    if not entries:
         raise DataError(
             f"{source}: data folder is empty (expected rgb/NAME.png and depth/NAME.png)"
         )
@@ -107,7 +115,7 @@ def data_folder(source: str | os.PathLike) -> Path:
         return source
     if _has_layout(source / ORGANIZERS_SUBFOLDER):
         return source / ORGANIZERS_SUBFOLDER
-    found = sorted(e.name + ("/" if e.is_dir() else "") for e in source.iterdir())
+    found = sorted(e.name + ("/" if e.is_dir() else "") for e in entries)
     would_work = _folder_that_would_work(source)
     hint = f"; {would_work} has rgb/ and depth/: use that path" if would_work else ""
     raise DataError(
@@ -125,7 +133,11 @@ def list_pairs(source: str | os.PathLike) -> tuple[list[str], list[str]]:
     ignored, found = [], {}
     for sub in (rgb_dir, depth_dir):
         found[sub.name] = set()
-        for entry in sorted(os.scandir(sub), key=lambda e: e.name):
+        try:
+            entries = sorted(os.scandir(sub), key=lambda e: e.name)
+        except OSError as err:  # e.g. no read permission
+            raise DataError(f"{sub}: cannot read the folder ({err.strerror})") from None
+        for entry in entries:
             if (
                 entry.is_file()
                 and entry.name.lower().endswith(".png")
