@@ -4,11 +4,13 @@
 
 dvc.yaml runs one `index@NAME` per source, each depending on that source's folder, so
 changed data reruns only its own check. Writes data/prepared/sources/NAME.csv (pairs with
-size and content digest) and NAME.json (what the check found).
+size and content digest) and NAME.json (what the check found). A source in the organizers'
+layout (train/rgb/ + train/depth/, as their archive unpacks) is read from its train/.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -45,10 +47,13 @@ def main(argv: list[str] | None = None) -> None:
         write_index(f"{SOURCES_DIR}/{name}.csv", report)
         sizes = sorted({(p["width"], p["height"]) for p in report.pairs})
         now = time.time()
+        # the organizers' layout: the pairs are in the source's train/ (data_folder)
+        subfolder = os.path.relpath(report.folder, path)
         write_json(
             f"{SOURCES_DIR}/{name}.json",
             {
                 "path": path,
+                "folder": report.folder,
                 "pairs": len(report.pairs),
                 "sizes": [f"{w}x{h}" for w, h in sizes],
                 "skipped_empty_depth": len(report.skipped_empty),
@@ -60,9 +65,10 @@ def main(argv: list[str] | None = None) -> None:
             },
         )
         mark = now
+        where = path if subfolder == "." else f"{path} (its {subfolder}/, the organizers' layout)"
         print(
             f"index {name}: {len(report.pairs)} pairs ({', '.join(f'{w}x{h}' for w, h in sizes)}) "
-            f"from {path} -> {SOURCES_DIR}/{name}.csv"
+            f"from {where} -> {SOURCES_DIR}/{name}.csv"
         )
 
 

@@ -17,7 +17,13 @@ from pipeline.core.config import load_params
 from pipeline.core.errors import DataError
 from pipeline.core.files import read_json
 from pipeline.core.metrics import BENCHMARK_RUNTIME_KEY, runtime_s_from_benchmark
-from pipeline.core.paths import SPLIT_CSV, SUBMISSION_ZIP, TFLITE_MODEL, metrics_json
+from pipeline.core.paths import (
+    SPLIT_CSV,
+    SUBMISSION_ZIP,
+    TFLITE_MODEL,
+    metrics_json,
+    resolve_user_path,
+)
 from pipeline.data.dataset import read_split
 from pipeline.results.submission import (
     describe_run,
@@ -35,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     args = stage_parser("package", __doc__).parse_args(argv)
     params = load_params(args.params)
     if params.package.inputs:
-        inputs = list_input_images(params.package.inputs)
+        inputs = list_input_images(resolve_user_path(params.package.inputs))
         where = params.package.inputs
     else:
         rows = read_split(SPLIT_CSV, "val")

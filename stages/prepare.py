@@ -15,7 +15,12 @@ from pipeline.core.cli import STAGE_SECONDS_KEY, run_stage, stage_parser, timed
 from pipeline.core.config import load_params
 from pipeline.core.files import read_json, write_json
 from pipeline.core.paths import SOURCES_DIR, SPLIT_CSV, metrics_json
-from pipeline.data.dataset import read_index, split_over_sources, write_split
+from pipeline.data.dataset import (
+    check_index_source,
+    read_index,
+    split_over_sources,
+    write_split,
+)
 
 METRICS = metrics_json("prepare")
 
@@ -26,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     data = params.data
     indexes = {name: read_index(f"{SOURCES_DIR}/{name}.csv") for name in data.sources}
     checks = {name: read_json(f"{SOURCES_DIR}/{name}.json") for name in data.sources}
+    for name, src in data.sources.items():  # an index made from another folder (run alone)
+        check_index_source(f"{SOURCES_DIR}/{name}.json", name, src.path, checks[name]["path"])
     rows = split_over_sources(indexes, val=data.val, val_fraction=data.val_fraction)
     write_split(SPLIT_CSV, rows)
 

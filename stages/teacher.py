@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.teacher.labels import run_teacher, summarize  # loads TensorFlow / onnxruntime
 
     labelled = read_split(SPLIT_CSV, "train")  # never the val split: it stays unseen
-    unlabeled = [
+    unlabeled = [  # each index of the folder data.unlabeled names now (not one run alone since)
         {**row, "source": name}
-        for name in params.data.unlabeled
-        for row in read_unlabeled(f"{UNLABELED_DIR}/{name}.csv")
+        for name, src in params.data.unlabeled.items()
+        for row in read_unlabeled(f"{UNLABELED_DIR}/{name}.csv", src.path)
     ]
     print(
         f"teacher: {cfg.model} ({cfg.output}) on {len(labelled)} train + {len(unlabeled)} "

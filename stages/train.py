@@ -15,6 +15,8 @@ from pipeline.core.paths import (
     TEACHER_INDEX,
     metrics_json,
 )
+from pipeline.data.dataset import check_split_sources, check_teacher_unlabeled
+from pipeline.model.cluster import read_tf_config
 
 METRICS = metrics_json("train")
 
@@ -22,6 +24,21 @@ METRICS = metrics_json("train")
 def main(argv: list[str] | None = None) -> None:
     args = stage_parser("train", __doc__).parse_args(argv)
     params = load_params(args.params)
+    if params.train.strategy == "multi_worker":
+        read_tf_config()  # the cluster is checked with the params, before TensorFlow loads
+    # A split or teacher maps made for other sources (this stage run alone after they changed)
+    check_split_sources(
+        SPLIT_CSV,
+        {name: src.path for name, src in params.data.sources.items()},
+        stage="train",
+        val=params.data.val,
+    )
+    if params.teacher.model:
+        check_teacher_unlabeled(
+            TEACHER_INDEX,
+            {name: src.path for name, src in params.data.unlabeled.items()},
+            stage="train",
+        )
     # TensorFlow loads only after the params are known to be good.
     from pipeline.model.training import resume_fingerprint, train, writes_outputs
 

@@ -17,6 +17,7 @@ from conftest import dvc_bin, run
 from pipeline.tracking.runs import stage_seconds
 
 STAGES = (
+    "check",  # always first: the paths the params name are there
     "synthesize",
     "index@synthetic",
     "prepare",
@@ -109,9 +110,9 @@ def run_seconds(root) -> list[float]:
     return [(end - start) / 1000 for start, end in rows]
 
 
-def test_second_repro_reruns_only_track_which_logs_no_second_run(tiny_repro):
+def test_second_repro_reruns_only_check_and_track_which_logs_no_second_run(tiny_repro):
     proc = run([dvc_bin(), "repro"], tiny_repro)
-    assert ran_stages(proc.stdout) == ["track"]
+    assert ran_stages(proc.stdout) == ["check", "track"]  # the two always_changed stages
     assert "already tracked: MLflow run " in proc.stdout
     assert tracked_runs(tiny_repro) == 1
 
@@ -122,7 +123,7 @@ def test_evaluate_param_change_reruns_evaluate_without_training(tiny_repro):
     params["evaluate"]["panels"] = 2
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = run([dvc_bin(), "repro"], root)
-    assert ran_stages(proc.stdout) == ["evaluate", "track"]
+    assert ran_stages(proc.stdout) == ["check", "evaluate", "track"]
     assert tracked_runs(root) == 2  # new outputs, new run
     # the new result took the skipped stages' time too: training's above all
     times = stage_seconds(root)
@@ -141,6 +142,6 @@ def test_benchmark_is_never_restored_from_run_cache(tiny_repro):
         params["benchmark"]["runs"] = runs
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         proc = run([dvc_bin(), "repro", "benchmark"], root)
-        assert ran_stages(proc.stdout) == ["benchmark"], proc.stdout
+        assert ran_stages(proc.stdout) == ["check", "benchmark"], proc.stdout
         assert "run-cache" not in proc.stdout
         assert json.loads((root / "metrics/benchmark.json").read_text())["runs"] == runs

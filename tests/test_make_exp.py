@@ -1,8 +1,9 @@
 """`make exp PRESET=...`: a preset reaches DVC as `-S` arguments DVC accepts and applies.
 
 Runs the real Makefile target in a tiny git + DVC copy of the project, limited to the
-`synthesize` stage (EXP_ARGS, a few seconds): DVC parses every argument and writes the
-preset into params.yaml before it runs anything, so the params.yaml it leaves is the proof.
+`synthesize` stage (EXP_ARGS; `check` runs before it; a few seconds): DVC parses every
+argument and writes the preset into params.yaml before it runs anything, so the params.yaml
+it leaves is the proof.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ DESCRIPTION = """it's a test, with spaces: and "quotes\""""
 def test_make_exp_applies_a_preset_through_dvc(tmp_path):
     make = require_program("make", "apt-get install make")
     project = make_project(tmp_path / "project")
+    # the preset's data where it says, ../shared/data/...: the check stage looks for it first
+    (tmp_path / "shared").symlink_to(REPO.parent / "shared")
     shutil.copy(REPO / "Makefile", project / "Makefile")
     (project / ".venv").symlink_to(Path(sys.executable).parent.parent)  # this venv, installed
     preset = project / "presets/tum.yaml"
@@ -64,3 +67,23 @@ def test_print_shows_the_command_and_runs_nothing(tmp_path, monkeypatch, capsys)
     assert out.startswith("dvc exp run -S '~data.sources.synthetic' -S ")
     assert out.endswith(" -n tum\n")
     assert "-S +data.sources.tum.path=../shared/data/tum_fr1_xyz" in out
+
+
+def test_queued_or_temp_a_path_outside_the_project_is_pinned_absolute(
+    tmp_path, monkeypatch, capsys
+):
+    """A queued or --temp experiment runs in DVC's copy of the project, where ../x would point
+    into .dvc/tmp/: a last -S gives it absolute. In the workspace it stays as written."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    monkeypatch.chdir(project)
+    preset = str(REPO / "presets/tum.yaml")  # +data.sources.tum.path=../shared/data/tum_fr1_xyz
+    tum = tmp_path / "shared/data/tum_fr1_xyz"
+    for flag in ("--queue", "--temp"):
+        assert run_stage(exp.main, ["--print", preset, flag, "-n", "tum"]) == 0
+        out = capsys.readouterr().out
+        assert "-S +data.sources.tum.path=../shared/data/tum_fr1_xyz " in out
+        assert out.endswith(f" {flag} -n tum -S data.sources.tum.path={tum}\n"), out
+    assert run_stage(exp.main, ["--print", preset, "-n", "tum"]) == 0
+    assert "data.sources.tum.path=/" not in capsys.readouterr().out

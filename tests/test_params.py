@@ -261,6 +261,7 @@ def test_bad_preset_names_the_preset_key(tmp_path):
 
 # ------------------------------------------------ the stages, as subprocesses
 STAGES = (
+    "check",
     "synthesize",
     "index",
     "unlabeled",

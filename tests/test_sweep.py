@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO
 from pipeline.core.cli import run_stage
@@ -174,9 +175,14 @@ def test_names_and_commands(project):
     assert sweep.start_command(3) == ["dvc", "queue", "start", "-j", "3"]
 
 
-def test_a_relative_source_outside_the_repo_becomes_absolute(project):
-    """Queued runs resolve paths in .dvc/tmp/exps/...: ../x would point nowhere there."""
+def test_relative_paths_outside_the_repo_are_queued_absolute(project):
+    """Queued runs resolve paths in .dvc/tmp/exps/...: ../x would point nowhere there. Every
+    path param that leaves the project, in the grid or in params.yaml, is queued absolute
+    (resolve_user_path's rule); the names keep the grid's values (a path: its last part)."""
     data = project.parent / "outside_data"
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["init_from"] = "../pre.keras"  # opened by the train stage: pinned too
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     g = sweep.check(
         sweep.read_grid(
             grid_file(
@@ -190,8 +196,25 @@ def test_a_relative_source_outside_the_repo_becomes_absolute(project):
         root=project,
     )
     assert [p["data.sources.synthetic.path"] for p in g.points] == [
-        str(data.resolve()),
+        f"../{data.name}",
         "data/synthetic",
+    ]
+    init_from = str(project.parent / "pre.keras")
+    assert [cmd[5:] for cmd in sweep.queue_commands(g)] == [
+        [
+            "g-outside_data",
+            "-S",
+            f"data.sources.synthetic.path={data}",
+            "-S",
+            f"train.init_from={init_from}",
+        ],
+        [
+            "g-synthetic",
+            "-S",
+            "data.sources.synthetic.path=data/synthetic",
+            "-S",
+            f"train.init_from={init_from}",
+        ],
     ]
 
 

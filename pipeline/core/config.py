@@ -366,6 +366,27 @@ class Params:
     track: TrackConfig = field(default_factory=TrackConfig)
 
 
+# Params that name a file or folder, for the checks and the path rule that all of them share
+# (pipeline.core.paths.resolve_user_path). The data folders are DVC deps (dvc.yaml's
+# ${item.path}): DVC hashes them itself, where it runs the stages; a stage opens the others.
+DVC_DEP_PATHS = ("data.sources.", "data.unlabeled.")
+
+
+def user_paths(params: Params) -> dict[str, str]:
+    """{dotted key: path as written} of every param that names a file or folder and is set.
+    A new path-valued param is added here (and opened through resolve_user_path)."""
+    found = {f"data.sources.{name}.path": src.path for name, src in params.data.sources.items()}
+    found.update(
+        {f"data.unlabeled.{name}.path": src.path for name, src in params.data.unlabeled.items()}
+    )
+    found["train.init_from"] = params.train.init_from
+    if params.train.encoder_weights not in ENCODER_WEIGHTS.named:  # a file, not none / imagenet
+        found["train.encoder_weights"] = params.train.encoder_weights
+    found["teacher.model"] = params.teacher.model  # always under models/teacher/ (_check_teacher)
+    found["package.inputs"] = params.package.inputs
+    return {key: path for key, path in found.items() if path}
+
+
 # benchmark.device grammar: checked with the params, so a typo never costs a training run;
 # every part later reaches an ssh command line, hence the strict character sets.
 _USER = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}"

@@ -42,6 +42,7 @@ MAX_ERRORS_SHOWN = 3  # bad files named in the one-line error; the rest are coun
 
 @dataclass
 class DataReport:
+    folder: str = ""  # where rgb/ and depth/ were read: the source, or its train/ (data_folder)
     pairs: list[dict] = field(default_factory=list)  # INDEX_COLUMNS of each usable pair
     skipped_empty: list[str] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
@@ -60,8 +61,38 @@ def _some(names: list[str], shown: int = 10) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def list_pairs(source: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """Names present in both rgb/ and depth/, plus the non-PNG files that were ignored."""
+# The organizers' training archive unpacks as train/rgb/NAME.png + train/depth/NAME.png
+# (../shared/CHALLENGE.md): a source folder without rgb/ and depth/ of its own whose train/
+# has both is read from its train/ (the index stage says so).
+ORGANIZERS_SUBFOLDER = "train"
+LAYOUT_SEARCH_DEPTH = 2  # how far below a wrong-layout source a folder that would work is sought
+
+
+def _has_layout(folder: Path) -> bool:
+    return (folder / "rgb").is_dir() and (folder / "depth").is_dir()
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(folder) if e.is_dir()]
+    except OSError:  # unreadable: nothing to suggest below it
+        return []
+
+
+def _folder_that_would_work(source: Path) -> Path | None:
+    """The first folder (by name, shallowest first) below `source` with rgb/ and depth/."""
+    level = [source]
+    for _ in range(LAYOUT_SEARCH_DEPTH):
+        level = sorted((p for d in level for p in _subfolders(d)), key=lambda p: p.parts)
+        found = next((p for p in level if _has_layout(p)), None)
+        if found:
+            return found
+    return None
+
+
+def data_folder(source: str | os.PathLike) -> Path:
+    """The folder that holds a source's rgb/ and depth/: the source itself, or its train/ (the
+    organizers' layout). A DataError naming the source when it has neither."""
     source = Path(source)
     if not source.exists():
         raise DataError(
@@ -71,22 +102,42 @@ def list_pairs(source: str | os.PathLike) -> tuple[list[str], list[str]]:
         raise DataError(
             f"{source}: is a file; a path under data.sources must be a folder with rgb/ and depth/"
         )
-    rgb_dir, depth_dir = source / "rgb", source / "depth"
-    if not any(source.iterdir()):
+    try:
+        entries = list(source.iterdir())
+    except OSError as err:  # e.g. no read permission
+        raise DataError(f"{source}: cannot read the data folder ({err.strerror})") from None
+    if not entries:
         raise DataError(
             f"{source}: data folder is empty (expected rgb/NAME.png and depth/NAME.png)"
         )
-    missing = [d.name for d in (rgb_dir, depth_dir) if not d.is_dir()]
-    if missing:
-        found = sorted(e.name + ("/" if e.is_dir() else "") for e in source.iterdir())
-        raise DataError(
-            f"{source}: wrong layout, missing {' and '.join(f'{m}/' for m in missing)}"
-            f" (expected rgb/NAME.png and depth/NAME.png; found {_some(found)})"
-        )
+    missing = [d for d in ("rgb", "depth") if not (source / d).is_dir()]
+    if not missing:
+        return source
+    if _has_layout(source / ORGANIZERS_SUBFOLDER):
+        return source / ORGANIZERS_SUBFOLDER
+    found = sorted(e.name + ("/" if e.is_dir() else "") for e in entries)
+    would_work = _folder_that_would_work(source)
+    hint = f"; {would_work} has rgb/ and depth/: use that path" if would_work else ""
+    raise DataError(
+        f"{source}: wrong layout, missing {' and '.join(f'{m}/' for m in missing)}"
+        f" (expected rgb/NAME.png and depth/NAME.png, or {ORGANIZERS_SUBFOLDER}/rgb and "
+        f"{ORGANIZERS_SUBFOLDER}/depth as the organizers ship them; found {_some(found)}){hint}"
+    )
+
+
+def list_pairs(source: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Names present in both rgb/ and depth/ of `source` (a folder with both: see
+    data_folder), plus the non-PNG files that were ignored."""
+    source = Path(source)
+    rgb_dir, depth_dir = source / "rgb", source / "depth"
     ignored, found = [], {}
     for sub in (rgb_dir, depth_dir):
         found[sub.name] = set()
-        for entry in sorted(os.scandir(sub), key=lambda e: e.name):
+        try:
+            entries = sorted(os.scandir(sub), key=lambda e: e.name)
+        except OSError as err:  # e.g. no read permission
+            raise DataError(f"{sub}: cannot read the folder ({err.strerror})") from None
+        for entry in entries:
             if (
                 entry.is_file()
                 and entry.name.lower().endswith(".png")
@@ -165,11 +216,11 @@ def validate_source(
     large set (the first few by name, the rest counted), not one per run. workers: decoding
     threads (default: one per usable core).
     """
-    source = Path(source)
+    source = data_folder(source)  # the folder itself, or its train/ (the organizers' layout)
     names, ignored = list_pairs(source)
     if max_images:
         names = names[:max_images]
-    report = DataReport(ignored_files=ignored)
+    report = DataReport(folder=str(source), ignored_files=ignored)
     if ignored:
         shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
         report.warnings.append(f"{source}: ignored {len(ignored)} non-PNG entries: {shown}")
@@ -341,6 +392,122 @@ def read_split(path: str | os.PathLike, split: str | None = None) -> list[dict[s
     return rows
 
 
+# --------------------------------------------------- outputs older than the params that name them
+# A stage run alone (`python -m stages.train`) after data.sources or data.unlabeled changed
+# reads what the stages before it made from the old ones: said so in one line, with what to run.
+def _inside(file: str, folder: str) -> bool:
+    return Path(os.path.normpath(folder)) in Path(os.path.normpath(file)).parents
+
+
+def _stale(path, what: str, problem: str, stage: str, first: str) -> DataError:
+    return DataError(
+        f"{path}: {what} stale, {problem}: run `dvc repro {stage}`, which remakes {first} first"
+    )
+
+
+def check_split_sources(
+    path: str | os.PathLike, sources: dict[str, str], *, stage: str, val: str | None = None
+) -> None:
+    """The split at `path` was made from `sources` ({name: folder}: data.sources now): the same
+    names, every row's files in its source's folder, and (given `val`, data.val now) its val
+    rows where that puts them. A DataError saying that the split is stale, and what to run,
+    otherwise."""
+    rows = read_split(path)
+    made = list(dict.fromkeys(r["source"] for r in rows))
+    if set(made) != set(sources):
+        raise _stale(
+            path,
+            "the split is",
+            f"made from other sources ({', '.join(made)}) than data.sources names now "
+            f"({', '.join(sources)})",
+            stage,
+            "the index and the split",
+        )
+    moved = next((r for r in rows if not _inside(r["rgb"], sources[r["source"]])), None)
+    if moved:
+        name = moved["source"]
+        raise _stale(
+            path,
+            "the split is",
+            f"its source {name} lists {moved['rgb']}, outside data.sources.{name}.path="
+            f"{sources[name]}",
+            stage,
+            "the index and the split",
+        )
+    if val is None:
+        return
+    splits = {name: {r["split"] for r in rows if r["source"] == name} for name in sources}
+    if val == VAL_BLOCKS:
+        whole = next((n for n, kinds in splits.items() if kinds != {"train", "val"}), None)
+    else:
+        whole = next(
+            (n for n, kinds in splits.items() if kinds != ({"val"} if n == val else {"train"})),
+            None,
+        )
+    if whole:
+        held = ", ".join(sorted(splits[whole]))
+        raise _stale(
+            path,
+            "the split is",
+            f"made with another data.val than {val!r} (its source {whole} is {held} only)"
+            if len(splits[whole]) == 1
+            else f"made with another data.val than {val!r} (its source {whole} is train and val)",
+            stage,
+            "the split",
+        )
+
+
+def check_index_source(path: str | os.PathLike, name: str, folder: str, indexed: str) -> None:
+    """data/prepared/sources/NAME.json says the index was made from `indexed`; a DataError
+    saying that it is stale when data.sources.NAME.path (`folder`) is another folder now."""
+    if os.path.normpath(indexed) != os.path.normpath(folder):
+        raise _stale(
+            path,
+            "the index is",
+            f"made from {indexed}, not data.sources.{name}.path={folder}",
+            "prepare",
+            f"index@{name}",
+        )
+
+
+def check_teacher_unlabeled(
+    path: str | os.PathLike, unlabeled: dict[str, str], *, stage: str
+) -> None:
+    """The teacher stage's alignment.csv at `path` has maps for every data.unlabeled folder
+    (`unlabeled`: {name: folder}), of that folder; a DataError saying that the maps are stale,
+    and what to run, otherwise. (Maps of a folder no longer named are left out by training.)"""
+    rows = [r for r in read_teacher_index(path) if r["kind"] == "unlabeled"]
+    made = list(dict.fromkeys(r["source"] for r in rows))
+    missing = [name for name in unlabeled if name not in made]
+    if missing:
+        raise _stale(
+            path,
+            "the teacher maps are",
+            f"made for other unlabeled folders ({', '.join(made) or 'none'}) than "
+            f"data.unlabeled names now ({', '.join(unlabeled)})",
+            stage,
+            "the teacher maps",
+        )
+    moved = next(
+        (
+            r
+            for r in rows
+            if r["source"] in unlabeled and not _inside(r["rgb"], unlabeled[r["source"]])
+        ),
+        None,
+    )
+    if moved:
+        name = moved["source"]
+        raise _stale(
+            path,
+            "the teacher maps are",
+            f"its unlabeled {name} lists {moved['rgb']}, outside data.unlabeled.{name}.path="
+            f"{unlabeled[name]}",
+            stage,
+            "the teacher maps",
+        )
+
+
 def aspect_crop_box(
     height: int, width: int, target_height: int, target_width: int
 ) -> tuple[int, int, int, int]:
@@ -387,14 +554,19 @@ def _unlabeled_row(rgb_path: Path) -> dict:
     }
 
 
-def list_unlabeled(folder: str | os.PathLike, *, max_images: int = 0) -> list[dict]:
-    """UNLABELED_COLUMNS rows of FOLDER/rgb/*.png, sorted by name, each decoded once."""
-    folder = Path(folder)
-    rgb_dir = folder / "rgb"
+def unlabeled_rgb(folder: str | os.PathLike) -> Path:
+    """FOLDER/rgb of a data.unlabeled folder; a DataError naming the folder without one."""
+    rgb_dir = Path(folder) / "rgb"
     if not rgb_dir.is_dir():
         raise DataError(
             f"{folder}: unlabeled folder needs rgb/NAME.png (data.unlabeled); no rgb/ found"
         )
+    return rgb_dir
+
+
+def list_unlabeled(folder: str | os.PathLike, *, max_images: int = 0) -> list[dict]:
+    """UNLABELED_COLUMNS rows of FOLDER/rgb/*.png, sorted by name, each decoded once."""
+    rgb_dir = unlabeled_rgb(folder)
     names = sorted(
         e.name
         for e in os.scandir(rgb_dir)
@@ -419,8 +591,23 @@ def write_unlabeled(path: str | os.PathLike, rows: list[dict]) -> None:
     _write_csv(path, UNLABELED_COLUMNS, rows)
 
 
-def read_unlabeled(path: str | os.PathLike) -> list[dict[str, str]]:
-    return _read_csv(Path(path), UNLABELED_COLUMNS, "unlabeled index not found (run `dvc repro`)")
+def read_unlabeled(
+    path: str | os.PathLike, folder: str | None = None, *, stage: str = "teacher"
+) -> list[dict[str, str]]:
+    """Rows of an unlabeled@NAME index; given `folder` (data.unlabeled.NAME.path now), a
+    DataError saying that the index is stale when it lists images of another folder."""
+    rows = _read_csv(Path(path), UNLABELED_COLUMNS, "unlabeled index not found (run `dvc repro`)")
+    moved = next((r for r in rows if not _inside(r["rgb"], folder)), None) if folder else None
+    if moved:
+        name = Path(path).stem
+        raise _stale(
+            path,
+            "the unlabeled index is",
+            f"it lists {moved['rgb']}, outside data.unlabeled.{name}.path={folder}",
+            stage,
+            f"unlabeled@{name}",
+        )
+    return rows
 
 
 def write_teacher_index(path: str | os.PathLike, rows: list[dict]) -> None:

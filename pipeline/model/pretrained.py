@@ -33,6 +33,7 @@ import numpy as np
 
 from pipeline.core.config import BATCHNORM_RULES
 from pipeline.core.errors import DataError
+from pipeline.core.paths import resolve_user_path
 from pipeline.model.weight_files import (
     TFLITE_SUFFIX,
     FileConv,
@@ -292,7 +293,9 @@ def start_encoder(model, cfg, refit_images=None) -> EncoderStart | None:
     if cfg.encoder_weights == "imagenet":
         start = EncoderStart("imagenet", loaded=[lay.name for lay in encoder.layers if lay.weights])
     else:
-        start = load_encoder(encoder, cfg.encoder_weights, f"{kind} x{cfg.width_multiplier}")
+        path = resolve_user_path(cfg.encoder_weights)  # found from DVC's experiment copy too
+        start = load_encoder(encoder, path, f"{kind} x{cfg.width_multiplier}")
+        start.weights = cfg.encoder_weights  # as the params name it, on any machine
     batches = None
     if cfg.encoder_batchnorm == "refit" and refit_images is not None:
         batches = [encoder_input(kind, rgb) for rgb in refit_images()]

@@ -32,8 +32,10 @@ from pipeline.core.config import PRECISION_AUTO, VAL_BLOCKS, Params, params_hash
 from pipeline.core.errors import DataError, TrainingError
 from pipeline.core.files import atomic_path, read_depth_mm, read_rgb, write_json
 from pipeline.core.metrics import average_metrics, image_metrics
+from pipeline.core.paths import resolve_user_path
 from pipeline.data.dataset import read_split, read_teacher_index
 from pipeline.data.tfdata import eval_dataset, split_sources, train_dataset
+from pipeline.model.cluster import read_tf_config
 from pipeline.model.losses import make_loss
 from pipeline.model.networks import build_model, load_keras_model
 from pipeline.model.pretrained import REFIT_IMAGES, encoder_of, start_encoder
@@ -247,13 +249,9 @@ def make_strategy(name: str):
             raise DataError(
                 "train.strategy multi_worker needs the TF_CONFIG environment variable (see README)"
             )
+        read_tf_config()  # checked: TensorFlow's own parse of a bad one is a traceback or a hang
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
-
-
-def read_tf_config() -> dict:
-    """The TF_CONFIG environment variable, parsed ({} without one)."""
-    return json.loads(os.environ.get("TF_CONFIG") or "{}")
 
 
 def is_chief() -> bool:
@@ -360,10 +358,9 @@ def resume_fingerprint(
     digest = hashlib.sha256(
         (params_hash(params, ("base", "train")) + json.dumps(geometry)).encode()
     )
-    if (
-        params.train.init_from and Path(params.train.init_from).is_file()
-    ):  # the starting weights' bytes
-        digest.update(Path(params.train.init_from).read_bytes())
+    init_from = resolve_user_path(params.train.init_from)
+    if init_from and Path(init_from).is_file():  # the starting weights' bytes
+        digest.update(Path(init_from).read_bytes())
     digest.update(Path(split_csv).read_bytes())
     if params.teacher.model and teacher_csv:  # the teacher's maps and what trains on them
         digest.update(
@@ -657,7 +654,7 @@ def _train(
     with strategy.scope(), dtype_policy(policy):
         model = build_model(cfg)
         if cfg.init_from and not start:
-            init_weights(model, cfg.init_from)
+            init_weights(model, resolve_user_path(cfg.init_from))
             log(f"train: starting from the weights of {cfg.init_from}")
         # A resumed run's weights come from its checkpoint: the file is read again (for its
         # digest and the layers it fits), the batch norms' statistics are not refitted.

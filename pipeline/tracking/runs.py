@@ -40,6 +40,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.core import paths
 from pipeline.core.cli import STAGE_SECONDS_KEY
 from pipeline.core.config import DEFAULT_PARAMS, Params, as_flat_dict, load_params
 from pipeline.core.errors import PipelineError, TrackingError
@@ -50,7 +51,6 @@ from pipeline.results.describe import describe
 
 STORE_NAME = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"  # beside the store; already in .gitignore
-EXPS_TMP_PARTS = (".dvc", "tmp", "exps")
 HEALTH_TIMEOUT_S = 3.0
 # Paths (globs) relative to the project root, logged under the same relative folder.
 ARTIFACTS = (
@@ -116,13 +116,7 @@ _MAX_METRICS_PER_BATCH = 1000
 
 def store_root(project_root: str | os.PathLike) -> Path:
     """The real repo root: `<root>` for a DVC experiment copy under `<root>/.dvc/tmp/exps/`."""
-    path = Path(project_root).resolve()
-    parts = path.parts
-    n = len(EXPS_TMP_PARTS)
-    for i in range(len(parts) - n + 1):
-        if parts[i : i + n] == EXPS_TMP_PARTS:
-            return Path(*parts[:i])
-    return path
+    return paths.project_root(project_root)
 
 
 def tracking_uri(project_root: str | os.PathLike) -> str:

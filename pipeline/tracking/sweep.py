@@ -15,11 +15,14 @@ Every combination is checked with `load_params` on top of params.yaml before any
 queued (no training): a combination that is invalid only as a whole (a resolution that one
 architecture's stride does not divide) is skipped with one line; a value that is invalid in
 every combination it is in (a typo) stops the sweep with one line, as does an empty grid.
-Queued experiments run in a temporary copy of the repo (docs/scale-out.md), where a relative
-path outside the repo does not resolve: a source path given that way is made absolute.
+Queued experiments run in DVC's copy of the project (docs/scale-out.md), where a relative path
+outside the project (`../shared/data/x`) would point into .dvc/tmp/: every path param given
+that way, in the grid or in params.yaml, is queued absolute (`pin_paths`, the rule of
+pipeline.core.paths.resolve_user_path).
 
 A preset (presets/*.yaml, a partial params file) is one experiment: `preset_command` is the
-`dvc exp run` that applies it to params.yaml (`make exp`), checked the same way first.
+`dvc exp run` that applies it to params.yaml (`make exp`), checked the same way first, its
+paths pinned the same way when it is queued or run with --temp.
 """
 
 from __future__ import annotations
@@ -35,14 +38,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.config import AUTO, DEFAULT_PARAMS, load_params, read_yaml
+from pipeline.core.config import AUTO, DEFAULT_PARAMS, Params, load_params, read_yaml, user_paths
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.overrides import diff_args, format_arg, format_value, merge
+from pipeline.core.paths import leaves_project, resolve_user_path
 from pipeline.model import archs  # noqa: F401  (registers train.arch's choices)
 
 DEFAULT_GRID = "sweeps/default.yaml"
 DEFAULT_JOBS = 1
-SOURCE_PATH = re.compile(r"data\.sources\.[^.]+\.path")
 QUEUE_LOG = Path(".dvc/tmp/sweep_queue_start.log")
 ACTIVE = ("Queued", "Running")
 
@@ -58,7 +61,8 @@ class Sweep:
     name: str  # the grid file's stem: the experiments' name prefix
     axes: tuple[Axis, ...]
     jobs: int
-    points: tuple[dict, ...] = ()  # valid combinations: dotted key -> value
+    points: tuple[dict, ...] = ()  # valid combinations: dotted key -> value, as in the grid
+    pins: tuple[dict, ...] = ()  # per point: the path params it is queued with absolute
     skipped: tuple[tuple[dict, str], ...] = ()  # (combination, why)
 
 
@@ -124,16 +128,16 @@ def point_args(point: dict) -> list[str]:
     return [format_arg(key, value) for key, value in point.items()]
 
 
-def absolute_sources(point: dict, root: Path) -> dict:
-    """A relative source path outside the repo made absolute: queued runs resolve paths in
-    a temporary copy of the repo, where it would point nowhere."""
-    out = dict(point)
-    for key, value in point.items():
-        if SOURCE_PATH.fullmatch(key) and isinstance(value, str) and not os.path.isabs(value):
-            resolved = (root / value).resolve()
-            if root.resolve() not in resolved.parents:
-                out[key] = str(resolved)
-    return out
+def pin_paths(params: Params, root: Path) -> dict[str, str]:
+    """{dotted key: absolute path} of every path param that leaves the project (`../x`),
+    anchored at the project `root`: the `-S` values with which an experiment that runs in
+    DVC's copy of the project finds them (resolve_user_path's rule, applied before DVC
+    hashes the data folders in the copy, which no stage could do)."""
+    return {
+        key: resolve_user_path(path, root)
+        for key, path in user_paths(params).items()
+        if leaves_project(path)
+    }
 
 
 def check(
@@ -143,18 +147,18 @@ def check(
     invalid in every combination it is in, or when nothing is left."""
     root = Path(root or Path(params).resolve().parent)
     load_params(params)  # params.yaml itself first: its mistake is no combination's
-    points, skipped, failed = [], [], {}  # failed: (axis, choice) -> first error
+    points, pins, skipped, failed = [], [], [], {}  # failed: (axis, choice) -> first error
     combos = _combinations(sweep.axes)
     for combo, point in combos:
-        point = absolute_sources(point, root)
         try:
-            load_params(params, args=point_args(point))  # as DVC will apply them
+            loaded = load_params(params, args=point_args(point))  # as DVC will apply them
         except ConfigError as err:
             skipped.append((point, str(err)))
             for axis_choice in enumerate(combo):
                 failed.setdefault(axis_choice, []).append(str(err))
             continue
         points.append(point)
+        pins.append(pin_paths(loaded, root))
     if not points:
         raise ConfigError(f"grid {sweep.name}: no valid combination: {skipped[0][1]}")
     for (
@@ -167,23 +171,32 @@ def check(
             raise ConfigError(
                 f"grid {sweep.name}: {shown} is invalid in every combination: {errors[0]}"
             )
-    return dataclasses.replace(sweep, points=tuple(points), skipped=tuple(skipped))
+    return dataclasses.replace(
+        sweep, points=tuple(points), pins=tuple(pins), skipped=tuple(skipped)
+    )
 
 
 def exp_name(sweep: Sweep, point: dict) -> str:
-    """The grid's name and the value of every axis with more than one choice.
-
-    E.g. default-fastdepth-192x256-int8."""
+    """The grid's name and the value of every axis with more than one choice (of a path, its
+    last part). E.g. default-fastdepth-192x256-int8."""
     parts = [sweep.name]
     for axis in sweep.axes:
         if len(axis.values) > 1:
             values = [point[k] for k in axis.keys]
+            values = [os.path.basename(v.rstrip("/")) if _is_path(v) else v for v in values]
             text = "x".join(format_value(v) for v in values)
             parts.append(AUTO if all(v == AUTO for v in values) else text)
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)).strip("._-")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
+    return re.sub(r"\.{2,}", ".", name).strip("._-")  # git refuses '..' in a ref name
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, str) and "/" in value.rstrip("/")
 
 
 def queue_commands(sweep: Sweep, dvc: str = "dvc", force: bool = False) -> list[list[str]]:
+    """One `dvc exp run --queue` per point: its values, the path params pinned absolute."""
+    pins = sweep.pins or [{}] * len(sweep.points)
     return [
         [
             dvc,
@@ -193,13 +206,14 @@ def queue_commands(sweep: Sweep, dvc: str = "dvc", force: bool = False) -> list[
             *(["-f"] if force else []),
             "-n",
             exp_name(sweep, point),
-            *(arg for item in point_args(point) for arg in ("-S", item)),
+            *(arg for item in point_args({**point, **pinned}) for arg in ("-S", item)),
         ]
-        for point in sweep.points
+        for point, pinned in zip(sweep.points, pins)
     ]
 
 
 SET_PARAM = ("-S", "--set-param")  # dvc exp run's flag for one override
+IN_A_COPY = ("--queue", "--temp")  # dvc exp run's flags that run the experiment in a copy
 
 
 def preset_args(preset: str | os.PathLike, params: str | os.PathLike = DEFAULT_PARAMS) -> list[str]:
@@ -218,12 +232,19 @@ def preset_command(
 ) -> list[str]:
     """`dvc exp run` with the preset's `-S` arguments, then `extra` (more `dvc exp run`
     arguments: a later -S wins), as an argument list: no shell ever splits a value. The
-    params that result are checked first, so a mistake costs no DVC run."""
+    params that result are checked first, so a mistake costs no DVC run. With --queue or
+    --temp in `extra`, a last `-S` per path param that leaves the project pins it absolute
+    (`pin_paths`); in the workspace it stays as written."""
     args = preset_args(preset, params)
     given = [extra[i + 1] for i, arg in enumerate(extra[:-1]) if arg in SET_PARAM]
     given += [arg.split("=", 1)[1] for arg in extra if arg.startswith("--set-param=")]
-    load_params(params, args=[*args, *given])
-    return [dvc, "exp", "run", *(item for arg in args for item in ("-S", arg)), *extra]
+    loaded = load_params(params, args=[*args, *given])
+    pins = []
+    if any(arg in IN_A_COPY for arg in extra):
+        root = Path(params).resolve().parent
+        pins = [format_arg(key, path) for key, path in pin_paths(loaded, root).items()]
+    sets = [item for arg in [*args, *pins] for item in ("-S", arg)]
+    return [dvc, "exp", "run", *sets[: 2 * len(args)], *extra, *sets[2 * len(args) :]]
 
 
 def run_command(cmd: list[str], *, root: Path) -> None:
