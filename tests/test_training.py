@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import pickle
 import shutil
 import signal
 import subprocess
@@ -14,15 +15,17 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from conftest import REPO, make_project, project_env, run_stage, split_csv
 
-# Short epochs at a learning rate high enough that the last one is not the best (here
-# epoch 3 of 4), so a model that kept the last epoch shows; the warmup of 1.5 epochs
-# puts the end of epoch 1 partway up its ramp.
+# Short epochs at a learning rate high enough that the epochs score apart and the weight
+# average is far from the raw weights; the warmup of 1.5 epochs puts the end of epoch 1
+# partway up its ramp. Which epoch scores best is the CPU's float path's to say (epoch 2 of 4
+# on an Intel Xeon with AVX-512): test_the_best_epoch_ships_not_the_last sets the scores.
 EPOCHS = 4
 RUN_PARAMS = {
     "train": {"epochs": EPOCHS, "learning_rate": 0.05, "warmup_epochs": 1.5, "min_lr_ratio": 0.5}
@@ -97,8 +100,9 @@ def straight(tmp_path_factory) -> Path:
 
 
 def test_shipped_model_is_the_best_epoch(straight, monkeypatch):
-    """models/model.keras holds the epoch of lowest val si-RMSE, not the last: its val
-    si-RMSE, recomputed at working resolution as training computes it, is that epoch's."""
+    """models/model.keras holds the epoch of lowest val si-RMSE: its val si-RMSE, recomputed
+    at working resolution as training computes it, is that epoch's. (Whether that epoch is
+    the last one depends on the CPU: the next test tells the best from the last everywhere.)"""
     import keras
 
     from pipeline.core.config import load_params
@@ -110,9 +114,6 @@ def test_shipped_model_is_the_best_epoch(straight, monkeypatch):
     best = int(np.argmin(scores)) + 1
     summary = json.loads((straight / "metrics/train.json").read_text())
     assert (summary["best_epoch"], summary["best_val_si_rmse"]) == (best, scores[best - 1])
-    assert scores[-1] > scores[best - 1] + 1e-3, (
-        f"the run must end worse than its best epoch: {scores}"
-    )
 
     monkeypatch.chdir(straight)  # split.csv paths are relative to the project
     params = load_params()
@@ -132,6 +133,45 @@ def test_shipped_model_is_the_best_epoch(straight, monkeypatch):
         pred = model(rgb, training=False).numpy()
         per_image += [image_metrics(pred=p, gt=g) for p, g in zip(pred, depth.numpy())]
     assert average_metrics(per_image)["si_rmse"] == pytest.approx(scores[best - 1], rel=1e-6)
+
+
+def test_the_best_epoch_ships_not_the_last(tmp_path, monkeypatch):
+    """Validation on the val blocks scores 0.3, 0.1, 0.2: the model shipped is epoch 2's, on
+    every CPU (the scores are set, not trained; a held-out source ships the last epoch,
+    tests/test_param_effects.py)."""
+    import keras
+    from test_param_effects import fit, pair, tiny_params
+
+    from pipeline.model import training
+
+    scores = iter([0.3, 0.1, 0.2])
+    real_end = training.ValidationMetrics.on_epoch_end
+
+    def scripted(self, epoch, logs=None):
+        real_end(self, epoch, logs)
+        logs[training.MONITOR] = next(scores)
+
+    monkeypatch.setattr(training.ValidationMetrics, "on_epoch_end", scripted)
+
+    class Weights(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.by_epoch = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.by_epoch.append([w.copy() for w in self.model.get_weights()])
+
+    rows = [
+        pair(tmp_path / "a", f"{i}.png", 1.0 + i, source="a", split=split, seed=i)
+        for i, split in enumerate(["train", "train", "val"])
+    ]
+    weights = Weights()
+    params = tiny_params({"train": {"epochs": 3, "learning_rate": 0.05}})
+    summary = fit(tmp_path, params, rows, callbacks=[weights])
+    assert (summary["best_epoch"], summary["best_val_si_rmse"]) == (2, 0.1)
+    model = keras.saving.load_model(tmp_path / "model.keras", compile=False).get_weights()
+    same = [all(np.array_equal(a, b) for a, b in zip(model, epoch)) for epoch in weights.by_epoch]
+    assert same == [False, True, False]
 
 
 def test_learning_rate_warms_up_then_decays(straight):
@@ -333,24 +373,75 @@ def test_mirrored_strategy_on_two_cpu_devices(tmp_path):
 
 
 EMA_RUN = textwrap.dedent("""
-    import sys
+    import pickle, sys
+    import keras
     from pipeline.core.config import load_params
     from pipeline.model.training import train
     ema, out, cut = float(sys.argv[1]), sys.argv[2], sys.argv[3] == "cut"
     params = load_params(overrides={"train": {"ema": ema}})
     paths = dict(split_csv="data/prepared/split.csv", model_out=f"{out}/model.keras",
                  ckpt_dir=f"{out}/ckpt", history_csv=f"{out}/history.csv", fingerprint="ema")
+
+    class Record(keras.callbacks.Callback):
+        # After the run's own callbacks: the raw weights after every step and as each epoch
+        # begins (the average swapped out), every weight as each epoch ends (what was validated
+        # and checkpointed).
+        def __init__(self):
+            super().__init__()
+            self.steps, self.begins, self.ends = [], [], []
+        def trainable(self):
+            return [v.numpy() for v in self.model.trainable_weights]
+        def on_epoch_begin(self, epoch, logs=None):
+            self.begins.append(self.trainable())
+            self.steps.append([])
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps[-1].append(self.trainable())
+        def on_epoch_end(self, epoch, logs=None):
+            self.ends.append((self.trainable(), self.model.get_weights()))
+        def on_train_end(self, logs=None):
+            with open(f"{out}/record.pkl", "wb") as f:
+                pickle.dump((self.steps, self.begins, self.ends), f)
+
     if cut:  # stopped after the first epoch (the budget runs out at once), then resumed
         train(params, time_budget_s=1e-6, **paths)
-    train(params, **paths)
+        train(params, **paths)
+    else:
+        train(params, extra_callbacks=[Record()], **paths)
 """)
+EMA = 0.9
+
+
+def moving_average(steps: list[list[list[np.ndarray]]], momentum: float) -> list:
+    """Keras's use_ema written out, in float32 as the optimizer computes it: the first step's
+    weights, then momentum x average + (1 - momentum) x weights after every step; the
+    average at the end of each epoch."""
+    m = np.float32(momentum)
+    average, ends = None, []
+    for epoch in steps:
+        for weights in epoch:
+            if average is None:
+                average = [w.copy() for w in weights]
+            else:
+                average = [m * a + (np.float32(1) - m) * w for a, w in zip(average, weights)]
+        ends.append(average)
+    return ends
 
 
 def test_weight_average_is_shipped_and_resumes_exactly(straight, tmp_path):
-    """train.ema validates and ships the moving average of the weights: with momentum ~0 the
-    first epoch scores as without it (later epochs drift in the last bits of the swaps), with
-    0.9 the shipped model is far from the plain run's; a run stopped after epoch 1 and
-    resumed ends bit-identical (a checkpoint holds the average and the raw weights swapped)."""
+    """train.ema validates, checkpoints and ships the moving average of the weights and trains
+    on the raw weights: at every epoch's end the model holds the average of the raw weights
+    after every step so far (recomputed here from the steps' weights), each next epoch starts
+    from the raw weights again, the first epoch trains exactly as without averaging, the
+    shipped model is the best epoch's average, and a run stopped after epoch 1 and resumed
+    ends bit-identical (a checkpoint holds the average and the raw weights swapped).
+
+    Each comparison is within one run, on one machine: the float32 rounding of the average (a
+    few ulps; the swaps in and out add and subtract) is held against how far the average is
+    from the raw weights, which training sets (measured: 1e-6 to 8e-6 of it; a model that is
+    not the average is off by all of it). Comparing the shipped models of whole runs with and
+    without averaging would measure chaos instead: the swaps' last bits, grown over 3 epochs
+    at a high rate by as much as the CPU's float path makes of them (issue #35: 2.13 on an
+    AVX2 AMD EPYC, 0.02 to 0.07 here)."""
     import keras
 
     project = tmp_path / "p"
@@ -372,38 +463,52 @@ def test_weight_average_is_shipped_and_resumes_exactly(straight, tmp_path):
             text=True,
         )
 
-    def shipped(proc, name: str, cut: bool = False) -> tuple[list[np.ndarray], list[float]]:
+    def finished(proc, name: str, cut: bool = False) -> SimpleNamespace:
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
         assert ("resuming from" in out) is cut
         with open(project / name / "history.csv") as f:
             scores = [float(row["val_si_rmse"]) for row in csv.DictReader(f)]
-        return keras.models.load_model(
-            project / name / "model.keras", compile=False
-        ).get_weights(), scores
+        model = keras.models.load_model(project / name / "model.keras", compile=False)
+        run = SimpleNamespace(shipped=model.get_weights(), scores=scores)
+        if not cut:
+            with open(project / name / "record.pkl", "rb") as f:
+                run.steps, run.begins, run.ends = pickle.load(f)
+        return run
 
     def distance(a, b):
-        return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+        return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
 
-    plain = _weights(straight), [row["val_si_rmse"] for row in _history(straight)]
     # three independent runs at once: each waits on its imports, one core's work (op determinism)
-    runs = [(1e-6, "near", False), (0.9, "averaged", False), (0.9, "resumed", True)]
+    runs = [(0.0, "plain", False), (EMA, "averaged", False), (EMA, "resumed", True)]
     procs = [start(*run) for run in runs]
     try:
-        near_plain, averaged, resumed = (
-            shipped(proc, name, cut) for proc, (_, name, cut) in zip(procs, runs)
+        plain, averaged, resumed = (
+            finished(proc, name, cut) for proc, (_, name, cut) in zip(procs, runs)
         )
     finally:  # one failed: the others do not outlive the test
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    assert near_plain[1][0] == pytest.approx(plain[1][0], rel=1e-5)
-    assert abs(averaged[1][0] - plain[1][0]) > 1e-4
-    assert distance(plain[0], averaged[0]) > 20 * distance(plain[0], near_plain[0])
-    assert (
-        all(np.array_equal(a, b) for a, b in zip(averaged[0], resumed[0]))
-        and averaged[1] == resumed[1]
-    )
+
+    # the first epoch, before any swap, trains as without averaging, step for step
+    assert [len(epoch) for epoch in averaged.steps] == [2] * EPOCHS
+    for raw, without in zip(averaged.steps[0], plain.steps[0], strict=True):
+        assert all(np.array_equal(a, b) for a, b in zip(raw, without, strict=True))
+    average = moving_average(averaged.steps, EMA)
+    for epoch in range(EPOCHS):
+        raw = averaged.steps[epoch][-1]
+        apart = distance(raw, average[epoch])  # what a model that is not the average is off by
+        off = distance(averaged.ends[epoch][0], average[epoch])  # validated and checkpointed
+        assert off < 1e-3 * apart, f"epoch {epoch + 1}: {off} from the average, {apart} apart"
+        if epoch + 1 < EPOCHS:  # the next epoch trains on from the raw weights
+            off = distance(averaged.begins[epoch + 1], raw)
+            assert off < 1e-3 * apart, f"epoch {epoch + 2} starts {off} from the raw weights"
+    best = int(np.argmin(averaged.scores))
+    everything = averaged.ends[best][1]
+    assert all(np.array_equal(a, b) for a, b in zip(averaged.shipped, everything, strict=True))
+    assert resumed.scores == averaged.scores
+    assert all(np.array_equal(a, b) for a, b in zip(averaged.shipped, resumed.shipped, strict=True))
 
 
 def test_file_damaged_after_prepare_is_named_not_a_traceback(tmp_path):
