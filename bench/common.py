@@ -338,14 +338,20 @@ def teacher_scores(model: CachedTeacher, rows: list[dict], label: str, source: s
 
 
 def prepare_teacher(
-    model: CachedTeacher, work: Path, train_on: str, held_out: str, sources: dict | None = None
+    model: CachedTeacher,
+    work: Path,
+    train_on: str,
+    held_out: str,
+    sources: dict | None = None,
+    rooms: Path = ROOMS,
 ) -> dict:
     """The teacher's maps for the direction train_on -> held_out, by the teacher stage's code:
     labelled = train_on's images (fitted to their ground truth); unlabeled = the shared rooms
     and the first half of held_out's names (RGB only), which take the median fit of
     train_on's. Returns the maps' alignment.csv, the two halves of held_out, and the
     teacher's own figures on held_out, whole and second half. `sources`: the runs' data.sources
-    folders by name (default: the two real scenes)."""
+    folders by name (default: the two real scenes); `rooms`: the unlabeled photographs' folder
+    (default: all 600)."""
     from pipeline.core.cli import Progress
     from pipeline.data.dataset import list_unlabeled, write_teacher_index
     from pipeline.teacher.labels import run_teacher, summarize
@@ -361,7 +367,7 @@ def prepare_teacher(
     ]  # exactly the train rows of the runs
     unlabeled = [
         {**r, "source": name}
-        for name, folder in (("rooms", ROOMS), (f"{held_out}_half", first))
+        for name, folder in (("rooms", rooms), (f"{held_out}_half", first))
         for r in list_unlabeled(folder)
     ]
     folder = work / f"teacher_{train_on}"
@@ -397,4 +403,37 @@ def prepare_teacher(
                 f"{held_out}_2nd_half",
             ),
         ],
+    }
+
+
+def teacher_fidelity(tflite: Path, model: CachedTeacher, rgb_paths: list[str], aspect: str) -> dict:
+    """How near a student comes to its teacher on images neither trained on (e.g. room photos
+    held out of data.unlabeled): the mean si-RMSE between the student's depth and the teacher's
+    map (both scale-free: a relative teacher's scale does not matter), over a constant's on the
+    same map. No ground truth, and no image of a scene a bench reports on."""
+    import numpy as np
+
+    from pipeline.core.files import read_rgb
+    from pipeline.core.host import usable_cpus
+    from pipeline.data.dataset import aspect_crop_box
+    from pipeline.device.predict import TFLiteDepthModel
+
+    student = TFLiteDepthModel(tflite, num_threads=usable_cpus())
+    errors, constants = [], []
+    for path in rgb_paths:
+        rgb = read_rgb(path)
+        if aspect == "crop":
+            top, left, h, w = aspect_crop_box(*rgb.shape[:2], *student.input_size)
+            rgb = rgb[top : top + h, left : left + w]
+        target = model.predict(rgb)
+        pred = student.predict(rgb, out_size=target.shape)
+        valid = (target > 0) & (pred > 0)
+        log_t = np.log(target[valid])
+        errors.append(float(np.std(np.log(pred[valid]) - log_t)))
+        constants.append(float(np.std(log_t)))
+    return {
+        "images": len(errors),
+        "si_rmse": float(np.mean(errors)),
+        "constant": float(np.mean(constants)),
+        "ratio": float(np.mean(errors) / np.mean(constants)),
     }

@@ -22,6 +22,11 @@ prediction's (lower is better); the teacher's own ratio on B is the anchor. Afte
 each student's architecture is timed at 480x640 (benchmark.threads, capped at the cores here,
 fastest of --rounds passes) with the calibrated Pi 4 estimate (pipeline.device.rpi4).
 
+With --rooms-holdout N the last N room photographs stay out of training, and each teacher run
+is also scored against the teacher's maps on them (column `rooms`: si-RMSE to the teacher over
+a constant's): how near a student comes to its teacher on images no one trained on, a figure to
+choose levers on without any image of the scenes the table reports.
+
 Each finished run is appended to --results (JSON lines) as it ends: a bench cut short keeps
 its runs, and --report FILE ... prints the table and draws the plot from earlier results
 (several files, e.g. a 1-seed sweep and a 3-seed rerun of the front) without training.
@@ -44,6 +49,7 @@ from bench.common import (
     parse_set,
     prepare_teacher,
     setup_teacher,
+    teacher_fidelity,
     train_and_score,
 )
 from bench.student_sizes import LITEDEPTH_MS, pareto
@@ -72,7 +78,7 @@ def student_params(spec: str, kind: str, direction: str, seed: int, args, with_t
     data = {"sources": {n: {"path": p} for n, p in REAL.items()}, "val": held_out}
     teacher = {}
     if kind == "teacher":
-        data["unlabeled"] = {"rooms": {"path": str(ROOMS)}}
+        data["unlabeled"] = {"rooms": {"path": str(args.rooms)}}
         teacher = with_teacher
     return bench_params(
         args.overrides,
@@ -86,6 +92,17 @@ def student_params(spec: str, kind: str, direction: str, seed: int, args, with_t
             },
         },
     )
+
+
+def hold_out_rooms(count: int, work: Path) -> tuple[Path, list[str]]:
+    """The shared room photographs less their last `count` by name: (a folder of the rest, as
+    links, to train on; the held-out images' paths, to score the student against its teacher)."""
+    names = sorted(p.name for p in (ROOMS / "rgb").iterdir())
+    keep = work / "rooms_trained" / "rgb"
+    keep.mkdir(parents=True)
+    for name in names[: len(names) - count]:
+        (keep / name).symlink_to(ROOMS / "rgb" / name)
+    return keep.parent, [str(ROOMS / "rgb" / name) for name in names[len(names) - count :]]
 
 
 def time_students(specs, tflites: dict, rounds: int, overrides: dict) -> dict:
@@ -137,6 +154,9 @@ def table(runs: list[dict], times: dict, anchors: dict) -> list[dict]:
                 "local_ms": times.get(student, {}).get("local_ms", math.nan),
                 "teacher": anchors.get(direction, math.nan),
                 "minutes": statistics.mean(r["minutes"] for r in group),
+                "rooms": statistics.mean(r["rooms_ratio"] for r in group)
+                if all("rooms_ratio" in r for r in group)
+                else math.nan,
             }
         )
     for direction in {r["direction"] for r in rows}:
@@ -156,14 +176,15 @@ def print_rows(rows: list[dict], budget: str) -> None:
         print(f"\n{direction} (held out whole; the teacher itself: {teacher:.2f})")
         print(
             f"{'student':<22} {'kind':<8} {'est Pi4 ms':>10} {'local ms':>8} {'seeds':>5} "
-            f"{'ratio':>6} {'range':>11} {'- teacher':>9} {'front':>5}"
+            f"{'ratio':>6} {'range':>11} {'- teacher':>9} {'front':>5} {'rooms':>5}"
         )
         for r in chosen:
             spread = f"{r['range'][0]:.2f}..{r['range'][1]:.2f}" if len(r["seeds"]) > 1 else ""
             print(
                 f"{r['student']:<22} {r['kind']:<8} {r['ms']:>10.0f} {r['local_ms']:>8.1f} "
                 f"{len(r['seeds']):>5} {r['ratio']:>6.2f} {spread:>11} "
-                f"{r['ratio'] - teacher:>+9.2f} {'*' if r.get('front') else '':>5}"
+                f"{r['ratio'] - teacher:>+9.2f} {'*' if r.get('front') else '':>5} "
+                f"{'' if math.isnan(r['rooms']) else format(r['rooms'], '.2f'):>5}"
             )
         fast = [r for r in chosen if r["ms"] <= LITEDEPTH_MS]
         if fast:
@@ -253,6 +274,13 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, help="default: params.yaml's base.seed")
     parser.add_argument("--rounds", type=int, default=2, help="timing passes (fastest kept)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--rooms-holdout",
+        type=int,
+        default=0,
+        help="leave the last N room photographs out of training and score each teacher run "
+        "against the teacher on them (how near it comes to its teacher on unseen images)",
+    )
     parser.add_argument("--results", type=Path, help="append each finished run here (JSON lines)")
     parser.add_argument("--report", type=Path, nargs="+", help="only print and plot these results")
     parser.add_argument("--retime", action="store_true", help="with --report: time them again")
@@ -297,13 +325,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="encoders_") as tmp:
         work = Path(tmp)
-        with_teacher, maps = {}, {}
+        with_teacher, maps, held_rooms = {}, {}, []
+        args.rooms = ROOMS
+        if args.rooms_holdout:
+            args.rooms, held_rooms = hold_out_rooms(args.rooms_holdout, work)
         if "teacher" in args.kinds:
             with_teacher, model = setup_teacher(args.teacher, args.overrides, work)
         for direction in args.directions:
             train_on, held_out = direction.split("->")
             if "teacher" in args.kinds:
-                maps[direction] = prepare_teacher(model, work, train_on, held_out)
+                maps[direction] = prepare_teacher(model, work, train_on, held_out, rooms=args.rooms)
                 anchor = maps[direction]["scored"][0]["sources"][held_out]["ratio_to_constant"]
                 anchors[direction] = anchor
                 keep({"type": "teacher", "direction": direction, "ratio": anchor})
@@ -330,6 +361,17 @@ def main() -> None:
                             "minutes": done["minutes"],
                             "params": done["summary"]["params"],
                         }
+                        if held_rooms and kind == "teacher":
+                            fidelity = teacher_fidelity(
+                                done["tflite"], model, held_rooms, params.data.aspect
+                            )
+                            item["rooms_ratio"] = fidelity["ratio"]
+                            print(
+                                f"{label} (seed {seed}): {fidelity['images']} held-out rooms, "
+                                f"si-RMSE to the teacher's maps {fidelity['si_rmse']:.4f}, "
+                                f"ratio {fidelity['ratio']:.2f}",
+                                flush=True,
+                            )
                         runs.append(item)
                         keep(item)
         times = time_students(args.students, tflites, args.rounds, args.overrides)
