@@ -10,6 +10,8 @@ label and probability of each, and how well their 1001 (or 1000) probabilities a
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 
 from bench.common import CLASSIFIERS, ENCODER_FILES
@@ -18,6 +20,9 @@ PHOTOS = ("grace_hopper.bmp", "cat.bmp", "parrot.jpg")
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__.split("\n\n", 2)[-1], formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     from ai_edge_litert.interpreter import Interpreter
     from PIL import Image
 

@@ -5,9 +5,12 @@ framework versions, and what a training run records about them."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
+from conftest import REPO
 from pipeline.core import host
 
 EPYC = """processor\t: 0
@@ -110,6 +113,7 @@ def test_flags_digest_follows_the_set_of_flags_not_their_order():
 def cpuinfo(tmp_path, monkeypatch):
     """facts() of a machine whose /proc/cpuinfo says `text` (on any OS the test runs on)."""
     monkeypatch.setattr(host.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(host.platform, "machine", lambda: "x86_64")  # these texts are x86's
 
     def facts_of(text: str, cap: str = "") -> dict:
         path = tmp_path / "cpuinfo"
@@ -128,12 +132,14 @@ def cpuinfo(tmp_path, monkeypatch):
 
 
 def test_two_cpus_on_the_avx2_path_are_told_apart(cpuinfo):
-    """The issue's two `AMD EPYC` machines: same name, both training on AVX2 float32 kernels,
-    different models. Their records differ in what tells them apart: the CPU's identity and
-    its flags (and the cap, which says the AVX-512 one was held back)."""
+    """The issue's two `AMD EPYC` machines: same name, both on AVX2 float32 kernels, different
+    models. Their records differ in what tells them apart: the CPU's identity and its flags,
+    the cap, which says the AVX-512 one was held back, and the kernels: without VNNI the AVX2
+    one runs Eigen's, as TensorFlow leaves oneDNN off there by default."""
     capped, plain = cpuinfo(EPYC_AVX512, cap="AVX2"), cpuinfo(EPYC_AVX2)
     assert capped["cpu"] == plain["cpu"] == "AMD EPYC"
-    assert capped["vector_path"].startswith("AVX2") and plain["vector_path"] == "AVX2"
+    assert capped["vector_path"] == "AVX2 (capped)"
+    assert plain["vector_path"] == f"{host.EIGEN_PATH}, AVX2"
     assert capped["cpu_id"] == "AuthenticAMD family 25 model 17 stepping 1"
     assert plain["cpu_id"] == "AuthenticAMD family 23 model 49 stepping 0"
     assert capped["cpu_flags_sha256"] != plain["cpu_flags_sha256"]
@@ -156,6 +162,39 @@ def test_two_cpus_on_the_avx2_path_are_told_apart(cpuinfo):
 )
 def test_vector_path_is_the_widest_float32_path_the_cap_or_eigen(extensions, cap, onednn, path):
     assert host.vector_path(extensions, cap, onednn) == path
+
+
+@pytest.mark.parametrize(
+    "flags, system, machine, on",
+    [
+        ({"avx2", "fma", "avx512f", "avx512_vnni"}, "Linux", "x86_64", True),  # Cascade Lake on
+        ({"avx2", "fma", "avx_vnni"}, "Linux", "x86_64", True),  # Alder Lake
+        ({"avx2", "fma", "avx512f", "amx_tile"}, "Linux", "x86_64", True),
+        ({"avx2", "fma", "avx512f"}, "Linux", "x86_64", False),  # Skylake-SP: AVX-512, no VNNI
+        ({"avx2", "fma"}, "Linux", "x86_64", False),  # AVX2 only (Zen 2/3)
+        ({"avx2", "fma", "avx512_vnni"}, "Darwin", "x86_64", False),
+        ({"asimd", "sve"}, "Linux", "aarch64", False),
+    ],
+)
+def test_onednn_default_is_tensorflows_rule(flags, system, machine, on):
+    assert host.onednn_by_default(frozenset(flags), system, machine) is on
+
+
+@pytest.mark.parametrize("setting", [None, "0", "1"])
+def test_onednn_enabled_says_what_tensorflow_does_on_this_cpu(setting):
+    """TensorFlow itself logs `oneDNN custom operations are on` when it runs them: with the
+    variable unset, that is this CPU's default, which the suite meets on every machine."""
+    unset = (host.ONEDNN_OPTS_ENV, "TF_CPP_MIN_LOG_LEVEL")  # the log line is at INFO
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    if setting is not None:
+        env[host.ONEDNN_OPTS_ENV] = setting
+    code = "from pipeline.core import host; import tensorflow; print(host.onednn_enabled())"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said_on = "oneDNN custom operations are on" in proc.stderr
+    assert proc.stdout.split()[-1] == str(said_on), proc.stderr[-2000:]
 
 
 def test_usable_cpus_falls_back_to_the_core_count_without_affinity(monkeypatch):
@@ -183,6 +222,7 @@ def test_facts_name_this_machine_the_cap_and_the_installed_frameworks(monkeypatc
         assert facts["cpu"] == model
         assert ("AVX-512" in facts["cpu_extensions"].split(", ")) == ("avx512f" in flags)
     monkeypatch.setenv(host.ONEDNN_ISA_ENV, "AVX2")
+    monkeypatch.setenv(host.ONEDNN_OPTS_ENV, "1")  # on, whatever this CPU's default
     capped = host.facts()
     assert capped["onednn_max_cpu_isa"] == "AVX2" and capped["vector_path"] == "AVX2 (capped)"
     monkeypatch.setenv(host.ONEDNN_OPTS_ENV, "0")

@@ -37,11 +37,13 @@ ONE_PROCESS = {
 }
 # The epochs' losses and the val metric of the cluster and of one process differ by float32
 # rounding only (batch statistics over the global batch, gradients summed over it; the sums
-# in another order), which Adam's first steps amplify: measured 0.01% after epoch 1, 0.23%
-# after epoch 2. Gradients twice too large (a scalar loss not divided by the replicas) logged
-# twice the loss; per-worker batch statistics (Keras's default) left the workers with
-# different weights.
-LOSS_RTOL = 1e-2
+# in another order), which Adam's steps amplify, by how much depends on the CPU's kernels:
+# measured 0.01% after epoch 1 and 0.08-0.23% after epoch 2 here, 1.6% after epoch 2 on a CI
+# machine. So the first epoch is held tight and the later ones loosely: gradients twice too
+# large (a scalar loss not divided by the replicas) log twice the loss from the first epoch;
+# per-worker batch statistics (Keras's default) leave the workers with different weights.
+FIRST_EPOCH_RTOL = 5e-3
+LOSS_RTOL = 5e-2
 WORKER_TIMEOUT_S = 600  # a hang fails here instead of holding the suite
 # TensorFlow's coordination service declares a worker dead after missed heartbeats (measured
 # 30 s after a kill -9 on a busy 2-core machine); the survivor must be gone well within this.
@@ -114,7 +116,9 @@ def test_two_workers_agree_match_one_process_and_only_the_chief_writes(prepared,
     # the loss of every epoch is one process's on the same global batch
     one = json.loads((single / "metrics/train.json").read_text())
     assert one["replicas"] == 1 and one["batch_size"] == 2 * PER_REPLICA
-    assert losses(chief) == pytest.approx(losses(single), rel=LOSS_RTOL)
+    cluster_losses, single_losses = losses(chief), losses(single)
+    assert cluster_losses[0] == pytest.approx(single_losses[0], rel=FIRST_EPOCH_RTOL)
+    assert cluster_losses == pytest.approx(single_losses, rel=LOSS_RTOL)
     assert summary["best_val_si_rmse"] == pytest.approx(one["best_val_si_rmse"], rel=LOSS_RTOL)
 
 

@@ -181,18 +181,9 @@ def test_files_that_do_not_fit_are_one_line_naming_the_file(tmp_path):
 def test_a_file_that_does_not_fit_stops_the_train_stage_with_one_line(tmp_path):
     """Through `python -m stages.train`, as a user meets it: exit 2, one error line naming the
     file and the first mismatch, no model written."""
-    from pipeline.core.files import write_depth_png, write_rgb_png
-
     wrong = ENCODERS / "mobilenet_v1_0.5_160_quant.tflite"  # V1 for the default V2 x0.35
     project = make_project(tmp_path / "proj", {"train": {"encoder_weights": str(wrong)}}, git=False)
-    rng = np.random.default_rng(0)
-    rows = []
-    for name, split in (("a.png", "train"), ("b.png", "val")):
-        write_rgb_png(project / "src/rgb" / name, rng.integers(0, 255, (48, 64, 3), np.uint8))
-        write_depth_png(project / "src/depth" / name, np.full((48, 64), 2.0))
-        rows.append((name, split, f"src/rgb/{name}", f"src/depth/{name}"))
-    (project / "data/prepared").mkdir(parents=True)
-    (project / "data/prepared/split.csv").write_text(split_csv(rows, source="synthetic"))
+    write_split(project, ["train", "val"], lambda rng: np.full((48, 64), 2.0))
     proc = run_stage("train", project, check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -313,21 +304,28 @@ def test_encoder_lr_scale_scales_the_pretrained_encoders_steps_only():
     assert moved[0.1][1] == pytest.approx(moved[1.0][1], rel=0.05)
 
 
-def tiny_split_project(root, train_overrides: dict):
-    """A project whose split is 4 random train pairs and 2 val pairs, for the train stage."""
+def write_split(project: Path, splits: list[str], depth) -> None:
+    """data/prepared/split.csv over len(splits) random photos under the synthetic source's
+    folder (where the split of that source must point), each with depth(rng) in metres."""
     from pipeline.core.files import write_depth_png, write_rgb_png
 
-    overrides = {"train": {"height": 64, "width": 96, "steps_per_epoch": 2, **train_overrides}}
-    project = make_project(root, overrides, git=False)
     rng = np.random.default_rng(0)
     rows = []
-    for k in range(6):
+    for k, split in enumerate(splits):
         name = f"{k}.png"
-        write_rgb_png(project / "src/rgb" / name, rng.integers(0, 255, (48, 64, 3), np.uint8))
-        write_depth_png(project / "src/depth" / name, rng.uniform(1, 4, (48, 64)))
-        rows.append((name, "train" if k < 4 else "val", f"src/rgb/{name}", f"src/depth/{name}"))
+        rgb, dep = f"data/synthetic/rgb/{name}", f"data/synthetic/depth/{name}"
+        write_rgb_png(project / rgb, rng.integers(0, 255, (48, 64, 3), np.uint8))
+        write_depth_png(project / dep, depth(rng))
+        rows.append((name, split, rgb, dep))
     (project / "data/prepared").mkdir(parents=True)
     (project / "data/prepared/split.csv").write_text(split_csv(rows, source="synthetic"))
+
+
+def tiny_split_project(root, train_overrides: dict):
+    """A project whose split is 4 random train pairs and 2 val pairs, for the train stage."""
+    overrides = {"train": {"height": 64, "width": 96, "steps_per_epoch": 2, **train_overrides}}
+    project = make_project(root, overrides, git=False)
+    write_split(project, ["train"] * 4 + ["val"] * 2, lambda rng: rng.uniform(1, 4, (48, 64)))
     return project
 
 

@@ -26,9 +26,15 @@ from importlib import metadata
 CPUINFO = "/proc/cpuinfo"
 # oneDNN's ISA cap, e.g. ONEDNN_MAX_CPU_ISA=AVX2 runs an AVX-512 machine on the AVX2 path.
 ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
-# TensorFlow's switch for its oneDNN kernels (on by default on x86 Linux): 0 = Eigen's own.
+# TensorFlow's switch for its oneDNN kernels: 0 = Eigen's own, 1 = oneDNN's. Unset, TensorFlow
+# turns them on by itself on x86-64 Linux only where the CPU has one of ONEDNN_DEFAULT_FLAGS
+# (its "CPUs with neural-network-focused features" rule, since TF 2.9): an AVX2-only or
+# AVX-512-without-VNNI CPU trains on Eigen's kernels unless the variable says otherwise.
 ONEDNN_OPTS_ENV = "TF_ENABLE_ONEDNN_OPTS"
 ONEDNN_OFF = ("0", "false")
+ONEDNN_ON = ("1", "true")
+ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+X86_64_MACHINES = ("x86_64", "amd64")
 EIGEN_PATH = "Eigen (oneDNN off)"
 # (label, flag) in the order they are reported: the x86 flags of /proc/cpuinfo (Linux) or of
 # sysctl machdep.cpu (macOS, read in lower case), the Arm features of /proc/cpuinfo.
@@ -196,9 +202,21 @@ def vector_path(extensions: tuple[str, ...], cap: str = "", onednn: bool = True)
     return path if onednn else f"{EIGEN_PATH}, {path}"
 
 
+def onednn_by_default(flags: frozenset[str], system: str, machine: str) -> bool:
+    """Whether TensorFlow runs its oneDNN kernels with TF_ENABLE_ONEDNN_OPTS unset: on x86-64
+    Linux with one of ONEDNN_DEFAULT_FLAGS, nowhere else (aarch64 wheels as well: not measured
+    here, taken as off, the variable decides where it is set)."""
+    on_x86_linux = system == "Linux" and machine.lower() in X86_64_MACHINES
+    return on_x86_linux and bool(flags & set(ONEDNN_DEFAULT_FLAGS))
+
+
 def onednn_enabled() -> bool:
-    """False when TF_ENABLE_ONEDNN_OPTS turns TensorFlow's oneDNN kernels off."""
-    return os.environ.get(ONEDNN_OPTS_ENV, "").strip().lower() not in ONEDNN_OFF
+    """Whether TensorFlow's oneDNN kernels run: as TF_ENABLE_ONEDNN_OPTS says, else by
+    onednn_by_default for this CPU."""
+    setting = os.environ.get(ONEDNN_OPTS_ENV, "").strip().lower()
+    if setting in ONEDNN_OFF or setting in ONEDNN_ON:
+        return setting in ONEDNN_ON
+    return onednn_by_default(_cpu()[1], platform.system(), platform.machine())
 
 
 def isa_cap() -> str:

@@ -240,7 +240,7 @@ def stage_seconds(project_root: str | os.PathLike) -> dict[str, float]:
     pipeline.core.cli.timed), and DVC restores that file with the stage's outputs when it
     skips the stage or restores it from the run-cache: a stage counts with the time it took
     when it ran, wherever and whenever that was. index@NAME's time comes through
-    prepare.json (sources.NAME.index_seconds). Stages without a metrics JSON (synthesize,
+    prepare.json (sources.NAME.index_seconds). Stages without a metrics JSON (check, synthesize,
     unlabeled@NAME, package) are left out: a `cache: false` file of their own would keep
     DVC's remote run-cache from restoring them (tests/test_dvc_remote.py). So are metrics
     written before the times were.
