@@ -21,7 +21,8 @@ PHOTOS = ("grace_hopper.bmp", "cat.bmp", "parrot.jpg")
 
 def main() -> None:
     argparse.ArgumentParser(
-        description=__doc__.split("\n\n", 2)[-1], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n", 2)[-1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     ).parse_args()
     from ai_edge_litert.interpreter import Interpreter
     from PIL import Image

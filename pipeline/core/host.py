@@ -33,7 +33,14 @@ ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
 ONEDNN_OPTS_ENV = "TF_ENABLE_ONEDNN_OPTS"
 ONEDNN_OFF = ("0", "false")
 ONEDNN_ON = ("1", "true")
-ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+ONEDNN_DEFAULT_FLAGS = (
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 X86_64_MACHINES = ("x86_64", "amd64")
 EIGEN_PATH = "Eigen (oneDNN off)"
 # (label, flag) in the order they are reported: the x86 flags of /proc/cpuinfo (Linux) or of
