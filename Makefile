@@ -30,9 +30,12 @@ repro: $(INSTALLED)
 	$(BIN)/dvc repro
 
 # -rs: the summary names every skipped test and why (a system program missing, see README);
-# --durations: the 25 slowest tests, to keep the suite short on 2 cores.
+# --durations: the 25 slowest tests, to keep the suite short on 2 cores. TEST_WORKERS pytest
+# processes share the files (one file's tests stay on one, so its fixtures are made once):
+# much of a test is a process starting or waiting, which the other worker fills.
+TEST_WORKERS ?= 2
 test: $(INSTALLED)
-	$(BIN)/python -m pytest tests -q -rs --durations=25
+	$(BIN)/python -m pytest tests -q -rs --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 # Ruff's lint and format check (pyproject.toml: rules, line length 100); `ruff format .` fixes format.
 lint: $(INSTALLED)
