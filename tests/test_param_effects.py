@@ -400,23 +400,24 @@ def test_source_weights_set_each_sources_share_of_the_drawn_epochs(tmp_path, mon
 
 
 # ------------------------------------------------------------- data.val: a held-out source
-def test_a_held_out_source_ships_the_last_epoch_not_the_best_on_it(tmp_path, monkeypatch):
-    """Validation on the held-out source b scores 0.3, 0.1, 0.2: the model shipped is the last
-    epoch's, not epoch 2's (choosing on b would flatter the very figure reported for b)."""
-    import csv
-
-    import keras
-
+def script_val_scores(monkeypatch, scores: list[float]) -> None:
+    """Each epoch's validation metric (training.MONITOR) is the next of `scores`, whatever
+    the weights: the epoch choice is then the same on every CPU."""
     from pipeline.model import training
 
-    scores = iter([0.3, 0.1, 0.2])
+    left = iter(scores)
     real_end = training.ValidationMetrics.on_epoch_end
 
     def scripted(self, epoch, logs=None):
         real_end(self, epoch, logs)
-        logs[training.MONITOR] = next(scores)
+        logs[training.MONITOR] = next(left)
 
     monkeypatch.setattr(training.ValidationMetrics, "on_epoch_end", scripted)
+
+
+def shipped_epochs(tmp_path: Path, params, rows) -> tuple[dict, list[bool]]:
+    """fit's summary and, per epoch, whether the model it saved has that epoch's weights."""
+    import keras
 
     class Weights(keras.callbacks.Callback):
         def __init__(self):
@@ -426,19 +427,31 @@ def test_a_held_out_source_ships_the_last_epoch_not_the_best_on_it(tmp_path, mon
         def on_epoch_end(self, epoch, logs=None):
             self.by_epoch.append([w.copy() for w in self.model.get_weights()])
 
+    weights = Weights()
+    summary = fit(tmp_path, params, rows, callbacks=[weights])
+    model = keras.saving.load_model(tmp_path / "model.keras", compile=False).get_weights()
+    same = [all(np.array_equal(a, b) for a, b in zip(model, epoch)) for epoch in weights.by_epoch]
+    return summary, same
+
+
+def test_a_held_out_source_ships_the_last_epoch_not_the_best_on_it(tmp_path, monkeypatch):
+    """Validation on the held-out source b scores 0.3, 0.1, 0.2: the model shipped is the last
+    epoch's, not epoch 2's (choosing on b would flatter the very figure reported for b)."""
+    import csv
+
+    from pipeline.model import training
+
+    script_val_scores(monkeypatch, [0.3, 0.1, 0.2])
     rows = [
         pair(tmp_path / "a", f"{i}.png", 1.0 + i, source="a", split="train", seed=i)
         for i in range(2)
     ]
     rows.append(pair(tmp_path / "b", "v.png", 2.0, source="b", split="val", seed=5))
     params = tiny_params({**two_sources(val="b"), "train": {"epochs": 3, "learning_rate": 0.05}})
-    weights = Weights()
-    summary = fit(tmp_path, params, rows, callbacks=[weights])
+    summary, same = shipped_epochs(tmp_path, params, rows)
     with open(tmp_path / "history.csv") as f:  # what the selection saw: epoch 2 was the best
         assert [float(r[training.MONITOR]) for r in csv.DictReader(f)] == [0.3, 0.1, 0.2]
     assert summary["best_epoch"] == 3
-    model = keras.saving.load_model(tmp_path / "model.keras", compile=False).get_weights()
-    same = [all(np.array_equal(a, b) for a, b in zip(model, epoch)) for epoch in weights.by_epoch]
     assert same == [False, False, True]
 
 

@@ -139,38 +139,16 @@ def test_the_best_epoch_ships_not_the_last(tmp_path, monkeypatch):
     """Validation on the val blocks scores 0.3, 0.1, 0.2: the model shipped is epoch 2's, on
     every CPU (the scores are set, not trained; a held-out source ships the last epoch,
     tests/test_param_effects.py)."""
-    import keras
-    from test_param_effects import fit, pair, tiny_params
+    from test_param_effects import pair, script_val_scores, shipped_epochs, tiny_params
 
-    from pipeline.model import training
-
-    scores = iter([0.3, 0.1, 0.2])
-    real_end = training.ValidationMetrics.on_epoch_end
-
-    def scripted(self, epoch, logs=None):
-        real_end(self, epoch, logs)
-        logs[training.MONITOR] = next(scores)
-
-    monkeypatch.setattr(training.ValidationMetrics, "on_epoch_end", scripted)
-
-    class Weights(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.by_epoch = []
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.by_epoch.append([w.copy() for w in self.model.get_weights()])
-
+    script_val_scores(monkeypatch, [0.3, 0.1, 0.2])
     rows = [
         pair(tmp_path / "a", f"{i}.png", 1.0 + i, source="a", split=split, seed=i)
         for i, split in enumerate(["train", "train", "val"])
     ]
-    weights = Weights()
     params = tiny_params({"train": {"epochs": 3, "learning_rate": 0.05}})
-    summary = fit(tmp_path, params, rows, callbacks=[weights])
+    summary, same = shipped_epochs(tmp_path, params, rows)
     assert (summary["best_epoch"], summary["best_val_si_rmse"]) == (2, 0.1)
-    model = keras.saving.load_model(tmp_path / "model.keras", compile=False).get_weights()
-    same = [all(np.array_equal(a, b) for a, b in zip(model, epoch)) for epoch in weights.by_epoch]
     assert same == [False, True, False]
 
 
