@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
